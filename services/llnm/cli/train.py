@@ -1,0 +1,44 @@
+"""`llnm train --data DIR --preset compact --out DIR`: train TMDL on a folder in the training layout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="folder with labels.csv and views.csv")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument("--preset", default="compact", help="paper, compact or tiny")
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--patience", type=int, default=12, help="early stopping on the validation AUC")
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--jitters", type=int, default=2, help="perturbed mask copies per view")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.nice:
+        os.nice(args.nice)
+    from llnm.config import Settings
+    from llnm.model.config import preset
+    from llnm.model.train import onnx_text_encoder, train
+
+    settings = Settings.from_env()
+    meta = train(args.data, args.out, preset(args.preset), encode_text=onnx_text_encoder(settings.model_repository),
+                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                 val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
+                 progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]))
+    print(json.dumps({k: meta[k] for k in ("preset", "val_auc", "best_epoch", "epochs_run", "threshold")}))
+    return 0

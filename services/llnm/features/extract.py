@@ -1,0 +1,201 @@
+"""The TMDL inputs of one view, from the image, the gland mask and the nodule mask (numpy/scipy only).
+
+Image features (each rendered as a size x size float32 image in [0, 1]):
+- x_l location: the CPDT map (see cpdt.py) over the box of gland and nodule, so the nodule's place
+  in the lobe and its distance to the capsule are both visible;
+- x_t texture: the nodule crop (a square box, 1.4 x the nodule's larger extent, so shape is kept);
+- x_m margin: a 4 x 4 mosaic of patches centred on 16 points of the nodule boundary, taken at evenly
+  spaced angles around the centroid with a seeded jitter (deterministic for a given seed).
+Scalar features:
+- x_e echogenicity: mean grey inside the nodule minus mean grey in a ring just outside it (within the
+  gland where the ring meets it), divided by 255; negative = hypoechoic;
+- x_s shape: anteroposterior (rows) / transverse (columns) extent in mm (pixels when uncalibrated):
+  the paper's length/width, i.e. the TI-RADS "taller-than-wide" ratio.
+Measurements: minimum capsule distance (px, mm), nodule length (long axis) and width (perpendicular
+extent) in mm, and the nodule's position in the lobe.
+
+Position in the lobe: (u, v) is the nodule centroid in the gland's bounding box, u along columns
+(0 left, 1 right), v along rows (0 anterior/top, 1 posterior/bottom). "vertical" (upper/middle/lower
+pole) is the third of u, reading the view as longitudinal with the cranial pole on the left of the
+screen (the usual convention); "horizontal" (medial/lateral) is the half of u, reading the view as
+transverse with the midline on the left. Which reading applies depends on the view's orientation,
+which the image alone does not say; both are reported and the model sees the full map anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from llnm.features.cpdt import cpdt
+
+MOSAIC_GRID = 4  # 4 x 4 boundary patches in x_m
+
+
+@dataclass
+class NoduleFeatures:
+    x_l: np.ndarray  # (S, S) float32 CPDT map over the gland box
+    x_t: np.ndarray  # (S, S) float32 nodule crop
+    x_m: np.ndarray  # (S, S) float32 margin mosaic
+    echogenicity: float  # x_e
+    aspect_ratio: float  # x_s
+    capsule_distance_px: float
+    capsule_distance_mm: float | None
+    extrathyroidal: bool
+    length_px: float
+    width_px: float
+    length_mm: float | None
+    width_mm: float | None
+    position_uv: tuple[float, float]  # nodule centroid in the gland box, (u columns, v rows) in [0, 1]
+    location: dict[str, str] = field(default_factory=dict)
+    # where each image feature came from, for mapping token importance back onto the view
+    location_box: tuple[float, float, float, float] = (0, 0, 0, 0)  # (r0, c0, r1, c1) of x_l
+    texture_box: tuple[float, float, float, float] = (0, 0, 0, 0)  # of x_t
+    margin_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (16, 2) row, col
+    margin_patch_px: float = 0.0
+
+    def images(self) -> np.ndarray:
+        """(3, S, S) float32 in the model's channel order: x_l, x_t, x_m."""
+        return np.stack([self.x_l, self.x_t, self.x_m]).astype(np.float32)
+
+
+def crop_resize(arr: np.ndarray, box: tuple[float, float, float, float], size: int,
+                order: int = 1) -> np.ndarray:
+    """Resample the box (r0, c0, r1, c1) of a 2D array onto size x size pixel centres (0 outside)."""
+    r0, c0, r1, c1 = box
+    rows = r0 + (np.arange(size) + 0.5) * (r1 - r0) / size - 0.5
+    cols = c0 + (np.arange(size) + 0.5) * (c1 - c0) / size - 0.5
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    out = ndimage.map_coordinates(arr.astype(np.float32), [rr, cc], order=order, mode="constant", cval=0.0)
+    return out.astype(np.float32)
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _axes_extent(nodule: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
+    """Extent along the principal (long) axis and perpendicular to it, in the units of `spacing`.
+
+    Pixel-centre extents plus one pixel, so a single pixel measures one spacing."""
+    rr, cc = np.nonzero(nodule)
+    pts = np.stack([rr * spacing[0], cc * spacing[1]], axis=1).astype(np.float64)
+    if len(pts) < 3:
+        return float(max(spacing)), float(min(spacing))
+    centred = pts - pts.mean(axis=0)
+    _, vecs = np.linalg.eigh(np.cov(centred.T))
+    major, minor = vecs[:, 1], vecs[:, 0]
+    pad_major = abs(major[0]) * spacing[0] + abs(major[1]) * spacing[1]
+    pad_minor = abs(minor[0]) * spacing[0] + abs(minor[1]) * spacing[1]
+    along = centred @ major
+    across = centred @ minor
+    return float(np.ptp(along) + pad_major), float(np.ptp(across) + pad_minor)
+
+
+def lobe_position(u: float, v: float) -> dict[str, str]:
+    vertical = "upper" if u < 1 / 3 else ("middle" if u < 2 / 3 else "lower")
+    horizontal = "medial" if u < 0.5 else "lateral"
+    depth = "anterior" if v < 0.5 else "posterior"
+    return {"vertical": vertical, "horizontal": horizontal, "depth": depth}
+
+
+def margin_points(nodule: np.ndarray, seed: int, count: int = MOSAIC_GRID * MOSAIC_GRID) -> np.ndarray:
+    """`count` boundary pixels at evenly spaced angles around the centroid, with a seeded jitter."""
+    boundary = nodule & ~ndimage.binary_erosion(nodule)
+    rr, cc = np.nonzero(boundary)
+    cy, cx = rr.mean(), cc.mean()
+    angles = np.arctan2(rr - cy, cc - cx)
+    rng = np.random.default_rng(seed)
+    wanted = (np.arange(count) + rng.uniform(0.0, 1.0, count)) * (2 * np.pi / count) - np.pi
+    diff = np.abs(np.angle(np.exp(1j * (angles[None, :] - wanted[:, None]))))
+    idx = diff.argmin(axis=1)
+    return np.stack([rr[idx], cc[idx]], axis=1).astype(np.float64)
+
+
+def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
+                     spacing_mm: tuple[float, float] | None, size: int = 64,
+                     seed: int = 0) -> NoduleFeatures:
+    """All TMDL inputs and the reported measurements of one view.
+
+    image: (H, W) uint8 greyscale; gland, nodule: (H, W) bool (non-empty); spacing_mm: (row, col)
+    mm per pixel or None. `seed` fixes the margin sampling jitter.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a (H, W) greyscale image, got shape {image.shape}")
+    gland = np.asarray(gland, dtype=bool)
+    nodule = np.asarray(nodule, dtype=bool)
+    grey = image.astype(np.float32) / 255.0
+    loc = cpdt(gland, nodule, spacing_mm)
+
+    # x_l over the box of gland and nodule, padded by 5 %
+    r0, c0, r1, c1 = _bbox(gland | nodule)
+    pr, pc = 0.05 * (r1 - r0), 0.05 * (c1 - c0)
+    location_box = (r0 - pr, c0 - pc, r1 + pr, c1 + pc)
+    x_l = crop_resize(loc.x_l, location_box, size)
+
+    # x_t: a square crop 1.4 x the nodule's larger extent, centred on its box
+    nr0, nc0, nr1, nc1 = _bbox(nodule)
+    half = 0.7 * max(nr1 - nr0, nc1 - nc0, 4)
+    ncy, ncx = (nr0 + nr1) / 2, (nc0 + nc1) / 2
+    texture_box = (ncy - half, ncx - half, ncy + half, ncx + half)
+    x_t = crop_resize(grey, texture_box, size)
+
+    # x_m: mosaic of boundary patches
+    points = margin_points(nodule, seed)
+    area = float(nodule.sum())
+    patch = max(8.0, 0.35 * 2 * np.sqrt(area / np.pi))
+    cell = size // MOSAIC_GRID
+    x_m = np.zeros((size, size), dtype=np.float32)
+    for k, (pr_, pc_) in enumerate(points):
+        tile = crop_resize(grey, (pr_ - patch / 2, pc_ - patch / 2, pr_ + patch / 2, pc_ + patch / 2), cell)
+        i, j = divmod(k, MOSAIC_GRID)
+        x_m[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell] = tile
+
+    # x_e: inside minus a ring just outside (within the gland where possible)
+    ring_width = max(2, int(round(0.1 * np.sqrt(area / np.pi) * 2)))
+    ring = ndimage.binary_dilation(nodule, iterations=ring_width) & ~nodule
+    if (ring & gland).sum() >= 4:
+        ring &= gland
+    outside = float(grey[ring].mean()) if ring.any() else float(grey[nodule].mean())
+    x_e = float(grey[nodule].mean()) - outside
+
+    # x_s and measurements
+    px_spacing = (1.0, 1.0)
+    height_px, width_px_ext = (nr1 - nr0), (nc1 - nc0)
+    length_px, width_px = _axes_extent(nodule, px_spacing)
+    if spacing_mm is not None:
+        sp = (float(spacing_mm[0]), float(spacing_mm[1]))
+        length_mm, width_mm = _axes_extent(nodule, sp)
+        x_s = (height_px * sp[0]) / (width_px_ext * sp[1])
+    else:
+        length_mm = width_mm = None
+        x_s = height_px / width_px_ext
+
+    rr, cc = np.nonzero(nodule)
+    gr0, gc0, gr1, gc1 = _bbox(gland)
+    u = float(np.clip((cc.mean() + 0.5 - gc0) / max(gc1 - gc0, 1), 0.0, 1.0))
+    v = float(np.clip((rr.mean() + 0.5 - gr0) / max(gr1 - gr0, 1), 0.0, 1.0))
+    return NoduleFeatures(
+        x_l=x_l, x_t=x_t, x_m=x_m, echogenicity=x_e, aspect_ratio=float(x_s),
+        capsule_distance_px=loc.min_distance_px, capsule_distance_mm=loc.min_distance_mm,
+        extrathyroidal=loc.extrathyroidal, length_px=length_px, width_px=width_px,
+        length_mm=length_mm, width_mm=width_mm, position_uv=(u, v), location=lobe_position(u, v),
+        location_box=location_box, texture_box=texture_box, margin_points=points,
+        margin_patch_px=patch,
+    )
+
+
+def clinical_vector(sex: str | None, age_years: float | None, features: NoduleFeatures) -> np.ndarray:
+    """The four scalar tokens' inputs (sex, age, x_e, x_s), scaled to about unit range.
+
+    Neutral values for missing inputs: sex unknown -> 0 (M = +1, F = -1); age unknown -> 0 (the
+    scale centres age 45 at 0). The pipeline adds a warning when it uses them."""
+    sex_value = {"M": 1.0, "F": -1.0}.get((sex or "").upper()[:1], 0.0)
+    age_value = 0.0 if age_years is None else (float(age_years) - 45.0) / 15.0
+    return np.array([sex_value, age_value, features.echogenicity * 5.0,
+                     np.log(max(features.aspect_ratio, 1e-3)) * 2.0], dtype=np.float32)

@@ -1,0 +1,75 @@
+"""TMDL sizes: one dataclass, presets by name. The same code runs every preset.
+
+- paper:   the sizes of Shen et al. 2025 (hidden 768, 12 heads of d_k 64, 4 bidirectional + 12
+           self-attention blocks, 224 x 224 feature images in 16 x 16 patches); for a GPU.
+- compact: fast on 2 CPU cores; what the worker ships (model_repository/tmdl/1/model.onnx).
+- tiny:    for tests only (seconds to train).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+#: the token groups whose contribution is reported (and can be occluded at run time)
+GROUPS = ("location", "morphology", "report", "demographics")
+#: channel order of the feature images
+IMAGE_FEATURES = ("x_l", "x_t", "x_m")
+#: order of the scalar tokens
+CLINICAL_FEATURES = ("sex", "age", "x_e", "x_s")
+
+
+@dataclass(frozen=True)
+class TMDLConfig:
+    name: str = "compact"
+    image_size: int = 48  # each feature image is image_size x image_size
+    patch_size: int = 8  # -> n = (image_size / patch_size)^2 tokens per feature image, 3n in all
+    hidden: int = 128
+    heads: int = 4  # d_k = hidden / heads
+    bi_blocks: int = 2  # bidirectional image <-> text blocks
+    self_blocks: int = 2  # self-attention blocks over the concatenated tokens
+    mlp_ratio: float = 4.0
+    text_tokens: int = 50  # m: report tokens (truncated / padded, with a mask)
+    text_dim: int = 384  # width of the text encoder's token states
+    alpha: float = 1.0  # weight a of the cross-attention terms
+    dropout: float = 0.1
+    risk_levels: int = 3
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def image_tokens(self) -> int:
+        return 3 * self.tokens_per_image
+
+    @property
+    def text_side_tokens(self) -> int:
+        return self.text_tokens + len(CLINICAL_FEATURES)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TMDLConfig":
+        return cls(**json.loads(text))
+
+    @classmethod
+    def load(cls, path: Path) -> "TMDLConfig":
+        return cls.from_json(Path(path).read_text())
+
+
+PRESETS: dict[str, TMDLConfig] = {
+    "paper": TMDLConfig(name="paper", image_size=224, patch_size=16, hidden=768, heads=12,
+                        bi_blocks=4, self_blocks=12),
+    "compact": TMDLConfig(name="compact"),
+    "tiny": TMDLConfig(name="tiny", image_size=32, patch_size=8, hidden=32, heads=2, bi_blocks=1,
+                       self_blocks=1, mlp_ratio=2.0),
+}
+
+
+def preset(name: str, **overrides: object) -> TMDLConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

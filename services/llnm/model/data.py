@@ -1,0 +1,197 @@
+"""The training layout and the per-view feature cache (numpy; torch-free).
+
+A training folder DIR holds (paths relative to DIR):
+- labels.csv: study_uid,llnm,risk_level,p_true,age,sex,report
+  (llnm 0/1; risk_level 1 low / 2 medium / 3 high; p_true optional, empty for real cohorts;
+  age in years or empty; sex M/F or empty; report free text, may be empty)
+- views.csv: study_uid,sop_instance_uid,image,gland_mask,nodule_mask,spacing_row_mm,spacing_col_mm,
+  region_x0,region_y0,region_x1,region_y1
+  (image: uint8 greyscale PNG of the B-mode tissue crop; masks: 0/255 PNG on the same grid;
+  spacing empty when uncalibrated; region_* where the crop sits in the source frame, informative)
+`llnm phantom` writes this layout; docs/model-card.md says how to convert a hospital cohort.
+
+Features are deterministic per (view, mask variant), so they are computed once and cached in
+DIR/.cache/. Each view gets the ground-truth masks plus `jitters` perturbed copies (dilated/eroded
+and shifted by a few pixels) because at run time the masks come from segmentation models.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from llnm.features import clinical_vector, extract_features
+from llnm.model.config import TMDLConfig
+from llnm.observability.logs import get_logger
+
+log = get_logger(__name__)
+
+CACHE_VERSION = 2
+
+
+@dataclass
+class ViewRecord:
+    image: Path
+    gland_mask: Path
+    nodule_mask: Path
+    spacing_mm: tuple[float, float] | None
+
+
+@dataclass
+class StudyRecord:
+    study_uid: str
+    llnm: int
+    risk_level: int
+    p_true: float | None
+    age: float | None
+    sex: str | None
+    report: str
+    views: list[ViewRecord] = field(default_factory=list)
+
+
+def _float_or_none(value: str | None) -> float | None:
+    value = (value or "").strip()
+    return float(value) if value else None
+
+
+def read_layout(data_dir: Path) -> list[StudyRecord]:
+    """Studies of a training folder, in labels.csv order, each with its views."""
+    data_dir = Path(data_dir)
+    labels, views = data_dir / "labels.csv", data_dir / "views.csv"
+    for path in (labels, views):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: see the training layout in docs/model-card.md")
+    studies: dict[str, StudyRecord] = {}
+    with labels.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            studies[row["study_uid"]] = StudyRecord(
+                study_uid=row["study_uid"], llnm=int(row["llnm"]),
+                risk_level=int(row.get("risk_level") or (2 if int(row["llnm"]) else 1)),
+                p_true=_float_or_none(row.get("p_true")), age=_float_or_none(row.get("age")),
+                sex=(row.get("sex") or "").strip() or None, report=row.get("report") or "")
+    with views.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            study = studies.get(row["study_uid"])
+            if study is None:
+                continue
+            sr, sc = _float_or_none(row.get("spacing_row_mm")), _float_or_none(row.get("spacing_col_mm"))
+            study.views.append(ViewRecord(
+                image=data_dir / row["image"], gland_mask=data_dir / row["gland_mask"],
+                nodule_mask=data_dir / row["nodule_mask"],
+                spacing_mm=(sr, sc) if sr is not None and sc is not None else None))
+    return [s for s in studies.values() if s.views]
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible segmentation error: grow or shrink by up to ~4 % of the size, shift a few pixels."""
+    size = np.sqrt(mask.sum())
+    step = max(1, int(round(0.04 * size)))
+    k = int(rng.integers(-step, step + 1))
+    out = mask
+    if k > 0:
+        out = ndimage.binary_dilation(mask, iterations=k)
+    elif k < 0:
+        eroded = ndimage.binary_erosion(mask, iterations=-k)
+        out = eroded if eroded.sum() >= 0.3 * mask.sum() else mask
+    dr, dc = (int(v) for v in rng.integers(-step, step + 1, size=2))
+    out = np.roll(out, (dr, dc), axis=(0, 1))
+    return out if out.any() else mask
+
+
+def view_arrays(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
+                spacing: tuple[float, float] | None, age: float | None, sex: str | None,
+                config: TMDLConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(3, S, S) images and (4,) clinical vector of one view: what TMDL sees besides the report."""
+    feats = extract_features(image, gland, nodule, spacing, size=config.image_size)
+    return feats.images(), clinical_vector(sex, age, feats)
+
+
+@dataclass
+class FeatureCache:
+    images: np.ndarray  # (V, J + 1, 3, S, S) float16; variant 0 = the given masks
+    clinical: np.ndarray  # (V, J + 1, 4) float32
+    view_study: np.ndarray  # (V,) index into the study arrays
+    text_states: np.ndarray  # (N, 50, width) float16
+    text_mask: np.ndarray  # (N, 50) float32
+    llnm: np.ndarray  # (N,) int64
+    risk_level: np.ndarray  # (N,) int64, 1..3
+    p_true: np.ndarray  # (N,) float64, NaN when unknown
+    study_uids: list[str]
+
+
+def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int) -> str:
+    h = hashlib.sha256()
+    for name in ("labels.csv", "views.csv"):
+        h.update((Path(data_dir) / name).read_bytes())
+    h.update(f"{CACHE_VERSION}:{config.image_size}:{config.text_tokens}:{jitters}:{seed}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 2, seed: int = 0,
+                progress: bool = True) -> FeatureCache:
+    """Features of every view (plus `jitters` mask variants) and the report encodings, cached on disk.
+
+    encode_text(list[str]) -> (states (B, 50, width), mask (B, 50)): the text encoder."""
+    from tqdm import tqdm
+
+    data_dir = Path(data_dir)
+    cache_dir = data_dir / ".cache"
+    path = cache_dir / f"tmdl-{_cache_key(data_dir, config, jitters, seed)}.npz"
+    studies = read_layout(data_dir)
+    if path.is_file():
+        z = np.load(path)
+        return FeatureCache(images=z["images"], clinical=z["clinical"], view_study=z["view_study"],
+                            text_states=z["text_states"], text_mask=z["text_mask"], llnm=z["llnm"],
+                            risk_level=z["risk_level"], p_true=z["p_true"],
+                            study_uids=[s.study_uid for s in studies])
+    images, clinical, view_study = [], [], []
+    for si, study in enumerate(tqdm(studies, desc="features", unit="study", disable=not progress)):
+        for vi, view in enumerate(study.views):
+            image = read_png(view.image)
+            gland = read_png(view.gland_mask) > 127
+            nodule = read_png(view.nodule_mask) > 127
+            if not gland.any() or not nodule.any():
+                continue
+            rng = np.random.default_rng([seed, si, vi])
+            variants_i, variants_c = [], []
+            for j in range(jitters + 1):
+                g, n = (gland, nodule) if j == 0 else (jitter_mask(gland, rng), jitter_mask(nodule, rng))
+                im, cl = view_arrays(image, g, n, view.spacing_mm, study.age, study.sex, config)
+                variants_i.append(im)
+                variants_c.append(cl)
+            images.append(np.stack(variants_i).astype(np.float16))
+            clinical.append(np.stack(variants_c))
+            view_study.append(si)
+    states, masks = [], []
+    reports = [s.report for s in studies]
+    for start in tqdm(range(0, len(reports), 32), desc="reports", unit="batch", disable=not progress):
+        st, mk = encode_text(reports[start:start + 32])
+        states.append(st.astype(np.float16))
+        masks.append(mk.astype(np.float32))
+    cache = FeatureCache(
+        images=np.stack(images), clinical=np.stack(clinical).astype(np.float32),
+        view_study=np.array(view_study, dtype=np.int64), text_states=np.concatenate(states),
+        text_mask=np.concatenate(masks), llnm=np.array([s.llnm for s in studies], dtype=np.int64),
+        risk_level=np.array([s.risk_level for s in studies], dtype=np.int64),
+        p_true=np.array([np.nan if s.p_true is None else s.p_true for s in studies], dtype=np.float64),
+        study_uids=[s.study_uid for s in studies])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=cache.images, clinical=cache.clinical, view_study=cache.view_study,
+             text_states=cache.text_states, text_mask=cache.text_mask, llnm=cache.llnm,
+             risk_level=cache.risk_level, p_true=cache.p_true)
+    tmp.replace(path)
+    log.info("feature cache written", path=str(path), views=len(view_study), studies=len(studies))
+    return cache

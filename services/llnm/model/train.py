@@ -1,0 +1,183 @@
+"""Training TMDL on a folder in the training layout (see data.py): seeded, early stopping on the
+validation AUC (study level, views averaged as at run time), JSON-lines log, tqdm progress.
+
+A model folder holds: model.pt (state dict), preset.json (the TMDLConfig), model.json (threshold,
+validation AUC, epochs, seed, the command that made it) and train_log.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llnm.model.config import TMDLConfig
+from llnm.model.data import FeatureCache, build_cache
+from llnm.model.metrics import auc, youden_threshold
+from llnm.model.tmdl import TMDL
+from llnm.observability.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def onnx_text_encoder(model_repository: Path):
+    """encode(list[str]) through the exported ONNX text encoder (exported first if missing), so
+    training sees exactly the token states the runtime computes."""
+    from llnm.inference.backend import TEXT_ENCODER
+    from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
+    from llnm.text.encoder import encode_reports, tokenizer_path
+    from llnm.text.tokenize import ReportTokenizer
+
+    model_repository = Path(model_repository)
+    backend = OnnxRuntimeBackend(model_repository, threads=1)
+    if not backend.has_model(TEXT_ENCODER):
+        from llnm.text.export import export_text_encoder
+
+        export_text_encoder(model_repository / TEXT_ENCODER / "1")
+    tokenizer = ReportTokenizer(tokenizer_path(model_repository))
+    return lambda texts: encode_reports(backend, tokenizer, texts)
+
+
+def _batch(cache: FeatureCache, views: np.ndarray, variants: np.ndarray, device: torch.device):
+    studies = cache.view_study[views]
+    return (torch.from_numpy(cache.images[views, variants].astype(np.float32)).to(device),
+            torch.from_numpy(cache.text_states[studies].astype(np.float32)).to(device),
+            torch.from_numpy(cache.text_mask[studies]).to(device),
+            torch.from_numpy(cache.clinical[views, variants]).to(device),
+            studies)
+
+
+@torch.no_grad()
+def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None = None,
+                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Study-level P(LLNM) and risk probabilities (views averaged, as at run time) on the
+    ground-truth-mask variant. Returns (study indices, probabilities (N,), risk probabilities (N, 3))."""
+    model.eval()
+    device = next(model.parameters()).device
+    if studies is None:
+        studies = np.arange(len(cache.llnm))
+    views = np.flatnonzero(np.isin(cache.view_study, studies))
+    probs = np.zeros(len(views))
+    risks = np.zeros((len(views), model.config.risk_levels))
+    for start in range(0, len(views), batch_size):
+        sel = views[start:start + batch_size]
+        images, states, mask, clinical, _ = _batch(cache, sel, np.zeros(len(sel), dtype=np.int64), device)
+        logit, risk, _, _ = model(images, states, mask, clinical)
+        probs[start:start + len(sel)] = torch.sigmoid(logit).cpu().numpy()
+        risks[start:start + len(sel)] = risk.softmax(-1).cpu().numpy()
+    owner = cache.view_study[views]
+    present = np.unique(owner)
+    p = np.array([probs[owner == s].mean() for s in present])
+    r = np.stack([risks[owner == s].mean(axis=0) for s in present])
+    return present, p, r
+
+
+def save_model(model: TMDL, out_dir: Path, meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out_dir / "model.pt")
+    (out_dir / "preset.json").write_text(model.config.to_json() + "\n")
+    (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_model(model_dir: Path, device: str = "cpu") -> tuple[TMDL, dict]:
+    model_dir = Path(model_dir)
+    config = TMDLConfig.load(model_dir / "preset.json")
+    model = TMDL(config)
+    model.load_state_dict(torch.load(model_dir / "model.pt", map_location=device, weights_only=True))
+    meta_path = model_dir / "model.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return model.to(device).eval(), meta
+
+
+def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 80,
+          batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 12,
+          val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
+          progress: bool = True, command: str = "") -> dict:
+    """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json)."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = build_cache(data_dir, config, encode_text, jitters=jitters, seed=seed, progress=progress)
+    n_studies = len(cache.llnm)
+    order = rng.permutation(n_studies)
+    n_val = max(2, int(round(val_fraction * n_studies)))
+    val_studies, train_studies = np.sort(order[:n_val]), np.sort(order[n_val:])
+    train_views = np.flatnonzero(np.isin(cache.view_study, train_studies))
+    device = torch.device("cpu")
+    model = TMDL(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    steps_per_epoch = math.ceil(len(train_views) / batch_size)
+    total, warmup = epochs * steps_per_epoch, 3 * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    best_auc, best_epoch, step, stale = -1.0, -1, 0, 0
+    log_path = out_dir / "train_log.jsonl"
+    started = time.time()
+    with log_path.open("w", encoding="utf-8") as log_file:
+        bar = tqdm(range(epochs), desc=f"train {config.name}", unit="epoch", disable=not progress)
+        for epoch in bar:
+            model.train()
+            perm = rng.permutation(train_views)
+            losses = []
+            for start in range(0, len(perm), batch_size):
+                views = perm[start:start + batch_size]
+                variants = rng.integers(0, cache.images.shape[1], len(views))
+                images, states, mask, clinical, studies = _batch(cache, views, variants, device)
+                # simulate missing inputs at run time: no report (10 %), unknown sex and age (5 %)
+                mask = mask * torch.from_numpy((rng.random(len(views)) >= 0.1).astype(np.float32))[:, None]
+                unknown = torch.from_numpy((rng.random(len(views)) < 0.05).astype(np.float32))
+                clinical = clinical.clone()
+                clinical[:, :2] *= (1.0 - unknown)[:, None]
+                y = torch.from_numpy(cache.llnm[studies].astype(np.float32))
+                level = torch.from_numpy(cache.risk_level[studies] - 1)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+                logit, risk, _, _ = model(images, states, mask, clinical)
+                loss = F.binary_cross_entropy_with_logits(logit, y) + 0.5 * F.cross_entropy(risk, level)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                losses.append(loss.item())
+                step += 1
+            present, p, _ = predict_studies(model, cache, val_studies)
+            val_auc = auc(p, cache.llnm[present])
+            train_loss = float(np.mean(losses))
+            entry = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_auc": round(val_auc, 5),
+                     "lr": lr_at(step - 1), "seconds": round(time.time() - started, 1)}
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{val_auc:.3f}", best=f"{best_auc:.3f}")
+            if val_auc > best_auc:
+                best_auc, best_epoch, stale = val_auc, epoch, 0
+                torch.save(model.state_dict(), out_dir / "model.pt")
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    model.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True))
+    present, p, _ = predict_studies(model, cache, val_studies)
+    meta = {
+        "preset": config.name, "config": asdict(config), "threshold": youden_threshold(p, cache.llnm[present]),
+        "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
+        "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
+        "jitters": jitters, "data": str(data_dir), "command": command,
+        "seconds": round(time.time() - started, 1),
+    }
+    save_model(model, out_dir, meta)
+    log.info("training finished", preset=config.name, value=best_auc, epoch=best_epoch)
+    return meta
