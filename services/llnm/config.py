@@ -55,6 +55,9 @@ class Settings:
 
     # Queue and worker
     broker_url: str = ""  # empty: in-process queue; redis://[:password@]host:6379/0 for Celery
+    queue_name: str = "llnm"  # the Celery queue the listener feeds and the worker consumes
+    broker_key_prefix: str = ""  # prefix of every Redis key Celery uses (several deployments, one Redis)
+    broker_visibility_timeout_s: float = 3600.0  # an unacknowledged task is redelivered after this
     worker_concurrency: int = 1
     task_max_retries: int = 5
     task_retry_backoff_s: float = 10.0
