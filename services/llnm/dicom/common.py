@@ -1,0 +1,162 @@
+"""What every object we write shares: identity of the algorithm, the research-use label, where each
+analysed frame sits in its source image, and outlines of masks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from scipy import ndimage
+
+from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
+from llnm.dicom import uids
+from llnm.dicom.loading import FrameRef
+from llnm.study import StudyResult, View, ViewResult
+
+#: Series numbers of our outputs (high, so they sort after the acquisition series).
+SERIES_NUMBER = {"SEG": 9701, "SR": 9702, "SC": 9703}
+SHORT_LABEL = "RESEARCH USE ONLY"
+
+
+@dataclass
+class AnalysedFrame:
+    """One source frame with every view cut from it and their results (usually one view)."""
+
+    ref: FrameRef  # the first view's reference (same instance and frame for all views here)
+    views: list[tuple[int, View, ViewResult]]  # (view index in the study, view, its result)
+
+    @property
+    def key(self) -> str:
+        return frame_key(self.ref)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.ref.header.Rows), int(self.ref.header.Columns))
+
+    def full_mask(self, which: str) -> np.ndarray:
+        """Union over this frame's views of the nodule or gland mask, in source frame pixels."""
+        out = np.zeros(self.shape, dtype=bool)
+        for _, view, result in self.views:
+            mask = getattr(result, f"{which}_mask")
+            if mask is None:
+                continue
+            r0, c0 = view.crop_offset
+            h, w = mask.shape
+            out[r0:r0 + h, c0:c0 + w] |= mask.astype(bool)
+        return out
+
+    @property
+    def spacing_mm(self) -> tuple[float, float] | None:
+        return self.views[0][1].spacing_mm
+
+
+def frame_key(ref: FrameRef) -> str:
+    return f"{ref.sop_instance_uid}:{ref.frame_number or 1}"
+
+
+def analysed_frames(views: list[View], result: StudyResult) -> list[AnalysedFrame]:
+    """Views that have a result with at least one mask, grouped by source frame, in view order."""
+    frames: dict[str, AnalysedFrame] = {}
+    for index, (view, view_result) in enumerate(zip(views, result.views)):
+        if view_result.nodule_mask is None and view_result.gland_mask is None:
+            continue
+        ref = view.source
+        if not isinstance(ref, FrameRef):
+            continue
+        frames.setdefault(frame_key(ref), AnalysedFrame(ref, [])).views.append((index, view, view_result))
+    return list(frames.values())
+
+
+def versions_key(result: StudyResult) -> str:
+    return uids.versions_key(__version__, result.model_versions)
+
+
+def software_versions(result: StudyResult) -> list[str]:
+    """SoftwareVersions (LO, <= 64 chars each): ours, then every model hash."""
+    values = [f"llnm {__version__}"]
+    values += [f"{name} {version}"[:64] for name, version in sorted(result.model_versions.items())]
+    return values
+
+
+def contributing_equipment(result: StudyResult) -> Dataset:
+    """ContributingEquipmentSequence item naming this software and its models."""
+    item = Dataset()
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = ALGORITHM_NAME
+    item.SoftwareVersions = software_versions(result)
+    item.ContributionDateTime = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    item.ContributionDescription = f"{ALGORITHM_NAME} analysis. {RESEARCH_USE_STATEMENT}"[:1024]
+    code = Dataset()
+    code.CodeValue = "109103"
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = "Modifying Equipment"
+    item.PurposeOfReferenceCodeSequence = Sequence([code])
+    return item
+
+
+def add_common(ds: Dataset, result: StudyResult, description: str) -> None:
+    """Label, equipment and the study-level attributes highdicom does not copy for us."""
+    ds.SeriesDescription = f"{ALGORITHM_NAME} {description} - {SHORT_LABEL}"[:64]
+    existing = list(ds.get("ContributingEquipmentSequence", []) or [])
+    ds.ContributingEquipmentSequence = Sequence([*existing, contributing_equipment(result)])
+    ds.ManufacturerModelName = ALGORITHM_NAME
+    ds.SoftwareVersions = software_versions(result)
+
+
+def laterality(header: Dataset) -> str | None:
+    """R or L from the image's (Image)Laterality, else from words in its descriptions; else None."""
+    for keyword in ("ImageLaterality", "Laterality", "FrameLaterality"):
+        value = str(header.get(keyword, "") or "").strip().upper()
+        if value in {"R", "L"}:
+            return value
+    text = " ".join(str(header.get(k, "") or "") for k in
+                    ("SeriesDescription", "ImageComments", "BodyPartExamined")).upper()
+    words = set(text.replace("/", " ").replace("_", " ").replace("-", " ").split())
+    right = bool(words & {"RIGHT", "RT", "R", "RECHTS", "DROIT", "DERECHO"})
+    left = bool(words & {"LEFT", "LT", "L", "LINKS", "GAUCHE", "IZQUIERDO"})
+    if right != left:
+        return "R" if right else "L"
+    return None
+
+
+def outline(mask: np.ndarray, max_points: int = 256) -> np.ndarray | None:
+    """Closed outline (x, y) of the largest component of `mask`, first point repeated at the end.
+
+    Moore-neighbour tracing of the boundary pixels, thinned to at most `max_points` vertices.
+    """
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = ndimage.sum(mask, labels, range(1, n + 1))
+    component = np.pad(labels == (int(np.argmax(sizes)) + 1), 1)
+    rows, cols = np.nonzero(component)
+    start = (rows[0], cols[0])  # top-most, then left-most pixel: its west neighbour is background
+    # clockwise neighbours starting west
+    dirs = [(0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1)]
+    path = [start]
+    current, back = start, 0  # entered from the west
+    for _ in range(4 * component.sum() + 8):
+        found = False
+        for k in range(8):
+            d = (back + 1 + k) % 8
+            nxt = (current[0] + dirs[d][0], current[1] + dirs[d][1])
+            if component[nxt]:
+                back = (d + 4) % 8
+                current = nxt
+                found = True
+                break
+        if not found or current == start:
+            break
+        path.append(current)
+    pts = np.array(path, dtype=np.float64) - 1.0  # undo the padding
+    if len(pts) > max_points - 1:
+        pts = pts[np.linspace(0, len(pts) - 1, max_points - 1).astype(int)]
+    if len(pts) < 3:  # a one- or two-pixel blob: outline its bounding box
+        r0, c0 = pts.min(axis=0)
+        r1, c1 = pts.max(axis=0) + 1
+        pts = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], dtype=np.float64)
+    xy = np.stack([pts[:, 1], pts[:, 0]], axis=1)
+    return np.vstack([xy, xy[:1]])

@@ -1,0 +1,251 @@
+"""Files or folders of DICOM -> one `StudyInput` per study, with each view's DICOM frame reference.
+
+Steps per study: read every header; sort instances into images, reports, our own outputs and the
+ignored (each ignored or broken file becomes a warning, the rest of the study goes on); decode each
+image, choose its representative frame (cines) and drop non-B-mode frames; crop every calibrated 2D
+tissue region of the chosen frame to a view; read sex, age and the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from llnm.dicom import frames as frame_choice
+from llnm.dicom import patient
+from llnm.dicom.classify import classify_instance
+from llnm.dicom.reading import (
+    UnreadableInstance,
+    decode_frame,
+    number_of_frames,
+    read_full,
+    read_header,
+    rgb_to_grey,
+)
+from llnm.dicom.regions import Crop, has_doppler_region, tissue_crops
+from llnm.observability.logs import get_logger
+from llnm.study import StudyInput, View
+
+log = get_logger(__name__)
+
+#: At most this many views go to the pipeline per study (in series/instance order): the paper uses
+#: two views of the index nodule; more candidates let the pipeline pick them, fewer keep it fast.
+MAX_VIEWS = 8
+
+
+@dataclass
+class FrameRef:
+    """Where a view came from: enough to reference it from SEG/SR and to draw the key image."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    frame_number: int | None  # 1-based within a multi-frame instance; None for single-frame
+    number_of_frames: int
+    header: Dataset  # the source instance without pixel data
+    crop: Crop
+    frame_rgb: np.ndarray  # the whole source frame, (Rows, Columns, 3) uint8
+
+    @property
+    def calibration(self) -> str:
+        return self.crop.calibration
+
+
+@dataclass
+class InstanceFile:
+    path: Path
+    header: Dataset
+    kind: str  # classify_instance()
+
+
+@dataclass
+class StudyFiles:
+    study_uid: str
+    instances: list[InstanceFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def iter_files(paths: list[Path]) -> list[Path]:
+    """Files named, and every file under folders named (sorted, hidden files skipped)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
+        elif p.is_file():
+            out.append(p)
+    return out
+
+
+def group_by_study(paths: list[Path]) -> tuple[dict[str, StudyFiles], list[str]]:
+    """Headers of every file, grouped by StudyInstanceUID; second: errors of files with no study."""
+    studies: dict[str, StudyFiles] = {}
+    orphans: list[str] = []
+    for path in iter_files(paths):
+        try:
+            header = read_header(path)
+        except UnreadableInstance as exc:
+            orphans.append(f"{path.name}: {exc}")
+            continue
+        study_uid = str(header.get("StudyInstanceUID", "") or "")
+        if not study_uid:
+            orphans.append(f"{path.name}: no StudyInstanceUID")
+            continue
+        sf = studies.setdefault(study_uid, StudyFiles(study_uid))
+        sf.instances.append(InstanceFile(path, header, classify_instance(header)))
+    return studies, orphans
+
+
+def _order_key(inst: InstanceFile) -> tuple:
+    h = inst.header
+
+    def num(keyword: str) -> int:
+        try:
+            return int(h.get(keyword) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return (num("SeriesNumber"), str(h.get("SeriesInstanceUID", "")), num("InstanceNumber"),
+            str(h.get("SOPInstanceUID", "")))
+
+
+def _label(inst: InstanceFile) -> str:
+    """How a warning names a file: its SOP Instance UID (never a patient attribute)."""
+    return str(inst.header.get("SOPInstanceUID", "") or inst.path.name)
+
+
+def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> StudyInput:
+    """Decode the images of one study into views; every problem becomes a warning, never a crash."""
+    warnings = list(files.warnings)
+    views: list[View] = []
+    images = sorted((i for i in files.instances if i.kind == "image"), key=_order_key)
+    for inst in files.instances:
+        if inst.kind.startswith("ignored:"):
+            warnings.append(f"instance {_label(inst)} ignored: {inst.kind.split(':', 1)[1]}")
+    for inst in images:
+        if len(views) >= MAX_VIEWS:
+            warnings.append(f"more than {MAX_VIEWS} views: instance {_label(inst)} and later not analysed")
+            break
+        try:
+            views.extend(_views_of_instance(inst, warnings))
+        except UnreadableInstance as exc:
+            warnings.append(f"instance {_label(inst)} skipped: {exc}")
+            log.warning("instance skipped", study_uid=files.study_uid,
+                        sop_instance_uid=_label(inst), reason=str(exc))
+    views = views[:MAX_VIEWS]
+    if not images:
+        warnings.append("no ultrasound image in the study")
+    elif not views:
+        warnings.append("no B-mode greyscale frame in the study")
+    headers = [i.header for i in images] or [i.header for i in files.instances]
+    sex, age, report = None, None, None
+    if headers:
+        sex = patient.patient_sex(headers[0])
+        if sex is None:
+            warnings.append("patient sex unknown (PatientSex missing or not M/F)")
+        age, age_source = patient.patient_age_years(headers[0])
+        if age is None:
+            warnings.append("patient age unknown (no PatientAge, no PatientBirthDate with StudyDate)")
+        elif age_source != "PatientAge":
+            warnings.append(f"patient age computed from {age_source} and StudyDate")
+    report = _report_text(files, report_dir, warnings)
+    return StudyInput(study_uid=files.study_uid, views=views, report_text=report, age_years=age,
+                      sex=sex, warnings=warnings)
+
+
+def _report_text(files: StudyFiles, report_dir: str | Path | None, warnings: list[str]) -> str | None:
+    for inst in sorted((i for i in files.instances if i.kind == "report"), key=_order_key):
+        try:
+            text = patient.sr_text(read_full_sr(inst.path))
+        except UnreadableInstance as exc:
+            warnings.append(f"report {_label(inst)} unreadable: {exc}")
+            continue
+        if text:
+            return text
+    text = patient.sidecar_report(report_dir, files.study_uid)
+    if text:
+        return text
+    warnings.append("no radiology report (no SR text in the study, no sidecar report)")
+    return None
+
+
+def read_full_sr(path: Path) -> Dataset:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise UnreadableInstance(f"not a readable DICOM file ({type(exc).__name__})") from exc
+
+
+def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
+    header = inst.header
+    if has_doppler_region(header):
+        warnings.append(f"instance {_label(inst)} skipped: Doppler region (not B-mode)")
+        return []
+    ds = read_full(inst.path)
+    crop_warnings: list[str] = []
+    crops = tissue_crops(ds, crop_warnings)
+    warnings.extend(f"instance {_label(inst)}: {w}" for w in crop_warnings)
+    n = number_of_frames(ds)
+    main = crops[0]
+    if n == 1:
+        chosen = 0
+        rgb = decode_frame(ds, 0)
+    else:
+        scores: dict[int, float] = {}
+        decoded: dict[int, np.ndarray] = {}
+        for index in frame_choice.candidate_frame_indices(n):
+            frame = decode_frame(ds, index)
+            part = frame[main.row0:main.row1, main.col0:main.col1]
+            if frame_choice.is_bmode(part, whole_frame=main.region_index is None):
+                scores[index] = frame_choice.sharpness(rgb_to_grey(part))
+                decoded[index] = frame
+        picked = frame_choice.pick_representative(scores, n)
+        if picked is None:
+            warnings.append(f"instance {_label(inst)} skipped: no B-mode frame in the cine (colour)")
+            return []
+        chosen, rgb = picked, decoded[picked]
+    if rgb.shape[:2] != (int(ds.Rows), int(ds.Columns)):
+        raise UnreadableInstance("decoded frame size does not match Rows/Columns")
+    out = []
+    for crop in crops:
+        part = rgb[crop.row0:crop.row1, crop.col0:crop.col1]
+        if not frame_choice.is_bmode(part, whole_frame=crop.region_index is None):
+            warnings.append(f"instance {_label(inst)}: colour in the tissue region "
+                            f"(Doppler/elastography), not analysed")
+            continue
+        ref = FrameRef(
+            sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+            series_uid=str(ds.get("SeriesInstanceUID", "")),
+            frame_number=chosen + 1 if n > 1 else None, number_of_frames=n,
+            header=_strip_pixels(ds), crop=crop, frame_rgb=rgb,
+        )
+        if crop.spacing_mm is None:
+            warnings.append(f"instance {_label(inst)}: uncalibrated (no ultrasound region calibration "
+                            f"or PixelSpacing): measured in pixels")
+        out.append(View(image=rgb_to_grey(part), spacing_mm=crop.spacing_mm, source=ref,
+                        crop_offset=crop.offset))
+    return out
+
+
+def _strip_pixels(ds: Dataset) -> Dataset:
+    header = Dataset()
+    header.file_meta = ds.file_meta
+    for elem in ds:
+        if elem.tag.group == 0x7FE0 or elem.keyword in {"PixelData", "FloatPixelData",
+                                                        "DoubleFloatPixelData"}:
+            continue
+        header.add(elem)
+    return header
+
+
+def read_studies(paths: list[Path], report_dir: str | Path | None = None
+                 ) -> tuple[list[StudyInput], list[str]]:
+    """Every study found under `paths`; second: errors of files that belong to no study."""
+    groups, orphans = group_by_study(paths)
+    return [load_study(groups[uid], report_dir) for uid in sorted(groups)], orphans
+

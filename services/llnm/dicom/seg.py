@@ -1,0 +1,144 @@
+"""DICOM Segmentation (binary) of the nodule and the thyroid gland on one analysed source frame.
+
+One SEG per analysed source frame (highdicom supports a single source frame when the image has no
+Frame of Reference, which is the rule for ultrasound). Segments: 1 nodule (SCT Morphologically
+Abnormal Structure / Nodule, in the thyroid), 2 thyroid gland (SCT Anatomical Structure / Thyroid);
+a segment whose mask is empty is left out and the rest renumbered.
+
+Single frames of a cine: highdicom refuses a multi-frame source without a Frame of Reference. We let
+highdicom build the SEG against a single-frame stand-in of the chosen frame (same SOP Instance UID,
+same geometry) and then point every reference at the real instance: the SOP Class UID becomes the
+multi-frame one and each DerivationImage/SourceImage item gets ReferencedFrameNumber. The result
+references exactly the frame analysed, and no extra derived image is written.
+
+OHIF needs PixelMeasuresSequence and PlaneOrientationSequence in the shared functional groups; we
+write both (spacing from the ultrasound region; 1 x 1 nominal when uncalibrated, stated in the
+ContentDescription) and an empty PatientOrientation (Type 2C, dciodvfy asks for it).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from llnm import ALGORITHM_NAME, MANUFACTURER, __version__
+from llnm.dicom import codes
+from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, versions_key
+from llnm.dicom.reading import US_IMAGE_STORAGE
+from llnm.dicom.uids import output_instance_uid, output_series_uid
+from llnm.study import StudyResult
+
+SEGMENTS = (
+    ("nodule", "Thyroid nodule", codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NODULE, (255, 200, 0)),
+    ("gland", "Thyroid gland", codes.ANATOMICAL_STRUCTURE, codes.THYROID, (0, 200, 255)),
+)
+
+
+def algorithm_identification(result: StudyResult) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=ALGORITHM_NAME, version=__version__,
+        family=codes.ARTIFICIAL_INTELLIGENCE,
+        source=MANUFACTURER,
+        parameters={k: v for k, v in sorted(result.model_versions.items())} or None,
+    )
+
+
+def _single_frame_stand_in(frame: AnalysedFrame) -> Dataset:
+    header = frame.ref.header
+    stand_in = Dataset()
+    for elem in header:
+        if elem.keyword in {"NumberOfFrames", "FrameIncrementPointer", "FrameTime", "FrameTimeVector",
+                            "CineRate", "PerFrameFunctionalGroupsSequence"}:
+            continue
+        stand_in.add(copy.deepcopy(elem))
+    stand_in.file_meta = header.file_meta
+    if frame.ref.number_of_frames > 1:
+        stand_in.SOPClassUID = US_IMAGE_STORAGE
+    return stand_in
+
+
+def _point_at_source_frame(seg: Dataset, frame: AnalysedFrame) -> None:
+    """Rewrite references from the single-frame stand-in to the real multi-frame instance."""
+    ref = frame.ref
+
+    def fix(items, in_source_images: bool) -> None:
+        for item in items or []:
+            if str(item.get("ReferencedSOPInstanceUID", "")) == ref.sop_instance_uid:
+                item.ReferencedSOPClassUID = ref.sop_class_uid
+                if ref.frame_number is not None and in_source_images:
+                    item.ReferencedFrameNumber = ref.frame_number
+            for elem in item:
+                if elem.VR == "SQ":
+                    fix(elem.value, elem.keyword == "SourceImageSequence")
+
+    # highdicom shares item objects between sequences: unshare before adding frame numbers.
+    for keyword in ("ReferencedSeriesSequence", "SourceImageSequence", "PerFrameFunctionalGroupsSequence"):
+        if keyword in seg:
+            setattr(seg, keyword, copy.deepcopy(seg[keyword].value))
+    for elem in seg:
+        if elem.VR == "SQ" and elem.keyword != "SegmentSequence":
+            fix(elem.value, elem.keyword == "SourceImageSequence")
+
+
+def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Dataset | None:
+    """The SEG of one analysed frame, or None when neither mask has a pixel."""
+    masks, descriptions = [], []
+    algorithm = algorithm_identification(result)
+    for name, label, category, seg_type, _colour in SEGMENTS:
+        mask = frame.full_mask(name)
+        if not mask.any():
+            continue
+        masks.append(mask)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=len(masks), segment_label=label,
+            segmented_property_category=category, segmented_property_type=seg_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(output_instance_uid(f"SEG-segment-{name}", study_uid, [frame.key],
+                                                     versions_key(result))),
+            tracking_id=f"{label} ({ALGORITHM_NAME})",
+            anatomic_regions=[codes.THYROID] if name == "nodule" else None,
+        ))
+    if not masks:
+        return None
+    spacing = frame.spacing_mm
+    pixel_spacing = [float(spacing[0]), float(spacing[1])] if spacing else [1.0, 1.0]
+    versions = versions_key(result)
+    seg = hd.seg.Segmentation(
+        source_images=[_single_frame_stand_in(frame)],
+        pixel_array=np.stack(masks, axis=-1).astype(np.uint8)[None],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=output_series_uid("SEG", study_uid, versions),
+        series_number=SERIES_NUMBER["SEG"],
+        sop_instance_uid=output_instance_uid("SEG", study_uid, [frame.key], versions),
+        instance_number=1 + sorted_index(frame),
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=ALGORITHM_NAME,
+        software_versions=__version__,
+        device_serial_number="0",
+        content_label="LLNM_SEG",
+        content_description=("Research use only" if spacing
+                             else "Research use only; uncalibrated, spacing nominal"),
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=1.0,
+                                                spacing_between_slices=1.0),
+        omit_empty_frames=False,
+    )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared:
+        shared.PlaneOrientationSequence = hd.PlaneOrientationSequence(
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        )
+    seg.PatientOrientation = ""
+    _point_at_source_frame(seg, frame)
+    add_common(seg, result, "Segmentation")
+    seg.ImageComments = "Research use only, not for diagnosis."
+    return seg
+
+
+def sorted_index(frame: AnalysedFrame) -> int:
+    return frame.views[0][0]

@@ -1,0 +1,226 @@
+"""TID 1500 "Imaging Measurement Report" (Comprehensive SR) with the LLNM result, shaped for OHIF.
+
+Tree (docs/dicom-conformance.md has it with every code):
+  CONTAINER Imaging Measurement Report (DCM 126000), TID 1500
+    language, observer context (device: this algorithm), procedure reported
+    CONTAINER Image Library: every analysed source image
+    CONTAINER Imaging Measurements
+      CONTAINER Measurement Group (TID 1410), one per view in which the index nodule was outlined
+        Tracking Identifier (readable label, also carries the risk) + Tracking Unique Identifier
+          (the same for every view of the same nodule)
+        Finding: Nodule; Finding Site: right/left lobe of thyroid (or "lobe of thyroid")
+        SCOORD POLYLINE (closed) outline on the referenced image and frame
+        Algorithm identification (name, version, model hashes as parameters)
+        index view only: NUM Length, Width, Minimum distance to capsule (mm, or {pixels} when
+          uncalibrated), NUM LLNM probability (%), NUM contribution shares (%),
+          CODE risk level, CODE calibration, TEXT location, TEXT research-use statement
+    CONTAINER Qualitative Evaluations: the finding, the calibration state and the statement that
+      this is research use only, for every report (also when no nodule was found)
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.sr.coding import Code
+
+from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
+from llnm.dicom import codes
+from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, laterality, outline, versions_key
+from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
+from llnm.study import StudyResult, View
+
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+DIAGNOSTIC_ULTRASONOGRAPHY = Code("16310003", "SCT", "Diagnostic ultrasonography")
+DEVICE = Code("121007", "DCM", "Device")
+CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+
+
+def algorithm_id(result: StudyResult) -> hd.sr.AlgorithmIdentification:
+    parameters = [f"{name}={version}" for name, version in sorted(result.model_versions.items())]
+    return hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=__version__,
+                                         parameters=parameters or None)
+
+
+def tracking_label(result: StudyResult) -> str:
+    """What a viewer that shows only the tracking identifier should still tell the reader."""
+    if result.probability is None:
+        return f"Nodule 1 ({ALGORITHM_NAME}, research use only)"
+    risk = codes.RISK_NAMES.get(result.risk_level or 0, "unknown")
+    return (f"Nodule 1: LLNM risk {risk}, p={100 * result.probability:.0f}% "
+            f"({ALGORITHM_NAME}, research use only)")
+
+
+def _num(name: Code, value: float, unit: Code, result: StudyResult) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm_id(result))
+
+
+def _text(name: Code, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type=CONTAINS)
+
+
+def _region(frame: AnalysedFrame, view: View, mask: np.ndarray) -> hd.sr.ImageRegion | None:
+    xy = outline(mask)
+    if xy is None:
+        return None
+    row0, col0 = view.crop_offset
+    # DICOM 2D coordinates: (column, row) with (0, 0) the top-left corner of the top-left pixel.
+    graphic = xy + np.array([col0 + 0.5, row0 + 0.5])
+    ref = frame.ref
+    source = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=ref.sop_class_uid,
+        referenced_sop_instance_uid=ref.sop_instance_uid,
+        referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None,
+    )
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                             graphic_data=graphic.astype(np.float32), source_image=source)
+
+
+def measurements(result: StudyResult) -> list[hd.sr.Measurement]:
+    """The NUM items of the index view's group; the same values go into summary.json."""
+    out: list[hd.sr.Measurement] = []
+    values = summary_numbers(result)
+    unit = codes.MM if result.calibrated else codes.PIXELS
+    size = values["nodule_size_mm"] if result.calibrated else values["nodule_size_px"]
+    if size:
+        out.append(_num(codes.LENGTH, size["length"], unit, result))
+        out.append(_num(codes.WIDTH, size["width"], unit, result))
+    distance = values["capsule_distance_mm"] if result.calibrated else values["capsule_distance_px"]
+    if distance is not None:
+        out.append(_num(codes.CAPSULE_DISTANCE, distance, unit, result))
+    if values["probability"] is not None:
+        out.append(_num(codes.LLNM_PROBABILITY, round(100.0 * values["probability"], 2), codes.PERCENT, result))
+    for name, share in values["contributions"].items():
+        out.append(_num(codes.contribution_code(name), round(100.0 * share, 2), codes.PERCENT, result))
+    return out
+
+
+def summary_numbers(result: StudyResult) -> dict:
+    """Rounded numbers shared by the SR and summary.json (so a round trip compares equal)."""
+
+    def r(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(float(value), digits)
+
+    size_mm = None
+    if result.calibrated and result.nodule_length_mm is not None and result.nodule_width_mm is not None:
+        size_mm = {"length": r(result.nodule_length_mm, 2), "width": r(result.nodule_width_mm, 2)}
+    size_px = None
+    if not result.calibrated:
+        size_px = _pixel_size(result)
+    return {
+        "probability": r(result.probability, 4),
+        "risk_level": codes.RISK_NAMES.get(result.risk_level) if result.risk_level else None,
+        "capsule_distance_mm": r(result.capsule_distance_mm, 2) if result.calibrated else None,
+        "capsule_distance_px": r(result.capsule_distance_px, 2),
+        "nodule_size_mm": size_mm,
+        "nodule_size_px": size_px,
+        "contributions": {k: r(v, 4) for k, v in sorted(result.contributions.items())},
+    }
+
+
+def _pixel_size(result: StudyResult) -> dict | None:
+    """Uncalibrated: length/width in pixels from the pipeline's features, if it gave them."""
+    features = getattr(result.views[result.index_view], "features", None) if (
+        result.index_view is not None and result.index_view < len(result.views)) else None
+    length = getattr(features, "length_px", None)
+    width = getattr(features, "width_px", None)
+    if length is None or width is None:
+        return None
+    return {"length": round(float(length), 2), "width": round(float(width), 2)}
+
+
+def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult, study_uid: str,
+             evidence: list[Dataset]) -> Dataset:
+    versions = versions_key(result)
+    nodule_uid = deterministic_uid("nodule", study_uid, 1, versions)
+    tracking = hd.sr.TrackingIdentifier(uid=str(nodule_uid), identifier=tracking_label(result))
+    groups = []
+    for frame in frames:
+        for index, view, view_result in frame.views:
+            if view_result.nodule_mask is None or not np.any(view_result.nodule_mask):
+                continue
+            region = _region(frame, view, view_result.nodule_mask)
+            if region is None:
+                continue
+            is_index = index == result.index_view
+            qualitative = []
+            if is_index and result.risk_level in codes.RISK_CODES:
+                qualitative.append(hd.sr.QualitativeEvaluation(codes.LLNM_RISK_LEVEL,
+                                                               codes.RISK_CODES[result.risk_level]))
+            if is_index:
+                qualitative.append(hd.sr.QualitativeEvaluation(
+                    codes.CALIBRATION, codes.CALIBRATED if result.calibrated else codes.UNCALIBRATED))
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_region=region,
+                finding_type=codes.NODULE,
+                finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                finding_sites=[hd.sr.FindingSite(codes.lobe_code(laterality(frame.ref.header)))],
+                algorithm_id=algorithm_id(result),
+                measurements=measurements(result) if is_index else None,
+                qualitative_evaluations=qualitative or None,
+            )
+            items = group[0].ContentSequence
+            if is_index and result.location:
+                where = ", ".join(f"{k} {v}" for k, v in sorted(result.location.items()))
+                items.append(_text(codes.NODULE_LOCATION, where))
+            items.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
+            groups.append((not is_index, index, group))
+    groups.sort(key=lambda g: (g[0], g[1]))
+    observer = hd.sr.ObserverContext(
+        observer_type=DEVICE,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=str(deterministic_uid("device", ALGORITHM_NAME, versions)), name=ALGORITHM_NAME,
+            manufacturer_name=MANUFACTURER, model_name=f"{ALGORITHM_NAME} {__version__}"),
+    )
+    library = _library_images(frames, evidence)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=DIAGNOSTIC_ULTRASONOGRAPHY,
+        imaging_measurements=[g for _, _, g in groups] or None,
+        referenced_images=library or None,
+    )
+    report[0].ContentSequence.append(_qualitative_container(result))
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=output_series_uid("SR", study_uid, versions),
+        series_number=SERIES_NUMBER["SR"],
+        sop_instance_uid=output_instance_uid("SR", study_uid, [f.key for f in frames] or [study_uid],
+                                             versions),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        record_evidence=True,
+    )
+    sr.CodingSchemeIdentificationSequence = Sequence([codes.coding_scheme_identification()])
+    add_common(sr, result, "Measurement Report")
+    return sr
+
+
+def _library_images(frames: list[AnalysedFrame], evidence: list[Dataset]) -> list[Dataset]:
+    wanted = {f.ref.sop_instance_uid for f in frames}
+    seen, out = set(), []
+    for ds in evidence:
+        uid = str(ds.SOPInstanceUID)
+        if uid in wanted and uid not in seen:
+            seen.add(uid)
+            out.append(ds)
+    return out
+
+
+def _qualitative_container(result: StudyResult) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=CONTAINS)
+    items = [
+        _text(codes.FINDING, result.finding),
+        hd.sr.CodeContentItem(name=codes.CALIBRATION,
+                              value=codes.CALIBRATED if result.calibrated else codes.UNCALIBRATED,
+                              relationship_type=CONTAINS),
+        _text(codes.COMMENT, RESEARCH_USE_STATEMENT),
+    ]
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
