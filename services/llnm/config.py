@@ -69,6 +69,7 @@ class Settings:
     send_max_retries: int = 20
     send_backoff_s: float = 5.0
     key_images: bool = True
+    report_dir: str = ""  # sidecar reports <report_dir>/<StudyInstanceUID>.txt, used when a study has no SR
     sr_profile: str = "tid1500"  # "tid1500" (strict) or "ohif"
     retention_hours: float = 72.0
 
