@@ -1,0 +1,207 @@
+"""The DICOM listener: a pynetdicom SCP (C-ECHO, C-STORE) in front of the spool and the completion timers.
+
+Handlers stay small: check, write durably, record, answer. Success (0x0000) is answered only after the
+instance is in the spool and recorded for completion; a full disk, a disk below the watermark or a write
+error is answered 0xA700 (Out of Resources) and the sender keeps the instance.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from llnm.audit import AuditTrail
+from llnm.config import Settings
+from llnm.dimse import NODELAY_HANDLER, server_tls_context
+from llnm.listener.access import AccessPolicy, parse_access
+from llnm.listener.completion import CompletionTracker, Enqueue
+from llnm.listener.spool import InvalidUID, OutOfResources, Spool, remove_stale_temp_files, validate_uid
+from llnm.observability import metrics
+from llnm.observability.logs import get_logger
+
+log = get_logger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+#: Storage classes accepted: ultrasound, secondary capture, structured reports, and SEG/KOS (so a PACS
+#: routing a whole study, our own results included, is never refused; those are stored and ignored).
+ACCEPTED_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound Multi-frame Image Storage (Retired)
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+)
+
+#: Returns "image", "report", "own_output" or "ignored:<reason>" for a received dataset.
+Classify = Callable[[Dataset], str]
+
+
+def accepted_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax the DICOM reader decodes: a sender proposing several picks one we read."""
+    from llnm.dicom.reading import SUPPORTED_TRANSFER_SYNTAXES
+
+    return list(SUPPORTED_TRANSFER_SYNTAXES)
+
+
+def default_classify() -> Classify:
+    from llnm.dicom.classify import classify_instance
+
+    return classify_instance
+
+
+class Listener:
+    def __init__(self, settings: Settings, enqueue: Enqueue, classify: Classify | None = None,
+                 audit: AuditTrail | None = None, completion_interval_s: float = 0.5) -> None:
+        self.settings = settings
+        self.enqueue = enqueue
+        self.classify = classify or default_classify()
+        self.audit = audit or AuditTrail.for_data_dir(settings.data_dir)
+        self.spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
+        self.policy: AccessPolicy = parse_access(settings.allowed_aes, settings.series_idle_s,
+                                                 settings.study_idle_s)
+        self.tracker = CompletionTracker(self.audit, self.policy)
+        self.completion_interval_s = completion_interval_s
+        self._stop = threading.Event()
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.ae = self.build_ae()
+
+    # -- the AE ---------------------------------------------------------------------------------------
+    def build_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.require_called_aet = s.require_called_ae
+        ae.network_timeout = s.network_timeout_s
+        ae.acse_timeout = s.network_timeout_s
+        ae.dimse_timeout = s.network_timeout_s
+        ae.maximum_pdu_size = 0  # no limit: peers send large PDUs, fewer round trips
+        ae.add_supported_context(Verification)
+        syntaxes = accepted_transfer_syntaxes()
+        for uid in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(uid, syntaxes)
+        return ae
+
+    def handlers(self) -> list:
+        return [
+            NODELAY_HANDLER,
+            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+        ]
+
+    def start(self) -> "Listener":
+        s = self.settings
+        removed = remove_stale_temp_files(self.spool.root)
+        if removed:
+            log.info("removed temp files of interrupted writes", count=removed)
+        ssl_context = server_tls_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
+        self._server = self.ae.start_server((s.bind_address, s.port), block=False,
+                                            evt_handlers=self.handlers(), ssl_context=ssl_context)
+        self._thread = threading.Thread(target=self.tracker.run, name="llnm-completion",
+                                        args=(self.enqueue, self._stop, self.completion_interval_s),
+                                        daemon=True)
+        self._thread.start()
+        log.info("listener up", called_ae=s.ae_title, port=self.port,
+                 reason="tls" if ssl_context else "plain")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self.settings.port
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- handlers -------------------------------------------------------------------------------------
+    def handle_requested(self, event: evt.Event) -> None:
+        """Reject callers not on the allow-list (A-ASSOCIATE-RJ: calling AE title not recognised)."""
+        rq = event.assoc.requestor
+        calling = str(rq.primitive.calling_ae_title).strip()
+        address = str(rq.address)
+        label = self.policy.metric_label(calling)
+        if not self.policy.allows(calling, address):
+            metrics.ASSOCIATIONS.labels(calling_ae=label, result="rejected").inc()
+            log.warning("association rejected: calling AE not allowed", calling_ae=calling, peer=address)
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            return
+        metrics.ASSOCIATIONS.labels(calling_ae=label, result="accepted").inc()
+
+    def handle_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def handle_store(self, event: evt.Event) -> int:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        label = self.policy.metric_label(calling)
+        status, outcome = self._store(event, calling)
+        metrics.INSTANCES.labels(calling_ae=label, status=outcome).inc()
+        return status
+
+    def _store(self, event: evt.Event, calling: str) -> tuple[int, str]:
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            data = event.encoded_dataset()
+            if len(data) > self.settings.max_instance_mb * 1024 * 1024:
+                log.warning("instance over the size limit", calling_ae=calling, bytes=len(data))
+                return OUT_OF_RESOURCES, "out_of_resources"
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            study_uid = validate_uid(ds.get("StudyInstanceUID"))
+            series_uid = validate_uid(ds.get("SeriesInstanceUID"))
+            sop_uid = validate_uid(sop_uid)
+            if str(ds.get("SOPInstanceUID", "")).strip() != sop_uid:
+                raise InvalidUID("dataset SOP Instance UID differs from the request's")
+        except (InvalidUID, AttributeError, ValueError, KeyError, TypeError) as exc:
+            log.warning("instance refused: cannot read its UIDs", calling_ae=calling, error=type(exc).__name__)
+            return CANNOT_UNDERSTAND, "invalid"
+        if self.tracker.instances(study_uid) >= self.settings.max_instances_per_study:
+            log.warning("study over the instance limit", study_uid=study_uid, calling_ae=calling)
+            return OUT_OF_RESOURCES, "out_of_resources"
+        try:
+            kind = self.classify(ds)
+        except Exception as exc:
+            kind = f"ignored:unclassifiable ({type(exc).__name__})"
+        try:
+            stored = self.spool.store(study_uid, series_uid, sop_uid, data)
+            self.tracker.instance_received(study_uid, series_uid, calling, kind, duplicate=stored.duplicate)
+        except OutOfResources as exc:
+            log.error("instance refused: spool cannot store it", study_uid=study_uid, sop_instance_uid=sop_uid,
+                      calling_ae=calling, error=exc.strerror or type(exc).__name__)
+            return OUT_OF_RESOURCES, "out_of_resources"
+        except Exception as exc:  # bookkeeping failed: refuse, so the sender sends it again
+            log.exception("instance refused: could not record it", study_uid=study_uid,
+                          sop_instance_uid=sop_uid, error=type(exc).__name__)
+            return OUT_OF_RESOURCES, "error"
+        metrics.RECEIVED_BYTES.labels(calling_ae=self.policy.metric_label(calling)).inc(len(data))
+        log.debug("instance stored", study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid,
+                  calling_ae=calling, reason=kind, bytes=len(data))
+        return SUCCESS, "duplicate" if stored.duplicate else "stored"
+
+    def refresh_gauges(self) -> None:
+        """Called on each /metrics scrape."""
+        metrics.STUDIES_WAITING.set(self.tracker.waiting())
+        metrics.SPOOL_FREE_BYTES.set(self.spool.free_bytes())
+        metrics.SPOOL_BYTES.set(self.spool.usage_bytes())

@@ -1,0 +1,153 @@
+"""The spool: every received instance is on disk (temp file, fsync, rename, fsync dir) before the
+listener answers Success.
+
+Layout: `<spool>/<study_uid>/<series_uid>/<sop_instance_uid>.dcm`. File names come from UIDs only after
+validating them against the DICOM UI grammar, so no received value can name a path outside the spool.
+
+Duplicate policy (`LLNM_DUPLICATE_POLICY`), for an instance whose SOP Instance UID is already spooled:
+- `overwrite` (default): the new copy atomically replaces the old one (a corrected resend wins);
+- `discard`: the first copy is kept and the new one dropped; the answer is still Success, because an
+  instance with that SOP Instance UID is stored.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class InvalidUID(ValueError):
+    """A UID that is not a valid DICOM UI value (and so never becomes a file name)."""
+
+
+class OutOfResources(OSError):
+    """The spool cannot take the instance: disk below the watermark, full, or a write error."""
+
+
+def validate_uid(uid: object) -> str:
+    """Return `uid` stripped if it is a valid DICOM UID (digits and dots, at most 64 chars)."""
+    text = str(uid or "").strip().rstrip("\x00").strip()
+    if not text or len(text) > 64 or not _UID.match(text):
+        raise InvalidUID(f"not a valid DICOM UID: {text[:80]!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Stored:
+    path: Path
+    duplicate: bool  # an instance with this SOP Instance UID was already spooled
+    written: bool  # False when the duplicate policy kept the earlier copy
+    size: int
+
+
+class Spool:
+    def __init__(self, root: Path, min_free_mb: int = 1024, duplicate_policy: str = "overwrite") -> None:
+        if duplicate_policy not in {"overwrite", "discard"}:
+            raise ValueError(f"LLNM_DUPLICATE_POLICY={duplicate_policy!r}: expected 'overwrite' or 'discard'")
+        self.root = Path(root)
+        self.min_free_bytes = int(min_free_mb) * 1024 * 1024
+        self.duplicate_policy = duplicate_policy
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / validate_uid(study_uid)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.study_dir(study_uid) / validate_uid(series_uid) / f"{validate_uid(sop_uid)}.dcm"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def check_watermark(self, incoming: int = 0) -> None:
+        """Raise OutOfResources when storing `incoming` bytes would leave less than the watermark free."""
+        if self.free_bytes() - incoming < self.min_free_bytes:
+            raise OutOfResources(errno.ENOSPC, "spool disk below the free-space watermark")
+
+    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Stored:
+        """Write `data` (a DICOM file) durably; return only once it is on disk."""
+        path = self.path_for(study_uid, series_uid, sop_uid)
+        duplicate = path.exists()
+        if duplicate and self.duplicate_policy == "discard":
+            return Stored(path, duplicate=True, written=False, size=path.stat().st_size)
+        self.check_watermark(len(data))
+        try:
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fsync_dir(path.parent.parent)  # the new folders' entries are durable too
+                fsync_dir(self.root)
+            write_durably(path, data)
+        except OSError as exc:
+            raise OutOfResources(exc.errno or errno.EIO, f"spool write failed: {exc.strerror or exc}") from exc
+        return Stored(path, duplicate=duplicate, written=True, size=len(data))
+
+    def instances(self, study_uid: str) -> list[Path]:
+        """The spooled files of a study, sorted (series, then SOP Instance UID)."""
+        root = self.study_dir(study_uid)
+        return sorted(root.glob("*/*.dcm")) if root.is_dir() else []
+
+    def studies(self) -> list[str]:
+        out = []
+        for p in self.root.iterdir() if self.root.is_dir() else []:
+            if p.is_dir() and _UID.match(p.name):
+                out.append(p.name)
+        return sorted(out)
+
+    def last_modified(self, study_uid: str) -> float:
+        """Newest mtime of anything in the study's folder (0 when absent)."""
+        root = self.study_dir(study_uid)
+        times = [p.stat().st_mtime for p in root.rglob("*")] if root.is_dir() else []
+        return max(times, default=root.stat().st_mtime if root.is_dir() else 0.0)
+
+    def remove_study(self, study_uid: str) -> None:
+        shutil.rmtree(self.study_dir(study_uid), ignore_errors=True)
+
+    def usage_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.dcm") if p.is_file())
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """tmp file in the same folder, write, fsync, rename over `path`, fsync the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(root: Path, older_than_s: float = 3600.0) -> int:
+    """Temp files left by a crash mid-write (never answered Success) are removed at start-up."""
+    now = time.time()
+    count = 0
+    for p in Path(root).rglob(".tmp-*.part"):
+        try:
+            if now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                count += 1
+        except FileNotFoundError:
+            pass
+    return count

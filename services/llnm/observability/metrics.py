@@ -1,0 +1,75 @@
+"""Prometheus metrics of the listener and the worker. Labels carry AE titles, destinations, stages,
+model names and outcomes only: never a UID, a name, an ID or a date.
+
+Every metric lives in this module so names stay consistent across services and dashboards; a service
+exposes them with `llnm.observability.health.HealthServer` on `LLNM_METRICS_PORT`.
+Pipeline code times its stages with `with stage("segmentation"): ...`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: The per-stage latency histogram's stages, in pipeline order.
+STAGES = ("decode", "segmentation", "features", "text", "tmdl", "dicom_write", "send", "pipeline")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+# -- listener ------------------------------------------------------------------------------------------
+ASSOCIATIONS = Counter("llnm_associations", "Association requests, by calling AE and result "
+                       "(accepted, rejected)", ["calling_ae", "result"], registry=REGISTRY)
+INSTANCES = Counter("llnm_instances_received", "C-STORE requests, by calling AE and status "
+                    "(stored, duplicate, out_of_resources, invalid, error)", ["calling_ae", "status"],
+                    registry=REGISTRY)
+RECEIVED_BYTES = Counter("llnm_received_bytes", "Bytes of instances written to the spool", ["calling_ae"],
+                         registry=REGISTRY)
+STUDIES_WAITING = Gauge("llnm_studies_waiting", "Studies receiving instances, waiting for completion",
+                        registry=REGISTRY)
+STUDIES_COMPLETED = Counter("llnm_studies_completed", "Completed studies, by outcome (queued, ignored)",
+                            ["outcome"], registry=REGISTRY)
+ENQUEUE_ERRORS = Counter("llnm_enqueue_errors", "Failures to put a completed study on the queue",
+                         registry=REGISTRY)
+SPOOL_BYTES = Gauge("llnm_spool_bytes", "Bytes of instances in the spool", registry=REGISTRY)
+SPOOL_FREE_BYTES = Gauge("llnm_spool_free_bytes", "Free bytes on the spool's file system", registry=REGISTRY)
+OWN_OUTPUT = Counter("llnm_own_output_received", "Instances this worker produced, received back and ignored",
+                     registry=REGISTRY)
+
+# -- queue and worker ----------------------------------------------------------------------------------
+QUEUE_DEPTH = Gauge("llnm_queue_depth", "Studies waiting on the work queue", registry=REGISTRY)
+STUDIES_PROCESSED = Counter("llnm_studies_processed", "Studies processed and results delivered",
+                            registry=REGISTRY)
+STUDIES_FAILED = Counter("llnm_studies_failed", "Failed processing attempts, by kind (transient, permanent)",
+                         ["kind"], registry=REGISTRY)
+STUDIES_DEAD_LETTERED = Counter("llnm_studies_dead_lettered", "Studies that failed for good (dead letter)",
+                                registry=REGISTRY)
+STAGE_SECONDS = Histogram("llnm_stage_seconds", "Latency of each processing stage", ["stage"],
+                          buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+TRITON_SECONDS = Histogram("llnm_triton_request_seconds", "Triton inference request latency", ["model"],
+                           buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+TRITON_ERRORS = Counter("llnm_triton_errors", "Failed Triton inference requests", ["model"], registry=REGISTRY)
+MODEL_SECONDS = Histogram("llnm_model_seconds", "Model inference latency (any backend)", ["model", "backend"],
+                          buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+OUTBOX_PENDING = Gauge("llnm_outbox_pending", "Result objects in the outbox not yet delivered everywhere",
+                       registry=REGISTRY)
+OBJECTS_SENT = Counter("llnm_objects_sent", "Result objects stored at a destination, by outcome",
+                       ["destination", "outcome"], registry=REGISTRY)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Time one pipeline stage into llnm_stage_seconds{stage=name}."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(stage=name).observe(time.perf_counter() - start)
+
+
+for _s in STAGES:  # every stage series exists from the start, so dashboards show zeros, not gaps
+    STAGE_SECONDS.labels(stage=_s)

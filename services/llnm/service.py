@@ -1,0 +1,151 @@
+"""Assembling the long-running services from Settings: `llnm listener`, `llnm worker` and the embedded
+`llnm serve` (listener + in-process queue + worker threads + ONNX Runtime + results folder).
+
+Each process serves /metrics, /healthz and /readyz on LLNM_METRICS_PORT (0: no HTTP endpoint) and stops
+cleanly on SIGTERM/SIGINT: the listener stops accepting, the worker finishes the study in hand.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+
+from llnm import RESEARCH_USE_STATEMENT
+from llnm.audit import AuditTrail
+from llnm.config import Settings
+from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, create_backend
+from llnm.observability.health import HealthServer, broker_check, disk_check, models_check, writable_dir_check
+from llnm.observability.logs import get_logger
+
+log = get_logger(__name__)
+
+MODELS = (NODULE_SEG, THYROID_SEG, TEXT_ENCODER, TMDL)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("stopping on signal", reason=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _health(settings: Settings, checks: dict, on_scrape=None) -> HealthServer | None:
+    if not settings.metrics_port:
+        return None
+    return HealthServer(settings.metrics_port, checks, on_scrape=on_scrape).start()
+
+
+def run_listener(settings: Settings) -> int:
+    """The DICOM listener feeding the Celery queue."""
+    from llnm.listener.app import Listener
+    from llnm.observability import metrics
+    from llnm.worker.celery_app import CeleryQueue, queue_depth
+
+    if not settings.broker_url:
+        log.error("LLNM_BROKER_URL is not set: `llnm listener` feeds Celery; use `llnm serve` without Redis")
+        return 2
+    queue = CeleryQueue(settings)
+    listener = Listener(settings, queue.enqueue)
+
+    def scrape() -> None:
+        listener.refresh_gauges()
+        metrics.QUEUE_DEPTH.set(queue_depth(settings))
+
+    checks = {"spool writable": writable_dir_check(settings.spool_dir),
+              "spool disk": disk_check(settings.data_dir, settings.min_free_disk_mb),
+              "broker": broker_check(settings.broker_url)}
+    stop = _stop_on_signals()
+    health = _health(settings, checks, scrape)
+    listener.start()
+    log.info(RESEARCH_USE_STATEMENT)
+    stop.wait()
+    listener.stop()
+    if health:
+        health.stop()
+    return 0
+
+
+def run_worker(settings: Settings) -> int:
+    """The Celery worker (thread pool: one process, so its metrics are one registry)."""
+    from llnm.observability import metrics
+    from llnm.worker.celery_app import queue_depth
+    from llnm.worker.maintenance import Maintenance
+    from llnm.worker.tasks import make_app, study_worker
+
+    if not settings.broker_url:
+        log.error("LLNM_BROKER_URL is not set: `llnm worker` consumes Celery; use `llnm serve` without Redis")
+        return 2
+    app = make_app(settings)
+    worker = study_worker(settings)
+    maintenance = Maintenance(settings, worker.audit)
+
+    def scrape() -> None:
+        maintenance.refresh_gauges()
+        metrics.QUEUE_DEPTH.set(queue_depth(settings))
+
+    checks = {"spool writable": writable_dir_check(settings.spool_dir),
+              "broker": broker_check(settings.broker_url),
+              "models": models_check(worker.backend, MODELS)}
+    health = _health(settings, checks, scrape)
+    maintenance.start()
+    log.info(RESEARCH_USE_STATEMENT)
+    argv = ["worker", "--pool=threads", f"--concurrency={max(1, settings.worker_concurrency)}",
+            "--loglevel=WARNING", "-Q", settings.queue_name, "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-n", f"llnm@{socket.gethostname()}"]
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        maintenance.stop()
+        if health:
+            health.stop()
+    return 0
+
+
+def run_embedded(settings: Settings) -> int:
+    """`llnm serve`: everything in one process, nothing else to install or configure."""
+    from llnm.listener.app import Listener
+    from llnm.worker.local import LocalQueue
+    from llnm.worker.maintenance import Maintenance
+    from llnm.worker.process import StudyWorker
+
+    audit = AuditTrail.for_data_dir(settings.data_dir)
+    backend = create_backend(settings)
+    missing = [m for m in MODELS if not backend.has_model(m)]
+    if missing:
+        log.warning("models missing: studies will fail until they are installed (then `llnm requeue`)",
+                    model=",".join(missing), path=str(settings.model_repository))
+    worker = StudyWorker(settings, backend, audit)
+    queue = LocalQueue(worker, threads=settings.worker_concurrency)
+    listener = Listener(settings, queue.enqueue, audit=audit)
+    maintenance = Maintenance(settings, audit)
+
+    def scrape() -> None:
+        listener.refresh_gauges()
+        maintenance.refresh_gauges()
+        queue.refresh_gauges()
+
+    checks = {"spool writable": writable_dir_check(settings.spool_dir),
+              "spool disk": disk_check(settings.data_dir, settings.min_free_disk_mb),
+              "models": models_check(backend, MODELS)}
+    stop = _stop_on_signals()
+    health = _health(settings, checks, scrape)
+    queue.start()
+    maintenance.start()
+    listener.start()
+    log.info(RESEARCH_USE_STATEMENT)
+    log.info("ready: send studies to the listener", called_ae=settings.ae_title, port=listener.port,
+             path=str(worker.settings.results_path) if worker.write_results_folder else None,
+             destination=settings.destinations or None)
+    stop.wait()
+    listener.stop()
+    queue.stop()
+    maintenance.stop()
+    if health:
+        health.stop()
+    return 0

@@ -1,0 +1,258 @@
+"""Processing one completed study, as plain functions the Celery tasks and the embedded queue both call.
+
+`StudyWorker.process(uid)` runs the pipeline on the spooled instances and puts the result objects (SR, SEG,
+key image) in the outbox and/or the local results folder; `StudyWorker.deliver(uid)` C-STOREs what is
+pending in the outbox to every destination. Both are idempotent: the DICOM writer derives output UIDs from
+the study, so running a study again (after a kill, a retry or a requeue) rewrites the same objects and
+sends only what no destination has stored yet.
+
+Faults are sorted into transient (worth a retry with backoff: network, Triton unavailable, disk busy) and
+permanent (dead letter at once: a missing model, an unreadable study).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from llnm import audit as A
+from llnm.audit import AuditTrail
+from llnm.config import Settings
+from llnm.dimse import Node, client_tls_context, parse_nodes
+from llnm.inference.backend import InferenceBackend, ModelNotFound
+from llnm.listener.spool import Spool
+from llnm.observability import metrics
+from llnm.observability.logs import get_logger
+from llnm.worker.outbox import Outbox
+from llnm.worker.sender import send_files
+
+log = get_logger(__name__)
+
+#: predict_paths(paths, backend, settings) -> list[StudyOutput] (llnm.predict); injectable for tests.
+Predict = Callable[[list[Path], InferenceBackend, Settings], list[Any]]
+#: write_output(output, out_dir) -> Path (llnm.predict).
+WriteOutput = Callable[[Any, Path], Path]
+
+BACKOFF_CAP_S = 600.0
+
+
+class PermanentError(RuntimeError):
+    """Retrying cannot help: the study goes to the dead letter."""
+
+
+class DeliveryPending(RuntimeError):
+    """Some result objects are not yet stored at some destination (retry the delivery later)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (PermanentError, ModelNotFound)):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, DeliveryPending, sqlite3.OperationalError))
+
+
+def backoff_s(base_s: float, attempt: int, cap_s: float = BACKOFF_CAP_S) -> float:
+    """Exponential backoff: base, 2*base, 4*base ... capped (attempt counts from 1)."""
+    return float(min(cap_s, base_s * (2 ** max(0, attempt - 1))))
+
+
+@dataclass
+class Processed:
+    study_uid: str
+    objects: int
+    probability: float | None
+    risk_level: int | None
+
+
+class TimedBackend:
+    """Wraps a backend to time every model call (llnm_model_seconds), whatever the backend."""
+
+    def __init__(self, inner: InferenceBackend, name: str) -> None:
+        self.inner = inner
+        self.name = name
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            return self.inner.infer(model, inputs)
+        finally:
+            metrics.MODEL_SECONDS.labels(model=model, backend=self.name).observe(time.perf_counter() - start)
+
+    def has_model(self, model: str) -> bool:
+        return self.inner.has_model(model)
+
+    def model_version(self, model: str) -> str:
+        return self.inner.model_version(model)
+
+
+def _default_predict() -> tuple[Predict, WriteOutput]:
+    from llnm.predict import predict_paths, write_output
+
+    return predict_paths, write_output
+
+
+class StudyWorker:
+    def __init__(self, settings: Settings, backend: InferenceBackend, audit: AuditTrail | None = None,
+                 predict: Predict | None = None, write_output: WriteOutput | None = None) -> None:
+        self.settings = settings
+        self.backend = TimedBackend(backend, settings.inference_backend)
+        self.audit = audit or AuditTrail.for_data_dir(settings.data_dir)
+        self.spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
+        self.outbox = Outbox(settings.outbox_dir)
+        self.nodes: list[Node] = parse_nodes(settings.destinations)
+        if predict is None or write_output is None:
+            default_predict, default_write = _default_predict()
+            predict = predict or default_predict
+            write_output = write_output or default_write
+        self._predict = predict
+        self._write_output = write_output
+        self._tls = None
+
+    @property
+    def write_results_folder(self) -> bool:
+        """Results go to the local folder when no PACS is configured, or when a folder is set explicitly."""
+        return not self.nodes or bool(self.settings.results_dir)
+
+    # -- processing -------------------------------------------------------------------------------------
+    def process(self, study_uid: str, task_id: str | None = None, attempt: int = 1) -> Processed:
+        """Run the pipeline and stage the results. Raises on failure (see is_transient)."""
+        self.audit.set_state(study_uid, A.PROCESSING, event="processing", detail={"task_id": task_id,
+                                                                                   "attempt": attempt},
+                             task_id=task_id)
+        paths = self.spool.instances(study_uid)
+        if not paths:
+            raise PermanentError("no instances of this study in the spool (removed by retention?)")
+        log.info("processing study", study_uid=study_uid, task_id=task_id, attempt=attempt, instances=len(paths))
+        with metrics.stage("pipeline"):
+            outputs = [o for o in self._predict(paths, self.backend, self.settings) if o.study_uid == study_uid]
+        if not outputs:
+            raise PermanentError("the pipeline produced no result for this study")
+        objects = 0
+        probability = risk = None
+        with metrics.stage("dicom_write"):
+            for output in outputs:
+                if self.write_results_folder:
+                    self._write_output(output, self.settings.results_path)
+                if self.nodes:
+                    self.outbox.add(study_uid, list(output.datasets), self.nodes)
+                objects += len(output.datasets)
+                summary = output.summary or {}
+                probability = summary.get("probability", probability)
+                risk = summary.get("risk_level", risk)
+        state = A.SENDING if self.nodes else A.DONE
+        detail = {"objects": objects, "probability": probability, "risk_level": risk, "task_id": task_id}
+        # Only from PROCESSING: if new instances re-queued the study meanwhile, it stays queued.
+        if not self.audit.transition(study_uid, (A.PROCESSING,), state, event="result", detail=detail,
+                                     probability=probability, risk_level=risk, error=None,
+                                     next_at=time.time() + DELIVERY_LEASE_S):
+            self.audit.event(study_uid, "result", **detail)
+        log.info("study processed", study_uid=study_uid, task_id=task_id, objects=objects,
+                 probability=probability, risk_level=risk)
+        if not self.nodes:
+            metrics.STUDIES_PROCESSED.inc()
+        return Processed(study_uid, objects, probability, risk)
+
+    # -- delivery ---------------------------------------------------------------------------------------
+    def _tls_context(self):
+        if self._tls is None:
+            s = self.settings
+            self._tls = client_tls_context(s.tls_ca, s.tls_cert, s.tls_key)
+        return self._tls
+
+    def deliver(self, study_uid: str, attempt: int = 1) -> None:
+        """Send what is pending to every destination; raises DeliveryPending if something is left."""
+        if not self.nodes:
+            return
+        left: dict[str, int] = {}
+        for node in self.nodes:
+            pending = self.outbox.pending(study_uid, node)
+            if not pending:
+                continue
+            with metrics.stage("send"):
+                report = send_files(pending, node, self.settings.sender_ae_title, self.settings.network_timeout_s,
+                                    self._tls_context() if node.tls else None)
+            for path in report.sent:
+                self.outbox.mark_sent(study_uid, node, path.stem)
+            metrics.OBJECTS_SENT.labels(destination=node.label, outcome="stored").inc(len(report.sent))
+            if report.failed:
+                metrics.OBJECTS_SENT.labels(destination=node.label, outcome="failed").inc(len(report.failed))
+                left[node.label] = len(report.failed)
+                reason = sorted(set(report.failed.values()))[0]
+                log.warning("delivery incomplete", study_uid=study_uid, destination=node.label,
+                            objects=len(report.failed), attempt=attempt, reason=reason)
+                self.audit.event(study_uid, "send failed", destination=node.label, objects=len(report.failed),
+                                 attempt=attempt, reason=reason)
+            if report.sent:
+                self.audit.event(study_uid, "sent", destination=node.label, objects=len(report.sent))
+                log.info("results sent", study_uid=study_uid, destination=node.label, objects=len(report.sent))
+        if left:
+            raise DeliveryPending(f"not yet stored at {', '.join(f'{k} ({v})' for k, v in left.items())}")
+        if self.audit.transition(study_uid, (A.SENDING, A.PROCESSING, A.FAILED), A.DONE, event="delivered"):
+            metrics.STUDIES_PROCESSED.inc()
+
+    # -- faults ---------------------------------------------------------------------------------------------
+    def dead_letter(self, study_uid: str, exc: BaseException, stage: str, attempts: int) -> None:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        self.audit.set_state(study_uid, A.FAILED, event="dead letter",
+                             detail={"stage": stage, "attempts": attempts, "error": error}, error=error)
+        metrics.STUDIES_FAILED.labels(kind="permanent" if not is_transient(exc) else "transient").inc()
+        metrics.STUDIES_DEAD_LETTERED.inc()
+        log.error("study failed for good (dead letter)", study_uid=study_uid, stage=stage, attempt=attempts,
+                  error=type(exc).__name__)
+
+    def will_retry(self, study_uid: str, exc: BaseException, stage: str, attempt: int, delay_s: float) -> None:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        self.audit.event(study_uid, "retry", stage=stage, attempt=attempt, delay_s=round(delay_s, 1), error=error)
+        if stage == "process":
+            metrics.STUDIES_FAILED.labels(kind="transient").inc()
+        log.warning("transient failure, will retry", study_uid=study_uid, stage=stage, attempt=attempt,
+                    seconds=round(delay_s, 1), error=type(exc).__name__)
+
+
+@dataclass
+class Next:
+    """What the queue should do after one step: nothing more, process again, or deliver (after a delay)."""
+
+    action: str  # "done", "process" or "deliver"
+    attempt: int = 1  # the attempt number of that next step
+    delay_s: float = 0.0
+
+
+DELIVERY_LEASE_S = 300.0  # a study being delivered is not claimed again by the embedded queue meanwhile
+
+
+def run_process(worker: StudyWorker, study_uid: str, task_id: str | None, attempt: int) -> Next:
+    """Process (attempt counts from 1), then deliver once; decide retries and the dead letter."""
+    s = worker.settings
+    try:
+        worker.process(study_uid, task_id=task_id, attempt=attempt)
+    except Exception as exc:
+        if is_transient(exc) and attempt <= s.task_max_retries:
+            delay = backoff_s(s.task_retry_backoff_s, attempt)
+            worker.will_retry(study_uid, exc, "process", attempt, delay)
+            worker.audit.transition(study_uid, (A.PROCESSING,), A.QUEUED, attempts=attempt,
+                                    next_at=time.time() + delay)
+            return Next("process", attempt + 1, delay)
+        worker.dead_letter(study_uid, exc, "process", attempt)
+        return Next("done")
+    return run_delivery(worker, study_uid, 1)
+
+
+def run_delivery(worker: StudyWorker, study_uid: str, attempt: int) -> Next:
+    s = worker.settings
+    try:
+        worker.deliver(study_uid, attempt=attempt)
+    except Exception as exc:
+        if is_transient(exc) and attempt <= s.send_max_retries:
+            delay = backoff_s(s.send_backoff_s, attempt)
+            worker.will_retry(study_uid, exc, "send", attempt, delay)
+            worker.audit.transition(study_uid, (A.SENDING, A.PROCESSING), A.SENDING, send_attempts=attempt,
+                                    next_at=time.time() + delay)
+            return Next("deliver", attempt + 1, delay)
+        worker.dead_letter(study_uid, exc, "send", attempt)
+        return Next("done")
+    return Next("done")

@@ -1,0 +1,48 @@
+"""Putting studies back on the queue (`llnm requeue`): the dead letter's way out.
+
+The study runs from the start (its spooled instances must still be there); outputs already delivered
+are not sent again (see llnm.worker.outbox).
+"""
+
+from __future__ import annotations
+
+from llnm import audit as A
+from llnm.audit import AuditTrail
+from llnm.config import Settings
+from llnm.listener.spool import InvalidUID, Spool, validate_uid
+
+
+def requeue(settings: Settings, study_uids: list[str], all_failed: bool = False,
+            audit: AuditTrail | None = None) -> tuple[list[str], dict[str, str]]:
+    """Queue the studies again; returns (queued UIDs, {UID: why not})."""
+    audit = audit or AuditTrail.for_data_dir(settings.data_dir)
+    spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
+    uids = list(study_uids)
+    if all_failed:
+        uids += [r["study_uid"] for r in audit.studies((A.FAILED,), limit=1_000_000)]
+    queue = None
+    if settings.broker_url:
+        from llnm.worker.celery_app import CeleryQueue
+
+        queue = CeleryQueue(settings)
+    queued: list[str] = []
+    errors: dict[str, str] = {}
+    for raw in dict.fromkeys(uids):
+        try:
+            uid = validate_uid(raw)
+        except InvalidUID as exc:
+            errors[str(raw)] = str(exc)
+            continue
+        row = audit.study(uid)
+        if row is not None and row["state"] in (A.RECEIVING, A.PROCESSING):
+            errors[uid] = f"study is {row['state']}; it will be processed without a requeue"
+            continue
+        if not spool.instances(uid):
+            errors[uid] = "no spooled instances (never received, or removed by retention): send it again"
+            continue
+        audit.set_state(uid, A.QUEUED, event="requeued", attempts=0, send_attempts=0, next_at=0.0, error=None)
+        if queue is not None:
+            task_id = queue.enqueue(uid)
+            audit.set_state(uid, A.QUEUED, event="queued", detail={"task_id": task_id}, task_id=task_id)
+        queued.append(uid)
+    return queued, errors
