@@ -1,1 +1,40 @@
-"""phantom"""
+"""Synthetic thyroid ultrasound studies with a KNOWN lateral-lymph-node-metastasis risk model.
+
+`llnm phantom --out DIR --studies N --seed S` (or `write_phantom_set`) writes real DICOM studies
+and their ground truth; `generate_study(seed, index)` gives the same study as arrays, in memory.
+The same seed gives byte-identical output; study k depends only on (seed, k).
+
+Layout of DIR (also the training layout `llnm train --data DIR` reads; a hospital cohort can
+provide the same files, with `truth/params.jsonl` optional)::
+
+    DIR/<study_uid>/US_1.dcm        US Image Storage, transverse view of the index nodule
+    DIR/<study_uid>/US_2.dcm        US Image Storage, longitudinal view (cranial to the left)
+                                    Both views share one image series (SeriesNumber 1).
+    DIR/<study_uid>/SR_report.dcm   Basic Text SR (own series, SeriesNumber 2) holding the report:
+                                    root CONTAINER -> CONTAINER "Findings" -> TEXT "Finding",
+                                                      CONTAINER "Impressions" -> TEXT "Impression"
+    DIR/truth/images/<sop_instance_uid>.png         uint8 greyscale B-mode tissue region of that
+                                    frame = frame[y0:y1+1, x0:x1+1] with the region bounds below
+    DIR/truth/masks/<sop_instance_uid>_gland.png    0/255 thyroid mask on that crop grid (lobe and
+                                    the isthmus part in view; the nodule lies inside it)
+    DIR/truth/masks/<sop_instance_uid>_nodule.png   0/255 index-nodule mask on that crop grid
+    DIR/labels.csv   study_uid,llnm,risk_level,p_true,age,sex,report
+                     llnm 0/1; risk_level 1 (no LLNM), 2, 3; p_true = the generator's true
+                     probability (empty for a real cohort); age in years; sex M/F; report = the
+                     report text, the SR's TEXT values in document order joined by "\\n"
+    DIR/views.csv    study_uid,sop_instance_uid,image,gland_mask,nodule_mask,spacing_row_mm,
+                     spacing_col_mm,region_x0,region_y0,region_x1,region_y1,view
+                     paths relative to DIR; region = the B-mode region of the DICOM frame with
+                     INCLUSIVE bounds as in SequenceOfUltrasoundRegions; view = transverse/longitudinal
+    DIR/truth/params.jsonl   one JSON object per study: the latent and realised parameters
+                     (capsule_distance_mm, size_mm, lobe_position, margin, echogenicity, ...)
+
+Only DICOM lies outside DIR/truth and the two CSV files, so `storescu +sd DIR +sp '*.dcm'` sends
+exactly the studies. Capsule distance is measured on the gland mask: (min Euclidean distance
+transform of the gland over nodule pixels - 0.5 px) x spacing, 0 when touching.
+"""
+
+from .layout import write_phantom_set
+from .study import PhantomStudy, PhantomView, generate_study
+
+__all__ = ["PhantomStudy", "PhantomView", "generate_study", "write_phantom_set"]

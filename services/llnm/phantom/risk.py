@@ -1,0 +1,134 @@
+"""The phantom's true LLNM risk model: a logistic model over the realised findings.
+
+The directions follow the LLNM-Net paper (Shen et al., Nat Commun 2025) and the PTC literature:
+a nodule within 2.5 mm of the capsule, in the upper or middle third of the lobe, larger, with
+irregular margins, hypoechoic, with microcalcifications, in a younger or male patient, and with
+worrying report wording (extrathyroidal extension, a suspicious central node) carries more risk.
+Labels are drawn from `p_true`, so AUC(p_true, llnm) is the Bayes-optimal AUC of a set.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .findings import NEAR_CAPSULE_MM
+
+INTERCEPT = -3.15
+WEIGHTS: dict[str, float] = {
+    "near_capsule": 1.5,  # capsule distance < 2.5 mm
+    "touching_capsule": 0.4,  # < 0.5 mm, on top of near_capsule
+    "extrathyroidal_extension": 0.8,
+    "upper_third": 1.0,
+    "middle_third": 0.5,
+    "log2_size_per_10mm": 1.0,
+    "margin_ill-defined": 0.4,
+    "margin_lobulated": 0.6,
+    "margin_irregular": 1.1,
+    "echo_hyper": -0.4,
+    "echo_hypo": 0.7,
+    "echo_marked-hypo": 1.1,
+    "calc_micro": 1.1,
+    "calc_macro": 0.3,
+    "calc_rim": 0.2,
+    "composition_mostly-solid": -0.3,
+    "composition_mixed": -0.9,
+    "male": 0.7,
+    "age_per_10y_over_45": -0.35,
+    "central_node": 1.2,
+    "internal_vascularity": 0.4,
+}
+
+
+@dataclass(frozen=True)
+class RiskFactors:
+    """What the risk model reads: the REALISED values (measured on the generated images)."""
+
+    capsule_mm: float
+    vertical: str
+    size_mm: float
+    margin: str
+    echogenicity: str
+    calcification: str
+    composition: str
+    sex: str
+    age: float
+    ete: bool
+    central_node: bool
+    vascularity: str
+
+
+def design(f: RiskFactors) -> dict[str, float]:
+    """The model's covariates, named as in WEIGHTS."""
+    x = {
+        "near_capsule": float(f.capsule_mm < NEAR_CAPSULE_MM),
+        "touching_capsule": float(f.capsule_mm < 0.5),
+        "extrathyroidal_extension": float(f.ete),
+        "upper_third": float(f.vertical == "upper"),
+        "middle_third": float(f.vertical == "middle"),
+        "log2_size_per_10mm": math.log2(max(f.size_mm, 1.0) / 10.0),
+        "male": float(f.sex == "M"),
+        "age_per_10y_over_45": (f.age - 45.0) / 10.0,
+        "central_node": float(f.central_node),
+        "internal_vascularity": float(f.vascularity == "internal"),
+    }
+    for key in WEIGHTS:
+        for prefix, value in (("margin_", f.margin), ("echo_", f.echogenicity), ("calc_", f.calcification),
+                              ("composition_", f.composition)):
+            if key.startswith(prefix):
+                x[key] = float(key == prefix + value)
+    return x
+
+
+def logit(f: RiskFactors) -> float:
+    x = design(f)
+    return INTERCEPT + sum(WEIGHTS[k] * x[k] for k in WEIGHTS)
+
+
+def p_true(f: RiskFactors) -> float:
+    return 1.0 / (1.0 + math.exp(-logit(f)))
+
+
+def draw_outcome(p: float, rng: np.random.Generator) -> tuple[int, int]:
+    """(llnm, risk_level). Level 1 = no LLNM; among positives level 3 (many/large nodes) is likelier
+    the higher the true probability."""
+    llnm = int(rng.random() < p)
+    if not llnm:
+        return 0, 1
+    return 1, 3 if rng.random() < p**1.5 else 2
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann-Whitney AUC with tie correction; NaN when one class is absent."""
+    scores = np.asarray(scores, dtype=float)
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=float)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def read_labels(labels_csv_path: str | Path) -> list[dict[str, str]]:
+    with open(labels_csv_path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def bayes_auc(labels_csv_path: str | Path) -> float:
+    """AUC of the generator's true probability against the drawn labels: the best any model can
+    expect on this set (up to sampling noise)."""
+    rows = read_labels(labels_csv_path)
+    return auc(np.array([float(r["p_true"]) for r in rows]), np.array([int(r["llnm"]) for r in rows]))
