@@ -147,6 +147,7 @@ class Listener:
             metrics.ASSOCIATIONS.labels(calling_ae=label, result="rejected").inc()
             log.warning("association rejected: calling AE not allowed", calling_ae=calling, peer=address)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out
             return
         metrics.ASSOCIATIONS.labels(calling_ae=label, result="accepted").inc()
 

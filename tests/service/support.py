@@ -1,0 +1,277 @@
+"""Shared test helpers for the service and end-to-end tests: real DICOM files, a real Orthanc, a
+stand-in for the pipeline (for the service mechanics while trained models are missing), metrics."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from llnm import MANUFACTURER
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+PATIENT_NAME = "Doe^Jane"
+PATIENT_ID = "PID-0042-SECRET"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.1) -> Any:
+    end = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(interval_s)
+
+
+def make_us(study_uid: str, series_uid: str, sop_uid: str | None = None, *, modality: str = "US",
+            sop_class: str = US_IMAGE_STORAGE, manufacturer: str = "Test Scanner", size: int = 32) -> Dataset:
+    """A small but complete single-frame greyscale image with patient data in its header."""
+    sop_uid = sop_uid or generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.StudyDate = "20250101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = "ACC1"
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Modality = modality
+    ds.Manufacturer = manufacturer
+    ds.ReferringPhysicianName = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = (np.arange(size * size) % 251).astype(np.uint8).tobytes()
+    return ds
+
+
+def write_study(folder: Path, series: int = 1, per_series: int = 2, study_uid: str | None = None,
+                **kwargs: Any) -> tuple[str, list[Path]]:
+    study_uid = study_uid or generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for _ in range(series):
+        series_uid = generate_uid()
+        for i in range(per_series):
+            ds = make_us(study_uid, series_uid, **kwargs)
+            ds.InstanceNumber = i + 1
+            path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return study_uid, paths
+
+
+# -- the pipeline stand-in ----------------------------------------------------------------------------------
+@dataclass
+class StandinOutput:
+    study_uid: str
+    summary: dict
+    datasets: list = field(default_factory=list)
+    result: Any = None
+
+
+def standin_sr(source: Dataset, probability: float) -> Dataset:
+    """A Basic Text SR in the source's study, with UIDs derived from the study (as the real writer does)."""
+    study_uid = str(source.StudyInstanceUID)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[study_uid, "sr"])
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study_uid, "sr-series"])
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+        setattr(ds, keyword, source.get(keyword, ""))
+    ds.Modality = "SR"
+    ds.Manufacturer = MANUFACTURER
+    ds.SeriesNumber = 900
+    ds.InstanceNumber = 1
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "LLNM", "99LLNM", "LLNM result"
+    ds.ConceptNameCodeSequence = [concept]
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
+    item.ConceptNameCodeSequence = [concept]
+    item.TextValue = f"P(LLNM) = {probability:.4f}"
+    ds.ContentSequence = [item]
+    return ds
+
+
+def standin_predict(paths: list[Path], backend: Any, settings: Any) -> list[StandinOutput]:
+    """Groups the instances by study and writes one SR per study with a fixed probability."""
+    by_study: dict[str, Dataset] = {}
+    for p in paths:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        if ds.get("Manufacturer") == MANUFACTURER:
+            continue
+        by_study.setdefault(str(ds.StudyInstanceUID), ds)
+    delay = float(os.environ.get("LLNM_TEST_STANDIN_DELAY_S", "0"))
+    if delay:
+        time.sleep(delay)
+    return [StandinOutput(uid, {"study_uid": uid, "probability": 0.4242, "risk_level": 2}, [standin_sr(ds, 0.4242)])
+            for uid, ds in by_study.items()]
+
+
+def standin_write_output(output: StandinOutput, out_dir: Path) -> Path:
+    folder = Path(out_dir) / output.study_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    for ds in output.datasets:
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    (folder / "summary.json").write_text(json.dumps(output.summary))
+    return folder
+
+
+# -- Orthanc ----------------------------------------------------------------------------------------------
+class Orthanc:
+    """A real Orthanc on free loopback ports with storage in `workdir` (kept across restarts)."""
+
+    def __init__(self, workdir: Path, aet: str = "ORTHANC") -> None:
+        self.workdir = Path(workdir)
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.user, self.password = "llnm-test", base64.b32encode(os.urandom(10)).decode()
+        self.process: subprocess.Popen | None = None
+        storage = self.workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "llnm-test", "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+            "RegisteredUsers": {self.user: self.password},
+            "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False, "DicomCheckModalityHost": False,
+            "StableAge": 1, "HttpServerEnabled": True, "DicomServerEnabled": True, "Plugins": [],
+            "ConcurrentJobs": 1, "LogExportedResources": False,
+        }
+        self.config_path = self.workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps(config))
+
+    @property
+    def node(self) -> str:
+        return f"{self.aet}@127.0.0.1:{self.dicom_port}"
+
+    def start(self) -> "Orthanc":
+        self._log = open(self.workdir / "orthanc.log", "ab")
+        self.process = subprocess.Popen(["Orthanc", str(self.config_path)], stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_for(self._alive, 20):
+            self.stop()
+            raise RuntimeError("Orthanc did not start: " + (self.workdir / "orthanc.log").read_text()[-2000:])
+        return self
+
+    def _alive(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def _request(self, path: str, data: bytes | None = None) -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        return self._request(path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._request(path, json.dumps(body).encode())
+
+    def study_instances(self, study_uid: str) -> list[dict]:
+        """Simplified tags of every instance of the study (empty if Orthanc does not have it)."""
+        found = self.post("/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
+        out = []
+        for study in found:
+            for inst in self.get(f"/studies/{study}/instances"):
+                out.append(self.get(f"/instances/{inst['ID']}/simplified-tags"))
+        return out
+
+    def instance_file(self, sop_uid: str) -> bytes:
+        found = self.post("/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances/{found[0]}/file")
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.read()
+
+
+def orthanc_available() -> bool:
+    return shutil.which("Orthanc") is not None
+
+
+# -- metrics ----------------------------------------------------------------------------------------------
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted label items): value} from a /metrics endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and all(dict(lab).get(k) == val for k, val in labels.items()))
