@@ -1,0 +1,230 @@
+"""The worker's mechanics against a real Orthanc: outbox, sending, retries with backoff, dead letter,
+requeue, idempotent re-runs, retention, and the embedded `llnm serve` assembly. The pipeline is a
+stand-in here (tests/e2e run the real one once trained models exist)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support import (Orthanc, free_port, make_us, metric, scrape, standin_predict, standin_write_output,
+                     wait_for, write_study)
+
+from llnm import audit as A
+from llnm.audit import AuditTrail
+from llnm.listener.app import Listener
+from llnm.observability.health import HealthServer, writable_dir_check
+from llnm.worker.local import LocalQueue
+from llnm.worker.maintenance import apply_retention
+from llnm.worker.process import (DeliveryPending, PermanentError, StudyWorker, backoff_s, is_transient,
+                                 run_delivery, run_process)
+from llnm.worker.requeue import requeue
+
+pytestmark = pytest.mark.skipif(not shutil.which("Orthanc"), reason="needs Orthanc (scripts/test-services.sh)")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    yield pacs
+    pacs.stop()
+
+
+class NoBackend:
+    def infer(self, model, inputs):
+        raise AssertionError("the stand-in pipeline runs no model")
+
+    def has_model(self, model):
+        return True
+
+    def model_version(self, model):
+        return "none"
+
+
+def _spool_study(settings, tmp_path: Path, per_series: int = 2) -> str:
+    """Put a study in the spool as the listener would (and the audit row it makes)."""
+    study_uid, paths = write_study(tmp_path / "src", per_series=per_series)
+    from llnm.listener.spool import Spool
+
+    spool = Spool(settings.spool_dir, 0)
+    import pydicom
+
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        spool.store(study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, p.read_bytes())
+    AuditTrail.for_data_dir(settings.data_dir).set_state(study_uid, A.QUEUED, calling_ae="MODALITY")
+    return study_uid
+
+
+def _worker(settings, predict=standin_predict) -> StudyWorker:
+    return StudyWorker(settings, NoBackend(), predict=predict, write_output=standin_write_output)
+
+
+def test_backoff_and_fault_kinds():
+    assert [backoff_s(2, a) for a in (1, 2, 3)] == [2, 4, 8] and backoff_s(2, 30) == 600
+    assert is_transient(ConnectionRefusedError()) and is_transient(DeliveryPending("x"))
+    assert not is_transient(PermanentError("x")) and not is_transient(ValueError("bad pixel data"))
+    from llnm.inference.backend import ModelNotFound
+
+    assert not is_transient(ModelNotFound("no model"))
+
+
+def test_results_reach_the_pacs_once_even_when_the_study_runs_again(make_settings, tmp_path, orthanc):
+    settings = make_settings(destinations=orthanc.node)
+    uid = _spool_study(settings, tmp_path)
+    worker = _worker(settings)
+    assert run_process(worker, uid, "t1", 1).action == "done"
+    instances = orthanc.study_instances(uid)
+    assert [i["Modality"] for i in instances] == ["SR"]
+    assert worker.audit.study(uid)["state"] == A.DONE and worker.audit.study(uid)["probability"] == 0.4242
+    sent_events = lambda: [e for e in worker.audit.events(uid) if e["event"] == "sent"]  # noqa: E731
+    assert len(sent_events()) == 1
+    # a redelivered task (the first run was killed after sending) runs again: nothing is sent twice
+    assert run_process(_worker(settings), uid, "t2", 1).action == "done"
+    assert len(sent_events()) == 1 and len(orthanc.study_instances(uid)) == 1
+    assert not (settings.results_path / uid).exists()  # a PACS is configured and no folder was asked for
+
+
+def test_pacs_down_then_back_gets_the_results(make_settings, tmp_path, orthanc):
+    settings = make_settings(destinations=orthanc.node, network_timeout_s=2)
+    uid = _spool_study(settings, tmp_path)
+    worker = _worker(settings)
+    orthanc.stop()
+    try:
+        step = run_process(worker, uid, "t1", 1)
+        assert step.action == "deliver" and step.attempt == 2 and step.delay_s == settings.send_backoff_s
+        row = worker.audit.study(uid)
+        assert row["state"] == A.SENDING and row["send_attempts"] == 1
+        assert worker.outbox.pending_count(worker.nodes) == 1
+        assert run_delivery(worker, uid, 2).action == "deliver"
+    finally:
+        orthanc.start()
+    assert run_delivery(worker, uid, 3).action == "done"
+    assert worker.audit.study(uid)["state"] == A.DONE
+    assert len(orthanc.study_instances(uid)) == 1 and worker.outbox.pending_count(worker.nodes) == 0
+
+
+def test_delivery_gives_up_into_the_dead_letter_and_requeue_runs_it_again(make_settings, tmp_path, orthanc):
+    dead = f"NOBODY@127.0.0.1:{free_port()}"
+    settings = make_settings(destinations=dead, send_max_retries=1, network_timeout_s=2)
+    uid = _spool_study(settings, tmp_path)
+    worker = _worker(settings)
+    assert run_process(worker, uid, "t1", 1).action == "deliver"
+    assert run_delivery(worker, uid, 2).action == "done"
+    row = worker.audit.study(uid)
+    assert row["state"] == A.FAILED and "DeliveryPending" in row["error"]
+    assert [e["event"] for e in worker.audit.events(uid)][-1] == "dead letter"
+    queued, errors = requeue(settings, [], all_failed=True)
+    assert queued == [uid] and not errors and worker.audit.study(uid)["state"] == A.QUEUED
+    fixed = make_settings(destinations=orthanc.node)
+    assert run_process(_worker(fixed), uid, "t2", 1).action == "done"
+    assert len(orthanc.study_instances(uid)) == 1
+    assert requeue(settings, ["1.2.3.999"])[1]  # nothing spooled: refused with a reason
+
+
+def test_permanent_failure_dead_letters_at_once_and_transient_retries(make_settings, tmp_path):
+    settings = make_settings(task_max_retries=2)
+    uid = _spool_study(settings, tmp_path)
+
+    def broken(paths, backend, s):
+        raise ValueError("cannot decode")
+
+    assert run_process(_worker(settings, broken), uid, "t", 1).action == "done"
+    assert AuditTrail.for_data_dir(settings.data_dir).study(uid)["state"] == A.FAILED
+
+    def flaky(paths, backend, s):
+        raise ConnectionRefusedError("triton down")
+
+    worker = _worker(settings, flaky)
+    steps = [run_process(worker, uid, "t", attempt) for attempt in (1, 2, 3)]
+    assert [(s.action, s.delay_s) for s in steps] == [("process", 0.2), ("process", 0.4), ("done", 0.0)]
+    assert worker.audit.study(uid)["state"] == A.FAILED
+
+
+def test_no_destination_writes_the_results_folder(make_settings, tmp_path):
+    settings = make_settings()
+    uid = _spool_study(settings, tmp_path)
+    assert run_process(_worker(settings), uid, "t", 1).action == "done"
+    assert json.loads((settings.results_path / uid / "summary.json").read_text())["probability"] == 0.4242
+    assert AuditTrail.for_data_dir(settings.data_dir).study(uid)["state"] == A.DONE
+
+
+def test_retention_removes_done_studies_and_keeps_failed_ones(make_settings, tmp_path):
+    settings = make_settings(retention_hours=1.0)
+    done = _spool_study(settings, tmp_path / "a")
+    failed = _spool_study(settings, tmp_path / "b")
+    audit = AuditTrail.for_data_dir(settings.data_dir)
+    audit.set_state(done, A.DONE)
+    audit.set_state(failed, A.FAILED)
+    assert apply_retention(settings, audit) == []  # too young
+    assert apply_retention(settings, audit, now=time.time() + 7200) == [done]
+    assert not (settings.spool_dir / done).exists() and (settings.spool_dir / failed).exists()
+
+
+def test_embedded_serve_assembly_end_to_end(make_settings, tmp_path, orthanc):
+    """Listener + embedded queue + worker threads + health server, as `llnm serve` builds them."""
+    if not shutil.which("storescu"):
+        pytest.skip("needs dcmtk")
+    settings = make_settings(destinations=orthanc.node, results_dir=str(tmp_path / "results"))
+    audit = AuditTrail.for_data_dir(settings.data_dir)
+    worker = StudyWorker(settings, NoBackend(), audit, predict=standin_predict, write_output=standin_write_output)
+    queue = LocalQueue(worker, poll_s=0.05).start()
+    listener = Listener(settings, queue.enqueue, audit=audit, completion_interval_s=0.05).start()
+    health = HealthServer(0, {"spool writable": writable_dir_check(settings.spool_dir)}, host="127.0.0.1",
+                          on_scrape=listener.refresh_gauges).start()
+    try:
+        before = scrape(health.port)
+        study_uid, paths = write_study(tmp_path / "in", series=2, per_series=2)
+        run = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "LLNM", "127.0.0.1", str(listener.port),
+                              *map(str, paths)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert wait_for(lambda: audit.study(study_uid)["state"] == A.DONE, 20)
+        assert [i["Modality"] for i in orthanc.study_instances(study_uid)] == ["SR"]
+        assert (tmp_path / "results" / study_uid / "summary.json").is_file()
+        after = scrape(health.port)
+        for name in ("llnm_instances_received_total", "llnm_studies_completed_total",
+                     "llnm_studies_processed_total", "llnm_objects_sent_total"):
+            assert metric(after, name) > metric(before, name), name
+        assert metric(after, "llnm_stage_seconds_count", stage="send") > metric(before, "llnm_stage_seconds_count",
+                                                                                 stage="send")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{health.port}/metrics").read().decode()
+        assert study_uid not in text and "Doe" not in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{health.port}/readyz") as r:
+            assert json.loads(r.read())["ready"] is True
+        assert urllib.request.urlopen(f"http://127.0.0.1:{health.port}/healthz").status == 200
+    finally:
+        health.stop()
+        listener.stop()
+        queue.stop()
+
+
+def test_readyz_fails_with_the_reason(tmp_path):
+    def broken():
+        raise ConnectionRefusedError("no broker")
+
+    health = HealthServer(0, {"broker": broken}, host="127.0.0.1").start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{health.port}/readyz")
+        assert err.value.code == 503 and "ConnectionRefusedError" in err.value.read().decode()
+    finally:
+        health.stop()
+
+
+def test_embedded_queue_requeues_a_study_interrupted_by_a_crash(make_settings, tmp_path):
+    settings = make_settings()
+    uid = _spool_study(settings, tmp_path)
+    audit = AuditTrail.for_data_dir(settings.data_dir)
+    audit.set_state(uid, A.PROCESSING)  # the process died mid-study
+    queue = LocalQueue(_worker(settings))
+    queue.recover()
+    assert audit.study(uid)["state"] == A.QUEUED
+    assert queue.run_once() and audit.study(uid)["state"] == A.DONE
+    assert not queue.run_once()
