@@ -2,6 +2,8 @@
 
 The tokenizer.json is exported next to the text encoder's ONNX graph by `llnm export --text-encoder`.
 Reports are truncated / padded to m = 50 tokens and the attention mask says which are real.
+Because 50 tokens hold only the first two or three sentences of a typical report, the impression
+(the last paragraph, where the radiologist sums up) is put first and the findings after it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ from pathlib import Path
 import numpy as np
 
 MAX_TOKENS = 50  # m, the paper's report length in tokens
+
+
+def impression_first(text: str | None) -> str:
+    """The last non-empty paragraph first, then the others in order (one paragraph: unchanged)."""
+    paragraphs = [p.strip() for p in (text or "").split("\n") if p.strip()]
+    if len(paragraphs) < 2:
+        return " ".join(paragraphs)
+    return " ".join([paragraphs[-1], *paragraphs[:-1]])
 
 
 class ReportTokenizer:
@@ -28,7 +38,7 @@ class ReportTokenizer:
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         """-> input_ids, attention_mask: (B, max_tokens) int64. An empty text gives an all-zero mask."""
-        encodings = self._tok.encode_batch([t or "" for t in texts])
+        encodings = self._tok.encode_batch([impression_first(t) for t in texts])
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         for row, text in enumerate(texts):

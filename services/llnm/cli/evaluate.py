@@ -1,0 +1,46 @@
+"""`llnm evaluate --data DIR --model DIR`: AUC, sensitivity, specificity, accuracy, NPV, PPV with 95 %
+bootstrap CIs, the 3-level risk AUC, calibration and decision curves (JSON + HTML report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from llnm.config import REPO_ROOT
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="folder with labels.csv and views.csv")
+    parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "tmdl-compact",
+                        help="trained model folder (model.pt, preset.json, model.json)")
+    parser.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="report folder")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from llnm.config import Settings
+    from llnm.model.evaluate import evaluate
+    from llnm.model.train import onnx_text_encoder
+
+    torch.set_num_threads(args.threads)
+    report = evaluate(args.model, args.data, args.out,
+                      encode_text=onnx_text_encoder(Settings.from_env().model_repository),
+                      bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress)
+    summary = {"studies": report["studies"], "positives": report["positives"],
+               **{k: round(v, 4) for k, v in report["metrics"].items()},
+               "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()}}
+    if report["bayes_auc"] is not None:
+        summary["bayes_auc"] = round(report["bayes_auc"], 4)
+        summary["auc_ratio_to_bayes"] = round(report["auc_ratio_to_bayes"], 4)
+        print(f"Bayes-optimal AUC of this set (p_true vs llnm): {report['bayes_auc']:.4f}")
+    print(json.dumps(summary, indent=2))
+    print(f"report: {args.out / 'report.html'}")
+    return 0

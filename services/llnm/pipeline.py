@@ -1,0 +1,196 @@
+"""StudyInput -> StudyResult: segmentation, features, report encoding, TMDL, explanations.
+
+Pure: arrays in, a result out; models run through the InferenceBackend (ONNX Runtime in-process or
+Triton); no file, DICOM or queue access (the tokenizer file is read once, beside the text encoder).
+
+Per view: segment the nodule and the gland, compute the features; the report is encoded once per
+study. TMDL runs on all analysable views in one batch, each view five times: all token groups, then
+with each group (location, morphology, report, demographics) occluded. The study's P(LLNM) and
+3-level risk are the view averages (as in the paper); a group's contribution share is its
+occlusion effect on the mean logit over the sum of the four effects.
+
+Missing inputs get neutral values and a warning: no report -> the report tokens are masked out;
+unknown sex -> 0 (between M = +1 and F = -1); unknown age -> 0 (= 45 years on the model's scale).
+No nodule or no gland in any view is a finding (probability None), not an error.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from llnm.features import clinical_vector, extract_features
+from llnm.features.heatmap import tokens_to_heatmap
+from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend, ModelNotFound
+from llnm.model.config import GROUPS, TMDLConfig, preset
+from llnm.observability.logs import get_logger
+from llnm.study import StudyInput, StudyResult, ViewResult
+
+log = get_logger(__name__)
+
+#: (backend, image) -> (nodule detection with .mask and .score, or None; gland mask or None)
+Segmenter = Callable[[InferenceBackend, np.ndarray], tuple[Any, np.ndarray | None]]
+
+FINDING_NODULE = "nodule"
+FINDING_NO_NODULE = "no nodule found"
+FINDING_NO_GLAND = "no gland found"
+
+
+def default_segmenter(backend: InferenceBackend, image: np.ndarray) -> tuple[Any, np.ndarray | None]:
+    from llnm.segmentation import segment_gland, segment_nodule
+
+    return segment_nodule(backend, image), segment_gland(backend, image)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from llnm.text.tokenize import ReportTokenizer
+
+    return ReportTokenizer(Path(path))
+
+
+def _model_repository(backend: InferenceBackend) -> Path:
+    repo = getattr(backend, "model_repository", None)
+    if repo is None:
+        from llnm.config import Settings
+
+        repo = Settings.from_env().model_repository
+    return Path(repo)
+
+
+def encode_report(backend: InferenceBackend, text: str | None, config: TMDLConfig,
+                  warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(1, m, width) token states and (1, m) mask; an all-zero mask when there is no report."""
+    from llnm.text.encoder import encode_reports, tokenizer_path
+
+    empty = (np.zeros((1, config.text_tokens, config.text_dim), np.float32),
+             np.zeros((1, config.text_tokens), np.float32))
+    if not (text or "").strip():
+        warnings.append("no report text: the report tokens were left out (neutral)")
+        return empty
+    path = tokenizer_path(_model_repository(backend))
+    if not backend.has_model(TEXT_ENCODER) or not path.is_file():
+        warnings.append("text encoder not available: the report was not used")
+        return empty
+    return encode_reports(backend, _tokenizer(str(path)), [text])
+
+
+def _versions(backend: InferenceBackend) -> dict[str, str]:
+    versions = {}
+    for name in (NODULE_SEG, THYROID_SEG, TEXT_ENCODER, TMDL):
+        try:
+            if backend.has_model(name):
+                versions[name] = backend.model_version(name)
+        except ModelNotFound:
+            continue
+    return versions
+
+
+def contribution_shares(full_logit: float, occluded_logits: dict[str, float]) -> dict[str, float]:
+    """Share of each group: |logit change when the group is occluded| / sum of the changes."""
+    effects = {g: abs(full_logit - v) for g, v in occluded_logits.items()}
+    total = sum(effects.values())
+    if total <= 0:
+        return {g: 1.0 / len(effects) for g in effects}
+    return {g: e / total for g, e in effects.items()}
+
+
+def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLConfig | None = None,
+                  segmenter: Segmenter | None = None) -> StudyResult:
+    """The whole analysis of one study. `config`: the TMDL preset the exported model was built with
+    (default: Settings.preset); `segmenter`: default the nodule_seg and thyroid_seg models."""
+    if config is None:
+        from llnm.config import Settings
+
+        config = preset(Settings.from_env().preset)
+    segmenter = segmenter or default_segmenter
+    warnings = list(study.warnings)
+    views: list[ViewResult] = []
+    analysable: list[int] = []
+    any_nodule = False
+    for view in study.views:
+        detection, gland = segmenter(backend, view.image)
+        nodule = None if detection is None else np.asarray(detection.mask, dtype=bool)
+        if nodule is not None and not nodule.any():
+            nodule = None
+        gland = None if gland is None or not np.asarray(gland).any() else np.asarray(gland, dtype=bool)
+        result = ViewResult(nodule_mask=nodule, gland_mask=gland,
+                            nodule_score=0.0 if detection is None else float(detection.score))
+        any_nodule |= nodule is not None
+        if nodule is not None and gland is not None:
+            result.features = extract_features(view.image, gland, nodule, view.spacing_mm, size=config.image_size)
+            analysable.append(len(views))
+        views.append(result)
+
+    versions = _versions(backend)
+    if not analysable:
+        finding = FINDING_NO_GLAND if any_nodule else FINDING_NO_NODULE
+        log.info("no analysable view", study_uid=study.study_uid, reason=finding, views=len(study.views))
+        return StudyResult(study_uid=study.study_uid, finding=finding, probability=None, risk_level=None,
+                           views=views, warnings=warnings, model_versions=versions)
+
+    if study.sex is None or study.sex.upper()[:1] not in ("M", "F"):
+        warnings.append("sex unknown: neutral value used")
+    if study.age_years is None:
+        warnings.append("age unknown: neutral value used (45 years)")
+    states, mask = encode_report(backend, study.report_text, config, warnings)
+
+    # one batch: per analysable view, all groups kept, then each group occluded in turn
+    keeps = np.vstack([np.ones(4, np.float32), 1.0 - np.eye(4, dtype=np.float32)])
+    per_view = len(keeps)
+    images, clinical = [], []
+    for i in analysable:
+        feats = views[i].features
+        images.append(feats.images())
+        clinical.append(clinical_vector(study.sex, study.age_years, feats))
+    rows = len(analysable) * per_view
+    feed = {
+        "images": np.repeat(np.stack(images), per_view, axis=0),
+        "text_states": np.repeat(states, rows, axis=0),
+        "text_mask": np.repeat(mask, rows, axis=0),
+        "clinical": np.repeat(np.stack(clinical), per_view, axis=0),
+        "group_keep": np.tile(keeps, (len(analysable), 1)),
+    }
+    out = backend.infer(TMDL, feed)
+    prob = out["probability"].reshape(len(analysable), per_view)
+    logit = out["logit"].reshape(len(analysable), per_view)
+    risk = out["risk_probabilities"].reshape(len(analysable), per_view, -1)
+    importance = out["token_importance"].reshape(len(analysable), per_view, -1)
+
+    for k, i in enumerate(analysable):
+        views[i].heatmap = tokens_to_heatmap(importance[k, 0], views[i].features, study.views[i].image.shape)
+    mean_logit = logit.mean(axis=0)
+    contributions = contribution_shares(float(mean_logit[0]),
+                                        {g: float(mean_logit[1 + j]) for j, g in enumerate(GROUPS)})
+    risk_probabilities = risk[:, 0].mean(axis=0)
+    probability = float(prob[:, 0].mean())
+
+    # measurements from the index view: the one whose nodule lies closest to the capsule
+    def closeness(i: int) -> tuple[float, float]:
+        f = views[i].features
+        distance = f.capsule_distance_mm if f.capsule_distance_mm is not None else f.capsule_distance_px
+        return distance, -views[i].nodule_score
+
+    index = min(analysable, key=closeness)
+    feats = views[index].features
+    calibrated = study.views[index].spacing_mm is not None
+    if not calibrated:
+        warnings.append("uncalibrated image: distances reported in pixels only")
+    if feats.extrathyroidal:
+        warnings.append("nodule extends beyond the gland mask (possible extrathyroidal extension): "
+                        "capsule distance 0")
+    log.info("study analysed", study_uid=study.study_uid, probability=round(probability, 4),
+             views=len(analysable))
+    return StudyResult(
+        study_uid=study.study_uid, finding=FINDING_NODULE, probability=probability,
+        risk_level=int(np.argmax(risk_probabilities)) + 1,
+        risk_probabilities=[float(v) for v in risk_probabilities],
+        contributions=contributions, views=views, index_view=index,
+        capsule_distance_mm=feats.capsule_distance_mm if calibrated else None,
+        capsule_distance_px=feats.capsule_distance_px,
+        nodule_length_mm=feats.length_mm if calibrated else None,
+        nodule_width_mm=feats.width_mm if calibrated else None,
+        location=dict(feats.location), calibrated=calibrated, warnings=warnings, model_versions=versions)

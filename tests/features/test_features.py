@@ -1,0 +1,126 @@
+"""Each feature of extract_features on synthetic views whose answer is known."""
+
+import numpy as np
+import pytest
+
+from llnm.features import clinical_vector, crop_resize, extract_features, lobe_position
+from llnm.features.heatmap import tokens_to_heatmap
+
+
+def view(nodule_rows=(40, 50), nodule_cols=(30, 50), inside=50, outside=100):
+    image = np.full((80, 120), 20, dtype=np.uint8)
+    gland = np.zeros((80, 120), dtype=bool)
+    gland[20:70, 10:110] = True
+    image[gland] = outside
+    nodule = np.zeros_like(gland)
+    nodule[slice(*nodule_rows), slice(*nodule_cols)] = True
+    image[nodule] = inside
+    return image, gland, nodule
+
+
+def test_echogenicity_is_inside_minus_ring_outside():
+    image, gland, nodule = view()
+    f = extract_features(image, gland, nodule, (0.1, 0.1))
+    assert f.echogenicity == pytest.approx((50 - 100) / 255, abs=1e-6)
+
+
+def test_shape_and_size_follow_the_spacing():
+    image, gland, nodule = view()  # 10 rows x 20 columns
+    f = extract_features(image, gland, nodule, (0.1, 0.1))
+    assert f.aspect_ratio == pytest.approx(0.5)
+    assert f.length_mm == pytest.approx(2.0, abs=0.05)
+    assert f.width_mm == pytest.approx(1.0, abs=0.05)
+    f = extract_features(image, gland, nodule, (0.2, 0.1))  # rows twice as tall: 2 mm x 2 mm
+    assert f.aspect_ratio == pytest.approx(1.0)
+    assert f.capsule_distance_mm == pytest.approx(min(21 * 0.1, 21 * 0.2))  # columns 30 -> 9, rows 40 -> 19
+
+
+def test_uncalibrated_view_reports_pixels_only():
+    image, gland, nodule = view()
+    f = extract_features(image, gland, nodule, None)
+    assert f.capsule_distance_mm is None and f.length_mm is None and f.width_mm is None
+    assert f.capsule_distance_px == 21.0  # column 30 is 21 columns from column 9, outside the gland
+    assert f.length_px == pytest.approx(20.0, abs=0.5)
+
+
+def test_feature_images_have_the_model_size_and_range():
+    image, gland, nodule = view()
+    f = extract_features(image, gland, nodule, (0.1, 0.1), size=32)
+    images = f.images()
+    assert images.shape == (3, 32, 32) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    # texture: the nodule (50) is darker than its surround (100) at the crop centre
+    assert f.x_t[16, 16] == pytest.approx(50 / 255, abs=0.02)
+    # location: CPDT values only on the nodule, whose centre is well inside the gland
+    assert f.x_l.max() > 0 and f.x_l[0, 0] == 0
+
+
+def test_location_map_is_brighter_near_the_capsule():
+    image, gland, nodule_deep = view((40, 50), (50, 70))
+    _, _, nodule_edge = view((20, 30), (50, 70))
+    deep = extract_features(image, gland, nodule_deep, None)
+    edge = extract_features(image, gland, nodule_edge, None)
+    assert edge.x_l.max() > deep.x_l.max()
+    assert edge.capsule_distance_px == 1.0
+
+
+def test_margin_mosaic_is_seeded_and_samples_the_boundary():
+    image, gland, nodule = view((30, 60), (30, 80))
+    a = extract_features(image, gland, nodule, None, seed=3)
+    b = extract_features(image, gland, nodule, None, seed=3)
+    c = extract_features(image, gland, nodule, None, seed=4)
+    np.testing.assert_array_equal(a.x_m, b.x_m)
+    assert not np.array_equal(a.margin_points, c.margin_points)
+    assert len(a.margin_points) == 16
+    # every sampled point is a boundary pixel of the nodule
+    for r, col in a.margin_points.astype(int):
+        assert nodule[r, col] and not nodule[r - 1:r + 2, col - 1:col + 2].all()
+    # each patch straddles the edge: both nodule grey and surround grey appear
+    assert a.x_m.min() < 60 / 255 and a.x_m.max() > 90 / 255
+
+
+def test_position_in_the_lobe():
+    image, gland, _ = view()
+    left = np.zeros_like(gland)
+    left[40:45, 15:20] = True
+    right = np.zeros_like(gland)
+    right[40:45, 100:105] = True
+    assert extract_features(image, gland, left, None).location["vertical"] == "upper"
+    assert extract_features(image, gland, right, None).location == {
+        "vertical": "lower", "horizontal": "lateral", "depth": "anterior"}
+    assert lobe_position(0.5, 0.1) == {"vertical": "middle", "horizontal": "lateral", "depth": "anterior"}
+
+
+def test_extrathyroidal_nodule_has_zero_capsule_distance():
+    image, gland, _ = view()
+    nodule = np.zeros_like(gland)
+    nodule[15:25, 40:50] = True  # crosses the top capsule at row 20
+    f = extract_features(image, gland, nodule, (0.1, 0.1))
+    assert f.extrathyroidal and f.capsule_distance_mm == 0.0
+
+
+def test_clinical_vector_neutral_values():
+    image, gland, nodule = view()
+    f = extract_features(image, gland, nodule, (0.1, 0.1))
+    known = clinical_vector("M", 60, f)
+    unknown = clinical_vector(None, None, f)
+    assert known[0] == 1.0 and known[1] == pytest.approx(1.0)
+    assert unknown[0] == 0.0 and unknown[1] == 0.0
+    assert clinical_vector("F", 45, f)[0] == -1.0
+
+
+def test_crop_resize_identity():
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(crop_resize(a, (0, 0, 4, 4), 4, order=1), a, atol=1e-5)
+
+
+def test_heatmap_puts_a_location_token_on_its_part_of_the_gland_box():
+    image, gland, nodule = view()
+    f = extract_features(image, gland, nodule, None, size=32)
+    importance = np.zeros(3 * 16)  # 4 x 4 tokens per feature image
+    importance[0] = 1.0  # top-left token of x_l
+    heat = tokens_to_heatmap(importance, f, image.shape)
+    assert heat.shape == image.shape and heat.max() == pytest.approx(1.0)
+    r, c = np.unravel_index(heat.argmax(), heat.shape)
+    r0, c0, r1, c1 = f.location_box
+    assert r < r0 + (r1 - r0) / 4 + 2 and c < c0 + (c1 - c0) / 4 + 2

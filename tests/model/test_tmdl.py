@@ -1,0 +1,102 @@
+"""TMDL against the paper's equations, with its own weights."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llnm.model.config import PRESETS, preset
+from llnm.model.tmdl import TMDL, BidirectionalBlock, attention_rollout, count_parameters, dummy_inputs, key_bias
+
+
+def by_hand_attention(q, k, v, heads, keep):
+    """softmax(Q K^T / sqrt(d_k)) V per head, with masked keys removed from the softmax."""
+    b, nq, d = q.shape
+    dk = d // heads
+    outs = []
+    for h in range(heads):
+        sl = slice(h * dk, (h + 1) * dk)
+        scores = q[:, :, sl] @ k[:, :, sl].transpose(1, 2) / dk ** 0.5
+        scores = scores.masked_fill(~keep[:, None, :], float("-inf"))
+        outs.append(scores.softmax(-1) @ v[:, :, sl])
+    return torch.cat(outs, dim=-1)
+
+
+def test_bidirectional_block_matches_equations_4_to_10():
+    torch.manual_seed(0)
+    config = preset("tiny", alpha=0.7)
+    block = BidirectionalBlock(config).eval()
+    x_i, x_t = torch.randn(2, 6, config.hidden), torch.randn(2, 5, config.hidden)
+    keep_i = torch.ones(2, 6, dtype=torch.bool)
+    keep_t = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    got_i, got_t, _ = block(x_i, x_t, key_bias(keep_i.float(), x_i.dtype), key_bias(keep_t.float(), x_t.dtype))
+
+    h, a = config.heads, 0.7
+    q_i, k_i, v_i = F.linear(block.norm_i(x_i), block.qkv_i.weight, block.qkv_i.bias).chunk(3, -1)
+    q_t, k_t, v_t = F.linear(block.norm_t(x_t), block.qkv_t.weight, block.qkv_t.bias).chunk(3, -1)
+    t_i = by_hand_attention(q_i, k_i, v_i, h, keep_i) + a * by_hand_attention(q_i, k_t, v_t, h, keep_t)
+    t_t = by_hand_attention(q_t, k_t, v_t, h, keep_t) + a * by_hand_attention(q_t, k_i, v_i, h, keep_i)
+    y_i = x_i + block.out_i(t_i)
+    y_t = x_t + block.out_t(t_t)
+    y_i = y_i + block.mlp_i(block.mlp_norm_i(y_i))
+    y_t = y_t + block.mlp_t(block.mlp_norm_t(y_t))
+    torch.testing.assert_close(got_i, y_i, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_t, y_t, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_and_explicit_attention_agree():
+    model = TMDL(preset("tiny")).eval()
+    x = dummy_inputs(model.config, batch=3)
+    with torch.no_grad():
+        fused = model(**x)
+        explicit = model(**x, return_attention=True)
+    torch.testing.assert_close(fused[0], explicit[0], atol=1e-5, rtol=1e-5)
+    assert len(explicit[2]) == model.config.bi_blocks + model.config.self_blocks
+
+
+def test_padding_tokens_do_not_change_the_output():
+    model = TMDL(preset("tiny")).eval()
+    x = dummy_inputs(model.config, batch=1)  # 12 real report tokens, 38 padding
+    y = {k: v.clone() for k, v in x.items()}
+    y["text_states"][:, 12:] = torch.randn_like(y["text_states"][:, 12:]) * 10
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x)[0], model(**y)[0])
+
+
+def test_occluded_group_is_ignored():
+    model = TMDL(preset("tiny")).eval()
+    x = dummy_inputs(model.config, batch=1)
+    x["group_keep"][0, 0] = 0.0  # location occluded
+    y = {k: v.clone() for k, v in x.items()}
+    y["images"][:, 0] = torch.rand_like(y["images"][:, 0])  # a different x_l
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x)[0], model(**y)[0])
+        x["group_keep"][0, 0] = 1.0
+        y["group_keep"][0, 0] = 1.0
+        assert not torch.allclose(model(**x)[0], model(**y)[0])
+
+
+def test_rollout_is_scaled_per_sample():
+    model = TMDL(preset("tiny")).eval()
+    with torch.no_grad():
+        _, _, attentions, mask = model(**dummy_inputs(model.config, batch=2), return_attention=True)
+    importance = attention_rollout(attentions, mask, model.config.image_tokens)
+    assert importance.shape == (2, model.config.image_tokens)
+    np.testing.assert_allclose(importance.max(dim=1).values.numpy(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(importance.min(dim=1).values.numpy(), 0.0, atol=1e-6)
+
+
+def test_paper_preset_size():
+    c = PRESETS["paper"]
+    assert (c.hidden, c.heads, c.hidden // c.heads, c.bi_blocks, c.self_blocks, c.text_tokens) == (768, 12, 64, 4, 12, 50)
+    assert c.text_side_tokens == 54
+
+
+@pytest.mark.slow
+def test_paper_preset_forward_on_cpu():
+    torch.manual_seed(0)
+    model = TMDL(PRESETS["paper"]).eval()
+    assert 140e6 < count_parameters(model) < 150e6
+    with torch.no_grad():
+        logit, risk, _, _ = model(**dummy_inputs(model.config, batch=1))
+    assert logit.shape == (1,) and risk.shape == (1, 3) and torch.isfinite(logit).all()
