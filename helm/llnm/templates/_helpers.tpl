@@ -1,0 +1,214 @@
+{{/* Names, labels and the pieces every llnm pod shares. */}}
+
+{{- define "llnm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llnm.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "llnm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "llnm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: include "llnm.selectorLabels" (dict "ctx" $ "component" "worker") */}}
+{{- define "llnm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llnm.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "llnm.componentLabels" -}}
+{{ include "llnm.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "llnm.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "llnm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "llnm.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "llnm.spoolClaimName" -}}
+{{- default (printf "%s-spool" (include "llnm.fullname" .)) .Values.persistence.existingClaim -}}
+{{- end -}}
+
+{{- define "llnm.redisHost" -}}
+{{- printf "%s-redis" (include "llnm.fullname" .) -}}
+{{- end -}}
+
+{{/* The Secret and key holding the in-chart Redis password. */}}
+{{- define "llnm.redisPasswordSecret" -}}
+{{- default (printf "%s-redis" (include "llnm.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The Secret and key holding LLNM_BROKER_URL of an external Redis. */}}
+{{- define "llnm.brokerUrlSecret" -}}
+{{- default (printf "%s-broker" (include "llnm.fullname" .)) .Values.redis.external.existingSecret -}}
+{{- end -}}
+
+{{- define "llnm.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "llnm.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{- define "llnm.tritonUrl" -}}
+{{- if eq .Values.triton.protocol "grpc" -}}
+{{- printf "grpc://%s-triton:8001" (include "llnm.fullname" .) -}}
+{{- else -}}
+{{- printf "http://%s-triton:8000" (include "llnm.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks of value combinations that cannot work; rendered once, from the ConfigMap. */}}
+{{- define "llnm.validate" -}}
+{{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) -}}
+{{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret (the broker URL)" -}}
+{{- end -}}
+{{- if and .Values.worker.keda.enabled (not .Values.redis.enabled) (not .Values.redis.external.url) -}}
+{{- fail "worker.keda.enabled needs the in-chart Redis or redis.external.url (KEDA reads the queue length from Redis)" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (or (not .Values.tls.cert) (not .Values.tls.key)) -}}
+{{- fail "tls.enabled needs tls.existingSecret, or tls.cert and tls.key" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled .Values.tls.requireClientCert (not .Values.tls.existingSecret) (not .Values.tls.ca) -}}
+{{- fail "tls.requireClientCert needs tls.ca (or ca.crt in tls.existingSecret)" -}}
+{{- end -}}
+{{- if not (has .Values.triton.protocol (list "grpc" "http")) -}}
+{{- fail "triton.protocol must be grpc or http" -}}
+{{- end -}}
+{{- if not (has .Values.triton.modelRepository.source (list "image" "pvc")) -}}
+{{- fail "triton.modelRepository.source must be image or pvc" -}}
+{{- end -}}
+{{- if and (eq .Values.triton.modelRepository.source "pvc") (not .Values.triton.modelRepository.existingClaim) -}}
+{{- fail "triton.modelRepository.source=pvc needs triton.modelRepository.existingClaim" -}}
+{{- end -}}
+{{- range $k, $v := .Values.config -}}
+{{- if not (hasPrefix "LLNM_" $k) -}}
+{{- fail (printf "config.%s: every key of config must be an LLNM_* variable" $k) -}}
+{{- end -}}
+{{- if has $k (list "LLNM_DATA_DIR" "LLNM_BROKER_URL" "LLNM_INFERENCE_BACKEND" "LLNM_TRITON_URL" "LLNM_PORT" "LLNM_METRICS_PORT" "LLNM_TLS_CERT" "LLNM_TLS_KEY" "LLNM_TLS_CA" "LLNM_WORKER_CONCURRENCY") -}}
+{{- fail (printf "config.%s is set by the chart; use the structured values instead (see values.yaml)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment of the listener and worker containers, beyond the ConfigMap. */}}
+{{- define "llnm.env" -}}
+- name: LLNM_DATA_DIR
+  value: /var/lib/llnm
+- name: LLNM_PORT
+  value: {{ .Values.dicomPort | quote }}
+- name: LLNM_METRICS_PORT
+  value: {{ .Values.metricsPort | quote }}
+{{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llnm.redisPasswordSecret" . }}
+      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+- name: LLNM_BROKER_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "llnm.redisHost" .) | quote }}
+{{- else }}
+- name: LLNM_BROKER_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llnm.brokerUrlSecret" . }}
+      key: {{ .Values.redis.external.existingSecretKey }}
+{{- end }}
+{{- if .Values.triton.enabled }}
+- name: LLNM_INFERENCE_BACKEND
+  value: triton
+- name: LLNM_TRITON_URL
+  value: {{ include "llnm.tritonUrl" . | quote }}
+{{- else }}
+- name: LLNM_INFERENCE_BACKEND
+  value: onnxruntime
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: LLNM_TLS_CERT
+  value: /etc/llnm/tls/tls.crt
+- name: LLNM_TLS_KEY
+  value: /etc/llnm/tls/tls.key
+{{- if .Values.tls.requireClientCert }}
+- name: LLNM_TLS_CA
+  value: /etc/llnm/tls/ca.crt
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of the listener and worker pods. */}}
+{{- define "llnm.volumes" -}}
+- name: spool
+{{- if .Values.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "llnm.spoolClaimName" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "llnm.tlsSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{- define "llnm.volumeMounts" -}}
+- name: spool
+  mountPath: /var/lib/llnm
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/llnm/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Liveness, readiness and startup probes on the metrics port (/healthz, /readyz). */}}
+{{- define "llnm.probes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 5
+  failureThreshold: 60
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}

@@ -1,0 +1,367 @@
+"""The Helm chart (helm/llnm): lints, renders with the defaults and with every optional part
+enabled, every rendered manifest is valid against the Kubernetes schemas, and the parts a hospital
+relies on (GPU Triton, autoscaling, network policy, probes, security) are really in it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import CHART, DEPLOY, VALUES_SETS, by_kind, pod_specs, render_chart, values_for
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) renders the chart")
+
+#: The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas.
+KUBE_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
+
+_META = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+_SELECTOR = {"type": "object", "properties": {"matchLabels": {"type": "object",
+                                                              "additionalProperties": {"type": "string"}}}}
+#: Schemas of the custom resources the chart renders, from the CRDs of prometheus-operator
+#: (monitoring.coreos.com/v1) and KEDA (keda.sh/v1alpha1), cut to the fields the chart uses.
+CRD_SCHEMAS: dict[tuple[str, str], dict] = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": _META, "spec": {
+            "type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
+            "properties": {"selector": _SELECTOR, "jobLabel": {"type": "string"},
+                           "namespaceSelector": {"type": "object"},
+                           "endpoints": {"type": "array", "minItems": 1, "items": {
+                               "type": "object", "additionalProperties": False,
+                               "properties": {"port": {"type": "string"}, "path": {"type": "string"},
+                                              "interval": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                                              "relabelings": {"type": "array", "items": {
+                                                  "type": "object", "additionalProperties": False,
+                                                  "properties": {"action": {"enum": ["replace", "keep", "drop",
+                                                                                     "labelmap"]},
+                                                                 "targetLabel": {"type": "string"},
+                                                                 "replacement": {"type": "string"},
+                                                                 "sourceLabels": {"type": "array"}}}}}}}}}}},
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": _META, "spec": {
+            "type": "object", "required": ["groups"], "additionalProperties": False,
+            "properties": {"groups": {"type": "array", "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+                "properties": {"name": {"type": "string"}, "interval": {"type": "string"},
+                               "rules": {"type": "array", "items": {
+                                   "type": "object", "required": ["expr"], "additionalProperties": False,
+                                   "properties": {"alert": {"type": "string"}, "record": {"type": "string"},
+                                                  "expr": {"type": "string"}, "for": {"type": "string"},
+                                                  "labels": {"type": "object",
+                                                             "additionalProperties": {"type": "string"}},
+                                                  "annotations": {"type": "object",
+                                                                  "additionalProperties": {"type": "string"}}}}}}}}}}}},
+    ("keda.sh/v1alpha1", "ScaledObject"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": _META, "spec": {
+            "type": "object", "required": ["scaleTargetRef", "triggers"], "additionalProperties": False,
+            "properties": {"scaleTargetRef": {"type": "object", "required": ["name"]},
+                           "minReplicaCount": {"type": "integer", "minimum": 0},
+                           "maxReplicaCount": {"type": "integer", "minimum": 1},
+                           "pollingInterval": {"type": "integer"}, "cooldownPeriod": {"type": "integer"},
+                           "triggers": {"type": "array", "minItems": 1, "items": {
+                               "type": "object", "required": ["type", "metadata"], "additionalProperties": False,
+                               "properties": {"type": {"type": "string"},
+                                              "metadata": {"type": "object",
+                                                           "additionalProperties": {"type": "string"}},
+                                              "authenticationRef": {"type": "object", "required": ["name"]}}}}}}}},
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": _META, "spec": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"secretTargetRef": {"type": "array", "items": {
+                "type": "object", "required": ["parameter", "name", "key"], "additionalProperties": False,
+                "properties": {"parameter": {"type": "string"}, "name": {"type": "string"},
+                               "key": {"type": "string"}}}}}}}},
+}
+
+
+def validate_manifest(doc: dict, kube_version: str) -> None:
+    """Raise if `doc` is not a valid object of its kind (strict: unknown fields are errors)."""
+    crd = CRD_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
+    if crd is not None:
+        jsonschema.validate(doc, crd)
+    else:
+        kubernetes_validate.validate(doc, kube_version, strict=True)
+
+
+def _is_llnm_image(image: str) -> bool:
+    return image.rsplit(":", 1)[0].endswith("llnm")
+
+
+# -- lint, render, validate ------------------------------------------------------------------------------
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_chart_lints_clean_in_strict_mode(values_set):
+    report = helm.lint(str(CHART), values_for(values_set), strict=True, namespace="pacs")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_rendered_manifest_is_valid_kubernetes(rendered, values_set, kube_version):
+    docs = rendered[values_set]
+    assert docs
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names)), "two objects of the same kind and name"
+    for doc in docs:
+        try:
+            validate_manifest(doc, kube_version)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} ({values_set}, k8s {kube_version}): {exc}")
+
+
+def test_validation_catches_a_broken_template(tmp_path):
+    """The checks above fail when a template is broken: a render error, invalid YAML, or a
+    manifest that Kubernetes would reject."""
+    chart = tmp_path / "llnm"
+    shutil.copytree(CHART, chart, symlinks=False)
+
+    broken = chart / "templates" / "zz-broken.yaml"
+    broken.write_text("{{ .Values.no.such.value }}\n")
+    with pytest.raises(helm.HelmError):
+        render_chart(chart, None)
+    broken.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n")
+    with pytest.raises(yaml.YAMLError):
+        render_chart(chart, None)
+    broken.unlink()
+
+    worker = chart / "templates" / "worker.yaml"
+    worker.write_text(worker.read_text().replace("containerPort: {{ .Values.metricsPort }}",
+                                                 "containerPort: {{ .Values.metricsPort }}\n              portz: 1"))
+    doc = by_kind(render_chart(chart, None), "Deployment")["llnm-worker"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_manifest(doc, KUBE_VERSIONS[0])
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"redis": {"enabled": False}}, "redis.external.url"),
+    ({"tls": {"enabled": True}}, "tls.existingSecret"),
+    ({"config": {"LLNM_BROKER_URL": "redis://x"}}, "set by the chart"),
+    ({"config": {"LOG_LEVEL": "x"}}, "LLNM_"),
+    ({"triton": {"modelRepository": {"source": "pvc"}}}, "existingClaim"),
+])
+def test_impossible_values_fail_with_a_message(values, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render_chart(CHART, values)
+
+
+# -- what the chart must contain -------------------------------------------------------------------------
+def test_default_install_has_every_component(rendered):
+    docs = rendered["default"]
+    deployments = by_kind(docs, "Deployment")
+    assert {"llnm-listener", "llnm-worker", "llnm-triton"} <= set(deployments)
+    assert "llnm-redis" in by_kind(docs, "StatefulSet")
+    assert by_kind(docs, "HorizontalPodAutoscaler")["llnm-worker"]["spec"]["scaleTargetRef"]["name"] == "llnm-worker"
+    pvc = by_kind(docs, "PersistentVolumeClaim")["llnm-spool"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert {"llnm-worker", "llnm-triton"} <= set(by_kind(docs, "PodDisruptionBudget"))
+    for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "NetworkPolicy"):
+        assert not by_kind(docs, kind), f"{kind} is optional and off by default"
+
+
+def test_listener_exposes_dicom_and_can_be_a_load_balancer(rendered):
+    svc = by_kind(rendered["default"], "Service")["llnm-listener"]
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["dicom"]
+    lb = by_kind(rendered["all-values.yaml"], "Service")["llnm-listener"]
+    assert lb["spec"]["type"] == "LoadBalancer" and lb["spec"]["externalTrafficPolicy"] == "Local"
+    assert lb["spec"]["loadBalancerSourceRanges"] == ["10.20.0.0/24"]
+    node = by_kind(rendered["cpu-external-redis-values.yaml"], "Service")["llnm-listener"]
+    assert node["spec"]["type"] == "NodePort" and node["spec"]["ports"][0]["nodePort"] == 31112
+    listener = by_kind(rendered["default"], "Deployment")["llnm-listener"]
+    assert listener["spec"]["replicas"] == 1 and listener["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_triton_runs_on_a_gpu_node_with_the_model_repository(rendered):
+    docs = rendered["default"]
+    spec = pod_specs(docs)["llnm-triton"]
+    triton = spec["containers"][0]
+    assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    assert "--model-repository=/models" in triton["args"]
+    init = spec["initContainers"][0]
+    assert _is_llnm_image(init["image"]) and "/opt/llnm/model_repository/." in " ".join(init["command"])
+    # the worker's LLNM_TRITON_URL names Triton's Service and a port it has
+    worker_env = {e["name"]: e.get("value") for e in pod_specs(docs)["llnm-worker"]["containers"][0]["env"]}
+    url = re.match(r"(grpc|http)://([^:]+):(\d+)$", worker_env["LLNM_TRITON_URL"])
+    assert url and worker_env["LLNM_INFERENCE_BACKEND"] == "triton"
+    svc = by_kind(docs, "Service")[url.group(2)]
+    assert int(url.group(3)) in [p["port"] for p in svc["spec"]["ports"]]
+    pvc = pod_specs(rendered["existing-secrets-values.yaml"])["llnm-triton"]
+    assert "initContainers" not in pvc
+    assert pvc["volumes"][0]["persistentVolumeClaim"]["claimName"] == "llnm-models"
+
+
+def test_cpu_site_runs_onnxruntime_in_the_workers(rendered):
+    docs = rendered["cpu-external-redis-values.yaml"]
+    assert "llnm-triton" not in by_kind(docs, "Deployment")
+    env = {e["name"]: e for e in pod_specs(docs)["llnm-worker"]["containers"][0]["env"]}
+    assert env["LLNM_INFERENCE_BACKEND"]["value"] == "onnxruntime" and "LLNM_TRITON_URL" not in env
+    assert env["LLNM_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == "llnm-broker"
+    assert not by_kind(docs, "StatefulSet")
+    # a ReadWriteOnce spool: every worker is scheduled beside the listener
+    term = pod_specs(docs)["llnm-worker"]["affinity"]["podAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "listener"
+
+
+def test_keda_replaces_the_cpu_autoscaler_and_watches_the_celery_queue(rendered):
+    docs = rendered["all-values.yaml"]
+    assert not by_kind(docs, "HorizontalPodAutoscaler")
+    assert "replicas" not in by_kind(docs, "Deployment")["llnm-worker"]["spec"]
+    trigger = by_kind(docs, "ScaledObject")["llnm-worker"]["spec"]["triggers"][0]
+    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "site1:llnm"
+    assert trigger["metadata"]["address"] == "llnm-redis.pacs.svc:6379"
+    auth = by_kind(docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
+    ref = auth["spec"]["secretTargetRef"][0]
+    assert ref["key"] in by_kind(docs, "Secret")[ref["name"]]["data"]
+    external = by_kind(rendered["cpu-external-redis-values.yaml"], "ScaledObject")["llnm-worker"]
+    meta = external["spec"]["triggers"][0]["metadata"]
+    assert meta == {"address": "redis.example.org:6380", "databaseIndex": "2", "enableTLS": "true",
+                    "listName": "llnm", "listLength": "4"}
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_every_pod_is_locked_down_with_resources_and_probes(rendered, values_set):
+    for name, spec in pod_specs(rendered[values_set]).items():
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True and pod_sc.get("seccompProfile"), name
+        assert spec.get("automountServiceAccountToken") is False, name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
+        for c in spec["containers"]:
+            assert "livenessProbe" in c and "readinessProbe" in c, c["name"]
+            ports = {p["name"] for p in c.get("ports", [])}
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                port = c.get(probe, {}).get("httpGet", {}).get("port")
+                assert port is None or port in ports, f"{name}: {probe} on unknown port {port}"
+            if _is_llnm_image(c["image"]):
+                mounts = {m["mountPath"] for m in c["volumeMounts"]}
+                assert {"/var/lib/llnm", "/tmp"} <= mounts, name
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_services_select_pods_and_target_named_ports(rendered, values_set):
+    docs = rendered[values_set]
+    templates = [d["spec"]["template"] for d in docs if d["kind"] in {"Deployment", "StatefulSet"}]
+    for name, svc in by_kind(docs, "Service").items():
+        selected = [t for t in templates
+                    if svc["spec"]["selector"].items() <= t["metadata"]["labels"].items()]
+        assert selected, f"Service {name} selects no pod"
+        ports = {p["name"] for t in selected for c in t["spec"]["containers"] for p in c.get("ports", [])}
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in ports, f"Service {name} targets unknown port {p['targetPort']}"
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_llnm_variables_are_settings_fields(rendered, values_set, settings_env_names):
+    docs = rendered[values_set]
+    names = set()
+    for cm in by_kind(docs, "ConfigMap").values():
+        names |= {k for k in cm.get("data", {}) if k.startswith("LLNM_")}
+    for spec in pod_specs(docs).values():
+        for c in spec["containers"]:
+            names |= {e["name"] for e in c.get("env", []) if e["name"].startswith("LLNM_")}
+    assert names and names <= settings_env_names, names - settings_env_names
+
+
+def test_network_policy_lets_only_the_pacs_reach_the_dicom_port(rendered):
+    docs = rendered["all-values.yaml"]
+    policies = by_kind(docs, "NetworkPolicy")
+    for policy in policies.values():
+        for rule in policy["spec"]["ingress"]:
+            assert rule.get("from"), f"{policy['metadata']['name']}: a rule without 'from' admits everyone"
+    listener = policies["llnm-listener"]["spec"]["ingress"]
+    dicom = [r for r in listener if any(p["port"] == "dicom" for p in r["ports"])]
+    assert [r["from"] for r in dicom] == [[{"ipBlock": {"cidr": "10.20.0.15/32"}}]]
+    assert {"llnm-listener", "llnm-worker", "llnm-triton", "llnm-redis"} <= set(policies)
+
+
+def test_secrets_stay_in_secrets(rendered):
+    docs = rendered["cpu-external-redis-values.yaml"] + rendered["all-values.yaml"]
+    for doc in docs:
+        if doc["kind"] != "Secret":
+            text = json.dumps(doc)
+            assert "s3cret" not in text and "BEGIN PRIVATE KEY" not in text, doc["metadata"]["name"]
+    tls = by_kind(rendered["all-values.yaml"], "Secret")["llnm-tls"]
+    assert tls["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key", "ca.crt"} <= set(tls["data"])
+    env = {e["name"]: e.get("value") for e in pod_specs(rendered["all-values.yaml"])["llnm-listener"]["containers"][0]["env"]}
+    assert env["LLNM_TLS_CA"] == "/etc/llnm/tls/ca.crt"
+
+
+def test_monitoring_objects_match_the_compose_files(rendered):
+    docs = rendered["all-values.yaml"]
+    monitors = by_kind(docs, "ServiceMonitor")
+    services = by_kind(docs, "Service")
+    jobs = set()
+    for name, sm in monitors.items():
+        selected = [s for s in services.values()
+                    if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        assert selected, f"ServiceMonitor {name} selects no Service"
+        for endpoint in sm["spec"]["endpoints"]:
+            assert all(endpoint["port"] in [p["name"] for p in s["spec"]["ports"]] for s in selected)
+            jobs |= {r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"}
+    compose_jobs = {j["job_name"] for j in
+                    yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]}
+    assert jobs == compose_jobs
+    rule = by_kind(docs, "PrometheusRule")["llnm"]
+    assert rule["spec"]["groups"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    dashboard = by_kind(docs, "ConfigMap")["llnm-dashboard"]
+    assert json.loads(dashboard["data"]["llnm.json"]) == json.loads(
+        (DEPLOY / "grafana" / "dashboards" / "llnm.json").read_text())
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_chart_files_are_the_deploy_files():
+    """One copy of the alert rules and the dashboard: the chart links to deploy/."""
+    for name, target in [("alerts.yml", DEPLOY / "prometheus" / "alerts.yml"),
+                         ("llnm.json", DEPLOY / "grafana" / "dashboards" / "llnm.json")]:
+        link = CHART / "files" / name
+        assert link.is_symlink() and link.resolve() == target.resolve(), name
+
+
+# -- documentation of the values -------------------------------------------------------------------------
+#: Blocks that hold plain Kubernetes fields: documented by Kubernetes, not value by value.
+_KUBERNETES_BLOCKS = {"resources", "podSecurityContext", "securityContext", "nodeSelector", "tolerations",
+                      "affinity", "labels", "annotations"}
+
+
+def test_every_value_is_documented():
+    """Each key of values.yaml (three levels deep) has a comment right above it or on its line,
+    except inside blocks of plain Kubernetes fields."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    path: list[tuple[int, str]] = []
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z_][\w.\-/]*):(.*)$", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        path = [(ind, k) for ind, k in path if ind < indent]
+        inside_kubernetes_block = any(k in _KUBERNETES_BLOCKS for _, k in path)
+        path.append((indent, key))
+        if indent > 4 or inside_kubernetes_block:
+            continue
+        if "#" not in m.group(3) and not (i > 0 and lines[i - 1].lstrip().startswith("#")):
+            undocumented.append(".".join(k for _, k in path))
+    assert not undocumented, f"values.yaml keys without a comment: {undocumented}"
+
+
+def test_readme_documents_install_and_every_top_level_value():
+    readme = (CHART / "README.md").read_text()
+    assert "helm install" in readme and "helm upgrade" in readme
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [k for k in values if f"`{k}" not in readme]
+    assert not missing, f"README.md does not explain: {missing}"
