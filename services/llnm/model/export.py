@@ -7,6 +7,7 @@ so the runtime heatmap needs no torch) and logit. Every export is checked agains
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,8 @@ def export_tmdl(model: TMDL, path: Path, opset: int = 17) -> dict[str, float]:
     inputs["text_mask"][2] = 0.0  # one row without a report
     wrapper = TMDLForExport(model).eval()
     args = tuple(inputs[k] for k in TMDL_INPUTS)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter: no onnxscript here
         torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=opset,
                           input_names=list(TMDL_INPUTS), output_names=list(TMDL_OUTPUTS),
                           dynamic_axes={n: {0: "batch"} for n in TMDL_INPUTS + TMDL_OUTPUTS})

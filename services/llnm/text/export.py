@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from llnm.text.tokenize import MAX_TOKENS
@@ -58,7 +59,8 @@ def export_text_encoder(out_dir: Path, source: Path | None = None, opset: int = 
     ids = torch.from_numpy(sample["input_ids"])
     mask = torch.from_numpy(sample["attention_mask"])
     path = out_dir / "model.onnx"
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter: no onnxscript here
         torch.onnx.export(encoder, (ids, mask), str(path), dynamo=False, opset_version=opset,
                           input_names=["input_ids", "attention_mask"], output_names=["token_states", "mask"],
                           dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"},
