@@ -18,6 +18,7 @@ from llnm.dicom import frames as frame_choice
 from llnm.dicom import patient
 from llnm.dicom.classify import classify_instance
 from llnm.dicom.reading import (
+    MULTIFRAME_SOP_CLASSES,
     UnreadableInstance,
     decode_frame,
     number_of_frames,
@@ -191,6 +192,10 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
     crops = tissue_crops(ds, crop_warnings)
     warnings.extend(f"instance {_label(inst)}: {w}" for w in crop_warnings)
     n = number_of_frames(ds)
+    if n > 1 and str(ds.SOPClassUID) not in MULTIFRAME_SOP_CLASSES:
+        # A single-frame SOP class cannot have its frames referenced: read it as its first frame.
+        warnings.append(f"instance {_label(inst)}: {n} frames in a single-frame SOP class, first frame used")
+        n = 1
     main = crops[0]
     if n == 1:
         chosen = 0

@@ -32,6 +32,10 @@ US_SOP_CLASSES = frozenset({
     US_RETIRED_MULTIFRAME_IMAGE_STORAGE,
 })
 SC_SOP_CLASSES = frozenset({SECONDARY_CAPTURE_STORAGE, *MULTIFRAME_SC_STORAGE})
+#: Classes whose frames can be referenced one by one (ReferencedFrameNumber).
+MULTIFRAME_SOP_CLASSES = frozenset({
+    US_MULTIFRAME_IMAGE_STORAGE, US_RETIRED_MULTIFRAME_IMAGE_STORAGE, *MULTIFRAME_SC_STORAGE,
+})
 
 #: Transfer syntaxes we decode (and the listener should accept for images).
 SUPPORTED_TRANSFER_SYNTAXES: dict[str, str] = {

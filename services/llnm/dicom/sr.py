@@ -169,6 +169,17 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
             items.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
             groups.append((not is_index, index, group))
     groups.sort(key=lambda g: (g[0], g[1]))
+    if not groups:
+        # TID 1500 needs one measurement group: an image-level one (TID 1501) saying what was found.
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=str(nodule_uid), identifier=f"{result.finding} ({ALGORITHM_NAME}, research use only)"),
+            finding_sites=[hd.sr.FindingSite(codes.THYROID)],
+            algorithm_id=algorithm_id(result),
+        )
+        group[0].ContentSequence.append(_text(codes.FINDING, result.finding))
+        group[0].ContentSequence.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
+        groups.append((False, 0, group))
     observer = hd.sr.ObserverContext(
         observer_type=DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

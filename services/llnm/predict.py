@@ -1,0 +1,179 @@
+"""The whole pipeline on DICOM files, in-process: read -> analyse -> SEG + SR + key image + summary.
+
+Used by `llnm predict` and by the worker. Per-file problems become warnings of their study; a study
+with no usable image gets a summary saying why and no DICOM objects (nothing wrong is ever written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings as pywarnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from llnm import ALGORITHM_NAME, RESEARCH_USE_STATEMENT, __version__
+from llnm.config import Settings
+from llnm.dicom.common import analysed_frames
+from llnm.dicom.key_image import build_key_image
+from llnm.dicom.loading import FrameRef, StudyFiles, group_by_study, load_study
+from llnm.dicom.seg import build_seg
+from llnm.dicom.sr import build_sr, summary_numbers
+from llnm.inference.backend import InferenceBackend
+from llnm.observability.logs import get_logger
+from llnm.study import StudyInput, StudyResult
+
+log = get_logger(__name__)
+
+Analyse = Callable[[StudyInput, InferenceBackend], StudyResult]
+
+
+@dataclass
+class StudyOutput:
+    study_uid: str
+    summary: dict
+    datasets: list[Dataset]
+    result: StudyResult | None
+
+
+def _default_analyse() -> Analyse:
+    from llnm.pipeline import analyse_study
+
+    return analyse_study
+
+
+def predict_paths(paths: list[Path], backend: InferenceBackend, settings: Settings,
+                  analyse: Analyse | None = None) -> list[StudyOutput]:
+    """One StudyOutput per study found under `paths` (files or folders), in StudyInstanceUID order.
+
+    `analyse` defaults to llnm.pipeline.analyse_study; errors it raises (a model or Triton missing)
+    propagate, so the caller can retry. Files that belong to no study are reported in every study's
+    warnings.
+    """
+    groups, orphans = group_by_study(paths)
+    outputs = []
+    for uid in sorted(groups):
+        groups[uid].warnings.extend(f"file {o}" for o in orphans)
+        outputs.append(predict_study(groups[uid], backend, settings, analyse))
+    return outputs
+
+
+def predict_study(files: StudyFiles, backend: InferenceBackend, settings: Settings,
+                  analyse: Analyse | None = None) -> StudyOutput:
+    study = load_study(files, report_dir=settings.report_dir or None)
+    if not study.views:
+        summary = _summary(study, None, [], status="no usable image")
+        log.warning("study has no usable image", study_uid=study.study_uid)
+        return StudyOutput(study.study_uid, summary, [], None)
+    result = (analyse or _default_analyse())(study, backend)
+    datasets = build_datasets(study, result, settings)
+    summary = _summary(study, result, datasets, status="ok")
+    log.info("study analysed", study_uid=study.study_uid, probability=result.probability,
+             risk_level=result.risk_level, objects=len(datasets), views=len(study.views))
+    return StudyOutput(study.study_uid, summary, datasets, result)
+
+
+def build_datasets(study: StudyInput, result: StudyResult, settings: Settings) -> list[Dataset]:
+    """SEG per analysed frame, one SR, and (if Settings.key_images) a key image per analysed frame."""
+    frames = analysed_frames(study.views, result)
+    out: list[Dataset] = []
+    with pywarnings.catch_warnings():
+        # highdicom warns about odd patient names in the source; never echo those values.
+        pywarnings.simplefilter("ignore", UserWarning)
+        for frame in frames:
+            seg = build_seg(frame, result, study.study_uid)
+            if seg is not None:
+                out.append(seg)
+        evidence = _evidence(study)
+        if evidence:
+            out.append(build_sr(frames, study.views, result, study.study_uid, evidence))
+        if settings.key_images:
+            for number, frame in enumerate(frames, start=1):
+                out.append(build_key_image(frame, result, study.study_uid, number))
+    return out
+
+
+def _evidence(study: StudyInput) -> list[Dataset]:
+    seen: dict[str, Dataset] = {}
+    for view in study.views:
+        if isinstance(view.source, FrameRef):
+            seen.setdefault(view.source.sop_instance_uid, view.source.header)
+    return list(seen.values())
+
+
+def _object_type(ds: Dataset) -> str:
+    return {"SEG": "SEG", "SR": "SR"}.get(str(ds.get("Modality", "")), "SC")
+
+
+def _summary(study: StudyInput, result: StudyResult | None, datasets: list[Dataset], status: str) -> dict:
+    views = []
+    for view in study.views:
+        ref = view.source
+        views.append({
+            "sop_instance_uid": ref.sop_instance_uid if isinstance(ref, FrameRef) else None,
+            "frame_number": ref.frame_number if isinstance(ref, FrameRef) else None,
+            "crop_offset": list(view.crop_offset),
+            "shape": list(view.image.shape),
+            "spacing_mm": list(view.spacing_mm) if view.spacing_mm else None,
+            "calibration": ref.calibration if isinstance(ref, FrameRef) else None,
+        })
+    numbers = summary_numbers(result) if result is not None else {
+        "probability": None, "risk_level": None, "capsule_distance_mm": None, "capsule_distance_px": None,
+        "nodule_size_mm": None, "nodule_size_px": None, "contributions": {}}
+    warnings = list(study.warnings) + (list(result.warnings) if result is not None else [])
+    return {
+        "study_uid": study.study_uid,
+        "status": status,
+        "finding": result.finding if result is not None else None,
+        **numbers,
+        "risk_probabilities": [round(float(p), 4) for p in result.risk_probabilities] if result else [],
+        "location": dict(result.location) if result is not None else {},
+        "calibrated": bool(result.calibrated) if result is not None else False,
+        "index_view": result.index_view if result is not None else None,
+        "views": views,
+        "inputs": {"sex_known": study.sex is not None, "age_known": study.age_years is not None,
+                   "report": study.report_text is not None},
+        "warnings": list(dict.fromkeys(warnings)),
+        "objects": [{
+            "type": _object_type(ds),
+            "sop_class_uid": str(ds.SOPClassUID),
+            "sop_instance_uid": str(ds.SOPInstanceUID),
+            "series_instance_uid": str(ds.SeriesInstanceUID),
+            "file": f"{ds.SOPInstanceUID}.dcm",
+        } for ds in datasets],
+        "algorithm": {"name": ALGORITHM_NAME, "version": __version__,
+                      "models": dict(sorted(result.model_versions.items())) if result else {}},
+        "research_use": RESEARCH_USE_STATEMENT,
+    }
+
+
+def write_output(output: StudyOutput, out_dir: Path) -> Path:
+    """out_dir/<study_uid>/summary.json and <SOPInstanceUID>.dcm for each object; returns the folder.
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file, and a
+    rerun replaces the same names (deterministic UIDs) instead of adding new ones.
+    """
+    folder = Path(out_dir) / output.study_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    for ds in output.datasets:
+        _atomic_write(folder / f"{ds.SOPInstanceUID}.dcm", lambda f, ds=ds: ds.save_as(f, enforce_file_format=True))
+    text = json.dumps(output.summary, indent=2, sort_keys=False) + "\n"
+    _atomic_write(folder / "summary.json", lambda f: f.write(text.encode("utf-8")))
+    return folder
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

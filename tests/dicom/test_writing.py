@@ -1,0 +1,257 @@
+"""Writing: SEG, TID 1500 SR and key image, on studies read from real and synthetic files, with masks
+drawn where the pipeline would put them. dciodvfy must find no error in anything we write."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from llnm import MANUFACTURER, __version__
+from llnm.dicom import classify_instance, codes, is_own_output
+from llnm.dicom.patient import sr_text
+from llnm.predict import predict_paths, write_output
+from tests.dicom.conftest import (
+    ALL_REAL,
+    BMODE_FILES,
+    dciodvfy_errors,
+    drawn_analyse,
+    drawn_result,
+    real_file,
+)
+
+
+def _predict(paths, settings, analyse=drawn_analyse):
+    return predict_paths(paths, backend=None, settings=settings, analyse=analyse)
+
+
+def _by_type(output):
+    out = {}
+    for ds in output.datasets:
+        out.setdefault({"SEG": "SEG", "SR": "SR"}.get(ds.Modality, "SC"), []).append(ds)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL_REAL)
+def test_real_file_predict_writes_objects_that_dciodvfy_accepts(name, settings, tmp_path):
+    (output,) = _predict([real_file(name)], settings)
+    folder = write_output(output, tmp_path / "out")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["study_uid"] == output.study_uid
+    if name not in BMODE_FILES:
+        assert summary["status"] == "no usable image" and output.datasets == [] and summary["objects"] == []
+        assert summary["warnings"]
+        return
+    kinds = _by_type(output)
+    assert set(kinds) == {"SEG", "SR", "SC"}
+    assert len(summary["objects"]) == len(output.datasets)
+    for ds in output.datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        assert path.is_file()
+        assert dciodvfy_errors(path) == [], f"{ds.Modality} of {name}"
+
+
+def test_seg_keeps_what_ohif_needs_and_references_the_cine_frame(settings, us_factory, tmp_path):
+    cine = np.full((5, 60, 80), 90, np.uint8)
+    cine[2] = np.random.default_rng(1).integers(0, 255, (60, 80), dtype=np.uint8)
+    source = us_factory("cine.dcm", pixel=cine, regions=[{"x0": 5, "y0": 4, "x1": 74, "y1": 55}])
+    (output,) = _predict([tmp_path / "cine.dcm"], settings)
+    (seg,) = _by_type(output)["SEG"]
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert "PixelMeasuresSequence" in shared, "OHIF crashes on a SEG without PixelMeasuresSequence"
+    assert "PlaneOrientationSequence" in shared, "OHIF fails to load a SEG without PlaneOrientationSequence"
+    assert list(shared.PixelMeasuresSequence[0].PixelSpacing) == pytest.approx([0.1, 0.1])
+    assert "PatientOrientation" in seg and seg.PatientOrientation in ("", None)
+    assert seg.Rows == 60 and seg.Columns == 80
+    refs = [item for frame in seg.PerFrameFunctionalGroupsSequence
+            for d in frame.DerivationImageSequence for item in d.SourceImageSequence]
+    assert {(r.ReferencedSOPInstanceUID, r.ReferencedSOPClassUID, int(r.ReferencedFrameNumber)) for r in refs} == {
+        (source.SOPInstanceUID, source.SOPClassUID, 3)}
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels == ["Thyroid nodule", "Thyroid gland"]
+    nodule, gland = seg.SegmentSequence
+    assert nodule.SegmentedPropertyTypeCodeSequence[0].CodeValue == codes.NODULE.value
+    assert nodule.SegmentedPropertyCategoryCodeSequence[0].CodeValue == codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE.value
+    assert nodule.AnatomicRegionSequence[0].CodeValue == codes.THYROID.value
+    assert gland.SegmentedPropertyTypeCodeSequence[0].CodeValue == codes.THYROID.value
+    # the masks land in the source frame where the view was cut from
+    seg_read = hd.seg.segread(_save(seg, tmp_path))
+    view = output.result.views[0]
+    pixels = seg_read.get_total_pixel_matrix() if False else np.asarray(seg.pixel_array)
+    assert pixels.shape[0] == 2
+    expected = np.zeros((60, 80), bool)
+    expected[4:56, 5:75] = view.nodule_mask
+    assert np.array_equal(pixels[0].astype(bool), expected)
+    assert dciodvfy_errors(_save(seg, tmp_path)) == []
+
+
+def _save(ds, tmp_path):
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_sr_round_trip_gives_the_numbers_of_summary_json(settings, us_factory, tmp_path):
+    us_factory("a.dcm", regions=[{"x0": 10, "y0": 8, "x1": 149, "y1": 111, "dx": 0.005, "dy": 0.005}],
+               ImageLaterality="R")
+    (output,) = _predict([tmp_path / "a.dcm"], settings)
+    folder = write_output(output, tmp_path / "out")
+    summary = json.loads((folder / "summary.json").read_text())
+    (sr_ds,) = _by_type(output)["SR"]
+    sr = hd.sr.srread(folder / f"{sr_ds.SOPInstanceUID}.dcm")
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 1
+    group = groups[0]
+    values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+    assert values["Length"] == (pytest.approx(summary["nodule_size_mm"]["length"]), "mm")
+    assert values["Width"] == (pytest.approx(summary["nodule_size_mm"]["width"]), "mm")
+    assert values[codes.CAPSULE_DISTANCE.meaning] == (pytest.approx(summary["capsule_distance_mm"]), "mm")
+    assert values[codes.LLNM_PROBABILITY.meaning][0] / 100 == pytest.approx(summary["probability"], abs=1e-9)
+    for name, share in summary["contributions"].items():
+        assert values[codes.contribution_code(name).meaning][0] / 100 == pytest.approx(share, abs=1e-9)
+    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    assert evaluations[codes.LLNM_RISK_LEVEL.meaning] == "High risk" and summary["risk_level"] == "high"
+    assert group.tracking_uid and "LLNM risk high" in group.tracking_identifier
+    assert group.finding_type.value == codes.NODULE.value
+    assert group.finding_sites[0].value.value == codes.RIGHT_LOBE.value
+    region = group.roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    data = region.value
+    assert np.allclose(data[0], data[-1])  # closed outline
+    # the outline lies within the region the view was cut from (offset applied)
+    assert data[:, 0].min() >= 10 and data[:, 0].max() <= 150 and data[:, 1].min() >= 8
+    assert summary["calibrated"] is True
+    assert "Research use only" in sr_text(sr_ds)
+    assert [o["sop_instance_uid"] for o in summary["objects"]] == [str(d.SOPInstanceUID) for d in output.datasets]
+
+
+def test_uncalibrated_study_reports_pixels_and_says_so(settings, us_factory, tmp_path):
+    us_factory("a.dcm")
+    (output,) = _predict([tmp_path / "a.dcm"], settings)
+    s = output.summary
+    assert s["calibrated"] is False and s["capsule_distance_mm"] is None and s["nodule_size_mm"] is None
+    assert s["capsule_distance_px"] == 7.25
+    assert any("uncalibrated" in w for w in s["warnings"])
+    (sr_ds,) = _by_type(output)["SR"]
+    sr = hd.sr.srread(_save(sr_ds, tmp_path))
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    units = {m.name.meaning: m.unit.value for m in group.get_measurements()}
+    assert units[codes.CAPSULE_DISTANCE.meaning] == "{pixels}"
+    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    assert evaluations[codes.CALIBRATION.meaning] == codes.UNCALIBRATED.meaning
+    (seg,) = _by_type(output)["SEG"]
+    assert "uncalibrated" in seg.ContentDescription
+    for ds in output.datasets:
+        assert dciodvfy_errors(_save(ds, tmp_path)) == []
+
+
+def test_reprocessing_gives_the_same_uids_and_a_new_model_gives_new_ones(settings, us_factory, tmp_path):
+    us_factory("a.dcm", regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    first = _predict([tmp_path / "a.dcm"], settings)[0]
+    second = _predict([tmp_path / "a.dcm"], settings)[0]
+    uids = [(str(d.SeriesInstanceUID), str(d.SOPInstanceUID)) for d in first.datasets]
+    assert uids == [(str(d.SeriesInstanceUID), str(d.SOPInstanceUID)) for d in second.datasets]
+    assert first.summary["probability"] == second.summary["probability"]
+    out = tmp_path / "out"
+    write_output(first, out)
+    folder = write_output(second, out)
+    assert len(list(folder.glob("*.dcm"))) == len(first.datasets)  # replaced, not piled up
+
+    def newer_model(study, backend):
+        result = drawn_result(study)
+        return dataclasses.replace(result, model_versions={**result.model_versions, "tmdl": "ee55"})
+
+    third = _predict([tmp_path / "a.dcm"], settings, analyse=newer_model)[0]
+    assert not {u for _, u in uids} & {str(d.SOPInstanceUID) for d in third.datasets}
+
+
+def test_every_object_is_labelled_ours_and_research_only(settings, us_factory, tmp_path):
+    source = us_factory("a.dcm", regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    (output,) = _predict([tmp_path / "a.dcm"], settings)
+    assert len(output.datasets) == 3
+    for ds in output.datasets:
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.PatientID == source.PatientID and ds.PatientName == source.PatientName
+        assert "RESEARCH USE ONLY" in ds.SeriesDescription
+        ours = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == MANUFACTURER]
+        assert len(ours) == 1
+        versions = list(ours[0].SoftwareVersions)
+        assert versions[0] == f"llnm {__version__}" and "tmdl dd44" in versions
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        assert is_own_output(ds) and classify_instance(ds) == "own_output"
+        reread = pydicom.dcmread(_save(ds, tmp_path))
+        assert classify_instance(reread) == "own_output"
+
+
+def test_key_images_can_be_switched_off(settings, us_factory, tmp_path):
+    us_factory("a.dcm")
+    off = dataclasses.replace(settings, key_images=False)
+    (output,) = _predict([tmp_path / "a.dcm"], off)
+    assert set(_by_type(output)) == {"SEG", "SR"}
+
+
+def test_key_image_shows_contours_and_heatmap_below_a_banner(settings, us_factory, tmp_path):
+    us_factory("a.dcm", pixel=np.full((120, 160), 60, np.uint8))
+    (output,) = _predict([tmp_path / "a.dcm"], settings)
+    (sc,) = _by_type(output)["SC"]
+    pixels = sc.pixel_array
+    assert pixels.shape[1] == 160 and pixels.shape[0] > 120 and pixels.shape[2] == 3
+    frame = pixels[:120]
+    yellow = (frame[..., 0] > 200) & (frame[..., 1] > 200) & (frame[..., 2] < 50)
+    cyan = (frame[..., 0] < 50) & (frame[..., 1] > 200) & (frame[..., 2] > 200)
+    assert yellow.sum() > 20 and cyan.sum() > 20
+    assert (pixels[120:] > 0).any()  # the banner has text
+    assert "Research use only" in sc.ImageComments
+    assert dciodvfy_errors(_save(sc, tmp_path)) == []
+
+
+def test_no_nodule_found_still_reports_and_writes_the_gland(settings, us_factory, tmp_path):
+    us_factory("a.dcm")
+    (output,) = _predict([tmp_path / "a.dcm"], settings, analyse=lambda s, b: drawn_result(s, nodule=False))
+    kinds = _by_type(output)
+    (seg,) = kinds["SEG"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Thyroid gland"]
+    (sr_ds,) = kinds["SR"]
+    sr = hd.sr.srread(_save(sr_ds, tmp_path))
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    assert "no nodule found" in sr_text(sr_ds)
+    assert output.summary["probability"] is None and output.summary["finding"] == "no nodule found"
+    for ds in output.datasets:
+        assert dciodvfy_errors(_save(ds, tmp_path)) == []
+
+
+def test_two_views_share_one_tracking_uid(settings, tmp_path):
+    (output,) = _predict([real_file("gdcm-US-ALOKA-16.dcm")], settings)
+    (sr_ds,) = _by_type(output)["SR"]
+    sr = hd.sr.srread(_save(sr_ds, tmp_path))
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 2
+    assert groups[0].tracking_uid == groups[1].tracking_uid
+    assert len(groups[0].get_measurements()) > 0 and groups[1].get_measurements() == []
+    (seg,) = _by_type(output)["SEG"]  # both views are on the same frame: one SEG holding both
+    assert np.asarray(seg.pixel_array)[0][:, :320].any() and np.asarray(seg.pixel_array)[0][:, 320:].any()
+
+
+def test_classify_instance_decisions(us_factory, tmp_path):
+    assert classify_instance(us_factory("a.dcm")) == "image"
+    assert classify_instance(us_factory("b.dcm", modality="CT", sop_class="1.2.840.10008.5.1.4.1.1.2")
+                             ).startswith("ignored:")
+    sc = us_factory("c.dcm", sop_class="1.2.840.10008.5.1.4.1.1.7")
+    assert classify_instance(sc) == "image"
+    sc.Modality = "OT"
+    assert classify_instance(sc).startswith("ignored:")
+    mpeg = us_factory("d.dcm")
+    mpeg.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264
+    assert classify_instance(mpeg) == "ignored:unsupported transfer syntax 1.2.840.10008.1.2.4.102"
+    report = us_factory("e.dcm", sop_class="1.2.840.10008.5.1.4.1.1.88.11", modality="SR")
+    assert classify_instance(report) == "report"
+    report.Manufacturer = MANUFACTURER
+    assert classify_instance(report) == "report"  # Basic Text SR is never ours
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    assert classify_instance(report) == "own_output"
