@@ -35,6 +35,9 @@ log = get_logger(__name__)
 #: At most this many views go to the pipeline per study (in series/instance order): the paper uses
 #: two views of the index nodule; more candidates let the pipeline pick them, fewer keep it fast.
 MAX_VIEWS = 8
+#: A file that does not parse is an error only when it claims to be DICOM (or has no suffix, as
+#: PACS exports often do); anything else in a folder (PNG, CSV, JSON) is skipped quietly.
+DICOM_SUFFIXES = frozenset({"", ".dcm", ".dicom", ".dic", ".ima"})
 
 
 @dataclass
@@ -81,6 +84,12 @@ def iter_files(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _may_be_dicom(path: Path) -> bool:
+    """Named like DICOM: .dcm etc., no suffix, or a UID-like name whose last part is digits."""
+    suffix = path.suffix.lower()
+    return suffix in DICOM_SUFFIXES or suffix[1:].isdigit()
+
+
 def group_by_study(paths: list[Path]) -> tuple[dict[str, StudyFiles], list[str]]:
     """Headers of every file, grouped by StudyInstanceUID; second: errors of files with no study."""
     studies: dict[str, StudyFiles] = {}
@@ -89,7 +98,10 @@ def group_by_study(paths: list[Path]) -> tuple[dict[str, StudyFiles], list[str]]
         try:
             header = read_header(path)
         except UnreadableInstance as exc:
-            orphans.append(f"{path.name}: {exc}")
+            if _may_be_dicom(path):
+                orphans.append(f"{path.name}: {exc}")
+            else:  # a PNG or CSV beside the DICOM files is not an input error
+                log.debug("not DICOM, skipped", path=path.name)
             continue
         study_uid = str(header.get("StudyInstanceUID", "") or "")
         if not study_uid:

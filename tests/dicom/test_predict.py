@@ -1,0 +1,161 @@
+"""`llnm predict` and predict_paths on phantom studies and on broken input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from llnm.predict import predict_paths, write_output
+from tests.dicom.conftest import dciodvfy_errors, drawn_analyse, make_us, real_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _phantom(out: Path, studies: int = 1, seed: int = 3) -> Path:
+    pytest.importorskip("llnm.phantom", reason="phantom generator not available")
+    from llnm.cli import main
+
+    assert main(["phantom", "--out", str(out), "--studies", str(studies), "--seed", str(seed),
+                 "--rows", "300", "--cols", "400"]) == 0
+    return out
+
+
+def test_phantom_crop_is_exactly_the_truth_image(tmp_path):
+    """The reader's crop equals the phantom's truth PNG (region bounds inclusive)."""
+    from PIL import Image
+
+    from llnm.dicom.loading import read_studies
+
+    root = _phantom(tmp_path / "ph", studies=2)
+    studies, orphans = read_studies([root])
+    assert orphans == [] and len(studies) == 2
+    for study in studies:
+        assert study.report_text and study.sex in ("M", "F") and study.age_years is not None
+        assert len(study.views) == 2
+        for view in study.views:
+            truth = np.asarray(Image.open(root / "truth" / "images" / f"{view.source.sop_instance_uid}.png"))
+            assert np.array_equal(view.image, truth)
+            assert view.spacing_mm is not None
+
+
+@pytest.mark.slow
+def test_phantom_predict_writes_valid_objects(tmp_path, settings):
+    root = _phantom(tmp_path / "ph", studies=1)
+    (output,) = predict_paths([root], backend=None, settings=settings, analyse=drawn_analyse)
+    assert output.summary["calibrated"] is True and output.summary["inputs"] == {
+        "sex_known": True, "age_known": True, "report": True}
+    folder = write_output(output, tmp_path / "out")
+    files = sorted(folder.glob("*.dcm"))
+    assert len(files) == len(output.datasets) == 5  # 2 SEG, 1 SR, 2 key images
+    for path in files:
+        assert dciodvfy_errors(path) == []
+
+
+def test_cli_predict_writes_the_study_folder(tmp_path, monkeypatch, capsys):
+    """`llnm predict` plumbing (paths, grouping, files, exit code) with the drawn analyser."""
+    import llnm.predict
+    from llnm.cli import main
+
+    monkeypatch.setattr(llnm.predict, "_default_analyse", lambda: drawn_analyse)
+    monkeypatch.setenv("LLNM_DATA_DIR", str(tmp_path / "var"))
+    study_uid = generate_uid()
+    make_us(tmp_path / "in" / "a.dcm", study_uid=study_uid, regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    code = main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-key-images"])
+    assert code == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["study_uid"] == study_uid and line["status"] == "ok" and line["objects"] == 2
+    summary = json.loads((tmp_path / "out" / study_uid / "summary.json").read_text())
+    for key in ("study_uid", "probability", "risk_level", "capsule_distance_mm", "nodule_size_mm", "location",
+                "contributions", "calibrated", "warnings", "objects"):
+        assert key in summary
+    assert {o["type"] for o in summary["objects"]} == {"SEG", "SR"}
+    for obj in summary["objects"]:
+        ds = pydicom.dcmread(tmp_path / "out" / study_uid / obj["file"])
+        assert str(ds.SOPInstanceUID) == obj["sop_instance_uid"]
+    assert main(["predict", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_broken_files_are_reported_and_the_rest_of_the_study_is_processed(tmp_path, settings):
+    study_uid = generate_uid()
+    folder = tmp_path / "study"
+    good = make_us(folder / "good.dcm", study_uid=study_uid, regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    # truncated: header intact, pixel data cut short
+    make_us(folder / "truncated.dcm", study_uid=study_uid)
+    data = (folder / "truncated.dcm").read_bytes()
+    (folder / "truncated.dcm").write_bytes(data[: len(data) - 5000])
+    # no pixel data
+    ds = make_us(folder / "nopixels.dcm", study_uid=study_uid)
+    del ds.PixelData
+    ds.save_as(folder / "nopixels.dcm", enforce_file_format=True)
+    # wrong SOP class (RT Plan) and non-US modality (CT)
+    make_us(folder / "rtplan.dcm", study_uid=study_uid, sop_class="1.2.840.10008.5.1.4.1.1.481.5", modality="RTPLAN")
+    make_us(folder / "ct.dcm", study_uid=study_uid, sop_class="1.2.840.10008.5.1.4.1.1.2", modality="CT")
+    # unsupported transfer syntax (MPEG-4 video)
+    ds = make_us(folder / "video.dcm", study_uid=study_uid)
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([b"\x00\x00\x00\x01fake h264 stream"])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    ds.save_as(folder / "video.dcm", enforce_file_format=True)
+    # not DICOM at all, claiming to be
+    (folder / "garbage.dcm").write_bytes(b"\x00" * 64 + b"not dicom")
+    (folder / "notes.txt").write_text("ignored quietly")
+
+    outputs = predict_paths([folder], backend=None, settings=settings, analyse=drawn_analyse)
+    (output,) = outputs
+    warnings = "\n".join(output.summary["warnings"])
+    uid_of = {name: str(pydicom.dcmread(folder / name, stop_before_pixels=True, force=True).get("SOPInstanceUID", ""))
+              for name in ("truncated.dcm", "nopixels.dcm", "rtplan.dcm", "ct.dcm", "video.dcm")}
+    assert f"instance {uid_of['truncated.dcm']} skipped: pixel data cannot be decoded" in warnings
+    assert f"instance {uid_of['nopixels.dcm']} skipped: no pixel data" in warnings
+    assert f"instance {uid_of['rtplan.dcm']} ignored" in warnings
+    assert f"instance {uid_of['ct.dcm']} ignored: modality CT is not US" in warnings
+    assert f"instance {uid_of['video.dcm']} ignored: unsupported transfer syntax" in warnings
+    assert "garbage.dcm: not a readable DICOM file" in warnings
+    assert "notes.txt" not in warnings
+    # only the good image was analysed, and everything written refers to it alone
+    assert [v["sop_instance_uid"] for v in output.summary["views"]] == [good.SOPInstanceUID]
+    assert output.summary["status"] == "ok" and len(output.datasets) == 3
+    for ds in output.datasets:
+        text = str(ds)
+        for name, uid in uid_of.items():
+            assert uid not in text, f"{name} leaked into {ds.Modality}"
+
+
+def test_study_without_usable_image_writes_only_a_summary(tmp_path, settings):
+    shutil.copy(real_file("US1_UNCR.dcm"), tmp_path / "doppler.dcm")
+    (output,) = predict_paths([tmp_path / "doppler.dcm"], backend=None, settings=settings,
+                              analyse=lambda s, b: pytest.fail("must not analyse"))
+    assert output.result is None and output.datasets == []
+    assert output.summary["status"] == "no usable image"
+    assert any("no B-mode" in w for w in output.summary["warnings"])
+    folder = write_output(output, tmp_path / "out")
+    assert [p.name for p in folder.iterdir()] == ["summary.json"]
+
+
+@pytest.mark.slow
+def test_llnm_predict_with_the_shipped_models(tmp_path):
+    """The real pipeline through ONNX Runtime, as a user runs it (skips until the models are built)."""
+    repo = REPO / "model_repository"
+    needed = ["nodule_seg", "thyroid_seg", "tmdl"]
+    if not all((repo / m / "1" / "model.onnx").is_file() for m in needed):
+        pytest.skip("segmentation/TMDL models not in model_repository/ yet")
+    root = _phantom(tmp_path / "ph", studies=1)
+    proc = subprocess.run([sys.executable, "-m", "llnm", "predict", str(root), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600,
+                          env={"PATH": "/usr/bin:/bin", "LLNM_DATA_DIR": str(tmp_path / "var"),
+                               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "YOLO_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (summary_path,) = (tmp_path / "out").glob("*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "ok"
+    for obj in summary["objects"]:
+        assert dciodvfy_errors(summary_path.parent / obj["file"]) == []
