@@ -23,6 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority")
+    parser.add_argument("--atlas-views", type=int, default=300,
+                        help="views registered into the location risk atlas (0: no atlas)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -40,5 +42,11 @@ def run(args: argparse.Namespace) -> int:
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]))
+    if args.atlas_views:
+        from llnm.model.atlas import atlas_from_layout, atlas_png
+
+        atlas = atlas_from_layout(args.data, max_views=args.atlas_views, seed=args.seed)
+        atlas.save(args.out / "atlas.npz")
+        atlas_png(atlas, args.out / "atlas.png")
     print(json.dumps({k: meta[k] for k in ("preset", "val_auc", "best_epoch", "epochs_run", "threshold")}))
     return 0
