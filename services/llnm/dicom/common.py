@@ -115,8 +115,8 @@ def laterality(header: Dataset) -> str | None:
     text = " ".join(str(header.get(k, "") or "") for k in
                     ("SeriesDescription", "ImageComments", "BodyPartExamined")).upper()
     words = set(text.replace("/", " ").replace("_", " ").replace("-", " ").split())
-    right = bool(words & {"RIGHT", "RT", "R", "RECHTS", "DROIT", "DERECHO"})
-    left = bool(words & {"LEFT", "LT", "L", "LINKS", "GAUCHE", "IZQUIERDO"})
+    right = bool(words & {"RIGHT", "RT", "RECHTS", "DROIT", "DERECHO"})
+    left = bool(words & {"LEFT", "LT", "LINKS", "GAUCHE", "IZQUIERDO"})
     if right != left:
         return "R" if right else "L"
     return None

@@ -53,8 +53,9 @@ def tracking_label(result: StudyResult) -> str:
             f"({ALGORITHM_NAME}, research use only)")
 
 
-def _num(name: Code, value: float, unit: Code, result: StudyResult) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm_id(result))
+def _num(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
+    """A NUM item; the algorithm is identified once per group, not repeated on every number."""
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
@@ -85,15 +86,15 @@ def measurements(result: StudyResult) -> list[hd.sr.Measurement]:
     unit = codes.MM if result.calibrated else codes.PIXELS
     size = values["nodule_size_mm"] if result.calibrated else values["nodule_size_px"]
     if size:
-        out.append(_num(codes.LENGTH, size["length"], unit, result))
-        out.append(_num(codes.WIDTH, size["width"], unit, result))
+        out.append(_num(codes.LENGTH, size["length"], unit))
+        out.append(_num(codes.WIDTH, size["width"], unit))
     distance = values["capsule_distance_mm"] if result.calibrated else values["capsule_distance_px"]
     if distance is not None:
-        out.append(_num(codes.CAPSULE_DISTANCE, distance, unit, result))
+        out.append(_num(codes.CAPSULE_DISTANCE, distance, unit))
     if values["probability"] is not None:
-        out.append(_num(codes.LLNM_PROBABILITY, round(100.0 * values["probability"], 2), codes.PERCENT, result))
+        out.append(_num(codes.LLNM_PROBABILITY, round(100.0 * values["probability"], 2), codes.PERCENT))
     for name, share in values["contributions"].items():
-        out.append(_num(codes.contribution_code(name), round(100.0 * share, 2), codes.PERCENT, result))
+        out.append(_num(codes.contribution_code(name), round(100.0 * share, 2), codes.PERCENT))
     return out
 
 
