@@ -122,8 +122,9 @@ def draw_findings(rng: np.random.Generator) -> Findings:
     p_internal = _sigmoid(-1.2 + 0.9 * z)
     vascularity = "internal" if v < p_internal else ("peripheral" if v < p_internal + 0.3 else "none")
 
-    lobe_ap = max(rng.uniform(13.0, 19.0), ap + (2 * target if not ete else 0.0) + 4.0)
-    lobe_width = max(rng.uniform(15.0, 21.0), width + 2 * target + 6.0)
+    room = 2.0 * min(target, 4.0)  # a far-from-capsule nodule needs a gland that can hold it
+    lobe_ap = max(rng.uniform(13.0, 19.0), ap + room + 3.0)
+    lobe_width = max(rng.uniform(15.0, 21.0), width + room + 5.0)
     lobe_length = max(rng.uniform(36.0, 46.0), 1.8 * length)
     return Findings(
         aggressiveness=z, side=str(rng.choice(["right", "left"])), age=age, sex=sex,

@@ -24,7 +24,7 @@ VIEW_COLUMNS = ["study_uid", "sop_instance_uid", "image", "gland_mask", "nodule_
 
 
 def _png(path: Path, array: np.ndarray) -> None:
-    Image.fromarray(array).save(path, format="PNG", compress_level=6)
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
 def _write_one(out: Path, seed: int, index: int, rows: int, cols: int,

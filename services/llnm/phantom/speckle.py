@@ -1,13 +1,15 @@
 """B-mode image formation from a label map: echo levels, speckle, attenuation, artefacts.
 
 A simple physical model, fully vectorised: tissue reflectivity (dB relative to normal thyroid)
-times complex Gaussian scatterers, blurred by an anisotropic point-spread function, enveloped,
-attenuated along each beam line (so calcifications shadow and fluid enhances behind), with point
-reflectors for calcifications and comet tails, reverberation below the tracheal air, log-compressed
-to 8 bits. Two speckle realisations are averaged, as spatial compounding does on modern scanners.
+times a compounded speckle pattern (complex Gaussian scatterers, anisotropic point-spread function,
+envelope), attenuated along each beam line (so calcifications shadow and fluid enhances behind),
+with point reflectors for calcifications and comet tails, reverberation below the tracheal air,
+log-compressed to 8 bits.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -19,8 +21,8 @@ from .findings import Findings
 #: Mean echo level of each label, dB relative to normal thyroid parenchyma.
 ECHO_DB = np.zeros(12, dtype=np.float32)
 ECHO_DB[[DEEP, FAT, SKIN, STRAP, SCM, GLAND, NODULE, LUMEN, WALL, CARTILAGE, AIR, LONGUS]] = (
-    -10.0, -8.0, 6.0, -12.0, -12.0, 0.0, 0.0, -42.0, 5.0, -16.0, -45.0, -12.5)
-NODULE_DB = {"hyper": (3.5, 6.0), "iso": (-1.5, 1.5), "hypo": (-11.0, -7.0), "marked-hypo": (-16.0, -12.5)}
+    -14.0, -10.0, 8.0, -14.0, -14.0, 0.0, 0.0, -42.0, 8.0, -17.0, -25.0, -15.0)
+NODULE_DB = {"hyper": (3.5, 6.0), "iso": (-3.0, 2.0), "hypo": (-11.0, -7.0), "marked-hypo": (-16.0, -12.5)}
 BASE_ATTENUATION = 0.5  # dB per mm, round trip, compensated by the time-gain control
 
 
@@ -67,48 +69,106 @@ def _blobs(shape: tuple[int, int], points: np.ndarray, sigma_px: np.ndarray, pea
     return out
 
 
+@lru_cache(maxsize=16)
+def _speckle_bank(rows: int, cols: int, sigma_axial: float, sigma_lateral: float) -> np.ndarray:
+    """Unit-mean speckle: complex Gaussian scatterers blurred by the point-spread function, envelope,
+    two independent looks averaged (spatial compounding). Built once per size and PSF, from a fixed
+    seed, then cut into patches: the per-view cost is a slice, and the output stays deterministic."""
+    rng = np.random.default_rng(20250101)
+    env = np.zeros((rows, cols), dtype=np.float32)
+    for _ in range(2):
+        re = ndimage.gaussian_filter(rng.standard_normal((rows, cols), dtype=np.float32),
+                                     (sigma_axial, sigma_lateral), mode="wrap")
+        im = ndimage.gaussian_filter(rng.standard_normal((rows, cols), dtype=np.float32),
+                                     (sigma_axial, sigma_lateral), mode="wrap")
+        env += np.sqrt(re * re + im * im)
+    env /= env.mean()
+    env.setflags(write=False)
+    return env
+
+
+def _speckle_patch(shape: tuple[int, int], px: float, rng: np.random.Generator) -> np.ndarray:
+    """A random (offset, flip) patch of the speckle bank for this pixel size; the bank wraps."""
+    sig = (round(0.12 * px * 2) / 2, round(0.3 * px * 2) / 2)  # axial 0.12 mm, lateral 0.3 mm
+    rows, cols = (max(512, -(-n // 256) * 256 + 256) for n in shape)
+    bank = _speckle_bank(rows, cols, max(sig[0], 0.5), max(sig[1], 0.5))
+    oy, ox = int(rng.integers(rows)), int(rng.integers(cols))
+    patch = np.roll(bank, (-oy, -ox), axis=(0, 1))[: shape[0], : shape[1]]
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    return patch
+
+
+def _lut(*members: int) -> np.ndarray:
+    lut = np.zeros(12, dtype=bool)
+    lut[list(members)] = True
+    return lut
+
+
+MUSCLE, FATTY, FASCIA, FLUID = _lut(STRAP, SCM, LONGUS), _lut(FAT, DEEP), _lut(STRAP, SCM, LONGUS, GLAND), _lut(LUMEN)
+
+
+def _interfaces(labels: np.ndarray) -> np.ndarray:
+    """Pixels on a boundary between two different labels, on the side of a fascia-bearing label."""
+    b = np.zeros(labels.shape, dtype=bool)
+    dv, dh = labels[1:] != labels[:-1], labels[:, 1:] != labels[:, :-1]
+    b[1:] |= dv
+    b[:-1] |= dv
+    b[:, 1:] |= dh
+    b[:, :-1] |= dh
+    return b & FASCIA[labels]
+
+
+def _nodule_box(nod: np.ndarray, pad: int) -> tuple[slice, slice]:
+    rows, cols = np.flatnonzero(nod.any(axis=1)), np.flatnonzero(nod.any(axis=0))
+    if len(rows) == 0:
+        return slice(0, 0), slice(0, 0)
+    return (slice(max(0, rows[0] - pad), rows[-1] + pad + 1), slice(max(0, cols[0] - pad), cols[-1] + pad + 1))
+
+
 def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Return the uint8 B-mode image of the view and a few realised imaging facts (for params.jsonl)."""
     labels, sp = anat.labels, anat.spacing_mm
     shape = labels.shape
     h, w = shape
     px = 1.0 / sp  # pixels per mm
-    db = ECHO_DB[labels].copy()
+    db = ECHO_DB[labels]
     db += 1.2 * _field(shape, (1.5 * px, 1.5 * px), rng)
-    muscle = np.isin(labels, (STRAP, SCM, LONGUS))
+    muscle, fatty = MUSCLE[labels], FATTY[labels]
     db[muscle] += 2.5 * _field(shape, (0.12 * px, 1.5 * px), rng)[muscle]
-    fatty = np.isin(labels, (FAT, DEEP))
     septa = _field(shape, (0.1 * px, 1.2 * px), rng)
-    db[fatty] += np.where(septa > 1.2, 7.0, 0.0).astype(np.float32)[fatty]
+    db[fatty & (septa > 1.2)] += 9.0
     gland_only = labels == GLAND
-    db[_edge(anat.gland, int(round(0.3 * px)))] += 6.0
-    for lab in (STRAP, SCM, LONGUS):
-        db[_edge(labels == lab, int(round(0.2 * px)))] += 4.0
-
-    # Nodule interior: echo level, heterogeneity, cystic spaces, halo; soft edge when ill-defined.
-    nod = anat.nodule
-    lo, hi = NODULE_DB[f.echogenicity]
-    nodule_db = np.float32(rng.uniform(lo, hi)) + 1.8 * _field(shape, (0.8 * px, 0.8 * px), rng)
+    outline = _interfaces(np.where(labels == NODULE, np.uint8(GLAND), labels))
+    db += ndimage.gaussian_filter(outline.astype(np.float32), 0.12 * px, truncate=3.0) * (9.0 * 0.12 * px * 2.5)
     alpha = np.full(shape, BASE_ATTENUATION, dtype=np.float32)
-    cyst = np.zeros(shape, dtype=bool)
+    alpha[FLUID[labels]] = 0.03
+    alpha[labels == AIR] = 40.0  # total reflection: the tracheal shadow
+
+    # Nodule, worked on its bounding box: echo level, heterogeneity, cysts, halo, soft edge.
+    nod_full = anat.nodule
+    sigma_edge = (0.8 if f.margin == "ill-defined" else 0.12) * px
+    box = _nodule_box(nod_full, int(4 * sigma_edge + 2.5 * px) + 2)
+    nod = nod_full[box]
+    bshape = nod.shape
+    lo, hi = NODULE_DB[f.echogenicity]
+    coarse = 2.8 if f.echogenicity in ("iso", "hyper") else 1.8  # iso nodules show by their texture
+    nodule_db = np.float32(rng.uniform(lo, hi)) + coarse * _field(bshape, (0.8 * px, 0.8 * px), rng)
+    cyst = np.zeros(bshape, dtype=bool)
     if f.composition != "solid":
         frac = 0.45 if f.composition == "mixed" else 0.15
-        g = _field(shape, (1.0 * px, 1.0 * px), rng)
+        g = _field(bshape, (1.0 * px, 1.0 * px), rng)
         inner = ndimage.minimum_filter(nod, size=2 * max(1, int(0.8 * px)) + 1)
         if inner.any():
             cyst = inner & (g > np.quantile(g[inner], 1.0 - frac))
-        nodule_db = np.where(cyst, -40.0, nodule_db)
+        nodule_db[cyst] = -40.0
     if f.halo:
-        nodule_db = np.where(_edge(nod, int(round(0.7 * px))), -11.0, nodule_db)
-    sigma_edge = (0.8 if f.margin == "ill-defined" else 0.12) * px
-    weight = np.zeros(shape, dtype=np.float32)
-    if nod.any():
-        rows, cols = np.flatnonzero(nod.any(axis=1)), np.flatnonzero(nod.any(axis=0))
-        pad = int(4 * sigma_edge) + 1
-        box = (slice(max(0, rows[0] - pad), rows[-1] + pad + 1), slice(max(0, cols[0] - pad), cols[-1] + pad + 1))
-        weight[box] = ndimage.gaussian_filter(nod[box].astype(np.float32), sigma_edge)
-    db = db * (1.0 - weight) + nodule_db * weight
-    alpha[np.isin(labels, (LUMEN,)) | cyst] = 0.03
+        nodule_db[_edge(nod, int(round(0.7 * px)))] = -11.0
+    weight = ndimage.gaussian_filter(nod.astype(np.float32), sigma_edge)
+    db_box = db[box]
+    db[box] = db_box * (1.0 - weight) + nodule_db * weight
+    alpha_box = alpha[box]
+    alpha_box[cyst] = 0.03
 
     # Calcifications: bright points (micro) or bright shadowing arcs (macro, rim).
     points, sig, peak = [], [], []
@@ -117,51 +177,44 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
     if f.calcification == "micro" and len(ys):
         n_calc = int(rng.integers(4, 16))
         idx = rng.choice(len(ys), n_calc)
-        points += list(zip(ys[idx], xs[idx]))
+        points += list(zip(ys[idx] + box[0].start, xs[idx] + box[1].start))
         sig += list(rng.uniform(0.1, 0.22, n_calc) * px)
         peak += list(rng.uniform(6.0, 10.0, n_calc))
-    shadow = np.zeros(shape, dtype=bool)
+    db_box = db[box]
     if f.calcification in ("macro", "rim") and len(ys):
+        yy, xx = np.ogrid[:bshape[0], :bshape[1]]
         if f.calcification == "macro":
             n_calc = int(rng.integers(1, 3))
             for i in rng.choice(len(ys), n_calc):
                 r = rng.uniform(0.8, 2.0)
-                yy, xx = np.ogrid[:h, :w]
                 d = np.sqrt(((yy - ys[i]) * sp) ** 2 + ((xx - xs[i]) * sp) ** 2)
-                arc = (np.abs(d - r) < 0.25) & (yy < ys[i])
-                db[arc] = 22.0
-                shadow |= d < r
+                db_box[(np.abs(d - r) < 0.25) & (yy < ys[i])] = 22.0
+                alpha_box[d < r] = 9.0
         else:
             n_calc = 1
-            rim = _edge(nod, max(1, int(round(0.35 * px))))
-            yy = np.arange(h)[:, None]
-            top = rim & (yy < anat.nodule_center[0])
-            db[top] = 18.0
-            shadow |= top
-    alpha[shadow] = 9.0
+            centre_row = anat.nodule_center[0] - box[0].start
+            top = _edge(nod, max(1, int(round(0.35 * px)))) & (yy < centre_row)
+            db_box[top] = 18.0
+            alpha_box[top] = 9.0
     if f.comet_tail and cyst.any():
         cy, cx = np.nonzero(cyst)
+        stride = max(1, int(0.15 * px))
         for i in rng.choice(len(cy), int(rng.integers(1, 4))):
-            tail = np.arange(int(rng.uniform(0.8, 2.0) * px))
-            points += [(cy[i] + t, cx[i]) for t in tail[:: max(1, int(0.15 * px))]]
-            k = len(tail[:: max(1, int(0.15 * px))])
-            sig += [0.12 * px] * k
-            peak += list(8.0 * np.exp(-np.arange(k) / (0.4 * k + 1)))
+            tail = np.arange(0, int(rng.uniform(0.8, 2.0) * px), stride)
+            points += [(cy[i] + t + box[0].start, cx[i] + box[1].start) for t in tail]
+            sig += [0.12 * px] * len(tail)
+            peak += list(8.0 * np.exp(-np.arange(len(tail)) / (0.4 * len(tail) + 1)))
 
     # Attenuation along each beam (columns), compensated on average by the TGC.
     excess = ndimage.gaussian_filter1d((alpha - BASE_ATTENUATION) * sp, 0.25 * px, axis=1)
     db -= np.cumsum(excess, axis=0)
+    depth_mm = np.arange(h, dtype=np.float32) * sp
     depth_gain = np.interp(np.arange(h), np.linspace(0, h, 5), rng.uniform(-2.0, 2.0, 5)).astype(np.float32)
+    depth_gain -= rng.uniform(0.15, 0.35) * np.maximum(depth_mm - 22.0, 0.0)  # TGC under-compensates deep
     db += depth_gain[:, None]
 
-    # Speckle: scatterers x reflectivity, PSF blur, envelope; two looks averaged (compounding).
-    amp = np.power(10.0, db / 20.0).astype(np.float32)
-    psf = (rng.uniform(0.1, 0.14) * px, rng.uniform(0.25, 0.35) * px)
-    env = np.zeros(shape, dtype=np.float32)
-    for _ in range(2):
-        re = ndimage.gaussian_filter(amp * rng.standard_normal(shape, dtype=np.float32), psf)
-        im = ndimage.gaussian_filter(amp * rng.standard_normal(shape, dtype=np.float32), psf)
-        env += np.sqrt(re * re + im * im)
+    # Speckle: reflectivity x a unit-mean compounded speckle pattern cut from a cached bank.
+    env = np.power(10.0, db / 20.0).astype(np.float32) * _speckle_patch(shape, px, rng)
     ref = float(np.median(env[gland_only])) if gland_only.any() else float(np.median(env))
     env /= ref + 1e-9
     if points:
@@ -173,14 +226,14 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
             yy = np.arange(h, dtype=np.float32)[:, None]
             rev = np.zeros((h, len(cols)), dtype=np.float32)
             for k in (1, 2, 3):
-                rev += 0.35 * 0.5 ** (k - 1) * np.exp(-((yy - (k + 1) * top - 0.3 * px) ** 2) / (2 * (0.35 * px) ** 2))
-            rev += 1.6 * np.exp(-((yy - top) ** 2) / (2 * (0.25 * px) ** 2))
+                rev += 0.5 * 0.5 ** (k - 1) * np.exp(-((yy - (k + 1) * top - 0.3 * px) ** 2) / (2 * (0.35 * px) ** 2))
+            rev += 3.0 * np.exp(-((yy - top) ** 2) / (2 * (0.25 * px) ** 2))
             rev *= 0.6 + 0.4 * np.abs(rng.standard_normal(rev.shape, dtype=np.float32))
             env[:, cols] += ndimage.gaussian_filter(rev, (0.5, 1.5 * px))
 
-    level = 20.0 * np.log10(env + 1e-4)
-    g0, dyn = rng.uniform(108.0, 138.0), rng.uniform(48.0, 58.0)
+    level = 20.0 * np.log10(env + 0.15)  # the floor fills speckle nulls, as scanner smoothing does
+    g0, dyn = rng.uniform(100.0, 128.0), rng.uniform(42.0, 52.0)
     img = g0 + level * (255.0 / dyn)
-    img = ndimage.gaussian_filter(img, 0.6)
+    img = ndimage.gaussian_filter(img, 0.8, truncate=3.0)
     return np.clip(img, 0, 255).astype(np.uint8), {"calcification_count": n_calc, "gain": round(g0, 2),
                                                     "dynamic_range_db": round(dyn, 2)}
