@@ -42,5 +42,6 @@ def test_train_then_evaluate(tiny_layout, tmp_path):
     assert report["bayes_auc"] is not None and 0 < report["bayes_auc"] <= 1
     lo, hi = report["ci95"]["auc"]
     assert lo <= report["metrics"]["auc"] <= hi
-    for name in ("metrics.json", "report.html", "roc.png", "calibration.png", "decision_curve.png"):
+    for name in ("metrics.json", "report.html", "roc.png", "calibration.png", "decision_curve.png",
+                 "explanations.png"):
         assert (tmp_path / "eval" / name).is_file()

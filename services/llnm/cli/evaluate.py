@@ -19,6 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--examples", type=int, default=4, help="explained studies in the report")
+    parser.add_argument("--atlas-studies", type=int, default=100,
+                        help="studies scored with the model's location atlas (0: skip)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -33,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     report = evaluate(args.model, args.data, args.out,
                       encode_text=onnx_text_encoder(Settings.from_env().model_repository),
-                      bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress)
+                      bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
+                      examples=args.examples, atlas_studies=args.atlas_studies)
     summary = {"studies": report["studies"], "positives": report["positives"],
                **{k: round(v, 4) for k, v in report["metrics"].items()},
                "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()}}
@@ -41,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         summary["bayes_auc"] = round(report["bayes_auc"], 4)
         summary["auc_ratio_to_bayes"] = round(report["auc_ratio_to_bayes"], 4)
         print(f"Bayes-optimal AUC of this set (p_true vs llnm): {report['bayes_auc']:.4f}")
+    if report["atlas"] is not None:
+        summary["atlas_location_auc"] = round(report["atlas"]["auc"], 4)
     print(json.dumps(summary, indent=2))
     print(f"report: {args.out / 'report.html'}")
     return 0

@@ -75,6 +75,71 @@ def _plots(out_dir: Path, p: np.ndarray, y: np.ndarray, p_true: np.ndarray | Non
     return names
 
 
+def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4) -> None:
+    """First view of the `count` highest-risk studies: the image with the masks' outlines, the
+    attention rollout (what the runtime reports) and Grad-CAM++ on the image embedding."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from scipy import ndimage
+
+    from llnm.features import clinical_vector, extract_features
+    from llnm.features.heatmap import tokens_to_heatmap
+    from llnm.model.data import read_layout, read_png
+    from llnm.model.explain import grad_cam_pp
+    from llnm.model.tmdl import attention_rollout
+
+    studies = [s for s in read_layout(data_dir) if s.llnm][:count]
+    fig, axes = plt.subplots(len(studies), 3, figsize=(9, 2.6 * len(studies)), squeeze=False)
+    empty_text = torch.zeros(1, model.config.text_tokens, model.config.text_dim)
+    for row, study in enumerate(studies):
+        view = study.views[0]
+        image = read_png(view.image)
+        gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
+        feats = extract_features(image, gland, nodule, view.spacing_mm, size=model.config.image_size)
+        images = torch.from_numpy(feats.images())[None]
+        clinical = torch.from_numpy(clinical_vector(study.sex, study.age, feats))[None]
+        mask = torch.zeros(1, model.config.text_tokens)
+        with torch.no_grad():
+            _, _, attentions, token_mask = model(images, empty_text, mask, clinical, return_attention=True)
+        rollout = attention_rollout(attentions, token_mask, model.config.image_tokens)[0].numpy()
+        cam = grad_cam_pp(model, images, empty_text, mask, clinical)[0].numpy()
+        outline = (gland ^ ndimage.binary_erosion(gland)) | (nodule ^ ndimage.binary_erosion(nodule))
+        base = np.stack([image] * 3, axis=-1).copy()
+        base[outline] = (255, 200, 0)
+        for col, (title, heat) in enumerate((("image, masks", None), ("attention rollout", rollout),
+                                             ("Grad-CAM++", cam))):
+            ax = axes[row, col]
+            ax.imshow(base)
+            if heat is not None:
+                ax.imshow(tokens_to_heatmap(heat, feats, image.shape), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(title if row == 0 else "", fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+
+
+def atlas_auc(model_dir: Path, data_dir: Path, max_studies: int) -> dict | None:
+    """AUC of the Eq. 15 atlas location risk alone (views averaged) on the first studies of the set."""
+    from llnm.model.atlas import LocationAtlas, location_risk
+    from llnm.model.data import read_layout, read_png
+
+    path = Path(model_dir) / "atlas.npz"
+    if not path.is_file() or max_studies <= 0:
+        return None
+    atlas = LocationAtlas.load(path)
+    scores, labels = [], []
+    for study in read_layout(data_dir)[:max_studies]:
+        risks = [location_risk(atlas, read_png(v.gland_mask) > 127, read_png(v.nodule_mask) > 127)
+                 for v in study.views]
+        scores.append(float(np.mean(risks)))
+        labels.append(study.llnm)
+    return {"studies": len(labels), "auc": auc(np.array(scores), np.array(labels))}
+
+
 def _html(report: dict, images: list[str]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td><td>{report['ci95'].get(k, [np.nan, np.nan])[0]:.3f}"
@@ -84,6 +149,9 @@ def _html(report: dict, images: list[str]) -> str:
     if report.get("bayes_auc") is not None:
         extra = (f"<p>Bayes-optimal AUC of this set (p_true vs llnm): {report['bayes_auc']:.3f}; "
                  f"model / Bayes-optimal: {report['auc_ratio_to_bayes']:.3f}</p>")
+    if report.get("atlas") is not None:
+        extra += (f"<p>Location risk atlas (Eq. 15) alone, first {report['atlas']['studies']} studies: "
+                  f"AUC {report['atlas']['auc']:.3f}</p>")
     figures = "".join(f'<img src="{name}" alt="{name}">' for name in images)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>LLNM TMDL evaluation</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px}}</style></head><body>"
@@ -96,7 +164,7 @@ def _html(report: dict, images: list[str]) -> str:
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
-             seed: int = 0, progress: bool = True) -> dict:
+             seed: int = 0, progress: bool = True, examples: int = 4, atlas_studies: int = 100) -> dict:
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(model_dir)
@@ -120,7 +188,14 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
         "bayes_auc": auc(p_true, y) if has_truth else None,
     }
     report["auc_ratio_to_bayes"] = (metrics["auc"] / report["bayes_auc"]) if has_truth else None
+    report["atlas"] = atlas_auc(model_dir, data_dir, atlas_studies)
     images = _plots(out_dir, p, y, p_true if has_truth else None, calibration, decision)
+    if examples:
+        explain_examples(model, data_dir, out_dir / "explanations.png", examples)
+        images.append("explanations.png")
+    if (model_dir / "atlas.png").is_file():
+        (out_dir / "atlas.png").write_bytes((model_dir / "atlas.png").read_bytes())
+        images.append("atlas.png")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.html").write_text(_html(report, images))
     predictions = [{"study_uid": cache.study_uids[s], "probability": float(pp), "llnm": int(yy),
