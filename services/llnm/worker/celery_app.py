@@ -18,7 +18,12 @@ DELIVER_TASK = "llnm.deliver_study"
 
 
 def transport_options(settings: Settings) -> dict[str, object]:
-    options: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    """Redis transport: the visibility timeout, and sweeps for abandoned tasks at a quarter of it (kombu's
+    default sweeps only every 100 s, which would hold a killed worker's study that long)."""
+    visibility = settings.broker_visibility_timeout_s
+    options: dict[str, object] = {"visibility_timeout": visibility,
+                                  "unacked_restore_interval": int(max(1, min(60, visibility // 4))),
+                                  "unacked_restore_throttle": 1}
     if settings.broker_key_prefix:
         options["global_keyprefix"] = settings.broker_key_prefix
     return options

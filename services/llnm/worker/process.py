@@ -24,7 +24,8 @@ from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
 from llnm.dimse import Node, client_tls_context, parse_nodes
-from llnm.inference.backend import InferenceBackend, ModelNotFound
+from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
+                                    ModelNotFound)
 from llnm.listener.spool import Spool
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
@@ -68,8 +69,13 @@ class Processed:
     risk_level: int | None
 
 
+#: The stage each model's inference belongs to (llnm_stage_seconds); decode and features are timed by
+#: the pipeline code itself.
+MODEL_STAGES = {NODULE_SEG: "segmentation", THYROID_SEG: "segmentation", TEXT_ENCODER: "text", TMDL: "tmdl"}
+
+
 class TimedBackend:
-    """Wraps a backend to time every model call (llnm_model_seconds), whatever the backend."""
+    """Wraps a backend to time every model call (llnm_model_seconds and its stage), whatever the backend."""
 
     def __init__(self, inner: InferenceBackend, name: str) -> None:
         self.inner = inner
@@ -80,7 +86,10 @@ class TimedBackend:
         try:
             return self.inner.infer(model, inputs)
         finally:
-            metrics.MODEL_SECONDS.labels(model=model, backend=self.name).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            metrics.MODEL_SECONDS.labels(model=model, backend=self.name).observe(elapsed)
+            if model in MODEL_STAGES:
+                metrics.STAGE_SECONDS.labels(stage=MODEL_STAGES[model]).observe(elapsed)
 
     def has_model(self, model: str) -> bool:
         return self.inner.has_model(model)
