@@ -1,0 +1,211 @@
+// Walks one study through OHIF the way a radiologist would: study list -> viewer -> SR -> SEG.
+// Reads a job (JSON) on stdin, prints one JSON line with what it saw; screenshots go to job.outDir.
+// Every step has its own timeout and the whole run a hard deadline, so a broken viewer cannot hang CI.
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const job = JSON.parse(fs.readFileSync(0, 'utf8'));
+const stepTimeout = job.stepTimeoutMs ?? 60000;
+const deadline = Date.now() + (job.totalTimeoutMs ?? 170000);
+const out = { steps: {}, console: [], pageErrors: [], failedRequests: [], timingsMs: {} };
+let current = 'start';
+
+const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const ctx = await chromium.launchPersistentContext(job.profileDir, {
+  executablePath: job.chromium ?? '/usr/bin/chromium',
+  headless: true,
+  args: flags,
+  viewport: { width: 1400, height: 900 },
+});
+const hardStop = setTimeout(async () => {
+  out.aborted = `deadline of ${job.totalTimeoutMs ?? 170000} ms passed during ${current}`;
+  console.log(JSON.stringify(out));
+  process.exit(3);
+}, Math.max(1000, deadline - Date.now()));
+
+const page = ctx.pages()[0] ?? (await ctx.newPage());
+page.setDefaultTimeout(stepTimeout);
+page.on('console', (m) => {
+  if (m.type() === 'error' || m.type() === 'warning') {
+    out.console.push({ step: current, type: m.type(), text: m.text().slice(0, 1000) });
+  }
+});
+page.on('pageerror', (e) => out.pageErrors.push({ step: current, text: String(e?.stack ?? e).slice(0, 2000) }));
+page.on('requestfailed', (r) => out.failedRequests.push({ step: current, url: r.url(), error: r.failure()?.errorText }));
+page.on('response', (r) => {
+  if (r.status() >= 400) out.failedRequests.push({ step: current, url: r.url(), status: r.status() });
+});
+
+const shot = async (name) => {
+  const file = path.join(job.outDir, `${job.prefix}-${name}.png`);
+  await page.screenshot({ path: file });
+  return file;
+};
+
+async function skipTour() {
+  const skip = page.getByText('Skip all', { exact: true });
+  if (await skip.isVisible().catch(() => false)) await skip.click().catch(() => {});
+}
+
+async function visibleText() {
+  // innerText leaves out SVG annotation text in some layouts: collect <text> nodes explicitly too.
+  return page.evaluate(() => ({
+    text: document.body.innerText,
+    annotations: [...document.querySelectorAll('svg.svg-layer g[data-annotation-uid]')].map((g) => ({
+      uid: g.getAttribute('data-annotation-uid'),
+      lines: [...g.querySelectorAll('tspan')].map((t) => t.textContent),
+      text: g.textContent,
+    })),
+  }));
+}
+
+async function viewportState() {
+  // The active viewport's canvas: how much of it shows image content, and where the annotations are.
+  return page.evaluate(() => {
+    const canvases = [...document.querySelectorAll('canvas.cornerstone-canvas')];
+    const res = { canvases: [] };
+    for (const c of canvases) {
+      const r = c.getBoundingClientRect();
+      let lit = null;
+      try {
+        const g = c.getContext('2d');
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 16) if (d[i] + d[i + 1] + d[i + 2] > 60) n++;
+        lit = n / (d.length / 16);
+      } catch (e) {
+        lit = `unreadable: ${e}`;
+      }
+      res.canvases.push({ x: r.x, y: r.y, width: r.width, height: r.height, lit });
+    }
+    res.shapes = [...document.querySelectorAll('svg.svg-layer path, svg.svg-layer polyline, svg.svg-layer line, svg.svg-layer ellipse, svg.svg-layer circle')]
+      .map((s) => {
+        const b = s.getBoundingClientRect();
+        return { tag: s.tagName, x: b.x, y: b.y, width: b.width, height: b.height };
+      })
+      .filter((b) => b.width > 0 || b.height > 0);
+    return res;
+  });
+}
+
+async function step(name, fn) {
+  current = name;
+  const t0 = Date.now();
+  const rec = { ok: false };
+  out.steps[name] = rec;
+  try {
+    if (Date.now() > deadline) throw new Error('no time left');
+    Object.assign(rec, await fn());
+    rec.ok = true;
+  } catch (e) {
+    rec.error = String(e?.message ?? e).slice(0, 1500);
+  }
+  try {
+    rec.screenshot = await shot(name);
+  } catch (e) {
+    rec.screenshotError = String(e);
+  }
+  out.timingsMs[name] = Date.now() - t0;
+  return rec.ok;
+}
+
+async function openSeries(label) {
+  // The study browser lists derived series (SR, SEG) as rows: double-click loads one into the viewport.
+  const item = page.getByText(label, { exact: false }).first();
+  await item.waitFor({ state: 'visible' });
+  await item.dblclick();
+}
+
+await step('list', async () => {
+  await page.goto(job.url + '/');
+  await skipTour();
+  const row = page.getByText(job.expectListText ?? 'SR', { exact: false }).first();
+  await row.waitFor({ state: 'visible' });
+  await page.waitForTimeout(500);
+  return await visibleText();
+});
+
+await step('image', async () => {
+  await page.goto(`${job.url}/viewer?StudyInstanceUIDs=${job.study}`);
+  await page.locator('canvas.cornerstone-canvas').first().waitFor({ state: 'visible' });
+  await skipTour();
+  // The image is drawn asynchronously after the metadata: wait until the canvas has content.
+  await page.waitForFunction(() => {
+    const c = document.querySelector('canvas.cornerstone-canvas');
+    if (!c || !c.width) return false;
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < d.length; i += 64) if (d[i] + d[i + 1] + d[i + 2] > 60) return true;
+    return false;
+  }, null, { polling: 500 });
+  await skipTour();
+  await page.waitForTimeout(1000);
+  return { ...(await visibleText()), ...(await viewportState()) };
+});
+
+if (job.sr) {
+  await step('sr', async () => {
+    await openSeries(job.sr);
+    await page.waitForTimeout(1500);
+    await skipTour();
+    if (job.srExpect) {
+      // The SR's text box is SVG drawn over the image once the referenced image is matched.
+      await page.waitForFunction(
+        (want) => [...document.querySelectorAll('svg.svg-layer g[data-annotation-uid]')]
+          .some((g) => g.textContent.includes(want)),
+        job.srExpect, { polling: 500 });
+    }
+    await page.waitForTimeout(1000);
+    const seen = { ...(await visibleText()), ...(await viewportState()) };
+    // A SR that OHIF can hydrate asks whether to track its measurements: answer as the job says.
+    const prompt = page.getByText('continue tracking measurements', { exact: false });
+    seen.trackingPrompt = await prompt.isVisible().catch(() => false);
+    if (seen.trackingPrompt && job.srTrack) {
+      await page.getByRole('button', { name: 'Yes' }).click();
+      await page.waitForTimeout(3000);
+      Object.assign(seen, { tracked: await visibleText() });
+    }
+    // The measurement panel: what OHIF tracks from this SR (empty unless it could hydrate it).
+    await page.locator('[data-cy="trackedMeasurements-btn"]').click();
+    await page.waitForTimeout(1500);
+    seen.measurementPanel = await page.evaluate(() => {
+      const panel = document.querySelector('[data-cy="trackedMeasurements-panel"], [data-cy="measurements-panel"]');
+      return (panel ?? document.body).innerText;
+    });
+    return seen;
+  });
+}
+
+if (job.seg) {
+  await step('seg', async () => {
+    await openSeries(job.seg);
+    // OHIF asks before it overlays a SEG on its referenced image.
+    const yes = page.getByRole('button', { name: 'Yes' });
+    const load = page.getByText('LOAD', { exact: true });
+    await Promise.race([yes.waitFor({ state: 'visible' }), load.waitFor({ state: 'visible' })]);
+    if (await yes.isVisible().catch(() => false)) await yes.click();
+    else await load.click();
+    await skipTour();
+    await page.locator('[data-cy="panelSegmentation-btn"]').click();
+    if (job.segExpect) {
+      await page.getByText(job.segExpect, { exact: false }).first().waitFor({ state: 'visible' });
+    }
+    await page.waitForTimeout(1500);
+    return { ...(await visibleText()), ...(await viewportState()) };
+  });
+}
+
+if (job.key) {
+  await step('key', async () => {
+    // The key image (Secondary Capture with the outline and the risk burned in) as a plain image.
+    await openSeries(job.key);
+    await page.waitForTimeout(2500);
+    await skipTour();
+    return { ...(await visibleText()), ...(await viewportState()) };
+  });
+}
+
+clearTimeout(hardStop);
+await ctx.close();
+console.log(JSON.stringify(out));
