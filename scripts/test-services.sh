@@ -23,4 +23,4 @@ fi
 if [ -x scripts/triton-env.sh ]; then
   scripts/triton-env.sh
 fi
-[ -x scripts/viewer-env.sh ] && scripts/viewer-env.sh
+if [ -x scripts/viewer-env.sh ]; then scripts/viewer-env.sh; fi
