@@ -1,12 +1,14 @@
--- Auto-routing of the test PACS: every stable ultrasound series goes to the LLNM listener
--- (modality "llnm" in orthanc.json). Results come back into the same study as SR/SEG/SC series,
--- which are not US, and anything the LLNM node itself sent is skipped: no routing loop.
+-- Auto-routing of the test PACS: every stable ultrasound series, and every report (SR) series,
+-- goes to the LLNM listener (modality "llnm" in orthanc.json); the listener groups them by study.
+-- Results come back into the same study from the LLNM node's AE title: series it sent are never
+-- routed, so there is no loop (and the listener also ignores its own output).
 
 local TARGET = 'llnm'
 local LLNM_AET = 'LLNM'
+local ROUTED = { US = true, SR = true }
 
 function OnStableSeries(seriesId, tags, metadata)
-  if tags['Modality'] ~= 'US' then
+  if not ROUTED[tags['Modality']] then
     return
   end
   local series = ParseJson(RestApiGet('/series/' .. seriesId))
@@ -17,7 +19,7 @@ function OnStableSeries(seriesId, tags, metadata)
       return
     end
   end
-  print('route-us: sending US series ' .. seriesId .. ' to ' .. TARGET)
+  print('route-us: sending ' .. tags['Modality'] .. ' series ' .. seriesId .. ' to ' .. TARGET)
   RestApiPost('/modalities/' .. TARGET .. '/store',
               DumpJson({ Resources = { seriesId }, Synchronous = false }, true))
 end

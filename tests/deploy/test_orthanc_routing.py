@@ -1,5 +1,6 @@
 """The compose file's test PACS (deploy/orthanc/): a real Orthanc with that configuration and Lua
-script routes ultrasound series to the LLNM node, and nothing else (no CT, no loop on results)."""
+script routes ultrasound and report (SR) series to the LLNM node, and nothing else: no CT, and no
+loop on the results the LLNM node sends back into the study."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+#: SOP classes by the modality the test writes.
+SOP_CLASSES = {"US": "1.2.840.10008.5.1.4.1.1.6.1", "SR": "1.2.840.10008.5.1.4.1.1.88.11"}
 
 pytestmark = [
     pytest.mark.e2e,
@@ -41,10 +43,10 @@ def _write_instance(path: Path, modality: str, study_uid: str) -> None:
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    if modality == "US":
-        ds.Modality = "US"
-        ds.SOPClassUID = US_IMAGE_STORAGE
-        ds.file_meta.MediaStorageSOPClassUID = US_IMAGE_STORAGE
+    if modality in SOP_CLASSES:
+        ds.Modality = modality
+        ds.SOPClassUID = SOP_CLASSES[modality]
+        ds.file_meta.MediaStorageSOPClassUID = SOP_CLASSES[modality]
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -113,23 +115,22 @@ def _store(pacs, path: Path, calling_aet: str) -> None:
                     str(pacs["dicom_port"]), str(path)], check=True, capture_output=True, timeout=30)
 
 
-def test_us_series_is_routed_to_llnm_and_other_series_are_not(pacs):
+def test_us_and_report_series_are_routed_to_llnm_and_nothing_else(pacs):
     study = generate_uid()
-    us, ct, result = pacs["tmp"] / "us.dcm", pacs["tmp"] / "ct.dcm", pacs["tmp"] / "result.dcm"
-    _write_instance(us, "US", study)
-    _write_instance(ct, "CT", study)
-    _write_instance(result, "US", study)  # as if the LLNM node sent an US-modality object back
-    _store(pacs, us, "MODALITY")
-    _store(pacs, ct, "MODALITY")
-    _store(pacs, result, "LLNM")
+    sent = {}
+    for name, modality, calling_aet in [("us", "US", "MODALITY"), ("report", "SR", "RIS"), ("ct", "CT", "MODALITY"),
+                                        ("result_sr", "SR", "LLNM"), ("result_us", "US", "LLNM")]:
+        path = pacs["tmp"] / f"{name}.dcm"
+        _write_instance(path, modality, study)
+        _store(pacs, path, calling_aet)
+        sent[name] = pydicom.dcmread(path).SOPInstanceUID
 
-    us_uid = pydicom.dcmread(us).SOPInstanceUID
-    assert _wait(lambda: any(pacs["received"].iterdir()), 20), "the US series was not routed"
+    assert _wait(lambda: len(list(pacs["received"].iterdir())) >= 2, 20), "US and report were not routed"
     # every series has become stable (and its Lua callback has run) before we look at what arrived
     assert _wait(lambda: all(pacs["rest"](f"/series/{s}")["IsStable"]
                              for s in pacs["rest"]("/series")), 20)
     time.sleep(1.0)
     assert _wait(lambda: all(j["State"] in ("Success", "Failure")
                              for j in pacs["rest"]("/jobs?expand")), 20)
-    got = [pydicom.dcmread(p).SOPInstanceUID for p in pacs["received"].iterdir()]
-    assert got == [us_uid]
+    got = sorted(pydicom.dcmread(p).SOPInstanceUID for p in pacs["received"].iterdir())
+    assert got == sorted([sent["us"], sent["report"]])

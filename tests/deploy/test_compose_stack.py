@@ -1,0 +1,154 @@
+"""deploy/compose.yaml: valid against the Compose specification's schema, every service has an
+image or a build context that exists, and the pieces point at each other correctly (Orthanc routes
+to the listener, results go back to Orthanc, Prometheus scrapes what runs, profiles hang together)."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from conftest import DEPLOY, REPO
+
+COMPOSE_FILE = DEPLOY / "compose.yaml"
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} with nothing set in the environment: the defaults."""
+    return re.sub(r"\$\{[A-Z0-9_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(_interpolate(COMPOSE_FILE.read_text()))
+
+
+def _env(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_compose_file_is_valid_against_the_compose_specification(compose):
+    schema_file = resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, errors
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["redis"]["restart_polcy"] = "always"  # a misspelt key
+    assert list(validator.iter_errors(broken)), "the schema check would not catch a broken file"
+
+
+def test_every_service_has_an_image_or_a_build_that_exists(compose):
+    for name, service in compose["services"].items():
+        assert service.get("image") or service.get("build"), f"{name}: no image and no build"
+        build = service.get("build")
+        if build:
+            context = (DEPLOY / build["context"]).resolve()
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            assert context.is_dir() and dockerfile.is_file(), name
+            stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile.read_text(), re.M | re.I)
+            assert build.get("target", stages[-1]) in stages, f"{name}: unknown build target"
+        if service.get("image") and not build:
+            assert re.match(r"^[\w./-]+:[\w.-]+$", service["image"]) and not service["image"].endswith(":latest"), \
+                f"{name}: pin the image tag ({service['image']})"
+
+
+def test_bind_mounts_and_named_volumes_exist(compose):
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in compose["volumes"], f"{name}: volume {source} is not declared"
+
+
+def test_profiles_gpu_and_cpu_each_run_a_worker_and_dependencies_hold(compose):
+    services = compose["services"]
+
+    def active(profile: str) -> set[str]:
+        return {n for n, s in services.items() if not s.get("profiles") or profile in s["profiles"]}
+
+    gpu, cpu = active("gpu"), active("cpu")
+    assert {"triton", "worker", "listener", "redis", "orthanc", "prometheus", "grafana"} <= gpu
+    assert "worker-cpu" in cpu and "triton" not in cpu and "worker" not in cpu
+    for profile_services in (gpu, cpu):
+        for name in profile_services:
+            for dep in services[name].get("depends_on", {}):
+                assert dep in profile_services, f"{name} depends on {dep}, which does not run with it"
+    assert _env(services["worker"])["LLNM_INFERENCE_BACKEND"] == "triton"
+    assert _env(services["worker-cpu"])["LLNM_INFERENCE_BACKEND"] == "onnxruntime"
+    gpus = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in gpus)
+    url = re.match(r"grpc://([\w-]+):(\d+)$", _env(services["worker"])["LLNM_TRITON_URL"])
+    assert url and url.group(1) == "triton" and url.group(2) == "8001"
+
+
+def test_llnm_services_run_locked_down_with_settings_the_package_knows(compose, settings_env_names):
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        env = _env(service)
+        assert set(env) <= settings_env_names, f"{name}: unknown {set(env) - settings_env_names}"
+        if name != "models":
+            assert service["user"] == "10001:10001", name
+            assert any(v.endswith(":/var/lib/llnm") for v in service["volumes"]), name
+
+
+def test_orthanc_routes_to_the_listener_and_receives_the_results(compose):
+    services = compose["services"]
+    orthanc = json.loads((DEPLOY / "orthanc" / "orthanc.json").read_text())
+    listener = _env(services["listener"])
+    llnm = orthanc["DicomModalities"]["llnm"]
+    assert llnm["Host"] == "listener" and str(llnm["Port"]) == listener["LLNM_PORT"]
+    assert llnm["AET"] == listener["LLNM_AE_TITLE"]
+    assert orthanc["DicomAet"] in listener["LLNM_ALLOWED_AES"].split(",")
+    assert listener["LLNM_DESTINATIONS"] == f"{orthanc['DicomAet']}@orthanc:{orthanc['DicomPort']}"
+    assert f"{listener['LLNM_PORT']}:{listener['LLNM_PORT']}" in services["listener"]["ports"]
+    mounted = {v.split(":")[1] for v in services["orthanc"]["volumes"]}
+    assert set(orthanc["LuaScripts"]) <= mounted
+
+
+def test_prometheus_scrapes_every_service_that_serves_metrics(compose):
+    services = compose["services"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        for sd in job["dns_sd_configs"]:
+            for host in sd["names"]:
+                scraped[host] = sd["port"]
+    for name, service in services.items():
+        if "build" in service and name != "models":
+            assert scraped.get(name) == int(_env(service)["LLNM_METRICS_PORT"]), name
+    assert scraped["triton"] == 8002 and "--metrics-port=8002" in services["triton"]["command"]
+    mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"] if v.startswith("."))
+    for rule_file in config["rule_files"]:
+        assert f"/etc/prometheus/{rule_file}" in mounts.values()
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "llnm.yml").read_text())
+    grafana_mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    assert (DEPLOY / grafana_mounts[provider["providers"][0]["options"]["path"]] / "llnm.json").is_file()
+
+
+def test_redis_keeps_the_queue_on_disk(compose):
+    redis = compose["services"]["redis"]
+    assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+
+
+def test_model_volume_is_filled_from_the_image_before_triton_starts(compose):
+    services = compose["services"]
+    assert services["triton"]["depends_on"]["models"]["condition"] == "service_completed_successfully"
+    assert "/opt/llnm/model_repository/." in " ".join(services["models"]["entrypoint"])
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    assert "/opt/llnm/model_repository" in dockerfile
+    assert Path(REPO / "model_repository").is_dir()
