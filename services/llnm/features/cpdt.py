@@ -34,11 +34,22 @@ class CapsuleDistance:
 
 
 def _capsule_edt(gland: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
-    """Distance of each gland pixel to the nearest non-gland pixel (0 outside the gland)."""
-    if gland.all():
-        padded = np.pad(gland, 1, constant_values=False)
-        return ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1]
-    return ndimage.distance_transform_edt(gland, sampling=sampling)
+    """Distance of each gland pixel to the nearest non-gland pixel (0 outside the gland).
+
+    Computed on the gland's bounding box grown by one pixel (inside the image): that ring is
+    background wherever it exists, so nothing farther out can be nearer. Much faster on big frames."""
+    rows = np.flatnonzero(gland.any(axis=1))
+    cols = np.flatnonzero(gland.any(axis=0))
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, gland.shape[0])
+    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, gland.shape[1])
+    crop = gland[r0:r1, c0:c1]
+    if crop.all():
+        inner = ndimage.distance_transform_edt(np.pad(crop, 1, constant_values=False), sampling=sampling)[1:-1, 1:-1]
+    else:
+        inner = ndimage.distance_transform_edt(crop, sampling=sampling)
+    out = np.zeros(gland.shape, dtype=np.float64)
+    out[r0:r1, c0:c1] = inner
+    return out
 
 
 def cpdt(gland: np.ndarray, nodule: np.ndarray,
@@ -60,8 +71,11 @@ def cpdt(gland: np.ndarray, nodule: np.ndarray,
     min_px = float(edt_px[nodule].min())
     min_mm: float | None = None
     if spacing_mm is not None:
-        edt_mm = _capsule_edt(gland, (float(spacing_mm[0]), float(spacing_mm[1])))
-        min_mm = float(edt_mm[nodule].min())
+        sr, sc = float(spacing_mm[0]), float(spacing_mm[1])
+        if sr == sc:
+            min_mm = min_px * sr
+        else:
+            min_mm = float(_capsule_edt(gland, (sr, sc))[nodule].min())
     return CapsuleDistance(
         x_l=x_l,
         min_distance_px=min_px,

@@ -103,10 +103,16 @@ def lobe_position(u: float, v: float) -> dict[str, str]:
     return {"vertical": vertical, "horizontal": horizontal, "depth": depth}
 
 
-def margin_points(nodule: np.ndarray, seed: int, count: int = MOSAIC_GRID * MOSAIC_GRID) -> np.ndarray:
-    """`count` boundary pixels at evenly spaced angles around the centroid, with a seeded jitter."""
-    boundary = nodule & ~ndimage.binary_erosion(nodule)
+def margin_points(nodule: np.ndarray, seed: int, count: int = MOSAIC_GRID * MOSAIC_GRID,
+                  box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """`count` boundary pixels at evenly spaced angles around the centroid, with a seeded jitter.
+    `box`: the nodule's bounding box, if known (only that part is searched)."""
+    r0, c0, r1, c1 = box if box is not None else _bbox(nodule)
+    r0, c0 = max(r0 - 1, 0), max(c0 - 1, 0)
+    local = nodule[r0:r1 + 1, c0:c1 + 1]
+    boundary = local & ~ndimage.binary_erosion(local)
     rr, cc = np.nonzero(boundary)
+    rr, cc = rr + r0, cc + c0
     cy, cx = rr.mean(), cc.mean()
     angles = np.arctan2(rr - cy, cc - cx)
     rng = np.random.default_rng(seed)
@@ -146,7 +152,7 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
     x_t = crop_resize(grey, texture_box, size)
 
     # x_m: mosaic of boundary patches
-    points = margin_points(nodule, seed)
+    points = margin_points(nodule, seed, box=(nr0, nc0, nr1, nc1))
     area = float(nodule.sum())
     patch = max(8.0, 0.35 * 2 * np.sqrt(area / np.pi))
     cell = size // MOSAIC_GRID
@@ -156,13 +162,18 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
         i, j = divmod(k, MOSAIC_GRID)
         x_m[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell] = tile
 
-    # x_e: inside minus a ring just outside (within the gland where possible)
+    # x_e: inside minus a ring just outside (within the gland where possible), on a local crop
     ring_width = max(2, int(round(0.1 * np.sqrt(area / np.pi) * 2)))
-    ring = ndimage.binary_dilation(nodule, iterations=ring_width) & ~nodule
-    if (ring & gland).sum() >= 4:
-        ring &= gland
-    outside = float(grey[ring].mean()) if ring.any() else float(grey[nodule].mean())
-    x_e = float(grey[nodule].mean()) - outside
+    pad = ring_width + 1
+    lr0, lc0 = max(nr0 - pad, 0), max(nc0 - pad, 0)
+    lr1, lc1 = min(nr1 + pad, nodule.shape[0]), min(nc1 + pad, nodule.shape[1])
+    local_nodule, local_gland = nodule[lr0:lr1, lc0:lc1], gland[lr0:lr1, lc0:lc1]
+    local_grey = grey[lr0:lr1, lc0:lc1]
+    ring = ndimage.binary_dilation(local_nodule, iterations=ring_width) & ~local_nodule
+    if (ring & local_gland).sum() >= 4:
+        ring &= local_gland
+    inside = float(local_grey[local_nodule].mean())
+    x_e = inside - (float(local_grey[ring].mean()) if ring.any() else inside)
 
     # x_s and measurements
     px_spacing = (1.0, 1.0)
