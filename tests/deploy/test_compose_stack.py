@@ -152,3 +152,38 @@ def test_model_volume_is_filled_from_the_image_before_triton_starts(compose):
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     assert "/opt/llnm/model_repository" in dockerfile
     assert Path(REPO / "model_repository").is_dir()
+
+
+def _serve_status(code: int):
+    """A loopback HTTP server answering every GET with `code`; returns (server, port)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+@pytest.mark.parametrize("code,healthy", [(200, True), (503, False)])
+def test_triton_healthcheck_command_tells_ready_from_not_ready(compose, code, healthy):
+    """Runs the compose file's Triton healthcheck (bash, no curl) against a server answering `code`."""
+    import subprocess
+
+    test = compose["services"]["triton"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and "/v2/health/ready" in test[-1]
+    server, port = _serve_status(code)
+    try:
+        argv = [a.replace("/127.0.0.1/8000", f"/127.0.0.1/{port}") for a in test[1:]]
+        result = subprocess.run(argv, capture_output=True, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) is healthy
