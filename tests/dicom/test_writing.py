@@ -109,8 +109,10 @@ def test_sr_round_trip_gives_the_numbers_of_summary_json(settings, us_factory, t
     assert len(groups) == 1
     group = groups[0]
     values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
-    assert values["Length"] == (pytest.approx(summary["nodule_size_mm"]["length"]), "mm")
-    assert values["Width"] == (pytest.approx(summary["nodule_size_mm"]["width"]), "mm")
+    assert values["Long axis"] == (pytest.approx(summary["nodule_size_mm"]["length"]), "mm")
+    assert values["Short axis"] == (pytest.approx(summary["nodule_size_mm"]["width"]), "mm")
+    assert [m.name.meaning for m in group.get_measurements()][:2] == [
+        codes.LLNM_PROBABILITY.meaning, codes.CAPSULE_DISTANCE.meaning]  # OHIF shows the first five
     assert values[codes.CAPSULE_DISTANCE.meaning] == (pytest.approx(summary["capsule_distance_mm"]), "mm")
     assert values[codes.LLNM_PROBABILITY.meaning][0] / 100 == pytest.approx(summary["probability"], abs=1e-9)
     for name, share in summary["contributions"].items():
@@ -219,7 +221,9 @@ def test_no_nodule_found_still_reports_and_writes_the_gland(settings, us_factory
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Thyroid gland"]
     (sr_ds,) = kinds["SR"]
     sr = hd.sr.srread(_save(sr_ds, tmp_path))
-    assert sr.content.get_planar_roi_measurement_groups() == []
+    (group,) = sr.content.get_planar_roi_measurement_groups()  # OHIF needs a SCOORD in every group
+    assert group.finding_type.value == codes.THYROID.value and group.get_measurements() == []
+    assert group.roi.value.shape[0] > 3  # the gland outline
     assert "no nodule found" in sr_text(sr_ds)
     assert output.summary["probability"] is None and output.summary["finding"] == "no nodule found"
     for ds in output.datasets:
@@ -255,3 +259,23 @@ def test_classify_instance_decisions(us_factory, tmp_path):
     assert classify_instance(report) == "report"  # Basic Text SR is never ours
     report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
     assert classify_instance(report) == "own_output"
+
+
+def test_nothing_found_writes_the_sr_and_key_image_but_no_seg(settings, us_factory, tmp_path):
+    from llnm.study import StudyResult, ViewResult
+
+    us_factory("a.dcm")
+
+    def nothing(study, backend):
+        return StudyResult(study_uid=study.study_uid, finding="no nodule found", probability=None,
+                           risk_level=None, views=[ViewResult(None, None) for _ in study.views])
+
+    (output,) = _predict([tmp_path / "a.dcm"], settings, analyse=nothing)
+    kinds = _by_type(output)
+    assert set(kinds) == {"SR", "SC"}
+    (sr_ds,) = kinds["SR"]
+    sr = hd.sr.srread(_save(sr_ds, tmp_path))
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    assert group.roi.value[:, 0].max() == pytest.approx(159.5)  # around the whole region (pixel centres)
+    for ds in output.datasets:
+        assert dciodvfy_errors(_save(ds, tmp_path)) == []

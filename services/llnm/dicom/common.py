@@ -58,11 +58,9 @@ def frame_key(ref: FrameRef) -> str:
 
 
 def analysed_frames(views: list[View], result: StudyResult) -> list[AnalysedFrame]:
-    """Views that have a result with at least one mask, grouped by source frame, in view order."""
+    """Every analysed view with its result, grouped by source frame, in view order."""
     frames: dict[str, AnalysedFrame] = {}
     for index, (view, view_result) in enumerate(zip(views, result.views)):
-        if view_result.nodule_mask is None and view_result.gland_mask is None:
-            continue
         ref = view.source
         if not isinstance(ref, FrameRef):
             continue

@@ -11,9 +11,10 @@ Tree (docs/dicom-conformance.md has it with every code):
         Finding: Nodule; Finding Site: right/left lobe of thyroid (or "lobe of thyroid")
         SCOORD POLYLINE (closed) outline on the referenced image and frame
         Algorithm identification (name, version, model hashes as parameters)
-        index view only: NUM Length, Width, Minimum distance to capsule (mm, or {pixels} when
-          uncalibrated), NUM LLNM probability (%), NUM contribution shares (%),
-          CODE risk level, CODE calibration, TEXT location, TEXT research-use statement
+        index view only: NUM LLNM probability (%), minimum distance to capsule, long and short axis
+          (mm, or {pixels} when uncalibrated), contribution shares (%) -- in this order, as OHIF
+          prints the first five; CODE risk level, CODE calibration, TEXT location
+        every group: TEXT research-use statement
     CONTAINER Qualitative Evaluations: the finding, the calibration state and the statement that
       this is research use only, for every report (also when no nodule was found)
 """
@@ -29,6 +30,7 @@ from pydicom.sr.coding import Code
 from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
 from llnm.dicom import codes
 from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, laterality, outline, versions_key
+from llnm.dicom.loading import FrameRef
 from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
 from llnm.study import StudyResult, View
 
@@ -62,14 +64,13 @@ def _text(name: Code, value: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(name=name, value=value, relationship_type=CONTAINS)
 
 
-def _region(frame: AnalysedFrame, view: View, mask: np.ndarray) -> hd.sr.ImageRegion | None:
+def _region(ref: FrameRef, view: View, mask: np.ndarray) -> hd.sr.ImageRegion | None:
     xy = outline(mask)
     if xy is None:
         return None
     row0, col0 = view.crop_offset
     # DICOM 2D coordinates: (column, row) with (0, 0) the top-left corner of the top-left pixel.
     graphic = xy + np.array([col0 + 0.5, row0 + 0.5])
-    ref = frame.ref
     source = hd.sr.SourceImageForRegion(
         referenced_sop_class_uid=ref.sop_class_uid,
         referenced_sop_instance_uid=ref.sop_instance_uid,
@@ -83,16 +84,17 @@ def measurements(result: StudyResult) -> list[hd.sr.Measurement]:
     """The NUM items of the index view's group; the same values go into summary.json."""
     out: list[hd.sr.Measurement] = []
     values = summary_numbers(result)
+    # Order matters: OHIF prints the first five NUM items beside the outline.
+    if values["probability"] is not None:
+        out.append(_num(codes.LLNM_PROBABILITY, round(100.0 * values["probability"], 2), codes.PERCENT))
     unit = codes.MM if result.calibrated else codes.PIXELS
+    distance = values["capsule_distance_mm"] if result.calibrated else values["capsule_distance_px"]
+    if distance is not None:
+        out.append(_num(codes.CAPSULE_DISTANCE, distance, unit))
     size = values["nodule_size_mm"] if result.calibrated else values["nodule_size_px"]
     if size:
         out.append(_num(codes.LENGTH, size["length"], unit))
         out.append(_num(codes.WIDTH, size["width"], unit))
-    distance = values["capsule_distance_mm"] if result.calibrated else values["capsule_distance_px"]
-    if distance is not None:
-        out.append(_num(codes.CAPSULE_DISTANCE, distance, unit))
-    if values["probability"] is not None:
-        out.append(_num(codes.LLNM_PROBABILITY, round(100.0 * values["probability"], 2), codes.PERCENT))
     for name, share in values["contributions"].items():
         out.append(_num(codes.contribution_code(name), round(100.0 * share, 2), codes.PERCENT))
     return out
@@ -117,7 +119,7 @@ def summary_numbers(result: StudyResult) -> dict:
         "capsule_distance_px": r(result.capsule_distance_px, 2),
         "nodule_size_mm": size_mm,
         "nodule_size_px": size_px,
-        "contributions": {k: r(v, 4) for k, v in sorted(result.contributions.items())},
+        "contributions": {k: r(v, 4) for k, v in sorted(result.contributions.items(), key=lambda kv: (-kv[1], kv[0]))},
     }
 
 
@@ -142,7 +144,7 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
         for index, view, view_result in frame.views:
             if view_result.nodule_mask is None or not np.any(view_result.nodule_mask):
                 continue
-            region = _region(frame, view, view_result.nodule_mask)
+            region = _region(frame.ref, view, view_result.nodule_mask)
             if region is None:
                 continue
             is_index = index == result.index_view
@@ -170,24 +172,15 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
             items.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
             groups.append((not is_index, index, group))
     groups.sort(key=lambda g: (g[0], g[1]))
-    if not groups:
-        # TID 1500 needs one measurement group: an image-level one (TID 1501) saying what was found.
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=str(nodule_uid), identifier=f"{result.finding} ({ALGORITHM_NAME}, research use only)"),
-            finding_sites=[hd.sr.FindingSite(codes.THYROID)],
-            algorithm_id=algorithm_id(result),
-        )
-        group[0].ContentSequence.append(_text(codes.FINDING, result.finding))
-        group[0].ContentSequence.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
-        groups.append((False, 0, group))
+    if not groups and views:
+        groups.append((False, 0, _finding_group(views, result, nodule_uid)))
     observer = hd.sr.ObserverContext(
         observer_type=DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=str(deterministic_uid("device", ALGORITHM_NAME, versions)), name=ALGORITHM_NAME,
             manufacturer_name=MANUFACTURER, model_name=f"{ALGORITHM_NAME} {__version__}"),
     )
-    library = _library_images(frames, evidence)
+    library = _library_images(views, evidence)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=DIAGNOSTIC_ULTRASONOGRAPHY,
@@ -214,15 +207,39 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
     return sr
 
 
-def _library_images(frames: list[AnalysedFrame], evidence: list[Dataset]) -> list[Dataset]:
-    wanted = {f.ref.sop_instance_uid for f in frames}
-    seen, out = set(), []
-    for ds in evidence:
-        uid = str(ds.SOPInstanceUID)
-        if uid in wanted and uid not in seen:
-            seen.add(uid)
-            out.append(ds)
-    return out
+def _library_images(views: list[View], evidence: list[Dataset]) -> list[Dataset]:
+    """The source instance of every view, once each, in view order."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
+    out: dict[str, Dataset] = {}
+    for view in views:
+        uid = getattr(view.source, "sop_instance_uid", None)
+        if uid in by_uid:
+            out.setdefault(uid, by_uid[uid])
+    return list(out.values())
+
+
+def _finding_group(views: list[View], result: StudyResult, uid: str
+                   ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """No nodule: one group saying so, outlining the gland found (else the region analysed) on the
+    first view, because OHIF needs a SCOORD in every group."""
+    index = next((i for i, r in enumerate(result.views) if r.gland_mask is not None and r.gland_mask.any()), 0)
+    view = views[min(index, len(views) - 1)]
+    view_result = result.views[index] if index < len(result.views) else None
+    mask = view_result.gland_mask if view_result is not None and view_result.gland_mask is not None else None
+    if mask is None or not mask.any():
+        mask = np.ones(view.image.shape, dtype=bool)
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=str(uid), identifier=f"{result.finding} ({ALGORITHM_NAME}, research use only)"),
+        referenced_region=_region(view.source, view, mask),
+        finding_type=codes.THYROID,
+        finding_category=codes.ANATOMICAL_STRUCTURE,
+        finding_sites=[hd.sr.FindingSite(codes.lobe_code(laterality(view.source.header)))],
+        algorithm_id=algorithm_id(result),
+    )
+    group[0].ContentSequence.append(_text(codes.FINDING, result.finding))
+    group[0].ContentSequence.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
+    return group
 
 
 def _qualitative_container(result: StudyResult) -> hd.sr.ContainerContentItem:

@@ -1,0 +1,94 @@
+"""The "ohif" SR profile (Settings.sr_profile = "ohif"): the strict TID 1500 report re-laid so that
+OHIF 3.x imports each nodule outline as a tracked measurement (measurement panel, editable outline).
+
+Still a TID 1500 Imaging Measurement Report that dciodvfy accepts; what changes, per measurement
+group that holds an outline (docs/dicom-conformance.md, "Viewer"):
+
+* Tracking Identifier (112039) becomes "Cornerstone3DTools@^0.1.0:PlanarFreehandROI": OHIF hydrates
+  only groups whose tracking identifier names one of its tools (free text in DICOM, any value is
+  valid). The readable identifier we wrote moves into a Comment (DCM 121106) TEXT item placed first
+  in the group: OHIF takes the first Comment as the measurement's label.
+* The outline (SCOORD) moves from the group into every NUM as INFERRED FROM (TID 300 allows it; the
+  group then has the TID 1501 shape): OHIF's importer looks for the outline under the first NUM.
+  A group without NUM items keeps its outline where it is (the importer reads it there).
+* Each group gets its own Tracking Unique Identifier, derived from the shared one: OHIF merges groups
+  with the same UID into one measurement with one outline, so per-view outlines of one nodule would
+  be lost. The shared identity stays readable in the label ("Nodule 1 ...").
+
+Pure pydicom on a finished Dataset: the strict writer (llnm.dicom.sr.build_sr) calls `apply` last.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from llnm.dicom.uids import deterministic_uid
+
+#: the tracking identifier OHIF's importer maps to a closed/open polyline tool (PlanarFreehandROI)
+OHIF_POLYLINE_TRACKING_ID = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+TRACKING_IDENTIFIER = "112039"
+TRACKING_UID = "112040"
+MEASUREMENT_GROUP = "125007"
+IMAGING_MEASUREMENTS = "126010"
+COMMENT = ("121106", "DCM", "Comment")
+
+
+def _concept(item: Dataset) -> str:
+    seq = item.get("ConceptNameCodeSequence") or []
+    return str(seq[0].CodeValue) if seq else ""
+
+
+def _comment(text: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = COMMENT
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    item.ConceptNameCodeSequence = Sequence([code])
+    item.TextValue = text
+    return item
+
+
+def _inferred_from(scoord: Dataset) -> Dataset:
+    item = copy.deepcopy(scoord)
+    item.RelationshipType = "INFERRED FROM"
+    return item
+
+
+def measurement_groups(sr: Dataset) -> list[Dataset]:
+    for item in sr.get("ContentSequence", []) or []:
+        if _concept(item) == IMAGING_MEASUREMENTS:
+            return [g for g in item.get("ContentSequence", []) or [] if _concept(g) == MEASUREMENT_GROUP]
+    return []
+
+
+def apply(sr: Dataset) -> Dataset:
+    """A copy of a TID 1500 SR in the "ohif" layout (same SOP Instance UID; the caller decides UIDs)."""
+    out = copy.deepcopy(sr)
+    for number, group in enumerate(measurement_groups(out), start=1):
+        items = list(group.get("ContentSequence", []) or [])
+        scoords = [i for i in items if i.get("ValueType") == "SCOORD"]
+        if not scoords:
+            continue  # a group without an outline: nothing for OHIF to track
+        nums = [i for i in items if i.get("ValueType") == "NUM"]
+        label = ""
+        for item in items:
+            if _concept(item) == TRACKING_IDENTIFIER:
+                label = str(item.TextValue)
+                item.TextValue = OHIF_POLYLINE_TRACKING_ID
+            elif _concept(item) == TRACKING_UID:
+                item.UID = deterministic_uid("ohif-tracking", str(item.UID), number)
+        if nums:
+            for num in nums:
+                children = list(num.get("ContentSequence", []) or [])
+                num.ContentSequence = Sequence(children + [_inferred_from(s) for s in scoords])
+            items = [i for i in items if i.get("ValueType") != "SCOORD"]
+        position = 1 + max((k for k, i in enumerate(items) if _concept(i) in {TRACKING_IDENTIFIER, TRACKING_UID}),
+                           default=-1)
+        if label:
+            items.insert(position, _comment(label))
+        group.ContentSequence = Sequence(items)
+    return out
