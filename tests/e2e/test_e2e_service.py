@@ -68,7 +68,8 @@ def sr_probability_percent(data: bytes) -> float:
 
 
 def test_study_reaches_the_pacs_in_the_same_study_and_metrics_move(stack, orthanc, tmp_path):
-    listener, worker = stack.listener(), stack.worker()
+    stack.listener()
+    worker = stack.worker()
     l_before, w_before = scrape(stack.listener_metrics), scrape(stack.worker_metrics)
     uid, files = phantom(tmp_path / "phantom", seed=11)
     run = storescu(stack.dicom_port, files)
@@ -97,6 +98,15 @@ def test_study_reaches_the_pacs_in_the_same_study_and_metrics_move(stack, orthan
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         assert uid not in text
+    # the PACS routing the whole study back, our results included: nothing is processed again
+    back = tmp_path / "back"
+    back.mkdir()
+    for i, obj in enumerate(results):
+        (back / f"{i}.dcm").write_bytes(orthanc.instance_file(obj["SOPInstanceUID"]))
+    assert storescu(stack.dicom_port, sorted(back.iterdir()), aet="PACS").returncode == 0
+    wait_for(lambda: False, 3)  # longer than both completion timers
+    assert [e["event"] for e in stack.audit().events(uid)].count("processing") == 1
+    assert stack.audit().study(uid)["state"] == A.DONE
 
 
 def test_unknown_calling_ae_is_rejected_and_a_non_ultrasound_study_is_ignored(stack, orthanc, tmp_path):

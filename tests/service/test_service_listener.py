@@ -233,3 +233,17 @@ def test_logs_carry_uids_and_never_patient_data(run_listener, caplog):
     assert "1.2.3" in text and str(ds.SOPInstanceUID) in text
     for secret in (PATIENT_NAME, "Doe", PATIENT_ID, "19700101"):
         assert secret not in text
+
+
+def test_max_associations(run_listener):
+    listener, _ = run_listener(max_associations=1)
+    first, second = AE(ae_title="MODALITY"), AE(ae_title="MODALITY")
+    for ae in (first, second):
+        ae.add_requested_context("1.2.840.10008.1.1")
+    held = first.associate("127.0.0.1", listener.port, ae_title="LLNM")
+    try:
+        assert held.is_established
+        extra = second.associate("127.0.0.1", listener.port, ae_title="LLNM")
+        assert extra.is_rejected
+    finally:
+        held.release()

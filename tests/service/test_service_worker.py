@@ -5,7 +5,6 @@ stand-in here (tests/e2e run the real one once trained models exist)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -14,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import (Orthanc, free_port, make_us, metric, scrape, standin_predict, standin_write_output,
+from support import (Orthanc, free_port, metric, scrape, standin_predict, standin_write_output,
                      wait_for, write_study)
 
 from llnm import audit as A

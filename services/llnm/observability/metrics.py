@@ -12,7 +12,9 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # no *_created series: half the output, nothing a dashboard uses
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
