@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from llnm.phantom import generate_study, write_phantom_set
 from llnm.phantom import risk
@@ -176,3 +177,24 @@ def test_prevalence_and_bayes_auc_in_range() -> None:
         y.append(risk.draw_outcome(p[-1], rng)[0])
     assert 0.3 <= np.mean(y) <= 0.45
     assert 0.83 <= risk.auc(np.array(p), np.array(y)) <= 0.92
+
+
+def test_textures_change_only_the_nodule(tmp_path: Path) -> None:
+    """Real-crop texture (DDTI layout) is added inside the nodule and nowhere else."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "cropped").mkdir()
+    (tmp_path / "mask").mkdir()
+    for name in ("1_1", "2_1"):
+        Image.fromarray(rng.integers(0, 255, (120, 120), dtype=np.uint8)).save(tmp_path / "cropped" / f"{name}.png")
+        mask = np.zeros((120, 120), np.uint8)
+        mask[30:90, 25:95] = 255
+        Image.fromarray(mask).save(tmp_path / "mask" / f"{name}.gif")
+    plain = generate_study(4, 1, rows=ROWS, cols=COLS)
+    textured = generate_study(4, 1, rows=ROWS, cols=COLS, textures=tmp_path)
+    for a, b in zip(plain.views, textured.views):
+        changed = a.image != b.image
+        assert changed.any()
+        near = ndimage.binary_dilation(a.nodule, iterations=4)
+        assert not (changed & ~near).any()
+        assert np.array_equal(a.nodule, b.nodule)
+    assert plain.p_true == textured.p_true and plain.report.text == textured.report.text

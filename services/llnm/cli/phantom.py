@@ -18,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rgb-fraction", type=float, default=0.0,
                         help="fraction of images written as RGB with grey content (default 0)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--textures", type=Path, default=None,
+                        help="optional folder of real nodule crops (DDTI layout: cropped/*.png, mask/*.gif) "
+                             "whose internal texture is added inside the synthetic nodules")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     out = write_phantom_set(args.out, args.studies, args.seed, rows=args.rows, cols=args.cols,
-                            rgb_fraction=args.rgb_fraction, jobs=args.jobs, start=args.start)
+                            rgb_fraction=args.rgb_fraction, jobs=args.jobs, start=args.start,
+                            textures=args.textures)
     labels = read_labels(out / "labels.csv")
     n = len(labels)
     positives = sum(int(r["llnm"]) for r in labels)

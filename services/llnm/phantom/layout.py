@@ -27,9 +27,9 @@ def _png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
-def _write_one(out: Path, seed: int, index: int, rows: int, cols: int,
-               rgb_fraction: float) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    study = generate_study(seed, index, rows=rows, cols=cols)
+def _write_one(out: Path, seed: int, index: int, rows: int, cols: int, rgb_fraction: float,
+               textures: str | None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    study = generate_study(seed, index, rows=rows, cols=cols, textures=textures)
     pick = np.random.default_rng([seed, index, 7]).random(len(study.views))
     rgb_views = {k + 1 for k in range(len(study.views)) if pick[k] < rgb_fraction}
     write_study_dicom(study, out / study.study_uid, rgb_views)
@@ -54,13 +54,15 @@ def _write_one(out: Path, seed: int, index: int, rows: int, cols: int,
 
 
 def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols: int = 800,
-                      rgb_fraction: float = 0.0, jobs: int = 1, start: int = 0) -> Path:
+                      rgb_fraction: float = 0.0, jobs: int = 1, start: int = 0,
+                      textures: str | Path | None = None) -> Path:
     """Write studies start .. start+studies-1 of this seed under `out`; return `out`."""
     out = Path(out)
     (out / "truth" / "images").mkdir(parents=True, exist_ok=True)
     (out / "truth" / "masks").mkdir(parents=True, exist_ok=True)
     indices = range(start, start + studies)
-    args = [(out, seed, i, rows, cols, rgb_fraction) for i in indices]
+    tex = str(textures) if textures else None
+    args = [(out, seed, i, rows, cols, rgb_fraction, tex) for i in indices]
     if jobs > 1 and studies > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(_write_one, *zip(*args), chunksize=4))

@@ -46,7 +46,7 @@ def write_report(f: Findings, capsule_mm: float, vertical: str, horizontal: str,
                  rng: np.random.Generator) -> Report:
     side = f.side
     dims = [max(2.0, d + rng.normal(0.0, 0.6)) for d in (f.length_mm, f.width_mm, f.ap_mm)]
-    length, width, ap = (round(d, 0 if d >= 10 else 1) for d in dims)
+    length, width, ap = (f"{d:.0f}" if d >= 10 else f"{d:.1f}" for d in dims)
 
     def seen(present: bool, sensitivity: float, false_rate: float) -> bool:
         return bool(rng.random() < (sensitivity if present else false_rate))
@@ -71,10 +71,10 @@ def write_report(f: Findings, capsule_mm: float, vertical: str, horizontal: str,
     third = vertical if rng.random() < 0.9 else str(rng.choice(["upper", "middle", "lower"]))
 
     lobe = (f"The {side} lobe measures {f.lobe_length_mm:.0f} x {f.lobe_width_mm:.0f} x "
-            f"{f.lobe_ap_mm:.0f} mm. ")
-    other = _pick(rng, [f"The {'left' if side == 'right' else 'right'} lobe and isthmus are unremarkable. ",
-                        "The contralateral lobe is normal in size and echotexture. ",
-                        "Background parenchyma is homogeneous. "])
+            f"{f.lobe_ap_mm:.0f} mm.")
+    other = _pick(rng, [f"The {'left' if side == 'right' else 'right'} lobe and isthmus are unremarkable.",
+                        "The contralateral lobe is normal in size and echotexture.",
+                        "Background parenchyma is homogeneous."])
     comp_word = {"solid": _pick(rng, ["solid", "solid", "predominantly solid"]) if f.composition == "solid"
                  else "", "mostly-solid": "predominantly solid", "mixed": "mixed cystic and solid"}[f.composition]
     comp_word = comp_word or "solid"
@@ -93,7 +93,7 @@ def write_report(f: Findings, capsule_mm: float, vertical: str, horizontal: str,
         "irregular": _pick(rng, ["Margins are irregular and spiculated.", "The nodule has irregular margins.",
                                  "Irregular margin with angular contour."]),
     }[margin]
-    parts = [lobe + other, sentence, margin_text]
+    parts = [lobe, other, sentence, margin_text]
     if f.halo and rng.random() < 0.6:
         parts.append("A thin hypoechoic halo surrounds the nodule.")
     foci = "none"
@@ -130,8 +130,9 @@ def write_report(f: Findings, capsule_mm: float, vertical: str, horizontal: str,
     points, tr = _tirads(f.composition, echo, taller, margin, ete, foci)
     descr = {1: "benign", 2: "not suspicious", 3: "mildly suspicious", 4: "moderately suspicious",
              5: "highly suspicious"}[tr]
-    size = max(length, width, ap)
-    fna = (tr == 5 and size >= 10) or (tr == 4 and size >= 15) or (tr == 3 and size >= 25)
+    size_mm = max(dims)
+    size = f"{size_mm:.0f}" if size_mm >= 10 else f"{size_mm:.1f}"
+    fna = (tr == 5 and size_mm >= 10) or (tr == 4 and size_mm >= 15) or (tr == 3 and size_mm >= 25)
     impression = (f"ACR TI-RADS {tr} ({descr}) nodule in the {third} {side} lobe, {size} mm. "
                   + ("Fine-needle aspiration is recommended." if fna else
                      "Follow-up ultrasound is recommended." if tr >= 3 else "No further follow-up needed."))

@@ -20,7 +20,7 @@ from .findings import NEAR_CAPSULE_MM
 
 INTERCEPT = -3.15
 WEIGHTS: dict[str, float] = {
-    "near_capsule": 1.5,  # capsule distance < 2.5 mm
+    "near_capsule": 1.3,  # capsule distance < 2.5 mm
     "touching_capsule": 0.4,  # < 0.5 mm, on top of near_capsule
     "extrathyroidal_extension": 0.8,
     "upper_third": 1.0,
@@ -39,7 +39,7 @@ WEIGHTS: dict[str, float] = {
     "composition_mixed": -0.9,
     "male": 0.7,
     "age_per_10y_over_45": -0.35,
-    "central_node": 1.2,
+    "central_node": 1.0,
     "internal_vascularity": 0.4,
 }
 

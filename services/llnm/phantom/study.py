@@ -8,6 +8,7 @@ studies the set has, and the model helper can generate any study in memory witho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from . import anatomy, risk
 from .findings import Findings, draw_findings
 from .report import Report, write_report
 from .speckle import form_image
+from .textures import apply_texture, load_textures
 
 UID_ROOT = "llnm-phantom-v1"
 
@@ -101,8 +103,10 @@ def frame_geometry(rows: int, cols: int, rng: np.random.Generator) -> tuple[tupl
     return (x0, y0, x1, y1), spacing
 
 
-def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800) -> PhantomStudy:
-    """Study `index` of the set with this seed, in memory (no files)."""
+def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800,
+                   textures: str | Path | None = None) -> PhantomStudy:
+    """Study `index` of the set with this seed, in memory (no files). `textures`: an optional folder
+    of real nodule crops (see textures.py) whose internal texture is added inside the nodule."""
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(index)]).spawn(8)]
     f = draw_findings(streams[0])
     region, sp = frame_geometry(rows, cols, streams[1])
@@ -112,6 +116,9 @@ def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800) -> P
     for k, (name, build) in enumerate((("transverse", anatomy.transverse), ("longitudinal", anatomy.longitudinal))):
         anat = build(shape, sp, f, streams[2 + k])
         image, imaging = form_image(anat, f, streams[4 + k])
+        if textures:
+            image = apply_texture(image, anat.nodule, load_textures(str(textures)),
+                                  np.random.default_rng([int(seed), int(index), 11, k]))
         gland, nodule = anat.gland, anat.nodule
         if name == "transverse" and f.side == "left":  # built as a right lobe; mirror
             image, gland, nodule = image[:, ::-1].copy(), gland[:, ::-1].copy(), nodule[:, ::-1].copy()
