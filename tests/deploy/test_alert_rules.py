@@ -8,7 +8,7 @@ import subprocess
 import promql_parser
 import pytest
 import yaml
-from conftest import DEPLOY, REPO, tool
+from deploy_support import DEPLOY, REPO, tool
 
 RULES_FILE = DEPLOY / "prometheus" / "alerts.yml"
 UNIT_TESTS = REPO / "tests" / "deploy" / "alerts_test.yml"

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import DEPLOY, REPO
+from deploy_support import DEPLOY, REPO
 
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DEPLOY, REPO, tool
+from deploy_support import DEPLOY, REPO, tool
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 

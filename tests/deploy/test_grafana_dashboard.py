@@ -7,7 +7,7 @@ import json
 
 import promql_parser
 import yaml
-from conftest import DEPLOY
+from deploy_support import DEPLOY
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "llnm.json"
 

