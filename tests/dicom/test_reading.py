@@ -152,13 +152,28 @@ def test_photometric_variants():
     ds.BitsStored = 12
     out = to_rgb8(np.array([[0, 2000, 4000]], np.uint16), ds)
     assert out[0, :, 0].tolist() == [0, 128, 255]
-    ds = Dataset()
-    ds.PhotometricInterpretation = "YBR_FULL"
-    ds.BitsStored = 8
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
-    grey_in_ybr = np.array([[[128, 128, 128]]], np.uint8)  # Y=128, no chroma: grey 128
-    assert to_rgb8(grey_in_ybr, ds)[0, 0].tolist() == [128, 128, 128]
+
+
+def test_ybr_full_is_converted_once(us_factory, tmp_path):
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[...] = (200, 50, 30)
+    ds = us_factory("ybr.dcm", pixel=np.zeros((8, 8), np.uint8))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL", 0
+    ds.PixelData = convert_color_space(rgb, "RGB", "YBR_FULL").tobytes()
+    ds.save_as(tmp_path / "ybr.dcm", enforce_file_format=True)
+    out = decode_frame(read_full(tmp_path / "ybr.dcm"), 0)
+    assert np.abs(out.astype(int) - rgb).max() <= 2
+
+
+def test_jpeg_ybr_mislabelled_rgb_decodes_the_same():
+    path = real_file("examples_ybr_color.dcm")
+    right = decode_frame(read_full(path), 5)
+    wrong = read_full(path)
+    wrong.PhotometricInterpretation = "RGB"
+    with pytest.warns(UserWarning):
+        assert np.array_equal(decode_frame(wrong, 5), right)
 
 
 def test_palette_colour_file_becomes_grey_tissue():
@@ -235,3 +250,19 @@ def test_region_parser_skips_items_without_bounds():
     assert regions.parse_regions(ds) == []
     (crop,) = regions.tissue_crops(ds)
     assert (crop.row0, crop.col0, crop.row1, crop.col1) == (0, 0, 10, 10)
+
+
+def test_cine_skips_colour_doppler_frames(us_factory, tmp_path):
+    rng = np.random.default_rng(2)
+    cine = np.repeat(np.full((6, 40, 50), 90, np.uint8)[..., None], 3, axis=3)
+    cine[1] = rng.integers(0, 255, (40, 50, 1), dtype=np.uint8)  # sharp grey frame
+    cine[4] = rng.integers(0, 255, (40, 50, 1), dtype=np.uint8)
+    cine[4, 10:30, 10:30] = (230, 30, 30)  # sharper still, but with colour flow
+    cine[4, :, ::2] = 0
+    ds = us_factory("rgbcine.dcm", pixel=np.zeros((6, 40, 50), np.uint8))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = cine.tobytes()
+    ds.save_as(tmp_path / "rgbcine.dcm", enforce_file_format=True)
+    (study,), _ = read_studies([tmp_path])
+    (view,) = study.views
+    assert view.source.frame_number == 2

@@ -214,18 +214,15 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
         rgb = decode_frame(ds, 0)
     else:
         scores: dict[int, float] = {}
-        decoded: dict[int, np.ndarray] = {}
         for index in frame_choice.candidate_frame_indices(n):
-            frame = decode_frame(ds, index)
-            part = frame[main.row0:main.row1, main.col0:main.col1]
+            part = decode_frame(ds, index)[main.row0:main.row1, main.col0:main.col1]
             if frame_choice.is_bmode(part, whole_frame=main.region_index is None):
                 scores[index] = frame_choice.sharpness(rgb_to_grey(part))
-                decoded[index] = frame
         picked = frame_choice.pick_representative(scores, n)
         if picked is None:
             warnings.append(f"instance {_label(inst)} skipped: no B-mode frame in the cine (colour)")
             return []
-        chosen, rgb = picked, decoded[picked]
+        chosen, rgb = picked, decode_frame(ds, picked)
     if rgb.shape[:2] != (int(ds.Rows), int(ds.Columns)):
         raise UnreadableInstance("decoded frame size does not match Rows/Columns")
     out = []

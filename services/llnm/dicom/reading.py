@@ -114,16 +114,15 @@ def decode_frame(ds: Dataset, index: int) -> np.ndarray:
 
 def to_rgb8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """One decoded frame, whatever its photometric interpretation, as RGB uint8."""
-    from pydicom.pixels import apply_color_lut, convert_color_space
+    from pydicom.pixels import apply_color_lut
 
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if pi == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
         return _scale_to_uint8(rgb, bits=16 if rgb.dtype != np.uint8 else 8)
     if arr.ndim == 3 and arr.shape[-1] == 3:
-        if pi == "YBR_FULL" and not transfer_syntax(ds).is_compressed:
-            # pydicom leaves uncompressed YBR_FULL untouched; compressed ones come back as RGB already.
-            arr = convert_color_space(arr, "YBR_FULL", "RGB")
+        # pydicom 3 returns YBR_FULL/_422/ICT/RCT already converted to RGB (as_rgb), compressed or not,
+        # and trusts the JPEG codestream over a mislabelled Photometric Interpretation.
         bits = int(ds.get("BitsStored") or 8)
         return _scale_to_uint8(arr, bits=bits)
     if arr.ndim != 2:
