@@ -29,6 +29,7 @@ VENV_BIN = REPO_ROOT / ".venv" / "bin"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-0042-SECRET"
 
@@ -110,12 +111,13 @@ class StandinOutput:
 
 
 def standin_sr(source: Dataset, probability: float) -> Dataset:
-    """A Basic Text SR in the source's study, with UIDs derived from the study (as the real writer does)."""
+    """A Comprehensive SR in the source's study (our Manufacturer, UIDs derived from the study), as the real
+    writer makes."""
     study_uid = str(source.StudyInstanceUID)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[study_uid, "sr"])
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study_uid, "sr-series"])

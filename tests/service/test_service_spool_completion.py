@@ -200,3 +200,15 @@ def test_access_policy():
     assert parse_access("", 1.0, 2.0).allows("WHOEVER", "1.2.3.4")
     with pytest.raises(ValueError, match="unknown option"):
         parse_access("US1;colour=blue", 1.0, 2.0)
+
+
+def test_a_report_arriving_after_processing_runs_the_study_again(tmp_path: Path):
+    clock = Clock()
+    tracker, audit = _tracker(tmp_path, clock)
+    tracker.instance_received(STUDY, SERIES, "US1", "image")
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t1") == [STUDY]
+    audit.set_state(STUDY, A.DONE)
+    tracker.instance_received(STUDY, "1.2.3.4.9", "US1", "report")
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t2") == [STUDY] and audit.study(STUDY)["state"] == A.QUEUED

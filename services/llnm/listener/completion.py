@@ -87,10 +87,13 @@ class CompletionTracker:
                 AuditTrail.add_event(c, study_uid, "duplicate after completion", {"calling_ae": calling_ae})
                 return  # a resend of what was already processed does not reopen the study
             if pending is None:
+                # A study processed before (done, failed, or on its way) has images in the spool already:
+                # a report arriving later makes it worth processing again, with that report.
+                had_images = 1 if row is not None and row["state"] not in (A.IGNORED, A.RECEIVING) else 0
                 c.execute(
                     "INSERT INTO pending_studies(study_uid, calling_ae, series_idle_s, study_idle_s, first_at,"
-                    " last_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (study_uid, calling_ae, series_idle, study_idle, now, now))
+                    " last_at, images) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (study_uid, calling_ae, series_idle, study_idle, now, now, had_images))
                 if row is None or row["state"] in A.FINAL_STATES:
                     AuditTrail.put_state(c, study_uid, A.RECEIVING, {"calling_ae": calling_ae, "instances": 0})
                     AuditTrail.add_event(c, study_uid, "reopened" if row else "receiving",
