@@ -159,3 +159,17 @@ def test_llnm_predict_with_the_shipped_models(tmp_path):
     assert summary["status"] == "ok"
     for obj in summary["objects"]:
         assert dciodvfy_errors(summary_path.parent / obj["file"]) == []
+
+
+def test_logs_carry_uids_never_patient_names(tmp_path, settings, caplog):
+    import logging
+
+    make_us(tmp_path / "in" / "a.dcm", PatientName="Secretname^Anna", PatientID="ID-998877",
+            regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    (tmp_path / "in" / "broken.dcm").write_bytes(b"DICM" * 10)
+    with caplog.at_level(logging.DEBUG):
+        (output,) = predict_paths([tmp_path / "in"], backend=None, settings=settings, analyse=drawn_analyse)
+        write_output(output, tmp_path / "out")
+    assert caplog.records
+    assert "Secretname" not in caplog.text and "ID-998877" not in caplog.text
+    assert "Secretname" not in json.dumps(output.summary)

@@ -266,3 +266,14 @@ def test_cine_skips_colour_doppler_frames(us_factory, tmp_path):
     (study,), _ = read_studies([tmp_path])
     (view,) = study.views
     assert view.source.frame_number == 2
+
+
+def test_secondary_capture_of_ultrasound_is_read_and_our_own_outputs_are_not(us_factory, tmp_path):
+    from llnm import MANUFACTURER
+
+    us_factory("sc.dcm", sop_class="1.2.840.10008.5.1.4.1.1.7", PixelSpacing=[0.1, 0.1])
+    us_factory("ours.dcm", sop_class="1.2.840.10008.5.1.4.1.1.7", Manufacturer=MANUFACTURER,
+               study_uid=pydicom.dcmread(tmp_path / "sc.dcm").StudyInstanceUID)
+    (study,), _ = read_studies([tmp_path])
+    (view,) = study.views
+    assert view.source.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7" and view.spacing_mm == (0.1, 0.1)

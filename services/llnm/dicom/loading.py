@@ -147,7 +147,7 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
         except UnreadableInstance as exc:
             warnings.append(f"instance {_label(inst)} skipped: {exc}")
             log.warning("instance skipped", study_uid=files.study_uid,
-                        sop_instance_uid=_label(inst), reason=str(exc))
+                        sop_instance_uid=_label(inst), reason=str(exc).split(" (", 1)[0])
     views = views[:MAX_VIEWS]
     if not images:
         warnings.append("no ultrasound image in the study")
