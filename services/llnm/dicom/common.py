@@ -41,7 +41,7 @@ class AnalysedFrame:
         out = np.zeros(self.shape, dtype=bool)
         for _, view, result in self.views:
             mask = getattr(result, f"{which}_mask")
-            if mask is None:
+            if mask is None or mask.shape != view.image.shape:
                 continue
             r0, c0 = view.crop_offset
             h, w = mask.shape
