@@ -32,8 +32,8 @@ from llnm.dicom.uids import output_instance_uid, output_series_uid
 from llnm.study import StudyResult
 
 SEGMENTS = (
-    ("nodule", "Thyroid nodule", codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NODULE, (255, 200, 0)),
-    ("gland", "Thyroid gland", codes.ANATOMICAL_STRUCTURE, codes.THYROID, (0, 200, 255)),
+    ("nodule", "Thyroid nodule", codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NODULE, (255, 220, 0)),
+    ("gland", "Thyroid gland", codes.ANATOMICAL_STRUCTURE, codes.THYROID, (0, 220, 255)),
 )
 
 
@@ -87,7 +87,7 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
     """The SEG of one analysed frame, or None when neither mask has a pixel."""
     masks, descriptions = [], []
     algorithm = algorithm_identification(result)
-    for name, label, category, seg_type, _colour in SEGMENTS:
+    for name, label, category, seg_type, colour in SEGMENTS:
         mask = frame.full_mask(name)
         if not mask.any():
             continue
@@ -101,6 +101,7 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
                                                      versions_key(result))),
             tracking_id=f"{label} ({ALGORITHM_NAME})",
             anatomic_regions=[codes.THYROID] if name == "nodule" else None,
+            display_color=hd.color.CIELabColor.from_rgb(*colour),  # the key image's colours
         ))
     if not masks:
         return None
@@ -115,7 +116,7 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
         series_instance_uid=output_series_uid("SEG", study_uid, versions),
         series_number=SERIES_NUMBER["SEG"],
         sop_instance_uid=output_instance_uid("SEG", study_uid, [frame.key], versions),
-        instance_number=1 + sorted_index(frame),
+        instance_number=1 + frame.views[0][0],  # the view's place in the study
         manufacturer=MANUFACTURER,
         manufacturer_model_name=ALGORITHM_NAME,
         software_versions=__version__,
@@ -139,6 +140,3 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
     seg.ImageComments = "Research use only, not for diagnosis."
     return seg
 
-
-def sorted_index(frame: AnalysedFrame) -> int:
-    return frame.views[0][0]
