@@ -62,7 +62,9 @@ def test_layout_and_columns(phantom_set: Path) -> None:
 
 
 def test_same_seed_gives_identical_bytes(phantom_set: Path, tmp_path: Path) -> None:
-    again = write_phantom_set(tmp_path / "again", studies=3, seed=11, rows=ROWS, cols=COLS, rgb_fraction=0.5)
+    """Byte-identical, also when written by two processes."""
+    again = write_phantom_set(tmp_path / "again", studies=3, seed=11, rows=ROWS, cols=COLS, rgb_fraction=0.5,
+                              jobs=2)
     assert _digest(again) == _digest(phantom_set)
     other = write_phantom_set(tmp_path / "other", studies=1, seed=12, rows=ROWS, cols=COLS)
     assert _rows(other / "labels.csv")[0]["study_uid"] != _rows(phantom_set / "labels.csv")[0]["study_uid"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from .findings import NEAR_CAPSULE_MM
 
-INTERCEPT = -3.15
+INTERCEPT = -3.3
 WEIGHTS: dict[str, float] = {
     "near_capsule": 1.3,  # capsule distance < 2.5 mm
     "touching_capsule": 0.4,  # < 0.5 mm, on top of near_capsule

@@ -229,7 +229,9 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
                 rev += 0.5 * 0.5 ** (k - 1) * np.exp(-((yy - (k + 1) * top - 0.3 * px) ** 2) / (2 * (0.35 * px) ** 2))
             rev += 3.0 * np.exp(-((yy - top) ** 2) / (2 * (0.25 * px) ** 2))
             rev *= 0.6 + 0.4 * np.abs(rng.standard_normal(rev.shape, dtype=np.float32))
-            env[:, cols] += ndimage.gaussian_filter(rev, (0.5, 1.5 * px))
+            centre, half = (cols[0] + cols[-1]) / 2.0, max(1.0, (cols[-1] - cols[0]) / 2.0)
+            rev *= (1.0 - 0.85 * ((cols - centre) / half) ** 2)[None, :]  # oblique wall: weaker echo
+            env[:, cols] += ndimage.gaussian_filter(rev, (0.5, 0.3 * px))
 
     level = 20.0 * np.log10(env + 0.15)  # the floor fills speckle nulls, as scanner smoothing does
     g0, dyn = rng.uniform(100.0, 128.0), rng.uniform(42.0, 52.0)
