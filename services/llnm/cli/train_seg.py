@@ -1,0 +1,69 @@
+"""`llnm train-seg --model {nodule,gland}`: train a segmentation model and export it to model_repository/.
+
+Seeded; shows a progress bar and writes a log file beside the checkpoints. Needs the `train` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from llnm.config import REPO_ROOT, Settings
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_OUT = Path("/tmp/llnm-seg-train")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=["nodule", "gland"], required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder holding tg3k/ and ddti/ (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="checkpoints, logs and the composed-frame cache; never inside the repository")
+    parser.add_argument("--phantom", type=Path, default=None,
+                        help="nodule model: an `llnm phantom` output folder whose frames join the training set")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 8 (gland) / 40 (nodule)")
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="stop after this much training time")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
+    parser.add_argument("--model-repository", type=Path, default=None,
+                        help="export target (default: LLNM_MODEL_REPOSITORY); --no-export to skip")
+    parser.add_argument("--no-export", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from llnm.observability.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    out = args.out / args.model
+    out.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(out / "train.log")
+    file_handler.setFormatter(logging.getLogger().handlers[0].formatter)
+    logging.getLogger().addHandler(file_handler)
+    repository = args.model_repository or settings.model_repository
+    if args.model == "gland":
+        from llnm.segmentation import train_gland
+
+        cfg = train_gland.GlandTrainConfig(data=args.data / "tg3k", out=out, epochs=args.epochs or 8,
+                                           seed=args.seed, threads=args.threads, max_minutes=args.max_minutes)
+        summary = train_gland.train(cfg)
+        if not args.no_export:
+            summary["onnx"] = str(train_gland.export_onnx(out / "gland_best.pt",
+                                                          repository / "thyroid_seg" / "1" / "model.onnx"))
+    else:
+        from llnm.segmentation import train_nodule
+
+        cfg = train_nodule.NoduleTrainConfig(data=args.data, out=out, phantom=args.phantom,
+                                             epochs=args.epochs or 40, seed=args.seed, threads=args.threads,
+                                             max_minutes=args.max_minutes)
+        summary = train_nodule.train(cfg)
+        if not args.no_export:
+            summary["onnx"] = str(train_nodule.export_onnx(Path(summary["best"]),
+                                                           repository / "nodule_seg" / "1" / "model.onnx"))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

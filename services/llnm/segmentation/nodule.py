@@ -1,0 +1,86 @@
+"""The nodule model at run time: letterbox, YOLOv8-seg through the inference backend, index nodule.
+
+Index nodule: among the detections that pass the confidence threshold and NMS, those scoring at
+least `RELATIVE_SCORE` of the best score are the candidates for the index nodule, and the one with
+the largest mask area wins (the largest of the confidently found nodules is the one reported, as in
+clinical practice). Its mask is mapped back to the frame and reduced to its largest component.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llnm.inference.backend import NODULE_SEG, InferenceBackend
+from llnm.segmentation.postprocess import assemble_mask, decode_yolo_seg, largest_component
+from llnm.segmentation.preprocess import letterbox, unletterbox
+
+INPUT_SIZE = 256  # model input side (pixels); fixed in the ONNX graph
+INPUT_NAME = "images"  # (N, 3, 256, 256) float32 in [0, 1], grey repeated over 3 channels
+OUTPUT_BOXES = "output0"  # (N, 4 + 1 + 32, 1344)
+OUTPUT_PROTOS = "output1"  # (N, 32, 64, 64)
+NUM_MASKS = 32
+PAD_VALUE = 114  # Ultralytics' letterbox grey; the model was trained with it
+CONF_THRESHOLD = 0.25
+IOU_THRESHOLD = 0.5
+RELATIVE_SCORE = 0.5
+MASK_THRESHOLD = 0.5
+
+
+@dataclass
+class NoduleDetection:
+    """The index nodule of one frame."""
+
+    mask: np.ndarray  # (H, W) bool, the index nodule only
+    score: float  # detector confidence of the index nodule
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in frame pixels: the mask's bounding box
+    candidates: int  # nodules found in the frame (after NMS)
+
+
+def nodule_input(image: np.ndarray):
+    """The model input for one frame, and where the frame sits in it."""
+    boxed, box = letterbox(image, INPUT_SIZE, PAD_VALUE)
+    tensor = np.repeat((boxed.astype(np.float32) / 255.0)[None, None], 3, axis=1)
+    return tensor, box
+
+
+def select_index(scores: np.ndarray, areas: np.ndarray) -> int | None:
+    """Index of the index nodule: largest area among those scoring >= RELATIVE_SCORE x the best."""
+    valid = areas > 0
+    if not valid.any():
+        return None
+    best = float(scores[valid].max())
+    eligible = np.flatnonzero(valid & (scores >= RELATIVE_SCORE * best))
+    order = sorted(eligible, key=lambda i: (-int(areas[i]), -float(scores[i])))
+    return int(order[0])
+
+
+def segment_nodule(backend: InferenceBackend, image: np.ndarray) -> NoduleDetection | None:
+    """The index nodule of an (H, W) uint8 greyscale B-mode crop, or None when no nodule is found."""
+    tensor, box = nodule_input(image)
+    outputs = backend.infer(NODULE_SEG, {INPUT_NAME: tensor})
+    return nodule_from_outputs(outputs[OUTPUT_BOXES], outputs[OUTPUT_PROTOS], box)
+
+
+def nodule_from_outputs(output0: np.ndarray, protos: np.ndarray, box) -> NoduleDetection | None:
+    """Post-processing of one image's raw YOLOv8-seg outputs (kept apart from the backend call for tests)."""
+    found = decode_yolo_seg(output0, NUM_MASKS, CONF_THRESHOLD, IOU_THRESHOLD)
+    if not len(found):
+        return None
+    masks = []
+    for i in range(len(found)):
+        prob = unletterbox(assemble_mask(found.coefficients[i], protos, found.boxes[i], INPUT_SIZE), box)
+        masks.append(largest_component(prob > MASK_THRESHOLD))
+    areas = np.array([int(m.sum()) for m in masks])
+    chosen = select_index(found.scores, areas)
+    if chosen is None:
+        return None
+    mask = masks[chosen]
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return NoduleDetection(
+        mask=mask,
+        score=float(found.scores[chosen]),
+        box=(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1),
+        candidates=int((areas > 0).sum()),
+    )
