@@ -53,6 +53,7 @@ class Findings:
     lobe_length_mm: float
     lobe_width_mm: float
     lobe_ap_mm: float
+    parenchyma: str = "homogeneous"  # or "heterogeneous" (thyroiditis-like background)
 
     @property
     def size_mm(self) -> float:
@@ -134,4 +135,5 @@ def draw_findings(rng: np.random.Generator) -> Findings:
         horizontal=horizontal, anterior=bool(rng.random() < 0.6), central_node=bool(central_node),
         vascularity=vascularity, lobe_length_mm=float(lobe_length), lobe_width_mm=float(lobe_width),
         lobe_ap_mm=float(lobe_ap),
+        parenchyma="heterogeneous" if rng.random() < 0.12 else "homogeneous",
     )

@@ -72,9 +72,13 @@ def write_report(f: Findings, capsule_mm: float, vertical: str, horizontal: str,
 
     lobe = (f"The {side} lobe measures {f.lobe_length_mm:.0f} x {f.lobe_width_mm:.0f} x "
             f"{f.lobe_ap_mm:.0f} mm.")
-    other = _pick(rng, [f"The {'left' if side == 'right' else 'right'} lobe and isthmus are unremarkable.",
-                        "The contralateral lobe is normal in size and echotexture.",
-                        "Background parenchyma is homogeneous."])
+    if f.parenchyma == "heterogeneous":
+        other = _pick(rng, ["The parenchyma is diffusely heterogeneous, consistent with thyroiditis.",
+                            "Heterogeneous, coarse background echotexture."])
+    else:
+        other = _pick(rng, [f"The {'left' if side == 'right' else 'right'} lobe and isthmus are unremarkable.",
+                            "The contralateral lobe is normal in size and echotexture.",
+                            "Background parenchyma is homogeneous."])
     comp_word = {"solid": _pick(rng, ["solid", "solid", "predominantly solid"]) if f.composition == "solid"
                  else "", "mostly-solid": "predominantly solid", "mixed": "mixed cystic and solid"}[f.composition]
     comp_word = comp_word or "solid"

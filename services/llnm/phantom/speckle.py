@@ -105,7 +105,7 @@ def _lut(*members: int) -> np.ndarray:
     return lut
 
 
-MUSCLE, FATTY, FASCIA, FLUID = _lut(STRAP, SCM, LONGUS), _lut(FAT, DEEP), _lut(STRAP, SCM, LONGUS, GLAND), _lut(LUMEN)
+MUSCLE, FASCIA, FLUID = _lut(STRAP, SCM, LONGUS), _lut(STRAP, SCM, LONGUS, GLAND), _lut(LUMEN)
 
 
 def _interfaces(labels: np.ndarray) -> np.ndarray:
@@ -134,10 +134,15 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
     px = 1.0 / sp  # pixels per mm
     db = ECHO_DB[labels]
     db += 1.2 * _field(shape, (1.5 * px, 1.5 * px), rng)
-    muscle, fatty = MUSCLE[labels], FATTY[labels]
+    muscle = MUSCLE[labels]
     db[muscle] += 2.5 * _field(shape, (0.12 * px, 1.5 * px), rng)[muscle]
     septa = _field(shape, (0.1 * px, 1.2 * px), rng)
-    db[fatty & (septa > 1.2)] += 9.0
+    db[(labels == FAT) & (septa > 1.2)] += 9.0
+    db[(labels == DEEP) & (septa > 1.6)] += 5.0
+    gland_tissue = labels == GLAND
+    if f.parenchyma == "heterogeneous":  # thyroiditis-like: darker, coarse, micronodular
+        mottle = _field(shape, (0.9 * px, 0.9 * px), rng)
+        db[gland_tissue] += (-3.0 + 3.5 * np.minimum(mottle, 0.8))[gland_tissue]
     gland_only = labels == GLAND
     outline = _interfaces(np.where(labels == NODULE, np.uint8(GLAND), labels))
     db += ndimage.gaussian_filter(outline.astype(np.float32), 0.12 * px, truncate=3.0) * (9.0 * 0.12 * px * 2.5)
