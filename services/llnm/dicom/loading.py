@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from llnm.dicom import frames as frame_choice
 from llnm.dicom import patient
-from llnm.dicom.classify import classify_instance
+from llnm.dicom.classify import BASIC_TEXT_SR, ENHANCED_SR, classify_instance
 from llnm.dicom.reading import (
     MULTIFRAME_SOP_CLASSES,
     UnreadableInstance,
@@ -170,7 +170,10 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
 
 
 def _report_text(files: StudyFiles, report_dir: str | Path | None, warnings: list[str]) -> str | None:
-    for inst in sorted((i for i in files.instances if i.kind == "report"), key=_order_key):
+    # A Basic Text SR is most likely the radiologist's report; scanner measurement SRs come last.
+    rank = {BASIC_TEXT_SR: 0, ENHANCED_SR: 1}
+    reports = [i for i in files.instances if i.kind == "report"]
+    for inst in sorted(reports, key=lambda i: (rank.get(str(i.header.get("SOPClassUID", "")), 2), _order_key(i))):
         try:
             text = patient.sr_text(read_full_sr(inst.path))
         except UnreadableInstance as exc:
