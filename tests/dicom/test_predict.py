@@ -173,3 +173,11 @@ def test_logs_carry_uids_never_patient_names(tmp_path, settings, caplog):
     assert caplog.records
     assert "Secretname" not in caplog.text and "ID-998877" not in caplog.text
     assert "Secretname" not in json.dumps(output.summary)
+
+
+def test_the_same_instance_twice_is_used_once(tmp_path, settings):
+    make_us(tmp_path / "a.dcm", regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    shutil.copy(tmp_path / "a.dcm", tmp_path / "copy.dcm")
+    (output,) = predict_paths([tmp_path], backend=None, settings=settings, analyse=drawn_analyse)
+    assert len(output.summary["views"]) == 1 and len(output.datasets) == 3
+    assert any("received twice" in w for w in output.summary["warnings"])

@@ -108,6 +108,10 @@ def group_by_study(paths: list[Path]) -> tuple[dict[str, StudyFiles], list[str]]
             orphans.append(f"{path.name}: no StudyInstanceUID")
             continue
         sf = studies.setdefault(study_uid, StudyFiles(study_uid))
+        sop_uid = str(header.get("SOPInstanceUID", "") or "")
+        if sop_uid and any(str(i.header.get("SOPInstanceUID", "")) == sop_uid for i in sf.instances):
+            sf.warnings.append(f"instance {sop_uid} received twice: {path.name} not used")
+            continue
         sf.instances.append(InstanceFile(path, header, classify_instance(header)))
     return studies, orphans
 
