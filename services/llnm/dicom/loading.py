@@ -94,6 +94,7 @@ def group_by_study(paths: list[Path]) -> tuple[dict[str, StudyFiles], list[str]]
     """Headers of every file, grouped by StudyInstanceUID; second: errors of files with no study."""
     studies: dict[str, StudyFiles] = {}
     orphans: list[str] = []
+    seen: set[tuple[str, str]] = set()
     for path in iter_files(paths):
         try:
             header = read_header(path)
@@ -109,9 +110,10 @@ def group_by_study(paths: list[Path]) -> tuple[dict[str, StudyFiles], list[str]]
             continue
         sf = studies.setdefault(study_uid, StudyFiles(study_uid))
         sop_uid = str(header.get("SOPInstanceUID", "") or "")
-        if sop_uid and any(str(i.header.get("SOPInstanceUID", "")) == sop_uid for i in sf.instances):
+        if sop_uid and (study_uid, sop_uid) in seen:
             sf.warnings.append(f"instance {sop_uid} received twice: {path.name} not used")
             continue
+        seen.add((study_uid, sop_uid))
         sf.instances.append(InstanceFile(path, header, classify_instance(header)))
     return studies, orphans
 
