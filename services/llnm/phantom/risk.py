@@ -18,10 +18,10 @@ import numpy as np
 
 from .findings import NEAR_CAPSULE_MM
 
-INTERCEPT = -3.3
+INTERCEPT = -3.45
 WEIGHTS: dict[str, float] = {
-    "near_capsule": 1.3,  # capsule distance < 2.5 mm
-    "touching_capsule": 0.4,  # < 0.5 mm, on top of near_capsule
+    "near_capsule": 1.6,  # capsule distance < 2.5 mm
+    "touching_capsule": 0.5,  # < 0.5 mm, on top of near_capsule
     "extrathyroidal_extension": 0.8,
     "upper_third": 1.0,
     "middle_third": 0.5,
@@ -39,7 +39,7 @@ WEIGHTS: dict[str, float] = {
     "composition_mixed": -0.9,
     "male": 0.7,
     "age_per_10y_over_45": -0.35,
-    "central_node": 1.0,
+    "central_node": 0.8,
     "internal_vascularity": 0.4,
 }
 
