@@ -176,6 +176,11 @@ class AuditTrail:
         return uids
 
     # -- reading -------------------------------------------------------------------------------------
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """A read outside any write transaction (WAL readers never wait for the writer)."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
     def study(self, study_uid: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._conn.execute("SELECT * FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()

@@ -118,13 +118,11 @@ class CompletionTracker:
 
     def instances(self, study_uid: str) -> int:
         """Instances received so far in the study's current (pending) round."""
-        with self.audit.transaction() as c:
-            row = c.execute("SELECT instances FROM pending_studies WHERE study_uid = ?", (study_uid,)).fetchone()
-        return int(row["instances"]) if row else 0
+        rows = self.audit.read("SELECT instances FROM pending_studies WHERE study_uid = ?", (study_uid,))
+        return int(rows[0]["instances"]) if rows else 0
 
     def waiting(self) -> int:
-        with self.audit.transaction() as c:
-            return int(c.execute("SELECT COUNT(*) FROM pending_studies").fetchone()[0])
+        return int(self.audit.read("SELECT COUNT(*) FROM pending_studies")[0][0])
 
     def poll(self, enqueue: Enqueue) -> list[str]:
         """One pass: mark idle series complete, queue every completed study. Returns the queued UIDs."""
