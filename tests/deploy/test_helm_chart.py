@@ -373,3 +373,15 @@ def test_readme_documents_install_and_every_top_level_value():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [k for k in values if f"`{k}" not in readme]
     assert not missing, f"README.md does not explain: {missing}"
+
+
+def test_install_notes_tell_the_pacs_address_and_warn_on_a_closed_dicom_port():
+    def notes(values: dict | None) -> str:
+        with helm.Chart.load(str(CHART)) as chart:
+            return chart.render(values, name="llnm", namespace="pacs")["llnm/templates/NOTES.txt"]
+
+    lb = notes(values_for("all-values.yaml"))
+    assert "AE title LLNM" in lb and "loadBalancer.ingress" in lb and "Research use only" in lb
+    assert "WARNING" not in lb
+    closed = notes({"networkPolicy": {"enabled": True}})
+    assert "WARNING" in closed and "dicomFrom" in closed
