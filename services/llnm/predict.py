@@ -122,7 +122,7 @@ def _summary(study: StudyInput, result: StudyResult | None, datasets: list[Datas
             "calibration": ref.calibration if isinstance(ref, FrameRef) else None,
         })
     numbers = summary_numbers(result) if result is not None else {
-        "probability": None, "risk_level": None, "capsule_distance_mm": None, "capsule_distance_px": None,
+        "probability": None, "risk_level": None, "risk_label": None, "capsule_distance_mm": None, "capsule_distance_px": None,
         "nodule_size_mm": None, "nodule_size_px": None, "contributions": {}}
     warnings = list(study.warnings) + (list(result.warnings) if result is not None else [])
     return {

@@ -75,7 +75,8 @@ def test_phantom_through_the_real_pipeline(backend, tmp_path, settings):
     (output,) = predict_paths([root], backend, settings, analyse=analyse)
     summary = output.summary
     assert summary["status"] == "ok" and summary["finding"] == "nodule" and summary["calibrated"] is True
-    assert 0.0 <= summary["probability"] <= 1.0 and summary["risk_level"] in ("low", "medium", "high")
+    assert 0.0 <= summary["probability"] <= 1.0 and summary["risk_level"] in (1, 2, 3)
+    assert summary["risk_label"] == ("low", "medium", "high")[summary["risk_level"] - 1]
     assert summary["capsule_distance_mm"] is not None and summary["nodule_size_mm"]["length"] > 0
     assert set(summary["contributions"]) == {"location", "morphology", "report", "demographics"}
     assert summary["algorithm"]["models"].keys() >= {"tmdl", "text_encoder"}

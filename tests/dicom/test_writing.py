@@ -116,7 +116,8 @@ def test_sr_round_trip_gives_the_numbers_of_summary_json(settings, us_factory, t
     for name, share in summary["contributions"].items():
         assert values[codes.contribution_code(name).meaning][0] / 100 == pytest.approx(share, abs=1e-9)
     evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
-    assert evaluations[codes.LLNM_RISK_LEVEL.meaning] == "High risk" and summary["risk_level"] == "high"
+    assert evaluations[codes.LLNM_RISK_LEVEL.meaning] == "High risk"
+    assert summary["risk_level"] == 3 and summary["risk_label"] == "high"
     assert group.tracking_uid and "LLNM risk high" in group.tracking_identifier
     assert group.finding_type.value == codes.NODULE.value
     assert group.finding_sites[0].value.value == codes.RIGHT_LOBE.value

@@ -114,7 +114,8 @@ def summary_numbers(result: StudyResult) -> dict:
         size_px = _pixel_size(result)
     return {
         "probability": r(result.probability, 4),
-        "risk_level": codes.RISK_NAMES.get(result.risk_level) if result.risk_level else None,
+        "risk_level": int(result.risk_level) if result.risk_level else None,  # 1 low, 2 medium, 3 high
+        "risk_label": codes.RISK_NAMES.get(result.risk_level) if result.risk_level else None,
         "capsule_distance_mm": r(result.capsule_distance_mm, 2) if result.calibrated else None,
         "capsule_distance_px": r(result.capsule_distance_px, 2),
         "nodule_size_mm": size_mm,
