@@ -149,8 +149,13 @@ def test_validation_catches_a_broken_template(tmp_path):
     ({"redis": {"enabled": False}}, "redis.external.url"),
     ({"tls": {"enabled": True}}, "tls.existingSecret"),
     ({"config": {"LLNM_BROKER_URL": "redis://x"}}, "set by the chart"),
-    ({"config": {"LOG_LEVEL": "x"}}, "LLNM_"),
     ({"triton": {"modelRepository": {"source": "pvc"}}}, "existingClaim"),
+    # values.schema.json: misspelt keys, wrong types and unknown choices
+    ({"triton": {"enable": False}}, "enable"),
+    ({"config": {"LOG_LEVEL": "x"}}, "LOG_LEVEL"),
+    ({"worker": {"replicas": "two"}}, "replicas"),
+    ({"listener": {"service": {"type": "Ingress"}}}, "type"),
+    ({"redis": {"auth": {"password": "p@ss"}}}, "password"),
 ])
 def test_impossible_values_fail_with_a_message(values, message):
     with pytest.raises(helm.HelmError, match=re.escape(message)):

@@ -80,7 +80,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Checks of value combinations that cannot work; rendered once, from the ConfigMap. */}}
+{{/* Checks of value combinations that cannot work (types and names: values.schema.json); rendered
+     once, from the ConfigMap. */}}
 {{- define "llnm.validate" -}}
 {{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) -}}
 {{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret (the broker URL)" -}}
@@ -94,19 +95,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.tls.enabled .Values.tls.requireClientCert (not .Values.tls.existingSecret) (not .Values.tls.ca) -}}
 {{- fail "tls.requireClientCert needs tls.ca (or ca.crt in tls.existingSecret)" -}}
 {{- end -}}
-{{- if not (has .Values.triton.protocol (list "grpc" "http")) -}}
-{{- fail "triton.protocol must be grpc or http" -}}
-{{- end -}}
-{{- if not (has .Values.triton.modelRepository.source (list "image" "pvc")) -}}
-{{- fail "triton.modelRepository.source must be image or pvc" -}}
-{{- end -}}
 {{- if and (eq .Values.triton.modelRepository.source "pvc") (not .Values.triton.modelRepository.existingClaim) -}}
 {{- fail "triton.modelRepository.source=pvc needs triton.modelRepository.existingClaim" -}}
 {{- end -}}
 {{- range $k, $v := .Values.config -}}
-{{- if not (hasPrefix "LLNM_" $k) -}}
-{{- fail (printf "config.%s: every key of config must be an LLNM_* variable" $k) -}}
-{{- end -}}
 {{- if has $k (list "LLNM_DATA_DIR" "LLNM_BROKER_URL" "LLNM_INFERENCE_BACKEND" "LLNM_TRITON_URL" "LLNM_PORT" "LLNM_METRICS_PORT" "LLNM_TLS_CERT" "LLNM_TLS_KEY" "LLNM_TLS_CA" "LLNM_WORKER_CONCURRENCY") -}}
 {{- fail (printf "config.%s is set by the chart; use the structured values instead (see values.yaml)" $k) -}}
 {{- end -}}
