@@ -95,16 +95,24 @@ def run_worker(settings: Settings) -> int:
     health = _health(settings, checks, scrape)
     maintenance.start()
     log.info(RESEARCH_USE_STATEMENT)
-    argv = ["worker", "--pool=threads", f"--concurrency={max(1, settings.worker_concurrency)}",
-            "--loglevel=WARNING", "-Q", settings.queue_name, "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-n", f"llnm@{socket.gethostname()}"]
+    from celery.signals import setup_logging
+
+    setup_logging.connect(_keep_our_logging, weak=False)  # our JSON logs stay as configured
+    celery_worker = app.Worker(
+        hostname=f"llnm@{socket.gethostname()}", pool_cls="threads",
+        concurrency=max(1, settings.worker_concurrency), queues=[settings.queue_name], loglevel=settings.log_level,
+        quiet=True, redirect_stdouts=False, without_gossip=True, without_mingle=True, without_heartbeat=True)
     try:
-        app.worker_main(argv=argv)
+        celery_worker.start()
     finally:
         maintenance.stop()
         if health:
             health.stop()
-    return 0
+    return int(celery_worker.exitcode or 0)
+
+
+def _keep_our_logging(**kwargs: object) -> None:
+    """A setup_logging receiver: Celery then leaves logging as configure_logging set it."""
 
 
 def run_embedded(settings: Settings) -> int:

@@ -68,7 +68,7 @@ def sr_probability_percent(data: bytes) -> float:
 
 
 def test_study_reaches_the_pacs_in_the_same_study_and_metrics_move(stack, orthanc, tmp_path):
-    stack.listener()
+    listener = stack.listener()
     worker = stack.worker()
     l_before, w_before = scrape(stack.listener_metrics), scrape(stack.worker_metrics)
     uid, files = phantom(tmp_path / "phantom", seed=11)
@@ -98,6 +98,15 @@ def test_study_reaches_the_pacs_in_the_same_study_and_metrics_move(stack, orthan
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         assert uid not in text
+    # JSON logs carry the UIDs and task ids, never the patient's name, ID or birth date
+    header = pydicom.dcmread(files[-1], stop_before_pixels=True)
+    secrets = [str(header.get(k)) for k in ("PatientName", "PatientID", "PatientBirthDate") if header.get(k)]
+    for service in (listener, worker):
+        lines = [json.loads(line) for line in service.log_tail(10**7).splitlines() if line.startswith("{")]
+        assert any(line.get("study_uid") == uid for line in lines), service.name
+        assert not [s for s in secrets if s in service.log_tail(10**7)], service.name
+    assert any(line.get("task_id") for line in (json.loads(x) for x in worker.log_tail(10**7).splitlines()
+                                                if x.startswith("{")))
     # the PACS routing the whole study back, our results included: nothing is processed again
     back = tmp_path / "back"
     back.mkdir()
