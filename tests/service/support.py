@@ -171,7 +171,7 @@ def standin_write_output(output: StandinOutput, out_dir: Path) -> Path:
 class Orthanc:
     """A real Orthanc on free loopback ports with storage in `workdir` (kept across restarts)."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC") -> None:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", dicomweb: bool = False) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
         self.dicom_port = free_port()
@@ -189,12 +189,20 @@ class Orthanc:
             "StableAge": 1, "HttpServerEnabled": True, "DicomServerEnabled": True, "Plugins": [],
             "ConcurrentJobs": 1, "LogExportedResources": False,
         }
+        plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+        if dicomweb and plugin.is_file():
+            config.update(Plugins=[str(plugin)], DicomWeb={"Enable": True, "Root": "/dicom-web/"})
+        self.dicomweb = dicomweb and plugin.is_file()
         self.config_path = self.workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(config))
 
     @property
     def node(self) -> str:
         return f"{self.aet}@127.0.0.1:{self.dicom_port}"
+
+    @property
+    def stow_url(self) -> str:
+        return f"http://{self.user}:{self.password}@127.0.0.1:{self.http_port}/dicom-web"
 
     def start(self) -> "Orthanc":
         self._log = open(self.workdir / "orthanc.log", "ab")

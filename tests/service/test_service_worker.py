@@ -227,3 +227,23 @@ def test_embedded_queue_requeues_a_study_interrupted_by_a_crash(make_settings, t
     assert audit.study(uid)["state"] == A.QUEUED
     assert queue.run_once() and audit.study(uid)["state"] == A.DONE
     assert not queue.run_once()
+
+
+def test_stow_rs_destination(make_settings, tmp_path):
+    pacs = Orthanc(tmp_path / "orthanc-web", dicomweb=True)
+    if not pacs.dicomweb:
+        pytest.skip("needs the orthanc-dicomweb plugin")
+    pacs.start()
+    try:
+        settings = make_settings(destinations=pacs.stow_url)
+        uid = _spool_study(settings, tmp_path)
+        worker = _worker(settings)
+        assert worker.nodes[0].label == f"http://127.0.0.1:{pacs.http_port}/dicom-web"  # no password
+        assert run_process(worker, uid, "t1", 1).action == "done"
+        assert [i["Modality"] for i in pacs.study_instances(uid)] == ["SR"]
+        assert worker.audit.study(uid)["state"] == A.DONE
+    finally:
+        pacs.stop()
+    down = make_settings(destinations=pacs.stow_url, data_dir=tmp_path / "down")
+    uid = _spool_study(down, tmp_path / "d")
+    assert run_process(_worker(down), uid, "t1", 1).action == "deliver"  # server gone: retried later

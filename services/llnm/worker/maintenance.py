@@ -57,9 +57,9 @@ class Maintenance:
         self.interval_s = interval_s
         self.spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
         self.outbox = Outbox(settings.outbox_dir)
-        from llnm.dimse import parse_nodes
+        from llnm.worker.destinations import parse_destinations
 
-        self.nodes = parse_nodes(settings.destinations)
+        self.nodes = parse_destinations(settings.destinations)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llnm-maintenance", daemon=True)
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from llnm.dimse import Node
+from llnm.worker.destinations import Destination
 from llnm.listener.spool import fsync_dir, validate_uid, write_durably
 
 _KEY = re.compile(r"[^A-Za-z0-9.\-]")
 
 
-def destination_key(node: Node) -> str:
+def destination_key(node: Destination) -> str:
     return _KEY.sub("_", node.label)
 
 
@@ -42,10 +42,10 @@ class Outbox:
     def study_dir(self, study_uid: str) -> Path:
         return self.root / validate_uid(study_uid)
 
-    def _marker(self, study_uid: str, node: Node, sop_uid: str) -> Path:
+    def _marker(self, study_uid: str, node: Destination, sop_uid: str) -> Path:
         return self.study_dir(study_uid) / ".sent" / destination_key(node) / validate_uid(sop_uid)
 
-    def add(self, study_uid: str, datasets: list[Dataset], nodes: list[Node]) -> int:
+    def add(self, study_uid: str, datasets: list[Dataset], nodes: list[Destination]) -> int:
         """Write the objects not yet delivered to every node; returns how many were written."""
         folder = self.study_dir(study_uid)
         folder.mkdir(parents=True, exist_ok=True)
@@ -63,10 +63,10 @@ class Outbox:
         folder = self.study_dir(study_uid)
         return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
 
-    def pending(self, study_uid: str, node: Node) -> list[Path]:
+    def pending(self, study_uid: str, node: Destination) -> list[Path]:
         return [p for p in self.objects(study_uid) if not self._marker(study_uid, node, p.stem).exists()]
 
-    def mark_sent(self, study_uid: str, node: Node, sop_uid: str) -> None:
+    def mark_sent(self, study_uid: str, node: Destination, sop_uid: str) -> None:
         marker = self._marker(study_uid, node, sop_uid)
         marker.parent.mkdir(parents=True, exist_ok=True)
         write_durably(marker, b"")
@@ -74,10 +74,10 @@ class Outbox:
     def studies(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
-    def pending_count(self, nodes: list[Node]) -> int:
+    def pending_count(self, nodes: list[Destination]) -> int:
         return sum(len(self.pending(uid, n)) for uid in self.studies() for n in nodes)
 
-    def delivered(self, study_uid: str, nodes: list[Node]) -> bool:
+    def delivered(self, study_uid: str, nodes: list[Destination]) -> bool:
         return all(not self.pending(study_uid, n) for n in nodes)
 
     def last_modified(self, study_uid: str) -> float:

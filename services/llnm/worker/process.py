@@ -23,14 +23,13 @@ import numpy as np
 from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
-from llnm.dimse import Node, client_tls_context, parse_nodes
 from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
                                     ModelNotFound)
 from llnm.listener.spool import Spool
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
+from llnm.worker.destinations import Destination, Sender, parse_destinations
 from llnm.worker.outbox import Outbox
-from llnm.worker.sender import send_files
 
 log = get_logger(__name__)
 
@@ -112,14 +111,14 @@ class StudyWorker:
         self.audit = audit or AuditTrail.for_data_dir(settings.data_dir)
         self.spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
         self.outbox = Outbox(settings.outbox_dir)
-        self.nodes: list[Node] = parse_nodes(settings.destinations)
+        self.nodes: list[Destination] = parse_destinations(settings.destinations)
+        self.sender = Sender(settings)
         if predict is None or write_output is None:
             default_predict, default_write = _default_predict()
             predict = predict or default_predict
             write_output = write_output or default_write
         self._predict = predict
         self._write_output = write_output
-        self._tls = None
 
     @property
     def write_results_folder(self) -> bool:
@@ -166,12 +165,6 @@ class StudyWorker:
         return Processed(study_uid, objects, probability, risk)
 
     # -- delivery ---------------------------------------------------------------------------------------
-    def _tls_context(self):
-        if self._tls is None:
-            s = self.settings
-            self._tls = client_tls_context(s.tls_ca, s.tls_cert, s.tls_key)
-        return self._tls
-
     def deliver(self, study_uid: str, attempt: int = 1) -> None:
         """Send what is pending to every destination; raises DeliveryPending if something is left."""
         if not self.nodes:
@@ -182,8 +175,7 @@ class StudyWorker:
             if not pending:
                 continue
             with metrics.stage("send"):
-                report = send_files(pending, node, self.settings.sender_ae_title, self.settings.network_timeout_s,
-                                    self._tls_context() if node.tls else None)
+                report = self.sender.send(pending, node)
             for path in report.sent:
                 self.outbox.mark_sent(study_uid, node, path.stem)
             metrics.OBJECTS_SENT.labels(destination=node.label, outcome="stored").inc(len(report.sent))
