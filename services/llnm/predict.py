@@ -90,7 +90,8 @@ def build_datasets(study: StudyInput, result: StudyResult, settings: Settings) -
                 out.append(seg)
         evidence = _evidence(study)
         if evidence:
-            out.append(build_sr(frames, study.views, result, study.study_uid, evidence))
+            out.append(build_sr(frames, study.views, result, study.study_uid, evidence,
+                                profile=settings.sr_profile))
         if settings.key_images:
             for number, frame in enumerate(frames, start=1):
                 out.append(build_key_image(frame, result, study.study_uid, number))

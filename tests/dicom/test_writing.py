@@ -278,3 +278,17 @@ def test_nothing_found_writes_the_sr_and_key_image_but_no_seg(settings, us_facto
     assert group.roi.value[:, 0].max() == pytest.approx(159.5)  # around the whole region (pixel centres)
     for ds in output.datasets:
         assert dciodvfy_errors(_save(ds, tmp_path)) == []
+
+
+def test_ohif_sr_profile_is_valid_and_has_its_own_uid(settings, us_factory, tmp_path):
+    from llnm.dicom import sr_ohif
+
+    us_factory("a.dcm", regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    (strict,) = _by_type(_predict([tmp_path / "a.dcm"], settings)[0])["SR"]
+    (ohif,) = _by_type(_predict([tmp_path / "a.dcm"], dataclasses.replace(settings, sr_profile="ohif"))[0])["SR"]
+    assert ohif.SOPInstanceUID != strict.SOPInstanceUID
+    assert ohif.file_meta.MediaStorageSOPInstanceUID == ohif.SOPInstanceUID
+    assert sr_ohif.OHIF_POLYLINE_TRACKING_ID in sr_text(ohif)
+    assert dciodvfy_errors(_save(ohif, tmp_path)) == []
+    with pytest.raises(ValueError):
+        _predict([tmp_path / "a.dcm"], dataclasses.replace(settings, sr_profile="fancy"))

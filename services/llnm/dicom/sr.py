@@ -21,8 +21,11 @@ Tree (docs/dicom-conformance.md has it with every code):
 
 from __future__ import annotations
 
+import io
+
 import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.coding import Code
@@ -136,7 +139,11 @@ def _pixel_size(result: StudyResult) -> dict | None:
 
 
 def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult, study_uid: str,
-             evidence: list[Dataset]) -> Dataset:
+             evidence: list[Dataset], profile: str = "tid1500") -> Dataset:
+    """The report; `profile` "ohif" re-lays it for OHIF's measurement panel (llnm.dicom.sr_ohif),
+    under its own UID since its content differs."""
+    if profile not in ("tid1500", "ohif"):
+        raise ValueError(f"LLNM_SR_PROFILE={profile!r}: expected 'tid1500' or 'ohif'")
     versions = versions_key(result)
     nodule_uid = deterministic_uid("nodule", study_uid, 1, versions)
     tracking = hd.sr.TrackingIdentifier(uid=str(nodule_uid), identifier=tracking_label(result))
@@ -194,8 +201,8 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
         content=report[0],
         series_instance_uid=output_series_uid("SR", study_uid, versions),
         series_number=SERIES_NUMBER["SR"],
-        sop_instance_uid=output_instance_uid("SR", study_uid, [f.key for f in frames] or [study_uid],
-                                             versions),
+        sop_instance_uid=output_instance_uid("SR" if profile == "tid1500" else "SR-ohif", study_uid,
+                                             [f.key for f in frames] or [study_uid], versions),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -205,7 +212,19 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
     )
     sr.CodingSchemeIdentificationSequence = Sequence([codes.coding_scheme_identification()])
     add_common(sr, result, "Measurement Report")
+    if profile == "ohif":
+        from llnm.dicom import sr_ohif
+
+        sr = sr_ohif.apply(_plain(sr))
     return sr
+
+
+def _plain(ds: Dataset) -> Dataset:
+    """The dataset as plain pydicom items (highdicom content items guard their own structure)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
 
 
 def _library_images(views: list[View], evidence: list[Dataset]) -> list[Dataset]:
