@@ -21,7 +21,7 @@ const ctx = await chromium.launchPersistentContext(job.profileDir, {
 });
 const hardStop = setTimeout(async () => {
   out.aborted = `deadline of ${job.totalTimeoutMs ?? 170000} ms passed during ${current}`;
-  console.log(JSON.stringify(out));
+  fs.writeSync(1, JSON.stringify(out) + '\n');
   process.exit(3);
 }, Math.max(1000, deadline - Date.now()));
 
@@ -111,6 +111,25 @@ async function step(name, fn) {
   return rec.ok;
 }
 
+function failOnError() {
+  // Rejects as soon as the viewer logs an error or throws during this step (no need to wait it out).
+  const seen = out.console.length + out.pageErrors.length;
+  let timer;
+  const p = new Promise((_, reject) => {
+    timer = setInterval(() => {
+      const fresh = [...out.console.slice(0), ...out.pageErrors]
+        .filter((m) => m.step === current && (m.type === undefined || m.type === 'error'));
+      if (out.console.length + out.pageErrors.length > seen && fresh.length) {
+        clearInterval(timer);
+        reject(new Error(`viewer error: ${fresh[0].text.slice(0, 300)}`));
+      }
+    }, 250);
+  });
+  p.cancel = () => clearInterval(timer);
+  p.catch(() => {});
+  return p;
+}
+
 async function openSeries(label) {
   // The study browser lists derived series (SR, SEG) as rows: double-click loads one into the viewport.
   const item = page.getByText(label, { exact: false }).first();
@@ -121,7 +140,7 @@ async function openSeries(label) {
 await step('list', async () => {
   await page.goto(job.url + '/');
   await skipTour();
-  const row = page.getByText(job.expectListText ?? 'SR', { exact: false }).first();
+  const row = page.getByText(job.expectListText ?? 'SEG', { exact: false }).first();
   await row.waitFor({ state: 'visible' });
   await page.waitForTimeout(500);
   return await visibleText();
@@ -144,24 +163,24 @@ await step('image', async () => {
   return { ...(await visibleText()), ...(await viewportState()) };
 });
 
-if (job.sr) {
-  await step('sr', async () => {
-    await openSeries(job.sr);
+async function srStep(name, sr) {
+  await step(name, async () => {
+    await openSeries(sr.label);
     await page.waitForTimeout(1500);
     await skipTour();
-    if (job.srExpect) {
+    if (sr.expect) {
       // The SR's text box is SVG drawn over the image once the referenced image is matched.
       await page.waitForFunction(
         (want) => [...document.querySelectorAll('svg.svg-layer g[data-annotation-uid]')]
           .some((g) => g.textContent.includes(want)),
-        job.srExpect, { polling: 500 });
+        sr.expect, { polling: 500 });
     }
     await page.waitForTimeout(1000);
     const seen = { ...(await visibleText()), ...(await viewportState()) };
     // A SR that OHIF can hydrate asks whether to track its measurements: answer as the job says.
     const prompt = page.getByText('continue tracking measurements', { exact: false });
     seen.trackingPrompt = await prompt.isVisible().catch(() => false);
-    if (seen.trackingPrompt && job.srTrack) {
+    if (seen.trackingPrompt && sr.track) {
       await page.getByRole('button', { name: 'Yes' }).click();
       await page.waitForTimeout(3000);
       Object.assign(seen, { tracked: await visibleText() });
@@ -177,13 +196,17 @@ if (job.sr) {
   });
 }
 
+if (job.sr) await srStep('sr', { label: job.sr, expect: job.srExpect, track: job.srTrack });
+
 if (job.seg) {
   await step('seg', async () => {
     await openSeries(job.seg);
     // OHIF asks before it overlays a SEG on its referenced image.
     const yes = page.getByRole('button', { name: 'Yes' });
     const load = page.getByText('LOAD', { exact: true });
-    await Promise.race([yes.waitFor({ state: 'visible' }), load.waitFor({ state: 'visible' })]);
+    const failed = failOnError();
+    await Promise.race([yes.waitFor({ state: 'visible' }), load.waitFor({ state: 'visible' }), failed]);
+    failed.cancel();
     if (await yes.isVisible().catch(() => false)) await yes.click();
     else await load.click();
     await skipTour();
@@ -206,6 +229,9 @@ if (job.key) {
   });
 }
 
+// A second SR of the same study (the "ohif" profile), last: tracking it changes the viewer's state.
+if (job.sr2) await srStep('sr2', job.sr2);
+
 clearTimeout(hardStop);
 await ctx.close();
-console.log(JSON.stringify(out));
+fs.writeSync(1, JSON.stringify(out) + '\n');

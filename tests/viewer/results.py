@@ -54,7 +54,8 @@ def drawn(truth_dir: Path | None):
             uid = getattr(view.source, "sop_instance_uid", "")
             nodule, gland = _truth(truth_dir, uid, "nodule"), _truth(truth_dir, uid, "gland")
             if nodule is not None and gland is not None:
-                nodule, gland = nodule[r0:r0 + h, c0:c0 + w], gland[r0:r0 + h, c0:c0 + w]
+                if nodule.shape != (h, w):  # truth drawn on the whole frame: crop it like the view
+                    nodule, gland = nodule[r0:r0 + h, c0:c0 + w], gland[r0:r0 + h, c0:c0 + w]
             else:
                 gland = _ellipse(h, w, h * 0.5, w * 0.5, h * 0.3, w * 0.35)
                 nodule = _ellipse(h, w, h * 0.5, w * 0.42, h * 0.12, w * 0.12)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pydicom.uid
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -59,14 +60,15 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def check_study_in_ohif(walk, study: results.StudyOnDisk, name: str) -> dict[str, Any]:
+def check_study_in_ohif(walk, study: results.StudyOnDisk, name: str, extra: list[Path] | None = None,
+                        **job: Any) -> dict[str, Any]:
     """Walk one study through OHIF and assert what a radiologist must see; returns what was seen."""
     objs = _by_modality(study.outputs)
     sr, segs = objs["SR"][0], objs["SEG"]
     seg_labels = [str(s.SegmentLabel) for s in segs[0].SegmentSequence]
     expected_lines = contract.ohif_sr_lines(sr)
     seen = walk(
-        study.inputs + study.outputs, study.study_uid, name,
+        study.inputs + study.outputs + (extra or []), study.study_uid, name, **job,
         sr=str(sr.SeriesDescription), srExpect=expected_lines[0][0].split(":")[0] or expected_lines[0][0],
         seg=str(segs[0].SeriesDescription), segExpect=seg_labels[0],
         key=str(objs["SC"][0].SeriesDescription) if "SC" in objs else None,
@@ -126,9 +128,29 @@ def sr_has_size(sr: pydicom.Dataset) -> bool:
 
 
 def test_phantom_study_writer_output_in_ohif(walk, tmp_path: Path) -> None:
+    """Both SR profiles of one phantom study: the strict one (checked by check_study_in_ohif), then the
+    "ohif" one: its readable label is drawn, OHIF offers to track it and lists it in its measurement
+    panel (the strict profile stays read-only there)."""
+    from llnm.dicom import sr_ohif
+
     files, truth = results.phantom_study(tmp_path / "phantom")
     study = results.writer_output(files, tmp_path / "out", truth)
-    check_study_in_ohif(walk, study, "phantom-writer")
+    strict = _by_modality(study.outputs)["SR"][0]
+    ohif = sr_ohif.apply(strict)
+    ohif.SeriesInstanceUID, ohif.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ohif.file_meta.MediaStorageSOPInstanceUID = ohif.SOPInstanceUID
+    ohif.SeriesDescription, ohif.SeriesNumber = "OHIF profile: LLNM-Net report", 9712
+    assert contract.sr_problems(ohif) == []
+    label = contract.ohif_sr_lines(ohif)[0][0].rstrip(": ")
+    seen = check_study_in_ohif(walk, study, "phantom-writer", extra=[objects.write(ohif, tmp_path / "sr_ohif.dcm")],
+                               sr2={"label": str(ohif.SeriesDescription), "expect": label, "track": True})
+    assert seen["steps"]["sr"]["trackingPrompt"] is False and "No tracked measurements" in seen["steps"]["sr"]["measurementPanel"]
+    sr2 = seen["steps"]["sr2"]
+    assert sr2["ok"], sr2.get("error")
+    assert any(label in a["text"] for a in sr2["annotations"]), sr2["annotations"]
+    assert sr2["trackingPrompt"], "OHIF did not offer to track the ohif-profile SR"
+    assert label in sr2["measurementPanel"], sr2["measurementPanel"]
+    assert _errors(seen) == []
 
 
 def test_real_file_study_writer_output_in_ohif(walk, tmp_path: Path) -> None:
@@ -168,18 +190,19 @@ def test_llnm_predict_output_in_ohif(walk, tmp_path: Path, source: str) -> None:
     assert _errors(seen) == []
 
 
-def test_seg_without_pixel_measures_or_plane_orientation_breaks_ohif(walk, tmp_path: Path) -> None:
-    """Why the contract exists: the same SEG minus either functional group fails in the real viewer."""
+def test_seg_without_pixel_measures_breaks_ohif(walk, tmp_path: Path) -> None:
+    """Why the contract exists: the same SEG minus PixelMeasuresSequence fails in the real viewer
+    (test_contract.py fails fast on it, and on a missing PlaneOrientationSequence)."""
     image = objects.real_us()
     shape = (int(image.Rows), int(image.Columns))
     seg = objects.make_seg(image, objects.ellipse_mask(shape, 180, 420, 30, 45),
                            objects.ellipse_mask(shape, 180, 440, 90, 200))
-    broken = objects.without(objects.without(seg, "PlaneOrientationSequence"), "PixelMeasuresSequence")
-    assert len(contract.seg_problems(broken)) == 2
+    broken = objects.without(seg, "PixelMeasuresSequence")
+    assert contract.seg_problems(seg) == [] and contract.seg_problems(broken)
     files = [objects.write(image, tmp_path / "us.dcm"), objects.write(broken, tmp_path / "seg.dcm")]
     seen = walk(files, str(image.StudyInstanceUID), "broken-seg", seg=str(broken.SeriesDescription),
                 segExpect=str(broken.SegmentSequence[0].SegmentLabel), stepTimeoutMs=30000)
     assert seen["steps"]["image"]["ok"], seen["steps"]["image"].get("error")
-    assert not seen["steps"]["seg"]["ok"], "OHIF loaded a SEG without PixelMeasures/PlaneOrientation"
+    assert not seen["steps"]["seg"]["ok"], "OHIF loaded a SEG without PixelMeasuresSequence"
     complaints = " ".join(_errors(seen))
-    assert "PixelMeasures" in complaints or "ImageOrientationPatient" in complaints, complaints
+    assert "PixelMeasures" in complaints, complaints
