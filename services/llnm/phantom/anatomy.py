@@ -121,15 +121,16 @@ def place_nodule(gland: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray,
     d = np.where(inside & gland[pyc, pxc], dist[pyc // k, pxc // k], 0.0)
     hits_forbidden = (inside & forbidden[pyc, pxc]).any(axis=1) | ~inside.all(axis=1)
     outside_frac = (d == 0).mean(axis=1)
-    outside_deep = ((d == 0) & (offs[None, :, 0] > 0)).mean(axis=1)  # bulging backwards: rarely seen
+    front = offs[:, 0] < -0.5 * np.abs(offs[:, 1])  # perimeter points facing the skin
+    outside_back = ((d == 0) & ~front[None, :]).mean(axis=1)  # ETE bulges anteriorly, into the straps
     realised = np.maximum(d.min(axis=1) - 0.5, 0.0) * sp
     if f.ete:
-        cost = np.abs(outside_frac - 0.2) * 50.0 + outside_deep * 50.0
+        cost = np.abs(outside_frac - 0.2) * 50.0 + outside_back * 50.0
     elif f.capsule_target_mm == 0.0:
         cost = np.abs(realised) + outside_frac * 50.0
     else:
         cost = np.abs(realised - f.capsule_target_mm) + outside_frac * 50.0
-    cost = cost + hits_forbidden * 100.0 + (~prefer[cy, cx]) * 3.0
+    cost = cost + hits_forbidden * 100.0 + (~prefer[cy, cx]) * 4.0
     best = cost.min()
     pick = np.flatnonzero(cost <= best + 0.15)
     i = int(rng.choice(pick))
