@@ -211,8 +211,11 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
             peak += list(8.0 * np.exp(-np.arange(len(tail)) / (0.4 * len(tail) + 1)))
 
     # Attenuation along each beam (columns), compensated on average by the TGC.
-    excess = ndimage.gaussian_filter1d((alpha - BASE_ATTENUATION) * sp, 0.25 * px, axis=1)
-    db -= np.cumsum(excess, axis=0)
+    excess = (alpha - BASE_ATTENUATION) * sp
+    rows = np.flatnonzero(excess.any(axis=1))  # only rows crossing fluid, calcification or air
+    if len(rows):
+        excess[rows] = ndimage.gaussian_filter1d(excess[rows], 0.25 * px, axis=1)
+        db -= np.cumsum(excess, axis=0)
     depth_mm = np.arange(h, dtype=np.float32) * sp
     depth_gain = np.interp(np.arange(h), np.linspace(0, h, 5), rng.uniform(-2.0, 2.0, 5)).astype(np.float32)
     depth_gain -= rng.uniform(0.15, 0.35) * np.maximum(depth_mm - 22.0, 0.0)  # TGC under-compensates deep
