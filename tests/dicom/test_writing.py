@@ -109,8 +109,9 @@ def test_sr_round_trip_gives_the_numbers_of_summary_json(settings, us_factory, t
     values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
     assert values["Long axis"] == (pytest.approx(summary["nodule_size_mm"]["length"]), "mm")
     assert values["Short axis"] == (pytest.approx(summary["nodule_size_mm"]["width"]), "mm")
-    assert [m.name.meaning for m in group.get_measurements()][:2] == [
-        codes.LLNM_PROBABILITY.meaning, codes.CAPSULE_DISTANCE.meaning]  # OHIF shows the first five
+    assert [m.name.meaning for m in group.get_measurements()][:3] == [
+        codes.LLNM_PROBABILITY.meaning, codes.LLNM_RISK.meaning, codes.CAPSULE_DISTANCE.meaning]
+    assert values[codes.LLNM_RISK.meaning] == (3.0, "{high}")  # OHIF shows NUM items only: the word is the unit
     assert values[codes.CAPSULE_DISTANCE.meaning] == (pytest.approx(summary["capsule_distance_mm"]), "mm")
     assert values[codes.LLNM_PROBABILITY.meaning][0] / 100 == pytest.approx(summary["probability"], abs=1e-9)
     for name, share in summary["contributions"].items():

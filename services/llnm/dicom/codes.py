@@ -49,21 +49,27 @@ ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 MM = Code("mm", "UCUM", "millimeter")
 PERCENT = Code("%", "UCUM", "Percent")
 PIXELS = Code("{pixels}", "UCUM", "pixels")
+#: UCUM annotations (dimensionless) naming the risk level, so the word shows beside the number
+RISK_UNITS = {1: Code("{low}", "UCUM", "low"), 2: Code("{medium}", "UCUM", "medium"),
+              3: Code("{high}", "UCUM", "high")}
 
-# Concepts with no standard code
-CAPSULE_DISTANCE = _p("LLNM001", "Minimum distance from nodule to thyroid capsule")
-LLNM_PROBABILITY = _p("LLNM002", "Probability of lateral lymph node metastasis")
-LLNM_RISK_LEVEL = _p("LLNM003", "Lateral lymph node metastasis risk level")
+# Concepts with no standard code. Meanings are short on purpose: OHIF prints "meaning: value unit"
+# beside the outline, and a line longer than ~40 characters runs off the viewport. The full
+# definitions are in docs/dicom-conformance.md.
+CAPSULE_DISTANCE = _p("LLNM001", "Capsule distance")  # minimum distance, nodule to thyroid capsule
+LLNM_PROBABILITY = _p("LLNM002", "LLNM probability")  # P(lateral lymph node metastasis)
+LLNM_RISK_LEVEL = _p("LLNM003", "LLNM risk level")  # CODE: low / moderate / high risk
+LLNM_RISK = _p("LLNM008", "LLNM risk")  # NUM 1-3, unit {low}/{medium}/{high}: visible in OHIF
 CALIBRATION = _p("LLNM004", "Spatial calibration")
 CALIBRATED = _p("LLNM005", "Calibrated from ultrasound region or pixel spacing")
 UNCALIBRATED = _p("LLNM006", "Uncalibrated: measured in pixels")
 NODULE_LOCATION = _p("LLNM007", "Nodule location within the lobe")
 CONTRIBUTION_PREFIX = "LLNM1"
 CONTRIBUTION_MEANINGS = {
-    "location": "Contribution share of location (capsule distance map)",
-    "morphology": "Contribution share of morphology (texture, margin, shape, echo)",
-    "report": "Contribution share of the radiology report",
-    "demographics": "Contribution share of age and sex",
+    "location": "Location share",  # the CPDT capsule-distance map
+    "morphology": "Morphology share",  # texture, margin, shape, echogenicity
+    "report": "Report share",  # the radiology report text
+    "demographics": "Age/sex share",
 }
 
 
@@ -73,7 +79,7 @@ def contribution_code(name: str) -> Code:
     if name in known:
         return _p(f"{CONTRIBUTION_PREFIX}{known.index(name):02d}",
                   CONTRIBUTION_MEANINGS[name])
-    return _p(f"{CONTRIBUTION_PREFIX}X{name.upper()[:8]}", f"Contribution share of {name}"[:64])
+    return _p(f"{CONTRIBUTION_PREFIX}X{name.upper()[:8]}", f"{name.capitalize()} share"[:64])
 
 
 def lobe_code(laterality: str | None) -> Code:

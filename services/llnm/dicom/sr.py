@@ -11,9 +11,10 @@ Tree (docs/dicom-conformance.md has it with every code):
         Finding: Nodule; Finding Site: right/left lobe of thyroid (or "lobe of thyroid")
         SCOORD POLYLINE (closed) outline on the referenced image and frame
         Algorithm identification (name, version, model hashes as parameters)
-        index view only: NUM LLNM probability (%), minimum distance to capsule, long and short axis
-          (mm, or {pixels} when uncalibrated), contribution shares (%) -- in this order, as OHIF
-          prints the first five; CODE risk level, CODE calibration, TEXT location
+        index view only: NUM LLNM probability (%), LLNM risk (1-3, unit {low}/{medium}/{high}),
+          capsule distance, long and short axis (mm, or {pixels} when uncalibrated), contribution
+          shares (%) -- in this order, as OHIF prints the first five NUM items; CODE risk level,
+          CODE calibration, TEXT location
         every group: TEXT research-use statement
     CONTAINER Qualitative Evaluations: the finding, the calibration state and the statement that
       this is research use only, for every report (also when no nodule was found)
@@ -90,6 +91,8 @@ def measurements(result: StudyResult) -> list[hd.sr.Measurement]:
     # Order matters: OHIF prints the first five NUM items beside the outline.
     if values["probability"] is not None:
         out.append(_num(codes.LLNM_PROBABILITY, round(100.0 * values["probability"], 2), codes.PERCENT))
+    if result.risk_level in codes.RISK_UNITS:
+        out.append(_num(codes.LLNM_RISK, float(result.risk_level), codes.RISK_UNITS[result.risk_level]))
     unit = codes.MM if result.calibrated else codes.PIXELS
     distance = values["capsule_distance_mm"] if result.calibrated else values["capsule_distance_px"]
     if distance is not None:
