@@ -24,11 +24,11 @@ CLINICAL_FEATURES = ("sex", "age", "x_e", "x_s")
 class TMDLConfig:
     name: str = "compact"
     image_size: int = 48  # each feature image is image_size x image_size
-    patch_size: int = 8  # -> n = (image_size / patch_size)^2 tokens per feature image, 3n in all
+    patch_size: int = 12  # -> n = (image_size / patch_size)^2 tokens per feature image, 3n in all
     hidden: int = 128
     heads: int = 4  # d_k = hidden / heads
     bi_blocks: int = 2  # bidirectional image <-> text blocks
-    self_blocks: int = 2  # self-attention blocks over the concatenated tokens
+    self_blocks: int = 1  # self-attention blocks over the concatenated tokens
     mlp_ratio: float = 4.0
     text_tokens: int = 50  # m: report tokens (truncated / padded, with a mask)
     text_dim: int = 384  # width of the text encoder's token states

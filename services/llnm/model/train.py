@@ -95,8 +95,8 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple[TMDL, dict]:
     return model.to(device).eval(), meta
 
 
-def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 80,
-          batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 12,
+def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 40,
+          batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
           progress: bool = True, command: str = "") -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json)."""
