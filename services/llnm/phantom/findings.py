@@ -103,7 +103,7 @@ def draw_findings(rng: np.random.Generator) -> Findings:
     elif rng.random() < 0.04:
         calc = "rim"
 
-    halo = margin == "smooth" and echo in ("iso", "hyper") and rng.random() < 0.5
+    halo = margin == "smooth" and echo in ("iso", "hyper") and rng.random() < 0.65
     comet = composition != "solid" and rng.random() < 0.5
 
     ete = False

@@ -22,7 +22,8 @@ from .findings import Findings
 ECHO_DB = np.zeros(12, dtype=np.float32)
 ECHO_DB[[DEEP, FAT, SKIN, STRAP, SCM, GLAND, NODULE, LUMEN, WALL, CARTILAGE, AIR, LONGUS]] = (
     -14.0, -10.0, 8.0, -14.0, -14.0, 0.0, 0.0, -42.0, 8.0, -17.0, -25.0, -15.0)
-NODULE_DB = {"hyper": (3.5, 6.0), "iso": (-3.0, 2.0), "hypo": (-11.0, -7.0), "marked-hypo": (-16.0, -12.5)}
+#: Nodule echo level range, dB relative to the gland (iso: either sign, 1.5-3 dB off).
+NODULE_DB = {"hyper": (3.5, 6.0), "iso": (1.5, 3.0), "hypo": (-11.0, -7.0), "marked-hypo": (-16.0, -12.5)}
 BASE_ATTENUATION = 0.5  # dB per mm, round trip, compensated by the time-gain control
 
 
@@ -158,7 +159,8 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
     bshape = nod.shape
     lo, hi = NODULE_DB[f.echogenicity]
     coarse = 2.8 if f.echogenicity in ("iso", "hyper") else 1.8  # iso nodules show by their texture
-    nodule_db = np.float32(rng.uniform(lo, hi)) + coarse * _field(bshape, (0.8 * px, 0.8 * px), rng)
+    level = rng.uniform(lo, hi) * (rng.choice([-1.0, 1.0]) if f.echogenicity == "iso" else 1.0)
+    nodule_db = np.float32(level) + coarse * _field(bshape, (0.8 * px, 0.8 * px), rng)
     cyst = np.zeros(bshape, dtype=bool)
     if f.composition != "solid":
         frac = 0.45 if f.composition == "mixed" else 0.15
