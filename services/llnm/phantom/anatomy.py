@@ -9,6 +9,7 @@ realised distance to the capsule, lobe third and side match the drawn findings a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,7 +166,7 @@ def capsule_distance_mm(gland: np.ndarray, nodule: np.ndarray, sp: float) -> flo
 
 def _finish(labels: np.ndarray, gland: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray,
             template: np.ndarray, f: Findings, sp: float, prefer: np.ndarray, rng: np.random.Generator,
-            air_top: np.ndarray | None, position_of: "callable") -> Anatomy:
+            air_top: np.ndarray | None, position_of: Callable[[tuple[int, int]], str]) -> Anatomy:
     center = place_nodule(gland, allowed, forbidden, template, f, sp, prefer, rng)
     nodule = _stamp(labels.shape, template, center) & ~forbidden
     capsule = capsule_distance_mm(gland, nodule, sp)
@@ -178,7 +179,6 @@ def transverse(shape: tuple[int, int], sp: float, f: Findings, rng: np.random.Ge
     """Right lobe in cross-section: skin, fat, strap muscles, SCM, lobe and isthmus beside the
     trachea (medial, +x), common carotid and jugular vein lateral, longus colli behind."""
     y, x = _grid(shape, sp)
-    h, w = shape
     labels = np.full(shape, DEEP, dtype=np.uint8)
     skin = rng.uniform(0.4, 0.8)
     fat = skin + rng.uniform(1.5, 3.5)
