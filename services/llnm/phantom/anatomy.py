@@ -209,7 +209,8 @@ def transverse(shape: tuple[int, int], sp: float, f: Findings, rng: np.random.Ge
     labels[(r_ca <= ca_r + 0.6)] = WALL
     labels[(r_ca <= ca_r)] = LUMEN
     jr = rng.uniform(3.0, 5.0)
-    jv = _blob(y, x, cay - ca_r * 0.7, cax - ca_r - jr - 0.8, rng.uniform(0.8, 2.5), jr, rng, 0.06) & (r_ca > ca_r + 0.8)
+    jv = _blob(y, x, cay - ca_r * 0.7, cax - ca_r - jr - 0.8, rng.uniform(0.8, 2.5), jr, rng, 0.06)
+    jv &= r_ca > ca_r + 0.8
     labels[jv] = LUMEN
     labels[(r_tr <= tr_r) & (r_tr > tr_r - 1.6) & (y < ty)] = CARTILAGE
     # Air: below the inner tracheal wall the beam is reflected; nothing deeper is seen.
