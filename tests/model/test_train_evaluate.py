@@ -45,3 +45,20 @@ def test_train_then_evaluate(tiny_layout, tmp_path):
     for name in ("metrics.json", "report.html", "roc.png", "calibration.png", "decision_curve.png",
                  "explanations.png"):
         assert (tmp_path / "eval" / name).is_file()
+
+
+def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
+    """The commands as documented, with the real (exported) text encoder."""
+    from llnm.cli import main
+
+    out = tmp_path / "cli-model"
+    assert main(["train", "--data", str(tiny_layout), "--out", str(out), "--preset", "tiny", "--epochs", "2",
+                 "--atlas-views", "4", "--nice", "0", "--no-progress"]) == 0
+    assert {"model.pt", "preset.json", "model.json", "train_log.jsonl", "atlas.npz", "atlas.png"} <= {
+        p.name for p in out.iterdir()}
+    assert main(["evaluate", "--data", str(tiny_layout), "--model", str(out), "--out", str(tmp_path / "ev"),
+                 "--bootstrap", "20", "--examples", "1", "--atlas-studies", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Bayes-optimal AUC" in printed and "atlas_location_auc" in printed
+    assert main(["model-info", "--preset", "tiny"]) == 0
+    assert '"parameters": 48964' in capsys.readouterr().out
