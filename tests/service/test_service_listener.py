@@ -160,7 +160,7 @@ def test_own_output_is_stored_but_starts_nothing(run_listener):
 
 
 def test_restart_between_instances_processes_the_study_once(make_settings):
-    settings = make_settings(series_idle_s=0.5, study_idle_s=0.5)
+    settings = make_settings(series_idle_s=2, study_idle_s=2)  # longer than a restart, even on a busy machine
     calls: list[str] = []
     first = Listener(settings, calls.append, completion_interval_s=0.05).start()
     assert _store_status(settings.port, make_us("1.2.3", "1.2.3.1")) == 0

@@ -23,7 +23,9 @@ def transport_options(settings: Settings) -> dict[str, object]:
     visibility = settings.broker_visibility_timeout_s
     options: dict[str, object] = {"visibility_timeout": visibility,
                                   "unacked_restore_interval": int(max(1, min(60, visibility // 4))),
-                                  "unacked_restore_throttle": 1}
+                                  "unacked_restore_throttle": 1,
+                                  # a broker that vanishes mid-call must not hang the listener's queueing
+                                  "socket_timeout": 30, "socket_connect_timeout": 5}
     if settings.broker_key_prefix:
         options["global_keyprefix"] = settings.broker_key_prefix
     return options

@@ -79,6 +79,8 @@ class TimedBackend:
     def __init__(self, inner: InferenceBackend, name: str) -> None:
         self.inner = inner
         self.name = name
+        # the pipeline reads the tokenizer beside the text encoder in the backend's repository
+        self.model_repository = getattr(inner, "model_repository", None)
 
     def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
