@@ -31,6 +31,10 @@ log = get_logger(__name__)
 
 Analyse = Callable[[StudyInput, InferenceBackend], StudyResult]
 
+# highdicom's person-name warning quotes the patient's name: never let it reach stderr or a log, also
+# outside build_datasets' catch_warnings (which is process-global and not thread-safe on its own).
+pywarnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name")
+
 
 @dataclass
 class StudyOutput:
