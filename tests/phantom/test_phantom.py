@@ -72,6 +72,7 @@ def test_same_seed_gives_identical_bytes(phantom_set: Path, tmp_path: Path) -> N
 
 def test_dicom_views_match_truth_crop_and_masks(phantom_set: Path) -> None:
     photometric = set()
+    params = {p["study_uid"]: p for p in map(json.loads, (phantom_set / "truth" / "params.jsonl").read_text().splitlines())}
     for row in _rows(phantom_set / "views.csv"):
         uid = row["sop_instance_uid"]
         matches = [p for p in (phantom_set / row["study_uid"]).glob("US_*.dcm")
@@ -105,7 +106,8 @@ def test_dicom_views_match_truth_crop_and_masks(phantom_set: Path) -> None:
             assert mask.shape == truth.shape and set(np.unique(mask)) == {0, 255}
         gland = np.asarray(Image.open(phantom_set / row["gland_mask"])) > 0
         nodule = np.asarray(Image.open(phantom_set / row["nodule_mask"])) > 0
-        assert (nodule & ~gland).sum() == 0  # the gland mask holds the nodule
+        # the gland holds the nodule unless it bulges through the capsule (then params say ete)
+        assert not (nodule & ~gland).any() or params[row["study_uid"]]["ete"]
         outside = np.ones(pixels.shape, bool)
         outside[y0:y1 + 1, x0:x1 + 1] = False
         assert pixels[outside].mean() < 20  # dark border with a few annotations
@@ -200,3 +202,24 @@ def test_textures_change_only_the_nodule(tmp_path: Path) -> None:
         assert not (changed & ~near).any()
         assert np.array_equal(a.nodule, b.nodule)
     assert plain.p_true == textured.p_true and plain.report.text == textured.report.text
+
+
+def test_capsule_distance_matches_the_feature_code() -> None:
+    """params' realised capsule distance is what llnm.features measures on the truth masks."""
+    cpdt = pytest.importorskip("llnm.features.cpdt")
+    study = generate_study(9, 0, rows=ROWS, cols=COLS)
+    for view in study.views:
+        measured = cpdt.cpdt(view.gland, view.nodule, view.spacing_mm)
+        assert measured.min_distance_mm == pytest.approx(view.capsule_mm, abs=1e-6)
+
+
+def test_extrathyroidal_extension_is_visible_and_raises_risk() -> None:
+    """A drawn ETE nodule bulges through the capsule in the masks and is counted by the risk model."""
+    from llnm.phantom.findings import draw_findings
+
+    index = next(i for i in range(200)
+                 if draw_findings(np.random.default_rng(np.random.SeedSequence([6, i]).spawn(8)[0])).ete)
+    study = generate_study(6, index, rows=ROWS, cols=COLS)
+    assert any((v.nodule & ~v.gland).any() for v in study.views)
+    assert study.factors.ete and study.factors.capsule_mm == 0.0
+    assert risk.p_true(replace(study.factors, ete=False)) < study.p_true

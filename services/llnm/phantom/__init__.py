@@ -16,7 +16,8 @@ provide the same files, with `truth/params.jsonl` optional)::
     DIR/truth/images/<sop_instance_uid>.png         uint8 greyscale B-mode tissue region of that
                                     frame = frame[y0:y1+1, x0:x1+1] with the region bounds below
     DIR/truth/masks/<sop_instance_uid>_gland.png    0/255 thyroid mask on that crop grid (lobe and
-                                    the isthmus part in view; the nodule lies inside it)
+                                    the isthmus part in view, up to the capsule: it holds the nodule,
+                                    except a part bulging through the capsule = extrathyroidal extension)
     DIR/truth/masks/<sop_instance_uid>_nodule.png   0/255 index-nodule mask on that crop grid
     DIR/labels.csv   study_uid,llnm,risk_level,p_true,age,sex,report
                      llnm 0/1; risk_level 1 (no LLNM), 2, 3; p_true = the generator's true
@@ -30,8 +31,9 @@ provide the same files, with `truth/params.jsonl` optional)::
                      (capsule_distance_mm, size_mm, lobe_position, margin, echogenicity, ...)
 
 Only DICOM lies outside DIR/truth and the two CSV files, so `storescu +sd DIR +sp '*.dcm'` sends
-exactly the studies. Capsule distance is measured on the gland mask: (min Euclidean distance
-transform of the gland over nodule pixels - 0.5 px) x spacing, 0 when touching.
+exactly the studies. Capsule distance (params.jsonl) is measured on the masks as llnm.features does:
+min over nodule pixels of the gland's Euclidean distance transform x spacing (one pixel when
+touching, 0 when the nodule extends beyond the gland).
 """
 
 from .layout import write_phantom_set

@@ -26,7 +26,8 @@ class Anatomy:
     """One view's label map plus what the image former and the truth writer need."""
 
     labels: np.ndarray  # (H, W) uint8 label values above
-    gland: np.ndarray  # (H, W) bool, thyroid including the isthmus part in view, nodule included
+    gland: np.ndarray  # (H, W) bool, thyroid up to its capsule (isthmus part in view); holds the
+    # nodule except where the nodule bulges through the capsule (extrathyroidal extension)
     nodule: np.ndarray  # (H, W) bool
     spacing_mm: float
     nodule_center: tuple[int, int]  # (row, col)
@@ -124,7 +125,7 @@ def place_nodule(gland: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray,
     outside_frac = (d == 0).mean(axis=1)
     front = offs[:, 0] < -0.5 * np.abs(offs[:, 1])  # perimeter points facing the skin
     outside_back = ((d == 0) & ~front[None, :]).mean(axis=1)  # ETE bulges anteriorly, into the straps
-    realised = np.maximum(d.min(axis=1) - 0.5, 0.0) * sp
+    realised = d.min(axis=1) * sp
     if f.ete:
         cost = np.abs(outside_frac - 0.2) * 50.0 + outside_back * 50.0
     elif f.capsule_target_mm == 0.0:
@@ -149,10 +150,10 @@ def _stamp(shape: tuple[int, int], template: np.ndarray, center: tuple[int, int]
 
 
 def capsule_distance_mm(gland: np.ndarray, nodule: np.ndarray, sp: float) -> float:
-    """Minimum distance of the nodule to the boundary of the gland (WITHOUT the nodule): 0 when
-    touching or bulging through; (smallest Euclidean distance transform value over nodule pixels
-    - 0.5 px) x spacing. Computed on the nodule's box padded by 10 mm, exact whenever the distance
-    is below the padding, else on the whole view."""
+    """Minimum distance of the nodule to the gland boundary, as llnm.features measures it: the
+    smallest Euclidean distance (pixel centre to the centre of the nearest non-gland pixel) over
+    nodule pixels, x spacing; 0 when part of the nodule lies outside the gland (extrathyroidal).
+    Computed on the nodule's box padded by 10 mm, exact whenever the distance is below the padding."""
     if not nodule.any():
         return float("nan")
     pad = int(np.ceil(10.0 / sp))
@@ -161,7 +162,7 @@ def capsule_distance_mm(gland: np.ndarray, nodule: np.ndarray, sp: float) -> flo
     d = float(ndimage.distance_transform_edt(gland[box])[nodule[box]].min())
     if d >= pad:
         d = float(ndimage.distance_transform_edt(gland)[nodule].min())
-    return max(d - 0.5, 0.0) * sp
+    return d * sp
 
 
 def _finish(labels: np.ndarray, gland: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray,
@@ -171,7 +172,7 @@ def _finish(labels: np.ndarray, gland: np.ndarray, allowed: np.ndarray, forbidde
     nodule = _stamp(labels.shape, template, center) & ~forbidden
     capsule = capsule_distance_mm(gland, nodule, sp)
     labels[nodule] = NODULE
-    return Anatomy(labels=labels, gland=gland | nodule, nodule=nodule, spacing_mm=sp, nodule_center=center,
+    return Anatomy(labels=labels, gland=gland, nodule=nodule, spacing_mm=sp, nodule_center=center,
                    capsule_mm=capsule, air_top=air_top, position=position_of(center))
 
 

@@ -42,8 +42,9 @@ def _tirads(comp: str, echo: str, taller: bool, margin: str, ete: bool, foci: st
     return points, level
 
 
-def write_report(f: Findings, capsule_mm: float, vertical: str, horizontal: str,
+def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, horizontal: str,
                  rng: np.random.Generator) -> Report:
+    """`capsule_mm`, `ete_seen`, `vertical`, `horizontal`: as realised on the images."""
     side = f.side
     dims = [max(2.0, d + rng.normal(0.0, 0.6)) for d in (f.length_mm, f.width_mm, f.ap_mm)]
     length, width, ap = (f"{d:.0f}" if d >= 10 else f"{d:.1f}" for d in dims)
@@ -62,7 +63,7 @@ def write_report(f: Findings, capsule_mm: float, vertical: str, horizontal: str,
     micro = seen(f.calcification == "micro", 0.75, 0.05)
     macro = f.calcification in ("macro", "rim") and rng.random() < 0.85
     comet = f.comet_tail and rng.random() < 0.7
-    ete = seen(f.ete, 0.7, 0.03 if capsule_mm < 0.5 else 0.0)
+    ete = seen(ete_seen, 0.7, 0.03 if capsule_mm < 0.5 else 0.0)
     abut = capsule_mm < 0.5 and not ete and rng.random() < 0.6
     near = (not ete and not abut and capsule_mm < NEAR_CAPSULE_MM and rng.random() < 0.45)
     taller = f.ap_mm > f.width_mm * 1.02 and rng.random() < 0.8

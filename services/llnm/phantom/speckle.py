@@ -145,7 +145,8 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
         mottle = _field(shape, (0.9 * px, 0.9 * px), rng)
         db[gland_tissue] += (-3.0 + 3.5 * np.minimum(mottle, 0.8))[gland_tissue]
     gland_only = labels == GLAND
-    outline = _interfaces(np.where(labels == NODULE, np.uint8(GLAND), labels))
+    # Fascia and capsule lines; the capsule line breaks where a nodule bulges through it.
+    outline = _interfaces(np.where(anat.nodule & anat.gland, np.uint8(GLAND), labels))
     db += ndimage.gaussian_filter(outline.astype(np.float32), 0.12 * px, truncate=3.0) * (9.0 * 0.12 * px * 2.5)
     alpha = np.full(shape, BASE_ATTENUATION, dtype=np.float32)
     alpha[FLUID[labels]] = 0.03

@@ -34,7 +34,8 @@ class PhantomView:
 
     name: str  # "transverse" or "longitudinal"
     image: np.ndarray  # (H, W) uint8, exactly the crop a reader makes from the DICOM region
-    gland: np.ndarray  # (H, W) bool, the lobe (+ isthmus part) with the nodule inside it
+    gland: np.ndarray  # (H, W) bool, the lobe (+ isthmus part) up to the capsule; holds the nodule
+    # except its part beyond the capsule when there is extrathyroidal extension
     nodule: np.ndarray  # (H, W) bool
     spacing_mm: tuple[float, float]  # (row, column) mm per pixel
     region: tuple[int, int, int, int]  # (x0, y0, x1, y1) INCLUSIVE bounds in the full frame (DICOM style)
@@ -127,13 +128,13 @@ def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800,
             frame_shape=(rows, cols), sop_instance_uid=phantom_uid(seed, index, "image", k + 1),
             capsule_mm=anat.capsule_mm, position=anat.position, imaging=imaging))
     capsule = min(v.capsule_mm for v in views)
+    ete = any(bool((v.nodule & ~v.gland).any()) for v in views)  # visible: nodule beyond the capsule
     vertical = views[1].position
     factors = risk.RiskFactors(
         capsule_mm=capsule, vertical=vertical, size_mm=f.size_mm, margin=f.margin,
         echogenicity=f.echogenicity, calcification=f.calcification, composition=f.composition,
-        sex=f.sex, age=float(f.age), ete=bool(f.ete and capsule == 0.0), central_node=f.central_node,
-        vascularity=f.vascularity)
-    report = write_report(f, capsule, vertical, views[0].position, streams[6])
+        sex=f.sex, age=float(f.age), ete=ete, central_node=f.central_node, vascularity=f.vascularity)
+    report = write_report(f, capsule, ete, vertical, views[0].position, streams[6])
     p = risk.p_true(factors)
     llnm, level = risk.draw_outcome(p, streams[7])
     return PhantomStudy(
