@@ -146,10 +146,10 @@ def test_service_starts_answers_health_and_stops_on_sigterm(service, tmp_path: P
     if service != "serve" and not _redis_up():
         pytest.skip("needs Redis on 127.0.0.1:6379 (scripts/test-services.sh starts it)")
     metrics_port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1",
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1", PYTHONUNBUFFERED="1",
                LLNM_DATA_DIR=str(tmp_path / "data"), LLNM_PORT=str(_free_port()),
                LLNM_METRICS_PORT=str(metrics_port), LLNM_BIND_ADDRESS="127.0.0.1", LLNM_LOG_FORMAT="json",
-               LLNM_BROKER_URL="" if service == "serve" else "redis://127.0.0.1:6379/15",
+               LLNM_BROKER_URL="" if service == "serve" else "redis://127.0.0.1:6379/15", LLNM_QUEUE_NAME="llnm",
                LLNM_BROKER_KEY_PREFIX=f"deploy-test-{os.getpid()}-{service}:")
     log = (tmp_path / "log").open("w")
     proc = subprocess.Popen([LLNM, service], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -166,10 +166,16 @@ def test_service_starts_answers_health_and_stops_on_sigterm(service, tmp_path: P
                 pass
             time.sleep(0.3)
         assert status == 200, (tmp_path / "log").read_text()[-3000:]
-        if service == "worker":  # Celery takes over SIGTERM (warm shutdown) once it has started
-            while time.monotonic() < deadline and "[queues]" not in (tmp_path / "log").read_text():
+        if service == "worker":
+            # Celery takes over SIGTERM (warm shutdown) before its consumer declares the queue in Redis
+            import redis
+
+            client = redis.Redis.from_url(env["LLNM_BROKER_URL"])
+            binding = f"{env['LLNM_BROKER_KEY_PREFIX']}_kombu.binding.llnm"
+            while time.monotonic() < deadline and proc.poll() is None and not client.exists(binding):
                 time.sleep(0.3)
-            time.sleep(2.0)
+            client.close()
+            assert proc.poll() is None, (tmp_path / "log").read_text()[-3000:]
         code, body = _get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert code == 200 and "llnm_" in body
         code, body = _get(f"http://127.0.0.1:{metrics_port}/readyz")
