@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = write_phantom_set(args.out, args.studies, args.seed, rows=args.rows, cols=args.cols,
                             rgb_fraction=args.rgb_fraction, jobs=args.jobs, start=args.start,
-                            textures=args.textures)
+                            textures=args.textures, progress=sys.stderr.isatty())
     labels = read_labels(out / "labels.csv")
     n = len(labels)
     positives = sum(int(r["llnm"]) for r in labels)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from .dicom import write_study_dicom
 from .study import generate_study
@@ -55,8 +56,9 @@ def _write_one(out: Path, seed: int, index: int, rows: int, cols: int, rgb_fract
 
 def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols: int = 800,
                       rgb_fraction: float = 0.0, jobs: int = 1, start: int = 0,
-                      textures: str | Path | None = None) -> Path:
-    """Write studies start .. start+studies-1 of this seed under `out`; return `out`."""
+                      textures: str | Path | None = None, progress: bool = False) -> Path:
+    """Write studies start .. start+studies-1 of this seed under `out`; return `out`. Files of the
+    same names are overwritten; other files already in `out` are left alone."""
     out = Path(out)
     (out / "truth" / "images").mkdir(parents=True, exist_ok=True)
     (out / "truth" / "masks").mkdir(parents=True, exist_ok=True)
@@ -65,9 +67,10 @@ def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols:
     args = [(out, seed, i, rows, cols, rgb_fraction, tex) for i in indices]
     if jobs > 1 and studies > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(_write_one, *zip(*args), chunksize=4))
+            results = list(tqdm(pool.map(_write_one, *zip(*args), chunksize=4), total=studies,
+                                unit="study", disable=not progress))
     else:
-        results = [_write_one(*a) for a in args]
+        results = [_write_one(*a) for a in tqdm(args, unit="study", disable=not progress)]
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, LABEL_COLUMNS, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         writer.writeheader()
