@@ -310,7 +310,8 @@ def test_secrets_stay_in_secrets(rendered):
             assert "s3cret" not in text and "BEGIN PRIVATE KEY" not in text, doc["metadata"]["name"]
     tls = by_kind(rendered["all-values.yaml"], "Secret")["llnm-tls"]
     assert tls["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key", "ca.crt"} <= set(tls["data"])
-    env = {e["name"]: e.get("value") for e in pod_specs(rendered["all-values.yaml"])["llnm-listener"]["containers"][0]["env"]}
+    listener = pod_specs(rendered["all-values.yaml"])["llnm-listener"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in listener["env"]}
     assert env["LLNM_TLS_CA"] == "/etc/llnm/tls/ca.crt"
 
 
