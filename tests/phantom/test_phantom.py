@@ -223,3 +223,15 @@ def test_extrathyroidal_extension_is_visible_and_raises_risk() -> None:
     assert any((v.nodule & ~v.gland).any() for v in study.views)
     assert study.factors.ete and study.factors.capsule_mm == 0.0
     assert risk.p_true(replace(study.factors, ete=False)) < study.p_true
+
+
+def test_cli_prints_summary_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llnm.cli import main
+
+    assert main(["phantom", "--out", str(tmp_path / "cli"), "--studies", "2", "--seed", "4",
+                 "--rows", "160", "--cols", "200"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 2 and 0.0 <= summary["prevalence"] <= 1.0
+    expected = risk.bayes_auc(tmp_path / "cli" / "labels.csv")
+    assert summary["bayes_auc"] is None if np.isnan(expected) else summary["bayes_auc"] == pytest.approx(expected, abs=1e-4)
+    assert main(["phantom", "--out", str(tmp_path / "bad"), "--studies", "0"]) == 2
