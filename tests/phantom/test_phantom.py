@@ -142,6 +142,9 @@ def test_generate_study_arrays() -> None:
         assert view.image[view.gland & ~view.nodule].std() > 5  # speckle, not a flat fill
     again = generate_study(5, 2, rows=ROWS, cols=COLS)
     assert all(np.array_equal(a.image, b.image) for a, b in zip(study.views, again.views))
+    given = study.to_input()
+    assert given.study_uid == study.study_uid and given.report_text == study.report.text
+    assert [v.crop_offset for v in given.views] == [(v.region[1], v.region[0]) for v in study.views]
     assert study.report.text == again.report.text and study.p_true == again.p_true
 
 

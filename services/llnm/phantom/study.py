@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from pydicom.uid import generate_uid
 
+from llnm.study import StudyInput, View
+
 from . import anatomy, risk
 from .findings import Findings, draw_findings
 from .report import Report, write_report
@@ -67,6 +69,13 @@ class PhantomStudy:
     @property
     def patient_id(self) -> str:
         return f"PH{self.index + 1:04d}"
+
+    def to_input(self) -> StudyInput:
+        """What reading this study's DICOM gives the pipeline, without writing or reading files."""
+        views = [View(image=v.image, spacing_mm=v.spacing_mm, source=v.sop_instance_uid,
+                      crop_offset=(v.region[1], v.region[0])) for v in self.views]
+        return StudyInput(study_uid=self.study_uid, views=views, report_text=self.report.text,
+                          age_years=float(self.age), sex=self.sex)
 
     def params(self) -> dict[str, Any]:
         """The latent and realised parameters, one JSON line of truth/params.jsonl."""
