@@ -238,3 +238,22 @@ def test_cli_prints_summary_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     expected = risk.bayes_auc(tmp_path / "cli" / "labels.csv")
     assert summary["bayes_auc"] is None if np.isnan(expected) else summary["bayes_auc"] == pytest.approx(expected, abs=1e-4)
     assert main(["phantom", "--out", str(tmp_path / "bad"), "--studies", "0"]) == 2
+
+
+def test_dicom_reader_sees_what_to_input_gives(phantom_set: Path) -> None:
+    """Reading the written DICOM gives the same StudyInput as the in-memory study (images, spacing,
+    report text, age, sex)."""
+    loading = pytest.importorskip("llnm.dicom.loading")
+    read, orphans = loading.read_studies([phantom_set])
+    assert orphans == [] and len(read) == 3
+    by_uid = {s.study_uid: s for s in read}
+    for i in range(3):
+        expected = generate_study(11, i, rows=ROWS, cols=COLS).to_input()
+        got = by_uid[expected.study_uid]
+        assert got.report_text == expected.report_text and got.sex == expected.sex
+        assert got.age_years == pytest.approx(expected.age_years)
+        assert len(got.views) == 2
+        for g in got.views:
+            (e,) = [v for v in expected.views if v.source == g.source.sop_instance_uid]
+            assert np.array_equal(g.image, e.image) and g.crop_offset == e.crop_offset
+            assert g.spacing_mm == pytest.approx(e.spacing_mm)
