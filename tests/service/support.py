@@ -13,23 +13,17 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-from llnm import MANUFACTURER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-0042-SECRET"
 
@@ -102,69 +96,48 @@ def write_study(folder: Path, series: int = 1, per_series: int = 2, study_uid: s
 
 
 # -- the pipeline stand-in ----------------------------------------------------------------------------------
-@dataclass
-class StandinOutput:
-    study_uid: str
-    summary: dict
-    datasets: list = field(default_factory=list)
-    result: Any = None
+STANDIN_PROBABILITY = 0.4242
 
 
-def standin_sr(source: Dataset, probability: float) -> Dataset:
-    """A Comprehensive SR in the source's study (our Manufacturer, UIDs derived from the study), as the real
-    writer makes."""
-    study_uid = str(source.StudyInstanceUID)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[study_uid, "sr"])
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study_uid, "sr-series"])
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "AccessionNumber", "StudyID", "ReferringPhysicianName"):
-        setattr(ds, keyword, source.get(keyword, ""))
-    ds.Modality = "SR"
-    ds.Manufacturer = MANUFACTURER
-    ds.SeriesNumber = 900
-    ds.InstanceNumber = 1
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "LLNM", "99LLNM", "LLNM result"
-    ds.ConceptNameCodeSequence = [concept]
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
-    item.ConceptNameCodeSequence = [concept]
-    item.TextValue = f"P(LLNM) = {probability:.4f}"
-    ds.ContentSequence = [item]
-    return ds
+def drawn_analyse(study: Any, backend: Any) -> Any:
+    """Stands in for the models only: an ellipse gland with a nodule in each view, a fixed probability.
+    Everything around it (reading, SEG/SR/key image writing, sending) is the real code."""
+    from llnm.study import StudyResult, ViewResult
 
-
-def standin_predict(paths: list[Path], backend: Any, settings: Any) -> list[StandinOutput]:
-    """Groups the instances by study and writes one SR per study with a fixed probability."""
-    by_study: dict[str, Dataset] = {}
-    for p in paths:
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
-        if ds.get("Manufacturer") == MANUFACTURER:
-            continue
-        by_study.setdefault(str(ds.StudyInstanceUID), ds)
     delay = float(os.environ.get("LLNM_TEST_STANDIN_DELAY_S", "0"))
     if delay:
         time.sleep(delay)
-    return [StandinOutput(uid, {"study_uid": uid, "probability": 0.4242, "risk_level": 2}, [standin_sr(ds, 0.4242)])
-            for uid, ds in by_study.items()]
+    views = []
+    for view in study.views:
+        h, w = view.image.shape
+        yy, xx = np.mgrid[:h, :w]
+        gland = ((yy - h / 2) / (h * 0.3)) ** 2 + ((xx - w / 2) / (w * 0.35)) ** 2 <= 1
+        nodule = ((yy - h / 2) / (h * 0.1)) ** 2 + ((xx - w * 0.4) / (w * 0.12)) ** 2 <= 1
+        heat = np.exp(-(((yy - h / 2) / (h * 0.2)) ** 2 + ((xx - w / 2) / (w * 0.2)) ** 2)).astype(np.float32)
+        views.append(ViewResult(nodule_mask=nodule, gland_mask=gland, nodule_score=0.9, heatmap=heat))
+    calibrated = bool(study.views) and all(v.spacing_mm is not None for v in study.views)
+    return StudyResult(
+        study_uid=study.study_uid, finding="nodule", probability=STANDIN_PROBABILITY, risk_level=2,
+        risk_probabilities=[0.2, 0.5, 0.3],
+        contributions={"location": 0.4, "report": 0.2, "morphology": 0.3, "demographics": 0.1},
+        views=views, index_view=0, capsule_distance_mm=2.5 if calibrated else None, capsule_distance_px=10.0,
+        nodule_length_mm=10.0 if calibrated else None, nodule_width_mm=8.0 if calibrated else None,
+        location={"vertical": "middle", "horizontal": "medial"}, calibrated=calibrated, warnings=[],
+        model_versions={"nodule_seg": "standin", "thyroid_seg": "standin", "text_encoder": "standin",
+                        "tmdl": "standin"})
 
 
-def standin_write_output(output: StandinOutput, out_dir: Path) -> Path:
-    folder = Path(out_dir) / output.study_uid
-    folder.mkdir(parents=True, exist_ok=True)
-    for ds in output.datasets:
-        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-    (folder / "summary.json").write_text(json.dumps(output.summary))
-    return folder
+def standin_predict(paths: list[Path], backend: Any, settings: Any) -> list:
+    """llnm.predict.predict_paths with the models stood in (drawn_analyse)."""
+    from llnm.predict import predict_paths
+
+    return predict_paths(paths, backend, settings, analyse=drawn_analyse)
+
+
+def standin_write_output(output: Any, out_dir: Path) -> Path:
+    from llnm.predict import write_output
+
+    return write_output(output, out_dir)
 
 
 # -- Orthanc ----------------------------------------------------------------------------------------------

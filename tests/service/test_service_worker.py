@@ -26,6 +26,9 @@ from llnm.worker.process import (DeliveryPending, PermanentError, StudyWorker, b
                                  run_delivery, run_process)
 from llnm.worker.requeue import requeue
 
+#: what the real writer makes for a study of two single-frame images: SEG and key image per frame, one SR
+RESULT_MODALITIES = ["SEG", "SEG", "SR", "US", "US"]
+
 pytestmark = pytest.mark.skipif(not shutil.which("Orthanc"), reason="needs Orthanc (scripts/test-services.sh)")
 
 
@@ -81,13 +84,13 @@ def test_results_reach_the_pacs_once_even_when_the_study_runs_again(make_setting
     worker = _worker(settings)
     assert run_process(worker, uid, "t1", 1).action == "done"
     instances = orthanc.study_instances(uid)
-    assert [i["Modality"] for i in instances] == ["SR"]
+    assert sorted(i["Modality"] for i in instances) == RESULT_MODALITIES
     assert worker.audit.study(uid)["state"] == A.DONE and worker.audit.study(uid)["probability"] == 0.4242
     sent_events = lambda: [e for e in worker.audit.events(uid) if e["event"] == "sent"]  # noqa: E731
     assert len(sent_events()) == 1
     # a redelivered task (the first run was killed after sending) runs again: nothing is sent twice
     assert run_process(_worker(settings), uid, "t2", 1).action == "done"
-    assert len(sent_events()) == 1 and len(orthanc.study_instances(uid)) == 1
+    assert len(sent_events()) == 1 and len(orthanc.study_instances(uid)) == len(RESULT_MODALITIES)
     assert not (settings.results_path / uid).exists()  # a PACS is configured and no folder was asked for
 
 
@@ -101,13 +104,14 @@ def test_pacs_down_then_back_gets_the_results(make_settings, tmp_path, orthanc):
         assert step.action == "deliver" and step.attempt == 2 and step.delay_s == settings.send_backoff_s
         row = worker.audit.study(uid)
         assert row["state"] == A.SENDING and row["send_attempts"] == 1
-        assert worker.outbox.pending_count(worker.nodes) == 1
+        assert worker.outbox.pending_count(worker.nodes) == len(RESULT_MODALITIES)
         assert run_delivery(worker, uid, 2).action == "deliver"
     finally:
         orthanc.start()
     assert run_delivery(worker, uid, 3).action == "done"
     assert worker.audit.study(uid)["state"] == A.DONE
-    assert len(orthanc.study_instances(uid)) == 1 and worker.outbox.pending_count(worker.nodes) == 0
+    assert len(orthanc.study_instances(uid)) == len(RESULT_MODALITIES)
+    assert worker.outbox.pending_count(worker.nodes) == 0
 
 
 def test_delivery_gives_up_into_the_dead_letter_and_requeue_runs_it_again(make_settings, tmp_path, orthanc):
@@ -124,7 +128,7 @@ def test_delivery_gives_up_into_the_dead_letter_and_requeue_runs_it_again(make_s
     assert queued == [uid] and not errors and worker.audit.study(uid)["state"] == A.QUEUED
     fixed = make_settings(destinations=orthanc.node)
     assert run_process(_worker(fixed), uid, "t2", 1).action == "done"
-    assert len(orthanc.study_instances(uid)) == 1
+    assert len(orthanc.study_instances(uid)) == len(RESULT_MODALITIES)
     assert requeue(settings, ["1.2.3.999"])[1]  # nothing spooled: refused with a reason
 
 
@@ -185,7 +189,7 @@ def test_embedded_serve_assembly_end_to_end(make_settings, tmp_path, orthanc):
                               *map(str, paths)], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         assert wait_for(lambda: audit.study(study_uid)["state"] == A.DONE, 20)
-        assert [i["Modality"] for i in orthanc.study_instances(study_uid)] == ["SR"]
+        assert sorted(i["Modality"] for i in orthanc.study_instances(study_uid)) == ["SEG"] * 4 + ["SR"] + ["US"] * 4
         assert (tmp_path / "results" / study_uid / "summary.json").is_file()
         after = scrape(health.port)
         for name in ("llnm_instances_received_total", "llnm_studies_completed_total",
@@ -240,7 +244,7 @@ def test_stow_rs_destination(make_settings, tmp_path):
         worker = _worker(settings)
         assert worker.nodes[0].label == f"http://127.0.0.1:{pacs.http_port}/dicom-web"  # no password
         assert run_process(worker, uid, "t1", 1).action == "done"
-        assert [i["Modality"] for i in pacs.study_instances(uid)] == ["SR"]
+        assert sorted(i["Modality"] for i in pacs.study_instances(uid)) == RESULT_MODALITIES
         assert worker.audit.study(uid)["state"] == A.DONE
     finally:
         pacs.stop()
