@@ -55,3 +55,43 @@ def test_celery_is_configured_for_at_least_once_json_tasks(settings):
     assert conf.broker_transport_options["global_keyprefix"] == settings.broker_key_prefix
     with pytest.raises(ValueError, match="LLNM_BROKER_URL"):
         create_app(Settings())
+
+
+@pytest.mark.parametrize("command", ["listener", "worker"])
+def test_distributed_commands_need_a_broker(command, monkeypatch, tmp_path):
+    from llnm.cli import main
+
+    monkeypatch.delenv("LLNM_BROKER_URL", raising=False)
+    monkeypatch.setenv("LLNM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LLNM_METRICS_PORT", "0")
+    assert main([command]) == 2
+
+
+def test_model_calls_are_timed_per_stage_whatever_the_backend():
+    import numpy as np
+
+    from llnm.observability import metrics
+    from llnm.worker.process import TimedBackend
+
+    class Echo:
+        model_repository = "/models"
+
+        def infer(self, model, inputs):
+            return dict(inputs)
+
+        def has_model(self, model):
+            return True
+
+        def model_version(self, model):
+            return "v"
+
+    def count(stage: str) -> float:
+        return metrics.REGISTRY.get_sample_value("llnm_stage_seconds_count", {"stage": stage}) or 0.0
+
+    backend = TimedBackend(Echo(), "onnxruntime")
+    before = {s: count(s) for s in ("segmentation", "tmdl", "text")}
+    for model in ("nodule_seg", "thyroid_seg", "tmdl", "text_encoder"):
+        assert backend.infer(model, {"x": np.zeros(1)})["x"].shape == (1,)
+    assert count("segmentation") - before["segmentation"] == 2
+    assert count("tmdl") - before["tmdl"] == 1 and count("text") - before["text"] == 1
+    assert backend.model_repository == "/models"
