@@ -251,3 +251,28 @@ def test_stow_rs_destination(make_settings, tmp_path):
     down = make_settings(destinations=pacs.stow_url, data_dir=tmp_path / "down")
     uid = _spool_study(down, tmp_path / "d")
     assert run_process(_worker(down), uid, "t1", 1).action == "deliver"  # server gone: retried later
+
+
+def test_a_changed_result_is_sent_again_an_unchanged_one_is_not(make_settings, tmp_path, orthanc):
+    from support import drawn_analyse
+
+    from llnm.predict import predict_paths
+
+    settings = make_settings(destinations=orthanc.node)
+    uid = _spool_study(settings, tmp_path)
+    sent = lambda: [e["objects"] for e in AuditTrail.for_data_dir(settings.data_dir).events(uid)  # noqa: E731
+                    if e["event"] == "sent"]
+    assert run_process(_worker(settings), uid, "t1", 1).action == "done"
+    assert run_process(_worker(settings), uid, "t2", 1).action == "done"
+    assert sent() == [len(RESULT_MODALITIES)]
+
+    def revised(paths, backend, s):  # e.g. the report arrived after the images: another probability
+        def analyse(study, b):
+            result = drawn_analyse(study, b)
+            result.probability = 0.9
+            return result
+
+        return predict_paths(paths, backend, s, analyse=analyse)
+
+    assert run_process(_worker(settings, revised), uid, "t3", 1).action == "done"
+    assert sent() == [len(RESULT_MODALITIES)] * 2

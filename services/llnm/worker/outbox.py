@@ -1,11 +1,16 @@
 """The outbox: result objects on disk until every destination has stored them.
 
-Layout: `<outbox>/<study_uid>/<sop_instance_uid>.dcm`, and for each destination that stored an object an
-empty marker `<outbox>/<study_uid>/.sent/<destination key>/<sop_instance_uid>`, written durably right after
-the destination answered Success. A re-run of the study (a task killed mid-study runs again) writes the
-same objects under the same deterministic UIDs and skips those already delivered, so each object reaches
-each destination once (a kill between the destination's Success and the marker re-sends that one object
-under the same SOP Instance UID, which a PACS stores once).
+Layout: `<outbox>/<study_uid>/<sop_instance_uid>.dcm`, the study's current result key in
+`<outbox>/<study_uid>/.result-key`, and for each destination that stored an object a marker
+`<outbox>/<study_uid>/.sent/<destination key>/<sop_instance_uid>` holding the result key it was sent
+with, written durably right after the destination answered Success.
+
+A re-run of the study (a task killed mid-study runs again) writes the same objects under the same
+deterministic UIDs and the same result key (a hash of the result summary), and skips those already
+delivered, so each object reaches each destination once (a kill between the destination's Success and
+the marker re-sends that one object under the same SOP Instance UID, which a PACS stores once). When
+the result itself changed (e.g. a report arrived after the images), the key differs and everything is
+sent again.
 """
 
 from __future__ import annotations
@@ -45,14 +50,26 @@ class Outbox:
     def _marker(self, study_uid: str, node: Destination, sop_uid: str) -> Path:
         return self.study_dir(study_uid) / ".sent" / destination_key(node) / validate_uid(sop_uid)
 
-    def add(self, study_uid: str, datasets: list[Dataset], nodes: list[Destination]) -> int:
-        """Write the objects not yet delivered to every node; returns how many were written."""
+    def _key_path(self, study_uid: str) -> Path:
+        return self.study_dir(study_uid) / ".result-key"
+
+    def result_key(self, study_uid: str) -> str:
+        path = self._key_path(study_uid)
+        return path.read_text() if path.is_file() else ""
+
+    def _sent(self, study_uid: str, node: Destination, sop_uid: str, key: str) -> bool:
+        marker = self._marker(study_uid, node, sop_uid)
+        return marker.is_file() and marker.read_text() == key
+
+    def add(self, study_uid: str, datasets: list[Dataset], nodes: list[Destination], result_key: str = "") -> int:
+        """Write the objects not yet delivered (with this result) to every node; returns how many."""
         folder = self.study_dir(study_uid)
         folder.mkdir(parents=True, exist_ok=True)
+        write_durably(self._key_path(study_uid), result_key.encode())
         written = 0
         for ds in datasets:
             sop_uid = validate_uid(ds.SOPInstanceUID)
-            if nodes and all(self._marker(study_uid, n, sop_uid).exists() for n in nodes):
+            if nodes and all(self._sent(study_uid, n, sop_uid, result_key) for n in nodes):
                 continue
             write_durably(folder / f"{sop_uid}.dcm", encode(ds))
             written += 1
@@ -64,12 +81,13 @@ class Outbox:
         return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
 
     def pending(self, study_uid: str, node: Destination) -> list[Path]:
-        return [p for p in self.objects(study_uid) if not self._marker(study_uid, node, p.stem).exists()]
+        key = self.result_key(study_uid)
+        return [p for p in self.objects(study_uid) if not self._sent(study_uid, node, p.stem, key)]
 
     def mark_sent(self, study_uid: str, node: Destination, sop_uid: str) -> None:
         marker = self._marker(study_uid, node, sop_uid)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(marker, b"")
+        write_durably(marker, self.result_key(study_uid).encode())
 
     def studies(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []

@@ -12,6 +12,8 @@ permanent (dead letter at once: a missing model, an unreadable study).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -58,6 +60,13 @@ def is_transient(exc: BaseException) -> bool:
 def backoff_s(base_s: float, attempt: int, cap_s: float = BACKOFF_CAP_S) -> float:
     """Exponential backoff: base, 2*base, 4*base ... capped (attempt counts from 1)."""
     return float(min(cap_s, base_s * (2 ** max(0, attempt - 1))))
+
+
+def result_key(summary: dict | None) -> str:
+    """A hash of the result summary: equal for a re-run of the same study, different when the result
+    changed (the outbox then sends the objects again)."""
+    text = json.dumps(summary or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -148,7 +157,7 @@ class StudyWorker:
                 if self.write_results_folder:
                     self._write_output(output, self.settings.results_path)
                 if self.nodes:
-                    self.outbox.add(study_uid, list(output.datasets), self.nodes)
+                    self.outbox.add(study_uid, list(output.datasets), self.nodes, result_key(output.summary))
                 objects += len(output.datasets)
                 summary = output.summary or {}
                 probability = summary.get("probability", probability)
