@@ -46,6 +46,8 @@ def compose_frame(frame: np.ndarray, gland: np.ndarray, crop: np.ndarray, nodule
         cy, cx = int(shape[0] * rng.uniform(0.3, 0.7)), int(shape[1] * rng.uniform(0.3, 0.7))
         thickness = 0.3 * side
     n_rows, n_cols = np.nonzero(nodule)
+    if not n_rows.size:
+        raise ValueError("the nodule mask is empty")
     nod_size = float(max(np.ptp(n_rows), np.ptp(n_cols)) + 1)
     target = float(np.clip(thickness * rng.uniform(0.5, 1.2), 0.10 * side, 0.45 * side))
     s = target / nod_size

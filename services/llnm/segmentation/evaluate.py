@@ -3,6 +3,8 @@
 Runs the runtime path (backend + numpy post-processing), so the figures are those of the product.
 Masks: grey > 127 is foreground. For the nodule model the index nodule is compared with the mask
 (a crop counts as a frame); no detection counts as an empty mask. Empty vs empty scores 1.
+Over the images with a non-empty truth: `overlap_rate` is the share where the prediction touches the
+truth, `detection_rate_iou50` the share where their IoU is at least 0.5 (a correct detection).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def evaluate_folder(backend: InferenceBackend, model: str, images: Path, masks: 
     pairs = paired_files(images, masks)
     if not pairs:
         raise FileNotFoundError(f"no image in {images} has a same-named mask in {masks}")
-    dices, ious, empty = [], [], 0
+    dices, ious, empty, found, hits, positives = [], [], 0, 0, 0, 0
     for image_path, mask_path in pairs:
         image, truth = read_grey(image_path), read_mask(mask_path)
         if truth.shape != image.shape:
@@ -52,5 +54,11 @@ def evaluate_folder(backend: InferenceBackend, model: str, images: Path, masks: 
         empty += not pred.any()
         dices.append(dice(pred, truth))
         ious.append(iou(pred, truth))
+        if truth.any():
+            positives += 1
+            found += bool((pred & truth).any())
+            hits += ious[-1] >= 0.5
     return {"model": model, "images": len(pairs), "mean_dice": float(np.mean(dices)),
-            "mean_iou": float(np.mean(ious)), "median_dice": float(np.median(dices)), "empty_predictions": empty}
+            "mean_iou": float(np.mean(ious)), "median_dice": float(np.median(dices)), "empty_predictions": empty,
+            "overlap_rate": found / positives if positives else None,
+            "detection_rate_iou50": hits / positives if positives else None}

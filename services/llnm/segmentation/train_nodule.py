@@ -5,7 +5,7 @@ Needs the `train` extra (torch, ultralytics, opencv from ultralytics). Nothing i
 `<out>/dataset` (outside the repository), holds per DDTI nodule of the train cases (split by case id):
 - the DDTI crop itself (crop-like frames: the nodule fills much of the frame), and
 - `composed_per_crop` whole frames composed on TG3K train frames (llnm.segmentation.compose);
-plus optional `llnm phantom` frames. Validation: the DDTI val-case crops, one composed frame per
+plus, optionally, `llnm phantom` frames (each whole frame and a crop around its nodule). Validation: the DDTI val-case crops, one composed frame per
 val crop on TG3K val frames.
 """
 
@@ -40,7 +40,7 @@ class NoduleTrainConfig:
     phantom: Path | None = None  # an `llnm phantom` output folder (views.csv + truth/)
     epochs: int = 40
     composed_per_crop: float = 1.0
-    batch: int = 16
+    batch: int = 8  # with nbs = batch: one optimiser step per batch (Ultralytics would accumulate to 64)
     seed: int = 0
     threads: int = 2
     max_minutes: float = 60.0
@@ -66,16 +66,22 @@ def write_sample(root: Path, split: str, name: str, image: np.ndarray, mask: np.
     return True
 
 
-def phantom_pairs(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(frame, nodule mask) pairs of an `llnm phantom` output (views.csv rows with a nodule mask)."""
+def phantom_pairs(folder: Path, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(frame, nodule mask) pairs from an `llnm phantom` output (views.csv: image, nodule_mask paths):
+    each whole frame, plus a crop around its nodule (margin 0.5-1.5 x the nodule size on each side)."""
     pairs = []
     with open(folder / "views.csv", newline="") as fh:
         for row in csv.DictReader(fh):
-            uid = row.get("uid") or row.get("view_uid") or row.get("sop_instance_uid") or ""
-            image = folder / "truth" / "images" / f"{uid}.png"
-            mask = folder / "truth" / "masks" / f"{uid}_nodule.png"
-            if image.is_file() and mask.is_file():
-                pairs.append((read_grey(image), read_mask(mask)))
+            image, mask = read_grey(folder / row["image"]), read_mask(folder / row["nodule_mask"])
+            if not mask.any():
+                continue
+            pairs.append((image, mask))
+            rows, cols = np.nonzero(mask)
+            size = max(np.ptp(rows), np.ptp(cols)) + 1
+            m = [int(size * rng.uniform(0.5, 1.5)) for _ in range(4)]
+            y0, y1 = max(0, rows.min() - m[0]), min(mask.shape[0], rows.max() + 1 + m[1])
+            x0, x1 = max(0, cols.min() - m[2]), min(mask.shape[1], cols.max() + 1 + m[3])
+            pairs.append((image[y0:y1, x0:x1], mask[y0:y1, x0:x1]))
     return pairs
 
 
@@ -107,8 +113,8 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
                 frame, label = compose_frame(read_grey(bg_image), read_mask(bg_mask), crop, mask, rng)
                 counts[split] += write_sample(root, split, f"comp{k}_{stem}", frame, label)
     if cfg.phantom is not None:
-        for k, (frame, label) in enumerate(phantom_pairs(cfg.phantom)):
-            split = "val" if k % 5 == 0 else "train"
+        for k, (frame, label) in enumerate(phantom_pairs(cfg.phantom, rng)):
+            split = "val" if (k // 2) % 5 == 0 else "train"  # a view and its crop stay together
             counts[split] += write_sample(root, split, f"phantom_{k:05d}", frame, label)
     yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: nodule\n")
     (root / "stamp.json").write_text(json.dumps(stamp))
@@ -132,7 +138,7 @@ def train(cfg: NoduleTrainConfig) -> dict:
     started = time.monotonic()
     model.train(
         data=str(yaml_path), imgsz=nodule.INPUT_SIZE, epochs=cfg.epochs, time=cfg.max_minutes / 60,
-        batch=cfg.batch, workers=0, device="cpu", cache="ram", amp=False, plots=False, seed=cfg.seed,
+        batch=cfg.batch, nbs=cfg.batch, workers=0, device="cpu", cache="ram", amp=False, plots=False, seed=cfg.seed,
         deterministic=True, project=str(cfg.out), name="yolo", exist_ok=True, pretrained=False,
         optimizer="AdamW", lr0=0.002, warmup_epochs=1, close_mosaic=2, patience=100,
         hsv_h=0.0, hsv_s=0.0, hsv_v=0.3, degrees=10.0, translate=0.1, scale=0.5, fliplr=0.5, mosaic=1.0,
