@@ -170,6 +170,8 @@ def _finish(labels: np.ndarray, gland: np.ndarray, allowed: np.ndarray, forbidde
             air_top: np.ndarray | None, position_of: Callable[[tuple[int, int]], str]) -> Anatomy:
     center = place_nodule(gland, allowed, forbidden, template, f, sp, prefer, rng)
     nodule = _stamp(labels.shape, template, center) & ~forbidden
+    if not f.ete:  # without extrathyroidal extension the capsule holds the nodule (flattened if need be)
+        nodule &= gland
     capsule = capsule_distance_mm(gland, nodule, sp)
     labels[nodule] = NODULE
     return Anatomy(labels=labels, gland=gland, nodule=nodule, spacing_mm=sp, nodule_center=center,
