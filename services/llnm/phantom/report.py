@@ -138,13 +138,23 @@ def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, 
     size_mm = max(dims)
     size = f"{size_mm:.0f}" if size_mm >= 10 else f"{size_mm:.1f}"
     fna = (tr == 5 and size_mm >= 10) or (tr == 4 and size_mm >= 15) or (tr == 3 and size_mm >= 25)
-    impression = (f"ACR TI-RADS {tr} ({descr}) nodule in the {third} {side} lobe, {size} mm. "
-                  + ("Fine-needle aspiration is recommended." if fna else
-                     "Follow-up ultrasound is recommended." if tr >= 3 else "No further follow-up needed."))
+    # The impression repeats the suspicious features briefly: a reader (or a 50-token encoder)
+    # that stops early still gets them.
+    features = [w for w, on in (("irregular margins", margin in ("lobulated", "irregular")),
+                                ("microcalcifications", micro), ("a taller-than-wide shape", taller),
+                                ("abutting the capsule", abut)) if on]
+    impression = f"ACR TI-RADS {tr} ({descr}) nodule in the {third} {side} lobe, {size} mm"
+    if features:
+        listed = features[0] if len(features) == 1 else ", ".join(features[:-1]) + " and " + features[-1]
+        impression += f", with {listed}."
+    else:
+        impression += "."
     if ete:
         impression += " Possible extrathyroidal extension."
     if central:
         impression += " Suspicious central neck lymph node."
+    impression += (" Fine-needle aspiration is recommended." if fna else
+                   " Follow-up ultrasound is recommended." if tr >= 3 else " No further follow-up needed.")
     reported = {"echogenicity": echo, "margin": margin, "microcalcification": micro, "foci": foci,
                 "ete": ete, "abuts_capsule": abut, "near_capsule": near, "taller_than_wide": taller,
                 "central_node": central, "vascularity": vasc, "third": third, "tirads": tr,
