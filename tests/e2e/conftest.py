@@ -20,7 +20,7 @@ from triton_harness import TritonServer, triton_root  # noqa: E402
 
 from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL  # noqa: E402
 
-MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+MODEL_REPOSITORY = Path(os.environ.get("LLNM_MODEL_REPOSITORY") or REPO_ROOT / "model_repository")
 MODELS = (NODULE_SEG, THYROID_SEG, TEXT_ENCODER, TMDL)
 STANDIN_WORKER = Path(__file__).with_name("standin_worker.py")
 
