@@ -22,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=4, help="explained studies in the report")
     parser.add_argument("--atlas-studies", type=int, default=100,
                         help="studies scored with the model's location atlas (0: skip)")
+    parser.add_argument("--jittered-masks", action="store_true",
+                        help="score on perturbed masks, as a segmentation model would give them")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.model, args.data, args.out,
                       encode_text=onnx_text_encoder(Settings.from_env().model_repository),
                       bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
-                      examples=args.examples, atlas_studies=args.atlas_studies)
+                      examples=args.examples, atlas_studies=args.atlas_studies,
+                      jittered_masks=args.jittered_masks)
     summary = {"studies": report["studies"], "positives": report["positives"],
                **{k: round(v, 4) for k, v in report["metrics"].items()},
                "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()}}

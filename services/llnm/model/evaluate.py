@@ -164,12 +164,15 @@ def _html(report: dict, images: list[str]) -> str:
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
-             seed: int = 0, progress: bool = True, examples: int = 4, atlas_studies: int = 100) -> dict:
+             seed: int = 0, progress: bool = True, examples: int = 4, atlas_studies: int = 100,
+             jittered_masks: bool = False) -> dict:
+    """`jittered_masks`: score on perturbed masks (as from a segmentation model) instead of the given ones."""
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(model_dir)
-    cache = build_cache(data_dir, model.config, encode_text, jitters=0, seed=seed, progress=progress)
-    present, p, risk = predict_studies(model, cache)
+    cache = build_cache(data_dir, model.config, encode_text, jitters=int(jittered_masks), seed=seed,
+                        progress=progress)
+    present, p, risk = predict_studies(model, cache, variant=int(jittered_masks))
     y = cache.llnm[present]
     levels = cache.risk_level[present]
     threshold = float(meta.get("threshold", 0.5))
@@ -181,6 +184,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     decision = decision_curve(p, y)
     report = {
         "model": str(model_dir), "data": str(data_dir), "preset": model.config.name,
+        "masks": "jittered" if jittered_masks else "as given",
         "studies": int(len(y)), "positives": int(y.sum()), "threshold": threshold,
         "metrics": metrics,
         "ci95": bootstrap_ci(p, y, threshold, n=bootstrap, seed=seed, extra=(risk, levels)),

@@ -55,9 +55,9 @@ def _batch(cache: FeatureCache, views: np.ndarray, variants: np.ndarray, device:
 
 @torch.no_grad()
 def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None = None,
-                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Study-level P(LLNM) and risk probabilities (views averaged, as at run time) on the
-    ground-truth-mask variant. Returns (study indices, probabilities (N,), risk probabilities (N, 3))."""
+                    batch_size: int = 64, variant: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Study-level P(LLNM) and risk probabilities (views averaged, as at run time) on one mask
+    variant (0: the given masks). Returns (study indices, probabilities (N,), risk probabilities (N, 3))."""
     model.eval()
     device = next(model.parameters()).device
     if studies is None:
@@ -67,7 +67,7 @@ def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None
     risks = np.zeros((len(views), model.config.risk_levels))
     for start in range(0, len(views), batch_size):
         sel = views[start:start + batch_size]
-        images, states, mask, clinical, _ = _batch(cache, sel, np.zeros(len(sel), dtype=np.int64), device)
+        images, states, mask, clinical, _ = _batch(cache, sel, np.full(len(sel), variant, dtype=np.int64), device)
         logit, risk, _, _ = model(images, states, mask, clinical)
         probs[start:start + len(sel)] = torch.sigmoid(logit).cpu().numpy()
         risks[start:start + len(sel)] = risk.softmax(-1).cpu().numpy()
