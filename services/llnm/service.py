@@ -38,7 +38,7 @@ def _stop_on_signals() -> threading.Event:
 def _health(settings: Settings, checks: dict, on_scrape=None) -> HealthServer | None:
     if not settings.metrics_port:
         return None
-    return HealthServer(settings.metrics_port, checks, on_scrape=on_scrape).start()
+    return HealthServer(settings.metrics_port, checks, host=settings.bind_address, on_scrape=on_scrape).start()
 
 
 def run_listener(settings: Settings) -> int:
