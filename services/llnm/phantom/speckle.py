@@ -91,7 +91,7 @@ def _speckle_bank(rows: int, cols: int, sigma_axial: float, sigma_lateral: float
 def _speckle_patch(shape: tuple[int, int], px: float, rng: np.random.Generator) -> np.ndarray:
     """A random (offset, flip) patch of the speckle bank for this pixel size; the bank wraps."""
     sig = (round(0.12 * px * 2) / 2, round(0.3 * px * 2) / 2)  # axial 0.12 mm, lateral 0.3 mm
-    rows, cols = (max(512, -(-n // 256) * 256 + 256) for n in shape)
+    rows, cols = (1024 * -(-(n + 1) // 1024) for n in shape)  # few sizes: banks are built rarely
     bank = _speckle_bank(rows, cols, max(sig[0], 0.5), max(sig[1], 0.5))
     oy, ox = int(rng.integers(rows)), int(rng.integers(cols))
     patch = np.roll(bank, (-oy, -ox), axis=(0, 1))[: shape[0], : shape[1]]
