@@ -30,12 +30,6 @@ def compose_frame(study: PhantomStudy, view: PhantomView) -> np.ndarray:
     draw.text((max(4, x1 - 120), 4), f"G{imaging.get('gain', 0):.0f} DR{imaging.get('dynamic_range_db', 0):.0f}",
               fill=200, font=font)
     draw.text((max(4, x1 - 120), 16), "12.0MHz FR 28", fill=200, font=font)
-    # grey bar left of the region
-    bar_x = max(0, x0 - 16)
-    if x0 >= 12:
-        for k in range(y1 - y0 + 1):
-            frame_value = int(255 * (1.0 - k / max(1, y1 - y0)))
-            draw.line([(bar_x, y0 + k), (bar_x + 6, y0 + k)], fill=frame_value)
     # depth scale right of the region: a tick every 5 mm, longer every 10 mm
     sp = view.spacing_mm[0]
     if x1 + 12 < cols:
@@ -58,5 +52,8 @@ def compose_frame(study: PhantomStudy, view: PhantomView) -> np.ndarray:
         draw.rectangle([bx, by, bx + 18, min(rows - 2, by + 10)], outline=160)
         draw.text((bx + 24, by), f"{side} lobe", fill=160, font=font)
     frame = np.asarray(canvas).copy()
+    if x0 >= 12:  # grey bar left of the region
+        ramp = np.linspace(255, 0, y1 - y0 + 1).astype(np.uint8)
+        frame[y0:y1 + 1, x0 - 16:x0 - 9] = ramp[:, None]
     frame[y0:y1 + 1, x0:x1 + 1] = view.image
     return frame
