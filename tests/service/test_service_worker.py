@@ -276,3 +276,14 @@ def test_a_changed_result_is_sent_again_an_unchanged_one_is_not(make_settings, t
 
     assert run_process(_worker(settings, revised), uid, "t3", 1).action == "done"
     assert sent() == [len(RESULT_MODALITIES)] * 2
+
+
+def test_requeue_with_the_broker_down_leaves_the_study_failed(make_settings, tmp_path):
+    settings = make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    uid = _spool_study(settings, tmp_path)
+    audit = AuditTrail.for_data_dir(settings.data_dir)
+    audit.set_state(uid, A.FAILED, error="earlier failure")
+    queued, errors = requeue(settings, [uid])
+    assert queued == [] and "broker" in errors[uid]
+    assert audit.study(uid)["state"] == A.FAILED
+    assert [e["event"] for e in audit.events(uid)][-1] == "requeue failed"

@@ -40,9 +40,15 @@ def requeue(settings: Settings, study_uids: list[str], all_failed: bool = False,
         if not spool.instances(uid):
             errors[uid] = "no spooled instances (never received, or removed by retention): send it again"
             continue
+        previous = row["state"] if row is not None else A.FAILED
         audit.set_state(uid, A.QUEUED, event="requeued", attempts=0, send_attempts=0, next_at=0.0, error=None)
         if queue is not None:
-            task_id = queue.enqueue(uid)
-            audit.set_state(uid, A.QUEUED, event="queued", detail={"task_id": task_id}, task_id=task_id)
+            try:
+                task_id = queue.enqueue(uid)
+            except Exception as exc:  # broker down: leave the study as it was, say why
+                audit.set_state(uid, previous, event="requeue failed", detail={"error": type(exc).__name__})
+                errors[uid] = f"could not queue it: {type(exc).__name__} (is the broker up?)"
+                continue
+            audit.event(uid, "queued", task_id=task_id)
         queued.append(uid)
     return queued, errors
