@@ -56,9 +56,8 @@ def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, 
     if rng.random() < 0.15:  # echo graded one step off
         order = ["hyper", "iso", "hypo", "marked-hypo"]
         echo = order[int(np.clip(order.index(echo) + rng.choice([-1, 1]), 0, 3))]
-    irregular_true = f.margin in ("lobulated", "irregular")
     margin = f.margin if seen(f.margin != "smooth", 0.8, 0.0) else "smooth"
-    if margin == "smooth" and seen(False, 0.0, 0.06):
+    if margin == "smooth" and rng.random() < 0.06:  # over-called
         margin = "ill-defined"
     micro = seen(f.calcification == "micro", 0.75, 0.05)
     macro = f.calcification in ("macro", "rim") and rng.random() < 0.85
@@ -158,5 +157,5 @@ def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, 
     reported = {"echogenicity": echo, "margin": margin, "microcalcification": micro, "foci": foci,
                 "ete": ete, "abuts_capsule": abut, "near_capsule": near, "taller_than_wide": taller,
                 "central_node": central, "vascularity": vasc, "third": third, "tirads": tr,
-                "tirads_points": points, "irregular_true": irregular_true}
+                "tirads_points": points}
     return Report(findings=findings, impression=impression, reported=reported)
