@@ -6,7 +6,8 @@
 # Idempotent: re-creates the environment only when this script changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON311:-python3.11}
+# The same interpreter as .venv (the Triton wheel ships Python-backend stubs for 3.8 to 3.13).
+PY=${PYTHON:-$(.venv/bin/python -c 'import sys; print(sys._base_executable)' 2>/dev/null || echo python3)}
 venv=.venv-triton
 stamp=$venv/.llnm-triton-env
 want=$(sha256sum scripts/triton-env.sh | cut -c1-16)

@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -68,6 +67,11 @@ def triton_root() -> Path | None:
         if (root / "bin" / "tritonserver").is_file():
             return root
     return None
+
+
+def triton_python_version(root: Path) -> str:
+    """"3.11" for .venv-triton/lib/python3.11/site-packages/pytriton/tritonserver (its stub must match)."""
+    return root.parents[2].name.removeprefix("python")
 
 
 def python_backend_repository(source: Path, dest: Path, models: list[str] | None = None) -> list[str]:
@@ -151,7 +155,7 @@ class TritonServer:
         backends = self.workdir / "backends"
         python = backends / "python"
         python.mkdir(parents=True, exist_ok=True)
-        stub_dir = self.root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub_dir = self.root / "python_backend_stubs" / triton_python_version(self.root)
         sources = [self.root / "backends" / "python" / "libtriton_python.so",
                    self.root / "backends" / "python" / "triton_python_backend_utils.py",
                    stub_dir / "triton_python_backend_stub"]
