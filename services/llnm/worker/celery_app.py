@@ -2,7 +2,10 @@
 
 - task_acks_late + task_reject_on_worker_lost: a task is acknowledged after it ran; a worker killed
   mid-study leaves it unacknowledged, and Redis hands it out again after the visibility timeout
-  (LLNM_BROKER_VISIBILITY_TIMEOUT_S; keep it above the longest study's processing time).
+  (LLNM_BROKER_VISIBILITY_TIMEOUT_S; keep it above the longest study's processing time). `llnm worker`
+  runs Celery's thread pool (one process, one metrics registry), so a kill takes the whole worker and
+  the visibility timeout is what brings the study back; with a prefork pool, a lost child's task is
+  rejected back to the queue at once.
 - worker_prefetch_multiplier 1: a worker holds one study at a time, so a kill strands at most that one.
 - No result backend: the outcome of each study is in the audit trail.
 """
