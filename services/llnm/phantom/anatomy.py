@@ -18,7 +18,8 @@ from scipy import ndimage
 from .findings import Findings
 
 # Label values of the map. The echo and attenuation of each are in speckle.py.
-DEEP, FAT, SKIN, STRAP, SCM, GLAND, NODULE, LUMEN, WALL, CARTILAGE, AIR, LONGUS = range(12)
+DEEP, FAT, SKIN, STRAP, SCM, GLAND, NODULE, LUMEN, WALL, CARTILAGE, AIR, LONGUS, OESOPHAGUS, MUCOSA = range(14)
+N_LABELS = 14
 
 
 @dataclass
@@ -180,7 +181,8 @@ def _finish(labels: np.ndarray, gland: np.ndarray, allowed: np.ndarray, forbidde
 
 def transverse(shape: tuple[int, int], sp: float, f: Findings, rng: np.random.Generator) -> Anatomy:
     """Right lobe in cross-section: skin, fat, strap muscles, SCM, lobe and isthmus beside the
-    trachea (medial, +x), common carotid and jugular vein lateral, longus colli behind."""
+    trachea (medial, +x), common carotid and jugular vein lateral, longus colli behind; for a left
+    lobe (mirrored later) also the oesophagus behind the lobe, beside the trachea."""
     y, x = _grid(shape, sp)
     labels = np.full(shape, DEEP, dtype=np.uint8)
     skin = rng.uniform(0.4, 0.8)
@@ -208,6 +210,13 @@ def transverse(shape: tuple[int, int], sp: float, f: Findings, rng: np.random.Ge
     isthmus = (r_tr > tr_r + 0.8) & (r_tr < tr_r + 0.8 + isthmus_t) & (y < ty - tr_r * 0.35)
     r_ca = np.sqrt((y - cay) ** 2 + (x - cax) ** 2)
     gland = (lobe | isthmus) & (r_tr > tr_r + 0.8) & (r_ca > ca_r + 0.9)
+    if f.side == "left":  # the oesophagus lies behind the left lobe, beside the trachea
+        oy, ox = ty + tr_r * 0.35, tx - tr_r * 0.95
+        ory, orx = rng.uniform(2.5, 3.5), rng.uniform(4.0, 6.0)
+        oesophagus = _blob(y, x, oy, ox, ory, orx, rng, 0.05)
+        labels[oesophagus] = OESOPHAGUS
+        labels[_blob(y, x, oy, ox, ory * 0.45, orx * 0.55, rng, 0.1)] = MUCOSA
+        gland &= ~_blob(y, x, oy, ox, ory + 0.8, orx + 0.8, rng, 0.0)
     labels[gland] = GLAND
     labels[(r_ca <= ca_r + 0.6)] = WALL
     labels[(r_ca <= ca_r)] = LUMEN
@@ -224,7 +233,7 @@ def transverse(shape: tuple[int, int], sp: float, f: Findings, rng: np.random.Ge
     air = y >= top_mm[None, :]
     labels[air] = AIR
     air_top = np.where(has_air, np.floor(top_mm / sp), -1).astype(np.int32)
-    forbidden = np.isin(labels, (LUMEN, WALL, CARTILAGE, AIR))
+    forbidden = np.isin(labels, (LUMEN, WALL, CARTILAGE, AIR, OESOPHAGUS, MUCOSA))
     template = nodule_template(f, f.width_mm, sp, rng)
     allowed = lobe & gland & (x < tx - tr_r * 0.6)
     medial = x >= lx

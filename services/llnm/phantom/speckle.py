@@ -14,14 +14,14 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import (AIR, CARTILAGE, DEEP, FAT, GLAND, LONGUS, LUMEN, NODULE, SCM, SKIN, STRAP, WALL,
-                      Anatomy)
+from .anatomy import (AIR, CARTILAGE, DEEP, FAT, GLAND, LONGUS, LUMEN, MUCOSA, N_LABELS, NODULE, OESOPHAGUS,
+                      SCM, SKIN, STRAP, WALL, Anatomy)
 from .findings import Findings
 
 #: Mean echo level of each label, dB relative to normal thyroid parenchyma.
-ECHO_DB = np.zeros(12, dtype=np.float32)
-ECHO_DB[[DEEP, FAT, SKIN, STRAP, SCM, GLAND, NODULE, LUMEN, WALL, CARTILAGE, AIR, LONGUS]] = (
-    -14.0, -10.0, 8.0, -14.0, -14.0, 0.0, 0.0, -42.0, 8.0, -17.0, -25.0, -15.0)
+ECHO_DB = np.zeros(N_LABELS, dtype=np.float32)
+ECHO_DB[[DEEP, FAT, SKIN, STRAP, SCM, GLAND, NODULE, LUMEN, WALL, CARTILAGE, AIR, LONGUS, OESOPHAGUS, MUCOSA]] = (
+    -14.0, -10.0, 8.0, -14.0, -14.0, 0.0, 0.0, -42.0, 8.0, -17.0, -25.0, -15.0, -17.0, 2.0)
 #: Nodule echo level range, dB relative to the gland (iso: either sign, 1.5-3 dB off).
 NODULE_DB = {"hyper": (3.5, 6.0), "iso": (1.5, 3.0), "hypo": (-11.0, -7.0), "marked-hypo": (-16.0, -12.5)}
 BASE_ATTENUATION = 0.5  # dB per mm, round trip, compensated by the time-gain control
@@ -101,12 +101,14 @@ def _speckle_patch(shape: tuple[int, int], px: float, rng: np.random.Generator) 
 
 
 def _lut(*members: int) -> np.ndarray:
-    lut = np.zeros(12, dtype=bool)
+    lut = np.zeros(N_LABELS, dtype=bool)
     lut[list(members)] = True
     return lut
 
 
-MUSCLE, FASCIA, FLUID = _lut(STRAP, SCM, LONGUS), _lut(STRAP, SCM, LONGUS, GLAND), _lut(LUMEN)
+MUSCLE = _lut(STRAP, SCM, LONGUS)
+FASCIA = _lut(STRAP, SCM, LONGUS, GLAND, OESOPHAGUS)
+FLUID = _lut(LUMEN)
 
 
 def _interfaces(labels: np.ndarray) -> np.ndarray:
