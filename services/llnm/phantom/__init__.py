@@ -30,6 +30,13 @@ provide the same files, with `truth/params.jsonl` optional)::
     DIR/truth/params.jsonl   one JSON object per study: the latent and realised parameters
                      (capsule_distance_mm, size_mm, lobe_position, margin, echogenicity, ...)
 
+Views follow scanner conventions: transverse with the patient's right on the image left (so the
+trachea is medial, the carotid lateral), longitudinal with cranial to the left; the lobe third
+(upper/middle/lower) is read along the longitudinal view. The true risk model is in risk.py
+(logistic over the REALISED findings: capsule distance < 2.5 mm, extrathyroidal extension, lobe
+third, size, margin, echogenicity, calcifications, composition, sex, age, and two facts seen only in
+the report: a suspicious central node and internal vascularity); labels are drawn from p_true.
+
 Only DICOM lies outside DIR/truth and the two CSV files, so `storescu +sd DIR +sp '*.dcm'` sends
 exactly the studies. Capsule distance (params.jsonl) is measured on the masks as llnm.features does:
 min over nodule pixels of the gland's Euclidean distance transform x spacing (one pixel when
