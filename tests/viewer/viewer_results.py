@@ -43,6 +43,16 @@ def _truth(truth_dir: Path | None, sop_uid: str, kind: str) -> np.ndarray | None
     return np.asarray(Image.open(path)) > 127 if path.is_file() else None
 
 
+def no_nodule(study: StudyInput, backend: object) -> StudyResult:
+    """An `analyse` for predict_paths that finds a gland and no nodule (the report still goes out)."""
+    views = [ViewResult(nodule_mask=None, gland_mask=_ellipse(*v.image.shape, v.image.shape[0] * 0.5,
+                                                              v.image.shape[1] * 0.5, v.image.shape[0] * 0.3,
+                                                              v.image.shape[1] * 0.35)) for v in study.views]
+    return StudyResult(study_uid=study.study_uid, finding="no nodule found", probability=None, risk_level=None,
+                       views=views, calibrated=all(v.spacing_mm is not None for v in study.views),
+                       model_versions={"nodule_seg": "viewer-test", "thyroid_seg": "viewer-test"})
+
+
 def drawn(truth_dir: Path | None):
     """An `analyse` for predict_paths: truth masks when the phantom has them, else ellipses."""
 
@@ -84,9 +94,14 @@ def _boxes(study_dir: Path, out: list[Path]) -> dict[str, tuple[int, int, int, i
         ds = pydicom.dcmread(path)
         if ds.Modality != "SEG":
             continue
+        nodule = [int(s.SegmentNumber) for s in ds.SegmentSequence if "nodule" in str(s.SegmentLabel).lower()]
+        if not nodule:
+            continue
         pixels = ds.pixel_array.reshape((-1, ds.Rows, ds.Columns))
+        shared = ds.SharedFunctionalGroupsSequence[0]
         for i, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
-            if int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != 1:
+            ident = fg.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+            if int(ident[0].ReferencedSegmentNumber) != nodule[0]:
                 continue
             src = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
             rows, cols = np.nonzero(pixels[i])
@@ -95,9 +110,10 @@ def _boxes(study_dir: Path, out: list[Path]) -> dict[str, tuple[int, int, int, i
 
 
 def writer_output(inputs: list[Path], out_dir: Path, truth_dir: Path | None = None,
-                  settings: Settings | None = None) -> StudyOnDisk:
+                  settings: Settings | None = None, nodule: bool = True) -> StudyOnDisk:
     settings = settings or Settings.from_env({}, data_dir=out_dir / "var")
-    outputs = predict_paths(inputs, backend=None, settings=settings, analyse=drawn(truth_dir))  # type: ignore[arg-type]
+    analyse = drawn(truth_dir) if nodule else no_nodule
+    outputs = predict_paths(inputs, backend=None, settings=settings, analyse=analyse)  # type: ignore[arg-type]
     assert len(outputs) == 1, [o.study_uid for o in outputs]
     study_dir = write_output(outputs[0], out_dir)
     written = sorted(p for p in study_dir.glob("*.dcm"))
