@@ -103,10 +103,13 @@ def test_unknown_calling_ae_and_wrong_address_are_rejected(run_listener, tmp_pat
     ok = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "LLNM", "127.0.0.1", str(listener.port),
                          str(paths[0])], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    # a wrong called AE title is refused too
+    # a wrong called AE title is refused too, and counted
+    before = metric(_snapshot(), "llnm_associations_total", calling_ae="MODALITY", result="rejected")
     bad = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "NOTLLNM", "127.0.0.1", str(listener.port),
                           str(paths[0])], capture_output=True, text=True)
     assert bad.returncode != 0
+    assert metric(_snapshot(), "llnm_associations_total", calling_ae="MODALITY", result="rejected") == before + 1
+    assert metric(_snapshot(), "llnm_associations_total", calling_ae="MODALITY", result="accepted") >= 1
 
 
 def test_disk_watermark_answers_out_of_resources_and_stores_nothing(run_listener):

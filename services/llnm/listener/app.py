@@ -104,6 +104,8 @@ class Listener:
         return [
             NODELAY_HANDLER,
             (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_ACCEPTED, self._count_association),
+            (evt.EVT_REJECTED, self._count_association),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
         ]
@@ -148,8 +150,12 @@ class Listener:
             log.warning("association rejected: calling AE not allowed", calling_ae=calling, peer=address)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out
-            return
-        metrics.ASSOCIATIONS.labels(calling_ae=label, result="accepted").inc()
+
+    def _count_association(self, event: evt.Event) -> None:
+        """pynetdicom's own decisions (called AE title, association limit) and the accepted ones."""
+        calling = str(event.assoc.requestor.ae_title).strip()
+        result = "rejected" if event.event == evt.EVT_REJECTED else "accepted"
+        metrics.ASSOCIATIONS.labels(calling_ae=self.policy.metric_label(calling), result=result).inc()
 
     def handle_echo(self, event: evt.Event) -> int:
         return SUCCESS
