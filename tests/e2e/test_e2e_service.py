@@ -166,13 +166,13 @@ def test_worker_killed_mid_study_delivers_the_results_exactly_once(stack, orthan
     assert [e["event"] for e in stack.audit().events(uid)].count("processing") >= 2
 
 
-def test_listener_restarted_between_instances_processes_the_study_once(stack, orthanc, tmp_path):
+def test_listener_crashed_between_instances_processes_the_study_once(stack, orthanc, tmp_path):
     timers = {"LLNM_SERIES_IDLE_S": "4", "LLNM_STUDY_IDLE_S": "4"}  # longer than a restart takes here
     listener = stack.listener(**timers)
     stack.worker()
     uid, files = phantom(tmp_path / "phantom", seed=14)
     assert storescu(stack.dicom_port, files[:1]).returncode == 0
-    listener.stop()
+    listener.kill9()  # a crash, not a clean stop
     stack.listener(**timers)
     assert storescu(stack.dicom_port, files[1:]).returncode == 0
     row = wait_state(stack, uid, (A.DONE, A.FAILED))
