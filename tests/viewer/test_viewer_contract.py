@@ -100,3 +100,19 @@ def test_ohif_profile_keeps_tid1500_and_lays_out_for_tracking(phantom_output: re
     lines = contract.ohif_sr_lines(ohif)[0]
     assert lines[0].startswith(next(i.TextValue for i in strict_groups[0].ContentSequence
                                     if contract._code(i)[1] == "112039"))
+
+
+def test_the_writer_ohif_profile_is_the_layout_ohif_imports(tmp_path: Path) -> None:
+    """LLNM_SR_PROFILE=ohif end to end through our writer (llnm.dicom.sr.build_sr calls sr_ohif.apply)."""
+    from llnm.config import Settings
+
+    files, truth = results.phantom_study(tmp_path / "phantom")
+    settings = Settings.from_env({}, data_dir=tmp_path / "var", sr_profile="ohif")
+    study = results.writer_output(files, tmp_path / "out", truth, settings=settings)
+    sr = _objects(study, "SR")[0]
+    assert contract.sr_problems(sr) == []
+    first = contract.measurement_groups(sr)[0]
+    assert any(getattr(i, "TextValue", None) == sr_ohif.OHIF_POLYLINE_TRACKING_ID for i in first.ContentSequence)
+    assert "high" in contract.ohif_sr_lines(sr)[0][0].lower()
+    path = next(p for p in study.outputs if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR")
+    assert _dciodvfy_errors(path) == []

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -288,16 +289,17 @@ class ViewerServer:
 
 def run_driver(job: dict[str, Any], timeout_s: float = 200.0) -> dict[str, Any]:
     """Run ohif_driver.mjs on one job (a study to walk through); returns what it saw."""
-    proc = subprocess.run(
-        ["node", str(VIEWER_DIR / "ohif_driver.mjs")],
-        input=json.dumps(job).encode(),
-        capture_output=True,
-        cwd=VIEWER_DIR,
-        timeout=timeout_s,
-    )
-    lines = [ln for ln in proc.stdout.decode(errors="replace").splitlines() if ln.startswith("{")]
+    # Its own process group: on a timeout node and the chromium it started go together.
+    proc = subprocess.Popen(["node", str(VIEWER_DIR / "ohif_driver.mjs")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=VIEWER_DIR, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(json.dumps(job).encode(), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    lines = [ln for ln in stdout.decode(errors="replace").splitlines() if ln.startswith("{")]
     if not lines:
-        raise RuntimeError(f"driver failed rc={proc.returncode}: {proc.stderr.decode(errors='replace')[-3000:]}")
+        raise RuntimeError(f"driver failed rc={proc.returncode}: {stderr.decode(errors='replace')[-3000:]}")
     result = json.loads(lines[-1])
-    result["stderr"] = proc.stderr.decode(errors="replace")[-3000:]
+    result["stderr"] = stderr.decode(errors="replace")[-3000:]
     return result
