@@ -103,11 +103,12 @@ def _perimeter_offsets(template: np.ndarray, limit: int = 64) -> np.ndarray:
 
 def place_nodule(gland: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray,
                  template: np.ndarray, f: Findings, sp: float, prefer: np.ndarray,
-                 rng: np.random.Generator) -> tuple[int, int]:
+                 rng: np.random.Generator) -> tuple[tuple[int, int], float]:
     """Choose the nodule centre: realised capsule distance closest to the target, inside `allowed`
     centres, never touching `forbidden` structures (trachea, vessels). `prefer` (bool map) holds the
     centres in the wanted lobe third/half; it is dropped only if nothing fits there. Distances come
-    from a half-resolution distance transform: placement needs ~0.1 mm, not the exact value."""
+    from a half-resolution distance transform: placement needs ~0.1 mm, not the exact value.
+    Returns the centre and its approximate capsule distance in mm."""
     h, w = gland.shape
     k = 2 if min(h, w) >= 200 else 1
     dist = ndimage.distance_transform_edt(gland[::k, ::k]).astype(np.float32) * k
@@ -137,7 +138,7 @@ def place_nodule(gland: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray,
     best = cost.min()
     pick = np.flatnonzero(cost <= best + 0.15)
     i = int(rng.choice(pick))
-    return int(cy[i]), int(cx[i])
+    return (int(cy[i]), int(cx[i])), float(realised[i])
 
 
 def _stamp(shape: tuple[int, int], template: np.ndarray, center: tuple[int, int]) -> np.ndarray:
@@ -150,14 +151,15 @@ def _stamp(shape: tuple[int, int], template: np.ndarray, center: tuple[int, int]
     return out
 
 
-def capsule_distance_mm(gland: np.ndarray, nodule: np.ndarray, sp: float) -> float:
+def capsule_distance_mm(gland: np.ndarray, nodule: np.ndarray, sp: float, guess_mm: float = 10.0) -> float:
     """Minimum distance of the nodule to the gland boundary, as llnm.features measures it: the
     smallest Euclidean distance (pixel centre to the centre of the nearest non-gland pixel) over
     nodule pixels, x spacing; 0 when part of the nodule lies outside the gland (extrathyroidal).
-    Computed on the nodule's box padded by 10 mm, exact whenever the distance is below the padding."""
+    Computed on the nodule's box padded by a little more than `guess_mm`; exact whenever the
+    distance is below the padding (else computed again on the whole view)."""
     if not nodule.any():
         return float("nan")
-    pad = int(np.ceil(10.0 / sp))
+    pad = int(np.ceil((guess_mm + 1.0) / sp)) + 2
     rows, cols = np.flatnonzero(nodule.any(axis=1)), np.flatnonzero(nodule.any(axis=0))
     box = (slice(max(0, rows[0] - pad), rows[-1] + pad + 1), slice(max(0, cols[0] - pad), cols[-1] + pad + 1))
     d = float(ndimage.distance_transform_edt(gland[box])[nodule[box]].min())
@@ -169,11 +171,11 @@ def capsule_distance_mm(gland: np.ndarray, nodule: np.ndarray, sp: float) -> flo
 def _finish(labels: np.ndarray, gland: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray,
             template: np.ndarray, f: Findings, sp: float, prefer: np.ndarray, rng: np.random.Generator,
             air_top: np.ndarray | None, position_of: Callable[[tuple[int, int]], str]) -> Anatomy:
-    center = place_nodule(gland, allowed, forbidden, template, f, sp, prefer, rng)
+    center, guess = place_nodule(gland, allowed, forbidden, template, f, sp, prefer, rng)
     nodule = _stamp(labels.shape, template, center) & ~forbidden
     if not f.ete:  # without extrathyroidal extension the capsule holds the nodule (flattened if need be)
         nodule &= gland
-    capsule = capsule_distance_mm(gland, nodule, sp)
+    capsule = capsule_distance_mm(gland, nodule, sp, guess)
     labels[nodule] = NODULE
     return Anatomy(labels=labels, gland=gland, nodule=nodule, spacing_mm=sp, nodule_center=center,
                    capsule_mm=capsule, air_top=air_top, position=position_of(center))

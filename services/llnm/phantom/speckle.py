@@ -79,9 +79,9 @@ def _speckle_bank(rows: int, cols: int, sigma_axial: float, sigma_lateral: float
     env = np.zeros((rows, cols), dtype=np.float32)
     for _ in range(2):
         re = ndimage.gaussian_filter(rng.standard_normal((rows, cols), dtype=np.float32),
-                                     (sigma_axial, sigma_lateral), mode="wrap")
+                                     (sigma_axial, sigma_lateral))
         im = ndimage.gaussian_filter(rng.standard_normal((rows, cols), dtype=np.float32),
-                                     (sigma_axial, sigma_lateral), mode="wrap")
+                                     (sigma_axial, sigma_lateral))
         env += np.sqrt(re * re + im * im)
     env /= env.mean()
     env.setflags(write=False)
@@ -89,12 +89,12 @@ def _speckle_bank(rows: int, cols: int, sigma_axial: float, sigma_lateral: float
 
 
 def _speckle_patch(shape: tuple[int, int], px: float, rng: np.random.Generator) -> np.ndarray:
-    """A random (offset, flip) patch of the speckle bank for this pixel size; the bank wraps."""
+    """A random (offset, flip) patch of the speckle bank for this pixel size."""
     sig = (round(0.12 * px * 2) / 2, round(0.3 * px * 2) / 2)  # axial 0.12 mm, lateral 0.3 mm
     rows, cols = (1024 * -(-(n + 1) // 1024) for n in shape)  # few sizes: banks are built rarely
     bank = _speckle_bank(rows, cols, max(sig[0], 0.5), max(sig[1], 0.5))
-    oy, ox = int(rng.integers(rows)), int(rng.integers(cols))
-    patch = np.roll(bank, (-oy, -ox), axis=(0, 1))[: shape[0], : shape[1]]
+    oy, ox = int(rng.integers(rows - shape[0] + 1)), int(rng.integers(cols - shape[1] + 1))
+    patch = bank[oy:oy + shape[0], ox:ox + shape[1]]
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
     return patch
