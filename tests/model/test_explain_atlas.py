@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ellipse
+from .conftest import ellipse
 from llnm.model.atlas import LocationAtlas, build_atlas, location_risk
 from llnm.model.config import preset
 from llnm.model.explain import grad_cam_pp

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ellipse
+from .conftest import ellipse
 from llnm.config import REPO_ROOT
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
 from llnm.model.config import GROUPS, preset

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from conftest import fake_text_encoder
+from .conftest import fake_text_encoder
 from llnm.model.config import preset
 from llnm.model.data import build_cache, read_layout
 from llnm.model.evaluate import evaluate
