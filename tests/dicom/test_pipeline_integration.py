@@ -1,6 +1,6 @@
 """The real pipeline (llnm.pipeline.analyse_study through ONNX Runtime) between the DICOM reader and
-writers, on phantom studies: a tiny exported TMDL, the shipped text encoder, and the phantom's true
-masks in place of the segmentation models (which this test does not need)."""
+writers, on phantom studies: the shipped TMDL (else a tiny one exported here), the shipped text
+encoder, and the phantom's true masks in place of the segmentation models (not needed here)."""
 
 from __future__ import annotations
 
@@ -28,21 +28,25 @@ class Detection:
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    torch = pytest.importorskip("torch", reason="exporting the tiny TMDL needs the train extra")
+def backend_and_config(tmp_path_factory):
+    """(backend, TMDL preset): the shipped models when there, else a tiny TMDL exported here."""
     from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
     from llnm.model.config import preset
+
+    shipped = REPO_ROOT / "model_repository"
+    if not (shipped / "text_encoder" / "1" / "model.onnx").is_file():
+        pytest.skip("text encoder not exported into model_repository/")
+    if (shipped / "tmdl" / "1" / "model.onnx").is_file():
+        return OnnxRuntimeBackend(shipped, threads=1), None  # None: the Settings preset it was built with
+    torch = pytest.importorskip("torch", reason="exporting the tiny TMDL needs the train extra")
     from llnm.model.export import export_tmdl
     from llnm.model.tmdl import TMDL
 
-    shipped = REPO_ROOT / "model_repository" / "text_encoder"
-    if not (shipped / "1" / "model.onnx").is_file():
-        pytest.skip("text encoder not exported into model_repository/")
     repo = tmp_path_factory.mktemp("model_repository")
     torch.manual_seed(0)
     export_tmdl(TMDL(preset("tiny")), repo / "tmdl" / "1" / "model.onnx")
-    (repo / "text_encoder").symlink_to(shipped)
-    return OnnxRuntimeBackend(repo, threads=1)
+    (repo / "text_encoder").symlink_to(shipped / "text_encoder")
+    return OnnxRuntimeBackend(repo, threads=1), preset("tiny")
 
 
 def truth_segmenter(root: Path):
@@ -64,14 +68,14 @@ def truth_segmenter(root: Path):
     return segment
 
 
-def test_phantom_through_the_real_pipeline(backend, tmp_path, settings):
+def test_phantom_through_the_real_pipeline(backend_and_config, tmp_path, settings):
     from llnm.cli import main
-    from llnm.model.config import preset
     from llnm.pipeline import analyse_study
 
+    backend, config = backend_and_config
     root = tmp_path / "ph"
     assert main(["phantom", "--out", str(root), "--studies", "1", "--seed", "5", "--rows", "300", "--cols", "400"]) == 0
-    analyse = functools.partial(analyse_study, config=preset("tiny"), segmenter=truth_segmenter(root))
+    analyse = functools.partial(analyse_study, config=config, segmenter=truth_segmenter(root))
     (output,) = predict_paths([root], backend, settings, analyse=analyse)
     summary = output.summary
     assert summary["status"] == "ok" and summary["finding"] == "nodule" and summary["calibrated"] is True
