@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (Debian packages) and start what the end-to-end tests talk to: Redis, Orthanc, dcmtk,
-# dicom3tools (dciodvfy), and the Triton server from the nvidia-pytriton wheel in its own venv.
+# dicom3tools (dciodvfy), promtool (Prometheus rules), and the Triton server from the nvidia-pytriton wheel in its own venv.
 # The tests start their own Orthanc and tritonserver processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ command -v Orthanc >/dev/null || need+=(orthanc orthanc-dicomweb)
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v promtool >/dev/null || need+=(prometheus)  # promtool: alert rule checks
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
