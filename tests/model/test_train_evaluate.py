@@ -62,3 +62,33 @@ def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
     assert "Bayes-optimal AUC" in printed and "atlas_location_auc" in printed
     assert main(["model-info", "--preset", "tiny"]) == 0
     assert '"parameters": 48964' in capsys.readouterr().out
+
+
+def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path):
+    """`llnm evaluate --runtime truth` (ONNX graphs through analyse_study) gives the checkpoint's
+    probabilities: the exported model and the runtime feature path match training."""
+    from llnm.config import REPO_ROOT
+    from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
+    from llnm.model.export import export_tmdl
+    from llnm.model.train import onnx_text_encoder
+
+    repo = tmp_path / "repo"
+    shipped = REPO_ROOT / "model_repository" / "text_encoder"
+    if (shipped / "1" / "model.onnx").is_file():
+        repo.mkdir()
+        (repo / "text_encoder").symlink_to(shipped)
+    encode = onnx_text_encoder(repo)  # exports the text encoder when it is not there
+    out = tmp_path / "model"
+    train(tiny_layout, out, preset("tiny"), encode_text=encode, epochs=2, progress=False)
+    model, _ = load_model(out)
+    export_tmdl(model, repo / "tmdl" / "1" / "model.onnx")
+    checkpoint = evaluate(out, tiny_layout, tmp_path / "a", encode_text=encode, bootstrap=10, progress=False,
+                          examples=0)
+    runtime = evaluate(out, tiny_layout, tmp_path / "b", encode_text=encode, bootstrap=10, progress=False,
+                       examples=0, runtime="truth", backend=OnnxRuntimeBackend(repo, threads=1))
+    a = json.loads((tmp_path / "a" / "predictions.json").read_text())
+    b = json.loads((tmp_path / "b" / "predictions.json").read_text())
+    assert [r["study_uid"] for r in a] == [r["study_uid"] for r in b]
+    np.testing.assert_allclose([r["probability"] for r in a], [r["probability"] for r in b], atol=1e-4)
+    assert runtime["no_finding"] == 0 and runtime["scored_by"].startswith("runtime")
+    assert abs(runtime["metrics"]["auc"] - checkpoint["metrics"]["auc"]) < 1e-3

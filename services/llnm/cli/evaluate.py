@@ -24,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="studies scored with the model's location atlas (0: skip)")
     parser.add_argument("--jittered-masks", action="store_true",
                         help="score on perturbed masks, as a segmentation model would give them")
+    parser.add_argument("--runtime", choices=("truth", "segmentation"), default=None,
+                        help="score through the runtime pipeline (ONNX in model_repository/) with the "
+                             "folder's masks or the segmentation models, instead of the PyTorch checkpoint")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -36,11 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from llnm.model.train import onnx_text_encoder
 
     torch.set_num_threads(args.threads)
+    settings = Settings.from_env()
+    backend = None
+    if args.runtime:
+        from llnm.inference.backend import create_backend
+
+        backend = create_backend(settings)
     report = evaluate(args.model, args.data, args.out,
-                      encode_text=onnx_text_encoder(Settings.from_env().model_repository),
+                      encode_text=onnx_text_encoder(settings.model_repository),
                       bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
                       examples=args.examples, atlas_studies=args.atlas_studies,
-                      jittered_masks=args.jittered_masks)
+                      jittered_masks=args.jittered_masks, runtime=args.runtime, backend=backend)
     summary = {"studies": report["studies"], "positives": report["positives"],
                **{k: round(v, 4) for k, v in report["metrics"].items()},
                "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()}}
@@ -48,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         summary["bayes_auc"] = round(report["bayes_auc"], 4)
         summary["auc_ratio_to_bayes"] = round(report["auc_ratio_to_bayes"], 4)
         print(f"Bayes-optimal AUC of this set (p_true vs llnm): {report['bayes_auc']:.4f}")
+    if report["no_finding"] is not None:
+        summary["no_finding"] = report["no_finding"]
     if report["atlas"] is not None:
         summary["atlas_location_auc"] = round(report["atlas"]["auc"], 4)
     print(json.dumps(summary, indent=2))

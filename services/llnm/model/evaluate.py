@@ -163,16 +163,67 @@ def _html(report: dict, images: list[str]) -> str:
             f"{rows}</table>{figures}</body></html>")
 
 
+def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool = True):
+    """P(LLNM) and risk of every study through the runtime path (`llnm.pipeline.analyse_study`, the
+    ONNX graphs on `backend`), with the folder's masks ("truth") or the segmentation models
+    ("segmentation"). A study without a finding scores 0. Returns (study uids, probabilities,
+    risk probabilities, number of studies without a finding)."""
+    from dataclasses import dataclass
+
+    from tqdm import tqdm
+
+    from llnm.model.data import read_layout, read_png
+    from llnm.pipeline import analyse_study
+    from llnm.study import StudyInput, View
+
+    @dataclass
+    class _Truth:
+        mask: np.ndarray
+        score: float = 1.0
+
+    uids, probs, risks, missing = [], [], [], 0
+    for study in tqdm(read_layout(data_dir), desc=f"runtime ({masks} masks)", unit="study", disable=not progress):
+        images = [read_png(v.image) for v in study.views]
+        truth = {id(img): (read_png(v.nodule_mask) > 127, read_png(v.gland_mask) > 127)
+                 for img, v in zip(images, study.views)}
+
+        def truth_segmenter(_backend, image):
+            nodule, gland = truth[id(image)]
+            return _Truth(nodule), gland
+
+        result = analyse_study(
+            StudyInput(study_uid=study.study_uid, views=[View(img, v.spacing_mm) for img, v in zip(images, study.views)],
+                       report_text=study.report, age_years=study.age, sex=study.sex),
+            backend, config=config, segmenter=truth_segmenter if masks == "truth" else None)
+        uids.append(study.study_uid)
+        if result.probability is None:
+            missing += 1
+            probs.append(0.0)
+            risks.append([1.0] + [0.0] * (config.risk_levels - 1))
+        else:
+            probs.append(result.probability)
+            risks.append(result.risk_probabilities)
+    return uids, np.array(probs), np.array(risks), missing
+
+
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
              seed: int = 0, progress: bool = True, examples: int = 4, atlas_studies: int = 100,
-             jittered_masks: bool = False) -> dict:
-    """`jittered_masks`: score on perturbed masks (as from a segmentation model) instead of the given ones."""
+             jittered_masks: bool = False, runtime: str | None = None, backend=None) -> dict:
+    """`jittered_masks`: score on perturbed masks (as from a segmentation model) instead of the given ones.
+    `runtime` ("truth" or "segmentation"): score through the runtime pipeline on `backend` instead of
+    the PyTorch checkpoint (the threshold still comes from the model folder)."""
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(model_dir)
     cache = build_cache(data_dir, model.config, encode_text, jitters=int(jittered_masks), seed=seed,
                         progress=progress)
-    present, p, risk = predict_studies(model, cache, variant=int(jittered_masks))
+    no_finding = None
+    if runtime:
+        uids, p, risk, no_finding = runtime_predict(data_dir, backend, model.config, runtime, progress)
+        order = {u: i for i, u in enumerate(cache.study_uids)}
+        present = np.array([order[u] for u in uids])
+    else:
+        present, p, risk = predict_studies(model, cache, variant=int(jittered_masks))
     y = cache.llnm[present]
     levels = cache.risk_level[present]
     threshold = float(meta.get("threshold", 0.5))
@@ -184,7 +235,9 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     decision = decision_curve(p, y)
     report = {
         "model": str(model_dir), "data": str(data_dir), "preset": model.config.name,
-        "masks": "jittered" if jittered_masks else "as given",
+        "masks": runtime or ("jittered" if jittered_masks else "as given"),
+        "scored_by": "runtime pipeline (ONNX)" if runtime else "PyTorch checkpoint",
+        "no_finding": no_finding,
         "studies": int(len(y)), "positives": int(y.sum()), "threshold": threshold,
         "metrics": metrics,
         "ci95": bootstrap_ci(p, y, threshold, n=bootstrap, seed=seed, extra=(risk, levels)),
