@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Bayes-optimal AUC of this set (p_true vs llnm): {report['bayes_auc']:.4f}")
     if report["no_finding"] is not None:
         summary["no_finding"] = report["no_finding"]
+        summary["mean_contributions"] = {k: round(v, 3) for k, v in report["mean_contributions"].items()}
     if report["atlas"] is not None:
         summary["atlas_location_auc"] = round(report["atlas"]["auc"], 4)
     print(json.dumps(summary, indent=2))

@@ -152,6 +152,9 @@ def _html(report: dict, images: list[str]) -> str:
     if report.get("atlas") is not None:
         extra += (f"<p>Location risk atlas (Eq. 15) alone, first {report['atlas']['studies']} studies: "
                   f"AUC {report['atlas']['auc']:.3f}</p>")
+    if report.get("mean_contributions"):
+        shares = ", ".join(f"{g} {100 * v:.1f}%" for g, v in report["mean_contributions"].items())
+        extra += f"<p>Mean contribution shares (occlusion, runtime): {html.escape(shares)}</p>"
     figures = "".join(f'<img src="{name}" alt="{name}">' for name in images)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>LLNM TMDL evaluation</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px}}</style></head><body>"
@@ -167,7 +170,7 @@ def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool 
     """P(LLNM) and risk of every study through the runtime path (`llnm.pipeline.analyse_study`, the
     ONNX graphs on `backend`), with the folder's masks ("truth") or the segmentation models
     ("segmentation"). A study without a finding scores 0. Returns (study uids, probabilities,
-    risk probabilities, number of studies without a finding)."""
+    risk probabilities, number of studies without a finding, mean contribution share per group)."""
     from dataclasses import dataclass
 
     from tqdm import tqdm
@@ -181,7 +184,7 @@ def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool 
         mask: np.ndarray
         score: float = 1.0
 
-    uids, probs, risks, missing = [], [], [], 0
+    uids, probs, risks, missing, shares = [], [], [], 0, []
     for study in tqdm(read_layout(data_dir), desc=f"runtime ({masks} masks)", unit="study", disable=not progress):
         images = [read_png(v.image) for v in study.views]
         truth = {id(img): (read_png(v.nodule_mask) > 127, read_png(v.gland_mask) > 127)
@@ -203,7 +206,9 @@ def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool 
         else:
             probs.append(result.probability)
             risks.append(result.risk_probabilities)
-    return uids, np.array(probs), np.array(risks), missing
+            shares.append(result.contributions)
+    mean_shares = {g: float(np.mean([c[g] for c in shares])) for g in (shares[0] if shares else {})}
+    return uids, np.array(probs), np.array(risks), missing, mean_shares
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
@@ -217,9 +222,10 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     model, meta = load_model(model_dir)
     cache = build_cache(data_dir, model.config, encode_text, jitters=int(jittered_masks), seed=seed,
                         progress=progress)
-    no_finding = None
+    no_finding, contributions = None, None
     if runtime:
-        uids, p, risk, no_finding = runtime_predict(data_dir, backend, model.config, runtime, progress)
+        uids, p, risk, no_finding, contributions = runtime_predict(data_dir, backend, model.config, runtime,
+                                                                   progress)
         order = {u: i for i, u in enumerate(cache.study_uids)}
         present = np.array([order[u] for u in uids])
     else:
@@ -238,6 +244,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
         "masks": runtime or ("jittered" if jittered_masks else "as given"),
         "scored_by": "runtime pipeline (ONNX)" if runtime else "PyTorch checkpoint",
         "no_finding": no_finding,
+        "mean_contributions": contributions,
         "studies": int(len(y)), "positives": int(y.sum()), "threshold": threshold,
         "metrics": metrics,
         "ci95": bootstrap_ci(p, y, threshold, n=bootstrap, seed=seed, extra=(risk, levels)),
