@@ -75,9 +75,10 @@ def _plots(out_dir: Path, p: np.ndarray, y: np.ndarray, p_true: np.ndarray | Non
     return names
 
 
-def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4) -> None:
-    """First view of the `count` highest-risk studies: the image with the masks' outlines, the
-    attention rollout (what the runtime reports) and Grad-CAM++ on the image embedding."""
+def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, encode_text=None) -> None:
+    """First view of the first `count` positive studies: the image with the masks' outlines, the
+    attention rollout (what the runtime reports) and Grad-CAM++ on the image embedding, with the
+    study's report when `encode_text` is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,19 +94,22 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4) -> N
 
     studies = [s for s in read_layout(data_dir) if s.llnm][:count]
     fig, axes = plt.subplots(len(studies), 3, figsize=(9, 2.6 * len(studies)), squeeze=False)
-    empty_text = torch.zeros(1, model.config.text_tokens, model.config.text_dim)
     for row, study in enumerate(studies):
+        if encode_text is not None:
+            states, mask = (torch.from_numpy(a) for a in encode_text([study.report]))
+        else:
+            states = torch.zeros(1, model.config.text_tokens, model.config.text_dim)
+            mask = torch.zeros(1, model.config.text_tokens)
         view = study.views[0]
         image = read_png(view.image)
         gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
         feats = extract_features(image, gland, nodule, view.spacing_mm, size=model.config.image_size)
         images = torch.from_numpy(feats.images())[None]
         clinical = torch.from_numpy(clinical_vector(study.sex, study.age, feats))[None]
-        mask = torch.zeros(1, model.config.text_tokens)
         with torch.no_grad():
-            _, _, attentions, token_mask = model(images, empty_text, mask, clinical, return_attention=True)
+            _, _, attentions, token_mask = model(images, states, mask, clinical, return_attention=True)
         rollout = attention_rollout(attentions, token_mask, model.config.image_tokens)[0].numpy()
-        cam = grad_cam_pp(model, images, empty_text, mask, clinical)[0].numpy()
+        cam = grad_cam_pp(model, images, states, mask, clinical)[0].numpy()
         outline = (gland ^ ndimage.binary_erosion(gland)) | (nodule ^ ndimage.binary_erosion(nodule))
         base = np.stack([image] * 3, axis=-1).copy()
         base[outline] = (255, 200, 0)
@@ -255,7 +259,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     report["atlas"] = atlas_auc(model_dir, data_dir, atlas_studies)
     images = _plots(out_dir, p, y, p_true if has_truth else None, calibration, decision)
     if examples:
-        explain_examples(model, data_dir, out_dir / "explanations.png", examples)
+        explain_examples(model, data_dir, out_dir / "explanations.png", examples, encode_text)
         images.append("explanations.png")
     if (model_dir / "atlas.png").is_file():
         (out_dir / "atlas.png").write_bytes((model_dir / "atlas.png").read_bytes())
