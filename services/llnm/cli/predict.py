@@ -53,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
         folder = write_output(output, args.out)
         s = output.summary
         print(json.dumps({"study_uid": uid, "status": s["status"], "probability": s["probability"],
-                          "risk_level": s["risk_label"], "calibrated": s["calibrated"],
+                          "risk_label": s["risk_label"], "calibrated": s["calibrated"],
                           "objects": len(s["objects"]), "folder": str(folder)}))
     return 1 if failures else 0
