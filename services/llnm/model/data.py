@@ -187,11 +187,14 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
         risk_level=np.array([s.risk_level for s in studies], dtype=np.int64),
         p_true=np.array([np.nan if s.p_true is None else s.p_true for s in studies], dtype=np.float64),
         study_uids=[s.study_uid for s in studies])
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=cache.images, clinical=cache.clinical, view_study=cache.view_study,
-             text_states=cache.text_states, text_mask=cache.text_mask, llnm=cache.llnm,
-             risk_level=cache.risk_level, p_true=cache.p_true)
-    tmp.replace(path)
-    log.info("feature cache written", path=str(path), views=len(view_study), studies=len(studies))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, images=cache.images, clinical=cache.clinical, view_study=cache.view_study,
+                 text_states=cache.text_states, text_mask=cache.text_mask, llnm=cache.llnm,
+                 risk_level=cache.risk_level, p_true=cache.p_true)
+        tmp.replace(path)
+        log.info("feature cache written", path=str(path), views=len(view_study), studies=len(studies))
+    except OSError as exc:  # a read-only data folder: work without the cache
+        log.warning("feature cache not written", path=str(path), error=str(exc))
     return cache
