@@ -2,7 +2,6 @@
 encoder, and ground-truth masks in place of the segmentation models."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
