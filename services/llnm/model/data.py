@@ -131,8 +131,13 @@ class FeatureCache:
     study_uids: list[str]
 
 
-def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int) -> str:
+def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, encode_text) -> str:
+    """Changes with the data, the feature settings and the text encoder (fingerprinted by its
+    output on a fixed sentence)."""
     h = hashlib.sha256()
+    states, mask = encode_text(["Solid hypoechoic nodule with irregular margins."])
+    h.update(np.round(np.asarray(states, dtype=np.float32), 4).tobytes())
+    h.update(np.asarray(mask, dtype=np.float32).tobytes())
     for name in ("labels.csv", "views.csv"):
         h.update((Path(data_dir) / name).read_bytes())
     h.update(f"{CACHE_VERSION}:{config.image_size}:{config.text_tokens}:{jitters}:{seed}".encode())
@@ -148,7 +153,7 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
 
     data_dir = Path(data_dir)
     cache_dir = data_dir / ".cache"
-    path = cache_dir / f"tmdl-{_cache_key(data_dir, config, jitters, seed)}.npz"
+    path = cache_dir / f"tmdl-{_cache_key(data_dir, config, jitters, seed, encode_text)}.npz"
     studies = read_layout(data_dir)
     if path.is_file():
         z = np.load(path)
