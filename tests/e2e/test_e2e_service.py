@@ -201,15 +201,20 @@ def test_real_file_study_and_probability_equal_to_llnm_predict(stack, orthanc, t
     real_results = result_objects(orthanc, real_uid)
     assert real_results and all(i["StudyInstanceUID"] == real_uid for i in real_results)
     out = tmp_path / "predict"
-    run = subprocess.run([str(VENV_BIN / "llnm"), "predict", str(files[0].parent), "--out", str(out)],
+    run = subprocess.run([str(VENV_BIN / "llnm"), "predict", str(files[0].parent), str(real), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    expected = json.loads((out / uid / "summary.json").read_text())["probability"]
-    sr = [i for i in result_objects(orthanc, uid) if i["Modality"] == "SR"]
-    assert len(sr) == 1
-    got = sr_probability_percent(orthanc.instance_file(sr[0]["SOPInstanceUID"]))
-    if expected is None:  # no nodule found: neither says a probability
-        assert got is None
-    else:
-        assert got == pytest.approx(round(100 * expected, 2), abs=0.01)
-    assert stack.audit().study(uid)["probability"] == expected
+    numbers = 0
+    for study in (uid, real_uid):
+        expected = json.loads((out / study / "summary.json").read_text())["probability"]
+        sr = [i for i in result_objects(orthanc, study) if i["Modality"] == "SR"]
+        assert len(sr) == 1, study
+        got = sr_probability_percent(orthanc.instance_file(sr[0]["SOPInstanceUID"]))
+        if expected is None:  # no nodule found: neither says a probability
+            assert got is None, study
+        else:
+            assert got == pytest.approx(round(100 * expected, 2), abs=0.01), study
+            numbers += 1
+        assert stack.audit().study(study)["probability"] == expected
+    if not numbers:
+        pytest.skip("the models found no nodule in either study: no probability to compare")
