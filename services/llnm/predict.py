@@ -21,6 +21,7 @@ from llnm.config import Settings
 from llnm.dicom.common import analysed_frames
 from llnm.dicom.key_image import build_key_image
 from llnm.dicom.loading import FrameRef, StudyFiles, group_by_study, load_study
+from llnm.observability.metrics import stage
 from llnm.dicom.seg import build_seg
 from llnm.dicom.sr import build_sr, summary_numbers
 from llnm.inference.backend import InferenceBackend
@@ -68,7 +69,8 @@ def predict_paths(paths: list[Path], backend: InferenceBackend, settings: Settin
 
 def predict_study(files: StudyFiles, backend: InferenceBackend, settings: Settings,
                   analyse: Analyse | None = None) -> StudyOutput:
-    study = load_study(files, report_dir=settings.report_dir or None)
+    with stage("decode"):
+        study = load_study(files, report_dir=settings.report_dir or None)
     if not study.views:
         summary = _summary(study, None, [], status="no usable image")
         log.warning("study has no usable image", study_uid=study.study_uid)

@@ -172,6 +172,13 @@ def test_reprocessing_gives_the_same_uids_and_a_new_model_gives_new_ones(setting
     third = _predict([tmp_path / "a.dcm"], settings, analyse=newer_model)[0]
     assert not {u for _, u in uids} & {str(d.SOPInstanceUID) for d in third.datasets}
 
+    def late_report(study, backend):  # same models, another answer: a PACS must not keep the old copy
+        result = drawn_result(study)
+        return dataclasses.replace(result, probability=(result.probability or 0.5) / 2)
+
+    fourth = _predict([tmp_path / "a.dcm"], settings, analyse=late_report)[0]
+    assert not {u for _, u in uids} & {str(d.SOPInstanceUID) for d in fourth.datasets}
+
 
 def test_every_object_is_labelled_ours_and_research_only(settings, us_factory, tmp_path):
     source = us_factory("a.dcm", regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])

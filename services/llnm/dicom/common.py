@@ -4,6 +4,8 @@ analysed frame sits in its source image, and outlines of masks."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +71,28 @@ def analysed_frames(views: list[View], result: StudyResult) -> list[AnalysedFram
 
 
 def versions_key(result: StudyResult) -> str:
-    return uids.versions_key(__version__, result.model_versions)
+    """Software and model versions plus a digest of what the result says: the same inputs give the
+    same UIDs, while a changed result (a late report, another age or sex) gets new ones, so a PACS
+    that keeps the first copy of a UID never hides the newer result behind the old one."""
+    said = json.dumps(_rounded({
+        "finding": result.finding, "probability": result.probability, "risk": result.risk_level,
+        "contributions": result.contributions, "distance_px": result.capsule_distance_px,
+        "length": result.nodule_length_mm, "width": result.nodule_width_mm,
+        "warnings": result.warnings,
+    }), sort_keys=True)
+    digest = hashlib.sha256(said.encode()).hexdigest()[:16]
+    return uids.versions_key(__version__, result.model_versions) + f";result={digest}"
+
+
+def _rounded(value: object) -> object:
+    """Numbers to 4 decimals, so last-bit float differences between backends keep the same UIDs."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    return round(float(value), 4)
 
 
 def software_versions(result: StudyResult) -> list[str]:
