@@ -2,7 +2,8 @@
 
 A result object's UID is a name-based UUID (RFC 4122 version 5) under the ISO/IEC 9834-8 arc
 "2.25", derived from: the output type ("SEG", "SR", "SC" ...), the study, the source SOP Instance UIDs
-and frame numbers it describes, the software version and the model content hashes. The same inputs
+and frame numbers it describes, the software version, the model content hashes and a digest of what the
+result says (so a changed answer is never hidden behind the UIDs of the old one). The same inputs
 through the same software and models give byte-for-byte the same UIDs, so a PACS that receives the
 result again replaces the earlier copy; a new model version gives new UIDs (a different result,
 kept beside the old one). No registered root is needed and no UID is random.
