@@ -27,6 +27,7 @@ from llnm.features.heatmap import tokens_to_heatmap
 from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend, ModelNotFound
 from llnm.model.config import GROUPS, TMDLConfig, preset
 from llnm.observability.logs import get_logger
+from llnm.observability.metrics import stage
 from llnm.study import StudyInput, StudyResult, ViewResult
 
 log = get_logger(__name__)
@@ -121,7 +122,9 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
                             nodule_score=0.0 if detection is None else float(detection.score))
         any_nodule |= nodule is not None
         if nodule is not None and gland is not None:
-            result.features = extract_features(view.image, gland, nodule, view.spacing_mm, size=config.image_size)
+            with stage("features"):
+                result.features = extract_features(view.image, gland, nodule, view.spacing_mm,
+                                                   size=config.image_size)
             analysable.append(len(views))
         views.append(result)
 
