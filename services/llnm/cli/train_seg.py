@@ -27,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="nodule model: an `llnm phantom` output folder whose frames join the training set")
     parser.add_argument("--epochs", type=int, default=None, help="default: 8 (gland) / 40 (nodule)")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="stop after this much training time")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these weights (a fine-tuning stage) instead of random ones: gland .pt / YOLO best.pt")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 gland, 2e-3 nodule)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
     parser.add_argument("--model-repository", type=Path, default=None,
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         from llnm.segmentation import train_gland
 
         cfg = train_gland.GlandTrainConfig(data=args.data / "tg3k", out=out, epochs=args.epochs or 8,
-                                           seed=args.seed, threads=args.threads, max_minutes=args.max_minutes)
+                                           seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
+                                           init=args.init, lr=args.lr or 3e-3)
         summary = train_gland.train(cfg)
         if not args.no_export:
             summary["onnx"] = str(train_gland.export_onnx(out / "gland_best.pt",
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = train_nodule.NoduleTrainConfig(data=args.data, out=out, phantom=args.phantom,
                                              epochs=args.epochs or 40, seed=args.seed, threads=args.threads,
-                                             max_minutes=args.max_minutes)
+                                             max_minutes=args.max_minutes, init=args.init, lr=args.lr or 0.002)
         summary = train_nodule.train(cfg)
         if not args.no_export:
             summary["onnx"] = str(train_nodule.export_onnx(Path(summary["best"]),

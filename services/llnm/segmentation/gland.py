@@ -18,7 +18,7 @@ INPUT_NAME = "image"  # (N, 1, 128, 128) float32 in [0, 1]
 OUTPUT_NAME = "probability"  # (N, 1, 128, 128) float32, sigmoid applied in the graph
 PAD_VALUE = 0  # black, as in the training frames (TG3K pads with black)
 THRESHOLD = 0.5
-MIN_REGION_FRACTION = 0.2
+MIN_REGION_FRACTION = 0.1
 MIN_GLAND_PIXELS = 64
 
 

@@ -41,6 +41,7 @@ class GlandTrainConfig:
     threads: int = 2
     max_minutes: float = 60.0
     monitor: int = 80  # val images checked after each epoch (all are checked at the end)
+    init: Path | None = None  # start from these weights (a second, fine-tuning stage) instead of random
 
 
 def build_model() -> torch.nn.Module:
@@ -111,7 +112,7 @@ def train(cfg: GlandTrainConfig) -> dict:
     val_set = [(read_grey(i), read_mask(m)) for i, m in tg3k_pairs(cfg.data, "val")]
     monitor = [val_set[int(k)] for k in rng.choice(len(val_set), min(cfg.monitor, len(val_set)), replace=False)]
     log.info("gland data loaded", count=len(train_set), stage="train")
-    model = build_model()
+    model = load_checkpoint(cfg.init).train() if cfg.init else build_model()
     steps_per_epoch = cfg.samples_per_epoch // cfg.batch
     total_steps = cfg.epochs * steps_per_epoch
     budget_s = cfg.max_minutes * 60

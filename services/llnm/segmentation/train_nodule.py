@@ -44,6 +44,8 @@ class NoduleTrainConfig:
     seed: int = 0
     threads: int = 2
     max_minutes: float = 60.0
+    init: Path | None = None  # fine-tuning stage: start from these weights, no mosaic, no warm-up
+    lr: float = 0.002
 
 
 def polygons(mask: np.ndarray, min_area: float = 12.0) -> list[np.ndarray]:
@@ -134,19 +136,21 @@ def train(cfg: NoduleTrainConfig) -> dict:
     torch_utils.NUM_THREADS = cfg.threads  # Ultralytics resets torch threads to its own default on CPU
     torch.set_num_threads(cfg.threads)
     yaml_path = build_dataset(cfg)
-    model = YOLO("yolov8n-seg.yaml")
+    model = YOLO(str(cfg.init) if cfg.init else "yolov8n-seg.yaml")
     started = time.monotonic()
     model.train(
         data=str(yaml_path), imgsz=nodule.INPUT_SIZE, epochs=cfg.epochs, time=cfg.max_minutes / 60,
         batch=cfg.batch, nbs=cfg.batch, workers=0, device="cpu", cache="ram", amp=False, plots=False, seed=cfg.seed,
-        deterministic=True, project=str(cfg.out), name="yolo", exist_ok=True, pretrained=False,
-        optimizer="AdamW", lr0=0.002, warmup_epochs=1, close_mosaic=2, patience=100,
-        hsv_h=0.0, hsv_s=0.0, hsv_v=0.3, degrees=10.0, translate=0.1, scale=0.5, fliplr=0.5, mosaic=1.0,
+        deterministic=True, project=str(cfg.out), name="yolo", exist_ok=True,
+        pretrained=str(cfg.init) if cfg.init else False,
+        optimizer="AdamW", lr0=cfg.lr, warmup_epochs=0 if cfg.init else 1, close_mosaic=2, patience=100,
+        hsv_h=0.0, hsv_s=0.0, hsv_v=0.3, degrees=10.0, translate=0.1, scale=0.5, fliplr=0.5,
+        mosaic=0.0 if cfg.init else 1.0,
         single_cls=True, verbose=True,
     )
     best = cfg.out / "yolo" / "weights" / "best.pt"
     summary = {"best": str(best), "minutes": (time.monotonic() - started) / 60, "seed": cfg.seed,
-               "imgsz": nodule.INPUT_SIZE, "dataset": str(yaml_path.parent)}
+               "imgsz": nodule.INPUT_SIZE, "init": str(cfg.init or ""), "dataset": str(yaml_path.parent)}
     results = cfg.out / "yolo" / "results.csv"
     if results.is_file():
         summary["results_csv"] = str(results)
@@ -167,13 +171,18 @@ def export_onnx(weights: Path, target: Path) -> Path:
 
 
 def _fix_spatial_dims(path: Path) -> None:
-    """Keep the batch dimension dynamic but fix the input to 256 x 256 (what Triton's config declares)."""
+    """Keep the batch dimension dynamic but fix everything else (what Triton's config.pbtxt declares):
+    input (batch, 3, S, S), output0 (batch, 4 + 1 + 32, anchors), output1 (batch, 32, S/4, S/4)."""
     import onnx
 
+    size = nodule.INPUT_SIZE
+    anchors = sum((size // stride) ** 2 for stride in (8, 16, 32))
     model = onnx.load(str(path))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[0].dim_param = "batch"
-    dims[1].dim_value = 3
-    dims[2].dim_value = nodule.INPUT_SIZE
-    dims[3].dim_value = nodule.INPUT_SIZE
+    shapes = {nodule.INPUT_NAME: (3, size, size), nodule.OUTPUT_BOXES: (4 + 1 + nodule.NUM_MASKS, anchors),
+              nodule.OUTPUT_PROTOS: (nodule.NUM_MASKS, size // 4, size // 4)}
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        dims[0].dim_param = "batch"
+        for dim, fixed in zip(dims[1:], shapes[value.name]):
+            dim.dim_value = fixed
     onnx.save(model, str(path))
