@@ -103,6 +103,7 @@ class Listener:
     def handlers(self) -> list:
         return [
             NODELAY_HANDLER,
+            (evt.EVT_CONN_OPEN, self.bound_reads),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self._count_association),
             (evt.EVT_REJECTED, self._count_association),
@@ -139,6 +140,15 @@ class Listener:
             self._thread.join(timeout=10)
 
     # -- handlers -------------------------------------------------------------------------------------
+    def bound_reads(self, event: evt.Event) -> None:
+        """Time out a read that stalls inside a PDU. pynetdicom reads a PDU's announced length with a
+        blocking recv on a socket without timeout, so a peer that sends part of a PDU and goes quiet
+        (a truncated or oversized PDU, a slowloris) would hold its thread and association slot forever;
+        its idle timer cannot interrupt that read."""
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            sock.settimeout(self.settings.network_timeout_s)
+
     def handle_requested(self, event: evt.Event) -> None:
         """Reject callers not on the allow-list (A-ASSOCIATE-RJ: calling AE title not recognised)."""
         rq = event.assoc.requestor
