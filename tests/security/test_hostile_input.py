@@ -9,8 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import signal
-from contextlib import contextmanager
+import threading
 from pathlib import Path
 
 import pydicom
@@ -30,20 +29,24 @@ FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                                        HealthCheck.function_scoped_fixture])
 
 
-@contextmanager
-def time_limit(seconds: int):
-    """Fail the example instead of hanging the suite (SIGALRM: pytest runs tests in the main thread)."""
+def within(seconds: float, fn, *args):
+    """fn(*args) in a daemon thread: a hang fails the example instead of the suite (no signals, so
+    pytest-timeout's own alarm is left alone)."""
+    result: dict = {}
 
-    def expired(signum, frame):
-        raise TimeoutError(f"reading took more than {seconds} s")
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the test's thread
+            result["error"] = exc
 
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"reading took more than {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _with_secrets(ds: pydicom.Dataset) -> bytes:
@@ -77,8 +80,7 @@ def seeds(tmp_path_factory) -> dict[str, bytes]:
 def _read(path: Path, caplog) -> None:
     """The contract: read_studies returns (no exception, no hang), and says nothing about the patient."""
     caplog.clear()
-    with time_limit(PER_FILE_LIMIT_S):
-        studies, orphans = read_studies([path])
+    studies, orphans = within(PER_FILE_LIMIT_S, read_studies, [path])
     said = [*orphans, *(w for s in studies for w in s.warnings)]
     said += [JsonFormatter().format(r) for r in caplog.records]
     text = "\n".join(said)

@@ -8,6 +8,7 @@ their valid UIDs), and nothing is ever written outside the spool."""
 from __future__ import annotations
 
 import copy
+import logging
 import socket
 import struct
 import time
@@ -17,11 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from prometheus_client import generate_latest
 from pynetdicom import AE
 
 from llnm.config import Settings
 from llnm.listener.app import Listener
 from llnm.listener.spool import validate_uid
+from llnm.observability import metrics
+from llnm.observability.logs import JsonFormatter
 
 VERIFICATION = "1.2.840.10008.1.1"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -168,7 +172,8 @@ def _files_outside(root: Path, allowed: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and allowed not in p.resolve().parents]
 
 
-def test_hostile_uids_by_c_store_never_escape_the_spool(listener, tmp_path: Path):
+def test_hostile_uids_by_c_store_never_escape_the_spool(listener, tmp_path: Path, caplog):
+    caplog.set_level(logging.DEBUG, logger="llnm")
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(US_IMAGE_STORAGE, ExplicitVRLittleEndian)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
@@ -214,5 +219,12 @@ def test_hostile_uids_by_c_store_never_escape_the_spool(listener, tmp_path: Path
             assert spool_root.resolve() in path.resolve().parents
 
     check()
-    assert any(s is not None and s != 0 for s in statuses), "no hostile UID was refused"
+    refused = [s for s in statuses if s is not None and s != 0]
+    assert refused, "no hostile UID was refused"
+    warnings = [r for r in caplog.records if r.name.startswith("llnm") and r.levelno >= logging.WARNING]
+    assert len(warnings) >= len(refused), "a refused instance without its log line"
+    said = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    said += generate_latest(metrics.REGISTRY).decode()
+    for secret in ("SECRET^PATIENT", "SECRET", "ID-987654"):
+        assert secret not in said
     assert _echo(listener.port)
