@@ -228,3 +228,26 @@ def test_hostile_uids_by_c_store_never_escape_the_spool(listener, tmp_path: Path
     for secret in ("SECRET^PATIENT", "SECRET", "ID-987654"):
         assert secret not in said
     assert _echo(listener.port)
+
+
+def test_instance_over_the_size_limit_is_refused_and_not_spooled(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
+                        series_idle_s=30, study_idle_s=30, metrics_port=0, min_free_disk_mb=1,
+                        network_timeout_s=10, max_instance_mb=1)
+    running = Listener(settings, lambda uid: "task", completion_interval_s=0.05).start()
+    try:
+        big, small = _image("1.2.3", "1.2.3.1", "1.2.3.1.1"), _image("1.2.3", "1.2.3.1", "1.2.3.1.2")
+        big.Rows = big.Columns = 1500  # 2.25 MB of pixels
+        big.PixelData = bytes(1500 * 1500)
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(US_IMAGE_STORAGE, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="LLNM")
+        assert assoc.is_established
+        try:
+            assert int(assoc.send_c_store(big).Status) == 0xA700  # Out of Resources: the sender may retry
+            assert int(assoc.send_c_store(small).Status) == 0
+        finally:
+            assoc.release()
+        assert [p.name for p in running.spool.instances("1.2.3")] == ["1.2.3.1.2.dcm"]
+    finally:
+        running.stop()
