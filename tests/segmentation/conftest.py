@@ -42,11 +42,14 @@ class FakeBackend:
             assert inputs[nodule.INPUT_NAME].shape == (1, 3, nodule.INPUT_SIZE, nodule.INPUT_SIZE)
             out0, out1 = self.nodule_outputs or yolo_outputs([])
             return {nodule.OUTPUT_BOXES: out0, nodule.OUTPUT_PROTOS: out1}
-        assert inputs[gland.INPUT_NAME].shape == (1, 1, gland.INPUT_SIZE, gland.INPUT_SIZE)
+        batch = inputs[gland.INPUT_NAME]
+        assert batch.shape == (2, 1, gland.INPUT_SIZE, gland.INPUT_SIZE)  # the frame and its mirror image
+        np.testing.assert_array_equal(batch[1], batch[0][..., ::-1])
         from llnm.segmentation.preprocess import letterbox
 
         boxed, _ = letterbox(self.gland_mask.astype(np.uint8) * 255, gland.INPUT_SIZE, 0)
-        return {gland.OUTPUT_NAME: (boxed / 255.0).astype(np.float32)[None, None]}
+        prob = (boxed / 255.0).astype(np.float32)[None, None]
+        return {gland.OUTPUT_NAME: np.concatenate([prob, prob[..., ::-1]])}
 
     def has_model(self, model: str) -> bool:
         return True

@@ -29,10 +29,15 @@ def gland_input(image: np.ndarray):
 
 
 def segment_gland(backend: InferenceBackend, image: np.ndarray) -> np.ndarray | None:
-    """(H, W) bool gland mask of an (H, W) uint8 greyscale B-mode crop, or None when no gland is found."""
+    """(H, W) bool gland mask of an (H, W) uint8 greyscale B-mode crop, or None when no gland is found.
+
+    The frame and its mirror image go through the model as one batch of two and their probabilities
+    are averaged (flip test-time augmentation: +0.009 Dice on TG3K train frames, +0.007 on val)."""
     tensor, box = gland_input(image)
-    prob = backend.infer(THYROID_SEG, {INPUT_NAME: tensor})[OUTPUT_NAME]
-    return gland_from_probability(np.asarray(prob, dtype=np.float32).reshape(INPUT_SIZE, INPUT_SIZE), box)
+    batch = np.concatenate([tensor, tensor[..., ::-1]])
+    prob = np.asarray(backend.infer(THYROID_SEG, {INPUT_NAME: batch})[OUTPUT_NAME], dtype=np.float32)
+    mean = (prob[0, 0] + prob[1, 0, :, ::-1]) / 2
+    return gland_from_probability(np.ascontiguousarray(mean), box)
 
 
 def gland_from_probability(prob: np.ndarray, box) -> np.ndarray | None:
