@@ -15,7 +15,8 @@ product's own functions in order and times them:
 - whole: headers + decode + analyse + dicom_build + serialize, i.e. files on disk to SR/SEG bytes.
 Then the TMDL alone, same feed, batch 1 and the pipeline's batch (10 rows): ONNX Runtime session
 against PyTorch eager (models/<preset>/model.pt through TMDLForExport, the same graph with rollout;
-and the fused-attention forward without rollout). Prints one JSON object; every figure is a median.
+and the fused-attention forward without rollout), the three called in turn in every run. Prints one
+JSON object; every figure is a median.
 """
 
 from __future__ import annotations
@@ -40,15 +41,18 @@ def median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 1)
 
 
-def timed(fn, runs: int, warmup: int) -> float:
+def interleaved(fns: list, runs: int, warmup: int) -> list[float]:
+    """Median ms of each function, called in turn within every run (a noisy phase hits them all)."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return median_ms(times)
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return [median_ms(t) for t in times]
 
 
 class TimedBackend:
@@ -210,9 +214,9 @@ def main() -> int:
     runs = max(args.runs * 3, 10)
     tmdl: dict = {}
     for label, feed in (("batch_1", feed1), (f"batch_{len(feed10['images'])}", feed10)):
-        onnx = timed(lambda f=feed: backend.infer("tmdl", f), runs, 3)
-        graph_ms = timed(lambda f=feed: torch_graph(f), runs, 3)
-        fused_ms = timed(lambda f=feed: torch_fused(f), runs, 3)
+        onnx, graph_ms, fused_ms = interleaved([lambda f=feed: backend.infer("tmdl", f),
+                                                lambda f=feed: torch_graph(f), lambda f=feed: torch_fused(f)],
+                                               runs, 3)
         tmdl[label] = {"onnxruntime_ms": onnx, "torch_eager_with_rollout_ms": graph_ms,
                        "torch_eager_fused_no_rollout_ms": fused_ms,
                        "torch_over_onnx": round(graph_ms / onnx, 2) if onnx else None}
