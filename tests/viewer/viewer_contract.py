@@ -93,7 +93,9 @@ def _num_label(item: Dataset) -> tuple[str, str]:
     mv = (item.get("MeasuredValueSequence") or [Dataset()])[0]
     unit = _code(mv, "MeasurementUnitsCodeSequence")[1]
     number = mv.get("NumericValue")
-    value = f"{float(number):.2f}" if number not in (None, "") else ""
+    # OHIF 3.13 draws a value of exactly 0 as empty (seen in the viewer: "Capsule distance:  mm" for a
+    # nodule touching the capsule); the contract says what it really draws, the issue note says what to fix
+    value = f"{float(number):.2f}" if number not in (None, "") and float(number) != 0 else ""
     return meaning, f"{value} {unit}"
 
 

@@ -120,11 +120,11 @@ def writer_output(inputs: list[Path], out_dir: Path, truth_dir: Path | None = No
     return StudyOnDisk(outputs[0].study_uid, inputs, written, outputs[0].summary, _boxes(study_dir, written))
 
 
-def phantom_study(out_dir: Path, seed: int = 7) -> tuple[list[Path], Path]:
+def phantom_study(out_dir: Path, seed: int = 7, rows: int = 360, cols: int = 480) -> tuple[list[Path], Path]:
     """One phantom study through the `llnm phantom` command; returns its files and its truth folder."""
     subprocess.run([sys.executable, "-m", "llnm", "phantom", "--out", str(out_dir), "--studies", "1",
-                    "--seed", str(seed), "--rows", "360", "--cols", "480"], check=True, capture_output=True,
-                   timeout=120)
+                    "--seed", str(seed), "--rows", str(rows), "--cols", str(cols)], check=True,
+                   capture_output=True, timeout=120)
     files = sorted(p for p in out_dir.glob("*/*.dcm"))
     return files, out_dir / "truth"
 
