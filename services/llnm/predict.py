@@ -162,10 +162,15 @@ def write_output(output: StudyOutput, out_dir: Path) -> Path:
     """out_dir/<study_uid>/summary.json and <SOPInstanceUID>.dcm for each object; returns the folder.
 
     Each file is written to a temporary name and renamed, so a reader never sees half a file, and a
-    rerun replaces the same names (deterministic UIDs) instead of adding new ones.
+    rerun replaces the same names (deterministic UIDs) instead of adding new ones. Objects of an
+    earlier, different result of the study (other UIDs) are removed: the folder holds one answer.
     """
     folder = Path(out_dir) / output.study_uid
     folder.mkdir(parents=True, exist_ok=True)
+    current = {f"{ds.SOPInstanceUID}.dcm" for ds in output.datasets}
+    for stale in folder.glob("*.dcm"):
+        if stale.name not in current:
+            stale.unlink()
     for ds in output.datasets:
         _atomic_write(folder / f"{ds.SOPInstanceUID}.dcm", lambda f, ds=ds: ds.save_as(f, enforce_file_format=True))
     text = json.dumps(output.summary, indent=2, sort_keys=False) + "\n"

@@ -178,6 +178,8 @@ def test_reprocessing_gives_the_same_uids_and_a_new_model_gives_new_ones(setting
 
     fourth = _predict([tmp_path / "a.dcm"], settings, analyse=late_report)[0]
     assert not {u for _, u in uids} & {str(d.SOPInstanceUID) for d in fourth.datasets}
+    folder = write_output(fourth, out)  # the folder holds the new answer only
+    assert {p.stem for p in folder.glob("*.dcm")} == {str(d.SOPInstanceUID) for d in fourth.datasets}
 
 
 def test_every_object_is_labelled_ours_and_research_only(settings, us_factory, tmp_path):

@@ -62,9 +62,15 @@ class Outbox:
         return marker.is_file() and marker.read_text() == key
 
     def add(self, study_uid: str, datasets: list[Dataset], nodes: list[Destination], result_key: str = "") -> int:
-        """Write the objects not yet delivered (with this result) to every node; returns how many."""
+        """Write the objects not yet delivered (with this result) to every node; returns how many.
+        Objects of an earlier, different result (other UIDs) are dropped: a superseded answer is never
+        sent again."""
         folder = self.study_dir(study_uid)
         folder.mkdir(parents=True, exist_ok=True)
+        current = {f"{validate_uid(ds.SOPInstanceUID)}.dcm" for ds in datasets}
+        for stale in folder.glob("*.dcm"):
+            if stale.name not in current:
+                stale.unlink()
         write_durably(self._key_path(study_uid), result_key.encode())
         written = 0
         for ds in datasets:
