@@ -28,7 +28,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: 8 (gland) / 40 (nodule)")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="stop after this much training time")
     parser.add_argument("--init", type=Path, default=None,
-                        help="start from these weights (a fine-tuning stage) instead of random ones: gland .pt / YOLO best.pt")
+                        help="start from these weights (a fine-tuning stage) instead of random ones: gland .pt / YOLO best.pt, "
+                             "or for the nodule model a shipped model.onnx (its batch norms are re-estimated)")
+    parser.add_argument("--mosaic", action="store_true",
+                        help="nodule model: keep Ultralytics mosaic on in a fine-tuning stage (off by default there)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 gland, 2e-3 nodule)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = train_nodule.NoduleTrainConfig(data=args.data, out=out, phantom=args.phantom,
                                              epochs=args.epochs or 40, seed=args.seed, threads=args.threads,
-                                             max_minutes=args.max_minutes, init=args.init, lr=args.lr or 0.002)
+                                             max_minutes=args.max_minutes, init=args.init, lr=args.lr or 0.002,
+                                             mosaic=args.mosaic)
         summary = train_nodule.train(cfg)
         if not args.no_export:
             summary["onnx"] = str(train_nodule.export_onnx(Path(summary["best"]),

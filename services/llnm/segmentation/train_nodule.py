@@ -44,8 +44,9 @@ class NoduleTrainConfig:
     seed: int = 0
     threads: int = 2
     max_minutes: float = 60.0
-    init: Path | None = None  # fine-tuning stage: start from these weights, no mosaic, no warm-up
+    init: Path | None = None  # fine-tuning stage: start from these weights (.pt or a shipped .onnx), no warm-up
     lr: float = 0.002
+    mosaic: bool = False  # fine-tuning stage only: keep mosaic on (a stage from random weights always uses it)
 
 
 def polygons(mask: np.ndarray, min_area: float = 12.0) -> list[np.ndarray]:
@@ -136,21 +137,26 @@ def train(cfg: NoduleTrainConfig) -> dict:
     torch_utils.NUM_THREADS = cfg.threads  # Ultralytics resets torch threads to its own default on CPU
     torch.set_num_threads(cfg.threads)
     yaml_path = build_dataset(cfg)
-    model = YOLO(str(cfg.init) if cfg.init else "yolov8n-seg.yaml")
+    init = cfg.init
+    if init is not None and init.suffix == ".onnx":
+        images = sorted((yaml_path.parent / "images" / "train").glob("*.png"))
+        calibration = [read_grey(p) for p in random.Random(cfg.seed).sample(images, min(64, len(images)))]
+        init = checkpoint_from_onnx(init, calibration, cfg.out / "init_from_onnx.pt")
+    model = YOLO(str(init) if init else "yolov8n-seg.yaml")
     started = time.monotonic()
     model.train(
         data=str(yaml_path), imgsz=nodule.INPUT_SIZE, epochs=cfg.epochs, time=cfg.max_minutes / 60,
         batch=cfg.batch, nbs=cfg.batch, workers=0, device="cpu", cache="ram", amp=False, plots=False, seed=cfg.seed,
         deterministic=True, project=str(cfg.out), name="yolo", exist_ok=True,
-        pretrained=str(cfg.init) if cfg.init else False,
-        optimizer="AdamW", lr0=cfg.lr, warmup_epochs=0 if cfg.init else 1, close_mosaic=2, patience=100,
+        pretrained=str(init) if init else False,
+        optimizer="AdamW", lr0=cfg.lr, warmup_epochs=0 if init else 1, close_mosaic=4 if init else 2, patience=100,
         hsv_h=0.0, hsv_s=0.0, hsv_v=0.3, degrees=10.0, translate=0.1, scale=0.5, fliplr=0.5,
-        mosaic=0.0 if cfg.init else 1.0,
+        mosaic=1.0 if init is None or cfg.mosaic else 0.0,
         single_cls=True, verbose=True,
     )
     best = cfg.out / "yolo" / "weights" / "best.pt"
     summary = {"best": str(best), "minutes": (time.monotonic() - started) / 60, "seed": cfg.seed,
-               "imgsz": nodule.INPUT_SIZE, "init": str(cfg.init or ""), "dataset": str(yaml_path.parent)}
+               "imgsz": nodule.INPUT_SIZE, "init": str(cfg.init or ""), "mosaic": cfg.mosaic, "dataset": str(yaml_path.parent)}
     results = cfg.out / "yolo" / "results.csv"
     if results.is_file():
         summary["results_csv"] = str(results)
@@ -186,3 +192,87 @@ def _fix_spatial_dims(path: Path) -> None:
         for dim, fixed in zip(dims[1:], shapes[value.name]):
             dim.dim_value = fixed
     onnx.save(model, str(path))
+
+
+def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target: Path) -> Path:
+    """Turn a shipped nodule ONNX file back into a trainable Ultralytics checkpoint.
+
+    The export folds every batch norm into its convolution, so the ONNX file holds (W, b) per layer and
+    no normalisation statistics. Each batch norm is rebuilt to be the identity on data like
+    `calibration` (grey frames): its running mean/variance are measured on those frames and its affine
+    part undoes them (gamma = sqrt(var + eps), beta = mean + b). In eval mode the checkpoint computes
+    exactly what the ONNX file does; in train mode batch statistics stay close to the measured ones, so
+    fine-tuning continues from the shipped model instead of from random weights.
+    """
+    os.environ["YOLO_OFFLINE"] = "1"
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from ultralytics import __version__
+    from ultralytics.nn.modules.conv import Conv
+    from ultralytics.nn.tasks import SegmentationModel
+
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+               for t in onnx.load(str(onnx_path)).graph.initializer}
+    model = SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False)
+    folded: dict[torch.nn.BatchNorm2d, torch.Tensor] = {}
+    state = model.state_dict()
+    loaded: set[str] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, Conv) and isinstance(module.bn, torch.nn.BatchNorm2d):
+            if f"{name}.conv.bias" not in weights:
+                raise ValueError(f"{onnx_path} is not a YOLOv8n-seg export: it has no {name}.conv weights")
+            w, b = weights[f"{name}.conv.weight"], weights[f"{name}.conv.bias"]
+            module.conv.weight.data.copy_(w)
+            bn = module.bn
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+            bn.weight.data.fill_(1.0)
+            bn.bias.data.copy_(b)
+            folded[bn] = b
+            loaded.update(f"{name}.{k}" for k in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean",
+                                                   "bn.running_var", "bn.num_batches_tracked"))
+    for key in state:
+        if key not in loaded and key in weights:
+            state[key].copy_(weights[key])
+            loaded.add(key)
+    missing = [k for k in state if k not in loaded and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"{onnx_path} lacks weights for {missing[:5]} ({len(missing)} in all): not a YOLOv8n-seg export")
+    sums: dict[torch.nn.BatchNorm2d, list[torch.Tensor]] = {bn: [] for bn in folded}
+
+    def record(bn: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor], _output: torch.Tensor) -> None:
+        x = inputs[0].double()
+        sums[bn].append(torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))]))
+
+    hooks = [bn.register_forward_hook(record) for bn in folded]
+    model.eval()
+    batch = torch.from_numpy(np.stack([nodule.nodule_input(image)[0][0] for image in calibration]))
+    with torch.no_grad():
+        reference = _boxes(model(batch))
+        for hook in hooks:
+            hook.remove()
+        for bn, b in folded.items():
+            mean, square = torch.stack(sums[bn]).mean(dim=0)
+            var = (square - mean * mean).clamp_min(1e-6).float()
+            bn.running_mean.copy_(mean.float())
+            bn.running_var.copy_(var)
+            bn.weight.data.copy_(torch.sqrt(var + bn.eps))
+            bn.bias.data.copy_(mean.float() + b)
+        drift = float((_boxes(model(batch)) - reference).abs().max())
+    if drift > 1e-2:
+        raise RuntimeError(f"rebuilt batch norms change the output by {drift:.3g}")
+    model.names = {0: "nodule"}
+    model.args = {"task": "segment", "imgsz": nodule.INPUT_SIZE, "single_cls": True}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "train_args": {"task": "segment", "imgsz": nodule.INPUT_SIZE},
+                "version": __version__, "source_onnx": str(onnx_path)}, target)
+    log.info("nodule checkpoint rebuilt from onnx", path=str(target), stage="recover", drift=drift)
+    return target
+
+
+def _boxes(output) -> "torch.Tensor":
+    """The (N, 4 + 1 + 32, anchors) tensor of a YOLOv8-seg forward pass (eval mode nests it in tuples)."""
+    while isinstance(output, (list, tuple)):
+        output = output[0]
+    return output
