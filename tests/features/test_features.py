@@ -124,3 +124,46 @@ def test_heatmap_puts_a_location_token_on_its_part_of_the_gland_box():
     r, c = np.unravel_index(heat.argmax(), heat.shape)
     r0, c0, r1, c1 = f.location_box
     assert r < r0 + (r1 - r0) / 4 + 2 and c < c0 + (c1 - c0) / 4 + 2
+
+
+@pytest.mark.parametrize("shape, box, sigma", [
+    ((600, 800), (200, 300, 260, 420), 12.5),  # box well inside the frame
+    ((600, 800), (0, 0, 40, 90), 9.0),  # box at the top-left corner: the reflection at the frame edge
+    ((120, 160), (30, 5, 115, 158), 20.0),  # padded box wider than the frame
+    ((80, 120), (10, 10, 12, 12), 1.0),
+])
+def test_smoothing_the_support_box_equals_the_full_frame_filter(shape, box, sigma):
+    from scipy import ndimage
+
+    from llnm.features.heatmap import smooth_support
+
+    rng = np.random.default_rng(0)
+    heat = np.zeros(shape, np.float32)
+    r0, c0, r1, c1 = box
+    heat[r0:r1, c0:c1] = rng.random((r1 - r0, c1 - c0), dtype=np.float32)
+    heat[r0 + 1, c1 - 1] += 2.0
+    full = ndimage.gaussian_filter(heat, sigma=sigma)
+    fast = smooth_support(heat, sigma=sigma)
+    assert fast.dtype == full.dtype and fast.shape == full.shape
+    np.testing.assert_allclose(fast, full, rtol=0, atol=1e-7)
+
+
+def test_heatmap_equals_the_full_frame_filter_on_a_whole_view(monkeypatch):
+    from scipy import ndimage
+
+    from llnm.features import heatmap
+
+    image, gland, nodule = view()
+    f = extract_features(image, gland, nodule, None, size=32)
+    importance = np.random.default_rng(1).random(3 * 16).astype(np.float32)
+    fast = tokens_to_heatmap(importance, f, image.shape)
+    monkeypatch.setattr(heatmap, "smooth_support", lambda heat, sigma: ndimage.gaussian_filter(heat, sigma=sigma))
+    full = tokens_to_heatmap(importance, f, image.shape)
+    np.testing.assert_allclose(fast, full, rtol=0, atol=1e-7)
+
+
+def test_an_all_zero_heatmap_stays_zero():
+    from llnm.features.heatmap import smooth_support
+
+    heat = np.zeros((30, 40), np.float32)
+    assert not smooth_support(heat, 3.0).any()

@@ -143,14 +143,26 @@ def laterality(header: Dataset) -> str | None:
     return None
 
 
+def _support(mask: np.ndarray) -> tuple[int, int, np.ndarray | None]:
+    """(row, column) of the bounding box of the mask's pixels and the mask cut to it (None if empty):
+    labelling and tracing a nodule's box, not the whole view, is what keeps the SR build fast; the
+    components, their raster order and hence the outline are the same."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return 0, 0, None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
 def outline(mask: np.ndarray, max_points: int = 256) -> np.ndarray | None:
     """Closed outline (x, y) of the largest component of `mask`, first point repeated at the end.
 
     Moore-neighbour tracing of the boundary pixels, thinned to at most `max_points` vertices.
     """
-    labels, n = ndimage.label(mask)
-    if n == 0:
+    r0, c0, mask = _support(mask)
+    if mask is None:
         return None
+    labels, n = ndimage.label(mask)
     sizes = ndimage.sum(mask, labels, range(1, n + 1))
     component = np.pad(labels == (int(np.argmax(sizes)) + 1), 1)
     rows, cols = np.nonzero(component)
@@ -172,7 +184,7 @@ def outline(mask: np.ndarray, max_points: int = 256) -> np.ndarray | None:
         if not found or current == start:
             break
         path.append(current)
-    pts = np.array(path, dtype=np.float64) - 1.0  # undo the padding
+    pts = np.array(path, dtype=np.float64) - 1.0 + (r0, c0)  # undo the padding and the crop
     if len(pts) > max_points - 1:
         pts = pts[np.linspace(0, len(pts) - 1, max_points - 1).astype(int)]
     if len(pts) < 3:  # a one- or two-pixel blob: outline its bounding box

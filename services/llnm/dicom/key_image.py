@@ -43,22 +43,44 @@ def _heat_colour(h: np.ndarray) -> np.ndarray:
 
 
 def _edge(mask: np.ndarray, width: int) -> np.ndarray:
+    """The mask's pixels within `width` of its border. Eroded only over the mask's bounding box plus
+    one background pixel each side (the same erosion as over the whole view, where the rest is 0)."""
     mask = mask.astype(bool)
-    inner = ndimage.binary_erosion(mask, iterations=width, border_value=0)
-    return mask & ~inner
+    edge = np.zeros_like(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return edge
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(0, rows[0] - 1), min(mask.shape[0], rows[-1] + 2)
+    c0, c1 = max(0, cols[0] - 1), min(mask.shape[1], cols[-1] + 2)
+    box = mask[r0:r1, c0:c1]
+    edge[r0:r1, c0:c1] = box & ~ndimage.binary_erosion(box, iterations=width, border_value=0)
+    return edge
+
+
+def _blend_heat(part: np.ndarray, heat: np.ndarray) -> None:
+    """Blend the heat map into `part` in place, only where it is non-zero: elsewhere the weight is 0
+    and the pixels stay as they are (the heat map is zero outside the smoothed token boxes)."""
+    rows = np.flatnonzero(heat.any(axis=1))
+    if not len(rows):
+        return
+    cols = np.flatnonzero(heat.any(axis=0))
+    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    h = heat[window]
+    weight = HEATMAP_ALPHA * np.clip(h, 0, 1)[..., None]
+    part[window] = part[window] * (1 - weight) + _heat_colour(h) * weight
 
 
 def render(frame: AnalysedFrame, result: StudyResult) -> np.ndarray:
     """(H + banner, W, 3) uint8 RGB."""
-    image = frame.ref.frame_rgb.astype(np.float32).copy()
+    image = frame.ref.frame_rgb.astype(np.float32)  # astype copies: the source frame stays as read
     line = max(1, min(image.shape[:2]) // 200)
     for _, view, view_result in frame.views:
         r0, c0 = view.crop_offset
         h, w = view.image.shape
         part = image[r0:r0 + h, c0:c0 + w]
         if view_result.heatmap is not None and view_result.heatmap.shape == (h, w):
-            weight = HEATMAP_ALPHA * np.clip(view_result.heatmap, 0, 1)[..., None]
-            part[:] = part * (1 - weight) + _heat_colour(view_result.heatmap) * weight
+            _blend_heat(part, view_result.heatmap)
         for mask, colour in ((view_result.gland_mask, GLAND_RGB), (view_result.nodule_mask, NODULE_RGB)):
             if mask is not None and mask.shape == (h, w) and mask.any():
                 part[_edge(mask, line)] = colour

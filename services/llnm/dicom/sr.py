@@ -150,6 +150,7 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
     versions = versions_key(result)
     nodule_uid = deterministic_uid("nodule", study_uid, 1, versions)
     tracking = hd.sr.TrackingIdentifier(uid=str(nodule_uid), identifier=tracking_label(result))
+    algorithm = algorithm_id(result)
     groups = []
     for frame in frames:
         for index, view, view_result in frame.views:
@@ -172,7 +173,7 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
                 finding_type=codes.NODULE,
                 finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
                 finding_sites=[hd.sr.FindingSite(codes.lobe_code(laterality(frame.ref.header)))],
-                algorithm_id=algorithm_id(result),
+                algorithm_id=algorithm,
                 measurements=measurements(result) if is_index else None,
                 qualitative_evaluations=qualitative or None,
             )
