@@ -10,9 +10,14 @@ Empty: any calling AE from anywhere, with the global timers. Unknown keys are a 
 from __future__ import annotations
 
 import ipaddress
+import threading
 from dataclasses import dataclass, field
 
 _KEYS = {"series_idle_s", "study_idle_s"}
+#: With an open allow-list, the first this many calling AE titles seen become metric labels; every later
+#: one is "other". A scanner cycling AE titles cannot grow the metrics without bound.
+MAX_OPEN_LABELS = 20
+OTHER = "other"
 
 
 @dataclass
@@ -28,6 +33,9 @@ class AccessPolicy:
     entries: dict[str, CallingAE]
     series_idle_s: float
     study_idle_s: float
+    max_open_labels: int = MAX_OPEN_LABELS
+    _seen: set[str] = field(default_factory=set, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def open(self) -> bool:
@@ -49,8 +57,18 @@ class AccessPolicy:
         return series, study
 
     def metric_label(self, calling_ae: str) -> str:
-        """AE titles are labels only when configured: unknown callers cannot grow the label set."""
-        return calling_ae.strip() if self.open or calling_ae.strip() in self.entries else "other"
+        """The calling AE title as a metric label: those on the allow-list, others "other". With an open
+        allow-list, the first `max_open_labels` titles seen, then "other" (a bounded label set)."""
+        title = calling_ae.strip()
+        if not self.open:
+            return title if title in self.entries else OTHER
+        with self._lock:
+            if title in self._seen:
+                return title
+            if len(self._seen) < self.max_open_labels and title != OTHER:
+                self._seen.add(title)
+                return title
+        return OTHER
 
 
 def _normal(address: str) -> str:

@@ -1,15 +1,21 @@
 """The DICOM listener: a pynetdicom SCP (C-ECHO, C-STORE) in front of the spool and the completion timers.
 
 Handlers stay small: check, write durably, record, answer. Success (0x0000) is answered only after the
-instance is in the spool and recorded for completion; a full disk, a disk below the watermark or a write
-error is answered 0xA700 (Out of Resources) and the sender keeps the instance.
+instance is in the spool and recorded for completion; a full disk, a disk below the watermark, an instance
+over the size limit or a write error is answered 0xA700 (Out of Resources) and the sender keeps the instance.
+
+Memory per association is bounded: each data set is received into a file as it arrives
+(`llnm.listener.incoming`), never held whole in memory, and PDUs are capped at `MAX_PDU_BYTES`.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from typing import Callable
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
@@ -19,6 +25,7 @@ from llnm.config import Settings
 from llnm.dimse import NODELAY_HANDLER, server_tls_context
 from llnm.listener.access import AccessPolicy, parse_access
 from llnm.listener.completion import CompletionTracker, Enqueue
+from llnm.listener.incoming import IncomingFiles, receive_into_files
 from llnm.listener.spool import InvalidUID, OutOfResources, Spool, remove_stale_temp_files, validate_uid
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
@@ -28,6 +35,11 @@ log = get_logger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+
+#: The largest PDU we accept (and advertise as our maximum length received). A PDU is read whole into
+#: memory by pynetdicom, so this bounds an association's memory; a peer announcing a longer one is
+#: disconnected. 1 MiB keeps round trips few (dcmtk's storescp takes 128 KiB).
+MAX_PDU_BYTES = 1024 * 1024
 
 #: Storage classes accepted: ultrasound, secondary capture, structured reports, and SEG/KOS (so a PACS
 #: routing a whole study, our own results included, is never refused; those are stored and ignored).
@@ -75,6 +87,7 @@ class Listener:
         self.classify = classify or default_classify()
         self.audit = audit or AuditTrail.for_data_dir(settings.data_dir)
         self.spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
+        self.incoming = IncomingFiles(self.spool.root, settings.max_instance_mb * 1024 * 1024)
         self.policy: AccessPolicy = parse_access(settings.allowed_aes, settings.series_idle_s,
                                                  settings.study_idle_s)
         self.tracker = CompletionTracker(self.audit, self.policy)
@@ -93,11 +106,12 @@ class Listener:
         ae.network_timeout = s.network_timeout_s
         ae.acse_timeout = s.network_timeout_s
         ae.dimse_timeout = s.network_timeout_s
-        ae.maximum_pdu_size = 0  # no limit: peers send large PDUs, fewer round trips
+        ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.add_supported_context(Verification)
         syntaxes = accepted_transfer_syntaxes()
         for uid in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(uid, syntaxes)
+        receive_into_files(ae, self.incoming)
         return ae
 
     def handlers(self) -> list:
@@ -109,19 +123,18 @@ class Listener:
             (evt.EVT_REJECTED, self._count_association),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_CONN_CLOSE, self.drop_partial_instance),
         ]
 
     def start(self) -> "Listener":
         s = self.settings
-        removed = remove_stale_temp_files(self.spool.root)
+        removed = remove_stale_temp_files(self.spool.root) + self.incoming.sweep()
         if removed:
             log.info("removed temp files of interrupted writes", count=removed)
         ssl_context = server_tls_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
         self._server = self.ae.start_server((s.bind_address, s.port), block=False,
                                             evt_handlers=self.handlers(), ssl_context=ssl_context)
-        self._thread = threading.Thread(target=self.tracker.run, name="llnm-completion",
-                                        args=(self.enqueue, self._stop, self.completion_interval_s),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="llnm-completion", daemon=True)
         self._thread.start()
         log.info("listener up", called_ae=s.ae_title, port=self.port,
                  reason="tls" if ssl_context else "plain")
@@ -130,6 +143,22 @@ class Listener:
     @property
     def port(self) -> int:
         return self._server.server_address[1] if self._server else self.settings.port
+
+    def _run(self) -> None:
+        """The completion loop, and every few network timeouts a sweep of temp files a crash left."""
+        sweeper = threading.Thread(target=self._sweep_loop, name="llnm-sweep", daemon=True)
+        sweeper.start()
+        self.tracker.run(self.enqueue, self._stop, self.completion_interval_s)
+
+    def _sweep_loop(self) -> None:
+        age = max(60.0, 2 * self.settings.network_timeout_s)  # no live write is that old
+        while not self._stop.wait(age / 2):
+            try:
+                removed = remove_stale_temp_files(self.spool.root, age) + self.incoming.sweep(age)
+                if removed:
+                    log.info("removed temp files of interrupted writes", count=removed)
+            except Exception:
+                log.exception("temp file sweep failed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -148,6 +177,14 @@ class Listener:
         sock = getattr(event.assoc.dul.socket, "socket", None)
         if sock is not None:
             sock.settimeout(self.settings.network_timeout_s)
+        bound_pdu_length(event.assoc.dul.socket, MAX_PDU_BYTES)
+
+    def drop_partial_instance(self, event: evt.Event) -> None:
+        """An association that ended mid-instance (abort, lost connection) leaves no file behind."""
+        removed = self.incoming.association_closed(event.assoc)
+        if removed:
+            log.info("association ended mid-instance: partial data removed", count=removed,
+                     calling_ae=str(event.assoc.requestor.ae_title).strip())
 
     def handle_requested(self, event: evt.Event) -> None:
         """Reject callers not on the allow-list (A-ASSOCIATE-RJ: calling AE title not recognised)."""
@@ -179,19 +216,26 @@ class Listener:
 
     def _store(self, event: evt.Event, calling: str) -> tuple[int, str]:
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        incoming = self.incoming.take(event.dataset_path, event.assoc)
+        if incoming is None:  # not received by our file hook: nothing we could store durably
+            log.error("instance refused: no received data set file", calling_ae=calling)
+            return OUT_OF_RESOURCES, "error"
+        if incoming.oversized:
+            log.warning("instance over the size limit", calling_ae=calling, bytes=incoming.size)
+            return OUT_OF_RESOURCES, "out_of_resources"
+        if incoming.error is not None:
+            log.error("instance refused: could not write it while receiving", calling_ae=calling,
+                      error=os.strerror(incoming.error))
+            return OUT_OF_RESOURCES, "out_of_resources"
         try:
-            data = event.encoded_dataset()
-            if len(data) > self.settings.max_instance_mb * 1024 * 1024:
-                log.warning("instance over the size limit", calling_ae=calling, bytes=len(data))
-                return OUT_OF_RESOURCES, "out_of_resources"
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            incoming.file.flush()
+            ds = dcmread(incoming.name, stop_before_pixels=True)
             study_uid = validate_uid(ds.get("StudyInstanceUID"))
             series_uid = validate_uid(ds.get("SeriesInstanceUID"))
             sop_uid = validate_uid(sop_uid)
             if str(ds.get("SOPInstanceUID", "")).strip() != sop_uid:
                 raise InvalidUID("dataset SOP Instance UID differs from the request's")
-        except (InvalidUID, AttributeError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # an undecodable header is the sender's fault: refuse it, never crash
             log.warning("instance refused: cannot read its UIDs", calling_ae=calling, error=type(exc).__name__)
             return CANNOT_UNDERSTAND, "invalid"
         if self.tracker.instances(study_uid) >= self.settings.max_instances_per_study:
@@ -202,7 +246,7 @@ class Listener:
         except Exception as exc:
             kind = f"ignored:unclassifiable ({type(exc).__name__})"
         try:
-            stored = self.spool.store(study_uid, series_uid, sop_uid, data)
+            stored = self.spool.store_file(study_uid, series_uid, sop_uid, Path(incoming.name), incoming.sync)
             self.tracker.instance_received(study_uid, series_uid, calling, kind, duplicate=stored.duplicate)
         except OutOfResources as exc:
             log.error("instance refused: spool cannot store it", study_uid=study_uid, sop_instance_uid=sop_uid,
@@ -212,9 +256,11 @@ class Listener:
             log.exception("instance refused: could not record it", study_uid=study_uid,
                           sop_instance_uid=sop_uid, error=type(exc).__name__)
             return OUT_OF_RESOURCES, "error"
-        metrics.RECEIVED_BYTES.labels(calling_ae=self.policy.metric_label(calling)).inc(len(data))
+        finally:
+            incoming.close()
+        metrics.RECEIVED_BYTES.labels(calling_ae=self.policy.metric_label(calling)).inc(stored.size)
         log.debug("instance stored", study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid,
-                  calling_ae=calling, reason=kind, bytes=len(data))
+                  calling_ae=calling, reason=kind, bytes=stored.size)
         return SUCCESS, "duplicate" if stored.duplicate else "stored"
 
     def refresh_gauges(self) -> None:
@@ -222,3 +268,20 @@ class Listener:
         metrics.STUDIES_WAITING.set(self.tracker.waiting())
         metrics.SPOOL_FREE_BYTES.set(self.spool.free_bytes())
         metrics.SPOOL_BYTES.set(self.spool.usage_bytes())
+
+
+def bound_pdu_length(transport: object, limit: int) -> None:
+    """Disconnect a peer that announces a PDU longer than `limit` instead of reading it into memory
+    (pynetdicom reads each PDU whole, trusting the length in its header). The refusal is an OSError
+    from the socket read, which pynetdicom treats as a closed connection."""
+    recv = getattr(transport, "recv", None)
+    if recv is None:
+        return
+
+    def bounded(nr_bytes: int) -> bytearray:
+        if nr_bytes > limit:
+            log.warning("connection closed: PDU over the size limit", bytes=nr_bytes)
+            raise OSError(f"PDU of {nr_bytes} bytes is over the {limit} byte limit")
+        return recv(nr_bytes)
+
+    transport.recv = bounded  # type: ignore[attr-defined]

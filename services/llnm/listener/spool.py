@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -88,6 +89,36 @@ class Spool:
             raise OutOfResources(exc.errno or errno.EIO, f"spool write failed: {exc.strerror or exc}") from exc
         return Stored(path, duplicate=duplicate, written=True, size=len(data))
 
+    def store_file(self, study_uid: str, series_uid: str, sop_uid: str, incoming: Path,
+                   sync: Callable[[], None] | None = None) -> Stored:
+        """Move a received file (`<spool>/.incoming/...`) into place durably: fsync it (`sync`, else by
+        path), rename it over the instance's path, fsync the folder. A file on another file system is
+        copied with `write_durably` instead (read in one go: only for files within the size limit)."""
+        path = self.path_for(study_uid, series_uid, sop_uid)
+        duplicate = path.exists()
+        size = os.stat(incoming).st_size
+        if duplicate and self.duplicate_policy == "discard":
+            return Stored(path, duplicate=True, written=False, size=path.stat().st_size)
+        same_disk = os.stat(incoming).st_dev == os.stat(self.root).st_dev
+        self.check_watermark(0 if same_disk else size)  # on the same disk the bytes are already there
+        try:
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fsync_dir(path.parent.parent)
+                fsync_dir(self.root)
+            if same_disk:
+                if sync is not None:
+                    sync()
+                else:
+                    fsync_path(incoming)
+                os.replace(incoming, path)
+                fsync_dir(path.parent)
+            else:
+                write_durably(path, Path(incoming).read_bytes())
+        except OSError as exc:
+            raise OutOfResources(exc.errno or errno.EIO, f"spool write failed: {exc.strerror or exc}") from exc
+        return Stored(path, duplicate=duplicate, written=True, size=size)
+
     def instances(self, study_uid: str) -> list[Path]:
         """The spooled files of a study, sorted (series, then SOP Instance UID)."""
         root = self.study_dir(study_uid)
@@ -131,6 +162,14 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -140,7 +179,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def remove_stale_temp_files(root: Path, older_than_s: float = 3600.0) -> int:
-    """Temp files left by a crash mid-write (never answered Success) are removed at start-up."""
+    """Temp files left by a crash mid-write (never answered Success): a write takes seconds, so the
+    listener removes those older than a few network timeouts, at start-up and then periodically."""
     now = time.time()
     count = 0
     for p in Path(root).rglob(".tmp-*.part"):
