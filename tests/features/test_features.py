@@ -126,44 +126,78 @@ def test_heatmap_puts_a_location_token_on_its_part_of_the_gland_box():
     assert r < r0 + (r1 - r0) / 4 + 2 and c < c0 + (c1 - c0) / 4 + 2
 
 
-@pytest.mark.parametrize("shape, box, sigma", [
-    ((600, 800), (200, 300, 260, 420), 12.5),  # box well inside the frame
-    ((600, 800), (0, 0, 40, 90), 9.0),  # box at the top-left corner: the reflection at the frame edge
-    ((120, 160), (30, 5, 115, 158), 20.0),  # padded box wider than the frame
-    ((80, 120), (10, 10, 12, 12), 1.0),
+def full_frame_heatmap(importance, features, shape):
+    """The heat map as computed before the low-rank form: splat every box, filter the whole frame."""
+    from scipy import ndimage
+
+    from llnm.features.extract import MOSAIC_GRID
+
+    def splat(heat, grid, box):
+        r0, c0, r1, c1 = box
+        g = grid.shape[0]
+        rows, cols = np.arange(heat.shape[0]) + 0.5, np.arange(heat.shape[1]) + 0.5
+        gi = np.floor((rows - r0) / max(r1 - r0, 1e-6) * g).astype(int)
+        gj = np.floor((cols - c0) / max(c1 - c0, 1e-6) * g).astype(int)
+        ri, ci = np.flatnonzero((gi >= 0) & (gi < g)), np.flatnonzero((gj >= 0) & (gj < g))
+        if len(ri) and len(ci):
+            heat[np.ix_(ri, ci)] += grid[np.ix_(gi[ri], gj[ci])]
+
+    n = importance.shape[0] // 3
+    g = int(round(np.sqrt(n)))
+    heat = np.zeros(shape, dtype=np.float32)
+    splat(heat, importance[:n].reshape(g, g), features.location_box)
+    splat(heat, importance[n:2 * n].reshape(g, g), features.texture_box)
+    margin = importance[2 * n:].reshape(g, g)
+    cell = max(1, g // MOSAIC_GRID)
+    half = features.margin_patch_px / 2
+    for k, (pr, pc) in enumerate(features.margin_points):
+        i, j = divmod(k, MOSAIC_GRID)
+        value = float(margin[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell].mean())
+        r0, r1 = int(max(0, pr - half)), int(min(shape[0], pr + half + 1))
+        c0, c1 = int(max(0, pc - half)), int(min(shape[1], pc + half + 1))
+        heat[r0:r1, c0:c1] += value
+    cell_px = (features.texture_box[2] - features.texture_box[0]) / max(g, 1)
+    heat = ndimage.gaussian_filter(heat, sigma=max(1.0, cell_px / 2))
+    top = float(heat.max())
+    return (heat / top).astype(np.float32) if top > 0 else heat
+
+
+@pytest.mark.parametrize("nodule_rows, nodule_cols, size, seed", [
+    ((40, 50), (30, 50), 32, 1),  # 4 x 4 tokens per feature image
+    ((25, 60), (12, 105), 48, 2),  # a large nodule: the kernel is longer than the frame is high
+    ((62, 70), (95, 110), 48, 3),  # near the frame's corner: the reflection at its edges
+    ((40, 50), (30, 50), 32, 4),
 ])
-def test_smoothing_the_support_box_equals_the_full_frame_filter(shape, box, sigma):
-    from scipy import ndimage
-
-    from llnm.features.heatmap import smooth_support
-
-    rng = np.random.default_rng(0)
-    heat = np.zeros(shape, np.float32)
-    r0, c0, r1, c1 = box
-    heat[r0:r1, c0:c1] = rng.random((r1 - r0, c1 - c0), dtype=np.float32)
-    heat[r0 + 1, c1 - 1] += 2.0
-    full = ndimage.gaussian_filter(heat, sigma=sigma)
-    fast = smooth_support(heat, sigma=sigma)
-    assert fast.dtype == full.dtype and fast.shape == full.shape
-    np.testing.assert_allclose(fast, full, rtol=0, atol=1e-7)
+def test_heatmap_equals_the_full_frame_filter(nodule_rows, nodule_cols, size, seed):
+    image, gland, nodule = view(nodule_rows, nodule_cols)
+    f = extract_features(image, gland, nodule, None, size=size)
+    importance = np.random.default_rng(seed).random(3 * 16).astype(np.float32)  # 4 x 4 tokens each
+    if seed == 4:
+        importance[:] = 0.0
+        importance[5] = 1.0  # one token: the map is one smoothed box
+    fast = tokens_to_heatmap(importance, f, image.shape)
+    full = full_frame_heatmap(importance, f, image.shape)
+    assert fast.dtype == np.float32 and fast.shape == full.shape
+    np.testing.assert_allclose(fast, full, rtol=0, atol=1e-6)
 
 
-def test_heatmap_equals_the_full_frame_filter_on_a_whole_view(monkeypatch):
-    from scipy import ndimage
+def test_heatmap_equals_the_full_frame_filter_on_a_phantom_sized_view():
+    rng = np.random.default_rng(5)
+    image = np.full((514, 602), 20, dtype=np.uint8)
+    gland = np.zeros(image.shape, bool)
+    gland[100:330, 160:600] = True
+    nodule = np.zeros_like(gland)
+    nodule[120:300, 250:450] = True
+    image[gland] = 100
+    image[nodule] = 50
+    f = extract_features(image, gland, nodule, (0.1, 0.1), size=48)
+    importance = rng.random(3 * 16).astype(np.float32)
+    np.testing.assert_allclose(tokens_to_heatmap(importance, f, image.shape),
+                               full_frame_heatmap(importance, f, image.shape), rtol=0, atol=1e-6)
 
-    from llnm.features import heatmap
 
+def test_an_all_zero_importance_gives_an_all_zero_map():
     image, gland, nodule = view()
     f = extract_features(image, gland, nodule, None, size=32)
-    importance = np.random.default_rng(1).random(3 * 16).astype(np.float32)
-    fast = tokens_to_heatmap(importance, f, image.shape)
-    monkeypatch.setattr(heatmap, "smooth_support", lambda heat, sigma: ndimage.gaussian_filter(heat, sigma=sigma))
-    full = tokens_to_heatmap(importance, f, image.shape)
-    np.testing.assert_allclose(fast, full, rtol=0, atol=1e-7)
-
-
-def test_an_all_zero_heatmap_stays_zero():
-    from llnm.features.heatmap import smooth_support
-
-    heat = np.zeros((30, 40), np.float32)
-    assert not smooth_support(heat, 3.0).any()
+    heat = tokens_to_heatmap(np.zeros(48, np.float32), f, image.shape)
+    assert heat.dtype == np.float32 and not heat.any()
