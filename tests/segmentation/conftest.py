@@ -39,9 +39,14 @@ class FakeBackend:
     def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls.append(model)
         if model == "nodule_seg":
-            assert inputs[nodule.INPUT_NAME].shape == (1, 3, nodule.INPUT_SIZE, nodule.INPUT_SIZE)
+            batch = inputs[nodule.INPUT_NAME]
+            assert batch.shape == (2, 3, nodule.INPUT_SIZE, nodule.INPUT_SIZE)  # the frame and its mirror image
+            np.testing.assert_array_equal(batch[1], batch[0][..., ::-1])
             out0, out1 = self.nodule_outputs or yolo_outputs([])
-            return {nodule.OUTPUT_BOXES: out0, nodule.OUTPUT_PROTOS: out1}
+            mirror0 = out0.copy()
+            mirror0[:, 0] = nodule.INPUT_SIZE - out0[:, 0]  # box centres mirrored; the same prototypes, mirrored
+            return {nodule.OUTPUT_BOXES: np.concatenate([out0, mirror0]),
+                    nodule.OUTPUT_PROTOS: np.concatenate([out1, out1[..., ::-1]])}
         batch = inputs[gland.INPUT_NAME]
         assert batch.shape == (2, 1, gland.INPUT_SIZE, gland.INPUT_SIZE)  # the frame and its mirror image
         np.testing.assert_array_equal(batch[1], batch[0][..., ::-1])

@@ -32,3 +32,19 @@ def test_no_detection_is_none_not_an_exception():
     assert segment_nodule(FakeBackend(), np.zeros((200, 300), dtype=np.uint8)) is None
     low = yolo_outputs([((100, 100, 30, 30), 0.1, 0)])
     assert segment_nodule(FakeBackend(nodule_outputs=low), np.zeros((200, 300), dtype=np.uint8)) is None
+
+
+def test_the_mirror_image_refines_the_index_nodule_only_where_it_sees_the_same_nodule():
+    from llnm.segmentation.nodule import nodule_from_outputs, nodule_input
+
+    _, box = nodule_input(np.zeros((256, 256), dtype=np.uint8))
+    frame0, frame1 = yolo_outputs([((100, 100, 40, 40), 0.9, 0)])
+    alone = nodule_from_outputs(frame0, frame1, box)
+    elsewhere0, elsewhere1 = yolo_outputs([((60, 200, 40, 40), 0.9, 1)])  # mirrored: another place
+    unrelated = nodule_from_outputs(np.concatenate([frame0, elsewhere0]), np.concatenate([frame1, elsewhere1]), box)
+    np.testing.assert_array_equal(unrelated.mask, alone.mask)
+    narrow0, narrow1 = yolo_outputs([((256 - 104, 100, 32, 40), 0.8, 2)])  # the same nodule, 8 px narrower
+    refined = nodule_from_outputs(np.concatenate([frame0, narrow0]), np.concatenate([frame1, narrow1]), box)
+    assert refined.score == alone.score and refined.mask.sum() < alone.mask.sum()
+    assert alone.mask[100, 84] and not refined.mask[100, 84]  # seen by one of the two: averaged below 0.5
+    assert refined.mask[100, 100] and refined.mask[100, 116]

@@ -4,6 +4,12 @@ Index nodule: among the detections that pass the confidence threshold and NMS, t
 least `RELATIVE_SCORE` of the best score are the candidates for the index nodule, and the one with
 the largest mask area wins (the largest of the confidently found nodules is the one reported, as in
 clinical practice). Its mask is mapped back to the frame and reduced to its largest component.
+
+Flip test-time augmentation: the frame and its mirror image go through the model as one batch of two.
+The mirror image's detection that overlaps the index nodule most (IoU >= `MATCH_IOU` on the model
+grid) is mirrored back and its mask probability averaged with the index nodule's; detection and the
+choice of the index nodule use the frame itself. Chosen on 150 DDTI train crops (+0.010 mean Dice;
++0.013 on the DDTI val cases), as for the gland model.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ CONF_THRESHOLD = 0.25
 IOU_THRESHOLD = 0.5
 RELATIVE_SCORE = 0.5
 MASK_THRESHOLD = 0.5
+MATCH_IOU = 0.3  # a mirror-image detection this close to the index nodule is the same nodule
 
 
 @dataclass
@@ -59,24 +66,30 @@ def select_index(scores: np.ndarray, areas: np.ndarray) -> int | None:
 def segment_nodule(backend: InferenceBackend, image: np.ndarray) -> NoduleDetection | None:
     """The index nodule of an (H, W) uint8 greyscale B-mode crop, or None when no nodule is found."""
     tensor, box = nodule_input(image)
-    outputs = backend.infer(NODULE_SEG, {INPUT_NAME: tensor})
+    batch = np.ascontiguousarray(np.concatenate([tensor, tensor[..., ::-1]]))  # the frame and its mirror
+    outputs = backend.infer(NODULE_SEG, {INPUT_NAME: batch})
     return nodule_from_outputs(outputs[OUTPUT_BOXES], outputs[OUTPUT_PROTOS], box)
 
 
 def nodule_from_outputs(output0: np.ndarray, protos: np.ndarray, box) -> NoduleDetection | None:
-    """Post-processing of one image's raw YOLOv8-seg outputs (kept apart from the backend call for tests)."""
-    found = decode_yolo_seg(output0, NUM_MASKS, CONF_THRESHOLD, IOU_THRESHOLD)
+    """Post-processing of the raw YOLOv8-seg outputs of a frame (batch row 0) and, when present, its
+    mirror image (row 1); kept apart from the backend call for tests."""
+    output0, protos = np.asarray(output0), np.asarray(protos)
+    found = decode_yolo_seg(output0[:1], NUM_MASKS, CONF_THRESHOLD, IOU_THRESHOLD)
     if not len(found):
         return None
-    masks = []
-    for i in range(len(found)):
-        prob = unletterbox(assemble_mask(found.coefficients[i], protos, found.boxes[i], INPUT_SIZE), box)
-        masks.append(largest_component(prob > MASK_THRESHOLD))
+    grids = [assemble_mask(found.coefficients[i], protos[:1], found.boxes[i], INPUT_SIZE) for i in range(len(found))]
+    masks = [largest_component(unletterbox(grid, box) > MASK_THRESHOLD) for grid in grids]
     areas = np.array([int(m.sum()) for m in masks])
     chosen = select_index(found.scores, areas)
     if chosen is None:
         return None
     mask = masks[chosen]
+    if len(output0) > 1:
+        mirrored = _mirror_match(grids[chosen], output0[1:2], protos[1:2])
+        if mirrored is not None:
+            averaged = largest_component(unletterbox((grids[chosen] + mirrored) / 2, box) > MASK_THRESHOLD)
+            mask = averaged if averaged.any() else mask
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return NoduleDetection(
         mask=mask,
@@ -84,3 +97,19 @@ def nodule_from_outputs(output0: np.ndarray, protos: np.ndarray, box) -> NoduleD
         box=(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1),
         candidates=int((areas > 0).sum()),
     )
+
+
+def _mirror_match(index_grid: np.ndarray, output0: np.ndarray, protos: np.ndarray) -> np.ndarray | None:
+    """The mirror image's probability map (mirrored back onto the frame's model grid) of the detection
+    that overlaps the index nodule most, or None when none overlaps it by `MATCH_IOU`."""
+    found = decode_yolo_seg(output0, NUM_MASKS, CONF_THRESHOLD, IOU_THRESHOLD)
+    target = index_grid > MASK_THRESHOLD
+    best, best_iou = None, MATCH_IOU
+    for i in range(len(found)):
+        grid = assemble_mask(found.coefficients[i], protos, found.boxes[i], INPUT_SIZE)[:, ::-1]
+        candidate = grid > MASK_THRESHOLD
+        union = int((candidate | target).sum())
+        overlap = int((candidate & target).sum()) / union if union else 0.0
+        if overlap >= best_iou:
+            best, best_iou = grid, overlap
+    return best
