@@ -157,6 +157,7 @@ class Listener:
                 removed = remove_stale_temp_files(self.spool.root, age) + self.incoming.sweep(age)
                 if removed:
                     log.info("removed temp files of interrupted writes", count=removed)
+                self.tracker.forget_received(set(self.spool.studies()))
             except Exception:
                 log.exception("temp file sweep failed")
 
@@ -247,7 +248,8 @@ class Listener:
             kind = f"ignored:unclassifiable ({type(exc).__name__})"
         try:
             stored = self.spool.store_file(study_uid, series_uid, sop_uid, Path(incoming.name), incoming.sync)
-            self.tracker.instance_received(study_uid, series_uid, calling, kind, duplicate=stored.duplicate)
+            self.tracker.instance_received(study_uid, series_uid, calling, kind, duplicate=stored.duplicate,
+                                           sop_uid=sop_uid)
         except OutOfResources as exc:
             log.error("instance refused: spool cannot store it", study_uid=study_uid, sop_instance_uid=sop_uid,
                       calling_ae=calling, error=exc.strerror or type(exc).__name__)

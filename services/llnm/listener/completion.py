@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS pending_studies (
     ignored TEXT NOT NULL DEFAULT '{}',
     retry_at REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS received_instances (
+    study_uid TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    PRIMARY KEY (study_uid, sop_uid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_series (
     study_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL,
@@ -72,8 +77,13 @@ class CompletionTracker:
                     c.execute(statement)
 
     def instance_received(self, study_uid: str, series_uid: str, calling_ae: str, kind: str,
-                          duplicate: bool = False) -> None:
-        """Record one stored instance (call after the spool write, before answering Success)."""
+                          duplicate: bool = False, sop_uid: str | None = None) -> None:
+        """Record one stored instance (call after the spool write, before answering Success).
+
+        With `sop_uid`, whether it is a duplicate is decided here, by what was recorded, not by the
+        caller's "the file was already in the spool": a listener killed between the spool write and this
+        record leaves the file without the record, and the sender's resend must count as new (else a
+        study whose only image that was would end up ignored)."""
         if kind == "own_output":
             metrics.OWN_OUTPUT.inc()
             return
@@ -81,6 +91,9 @@ class CompletionTracker:
         series_idle, study_idle = self.policy.timers(calling_ae)
         is_image = 1 if kind == "image" else 0
         with self.audit.transaction() as c:
+            if sop_uid is not None:
+                duplicate = c.execute("INSERT OR IGNORE INTO received_instances(study_uid, sop_uid) VALUES (?, ?)",
+                                      (study_uid, sop_uid)).rowcount == 0
             pending = c.execute("SELECT ignored FROM pending_studies WHERE study_uid = ?", (study_uid,)).fetchone()
             row = c.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
             if pending is None and duplicate and row is not None and row["state"] in A.FINAL_STATES:
@@ -120,6 +133,18 @@ class CompletionTracker:
         """Instances received so far in the study's current (pending) round."""
         rows = self.audit.read("SELECT instances FROM pending_studies WHERE study_uid = ?", (study_uid,))
         return int(rows[0]["instances"]) if rows else 0
+
+    def forget_received(self, keep: set[str]) -> int:
+        """Drop the per-instance records of studies neither pending nor in `keep` (the studies still in the
+        spool): once retention removed a study's files, a resend is new again, as it was before."""
+        with self.audit.transaction() as c:
+            uids = [r[0] for r in c.execute(
+                "SELECT DISTINCT study_uid FROM received_instances WHERE study_uid NOT IN"
+                " (SELECT study_uid FROM pending_studies)")]
+            gone = [u for u in uids if u not in keep]
+            for uid in gone:
+                c.execute("DELETE FROM received_instances WHERE study_uid = ?", (uid,))
+        return len(gone)
 
     def waiting(self) -> int:
         return int(self.audit.read("SELECT COUNT(*) FROM pending_studies")[0][0])
