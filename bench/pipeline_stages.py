@@ -15,8 +15,11 @@ product's own functions in order and times them:
 - whole: headers + decode + analyse + dicom_build + serialize, i.e. files on disk to SR/SEG bytes.
 Then the TMDL alone, same feed, batch 1 and the pipeline's batch (10 rows): ONNX Runtime session
 against PyTorch eager (models/<preset>/model.pt through TMDLForExport, the same graph with rollout;
-and the fused-attention forward without rollout), the three called in turn in every run. Prints one
-JSON object; every figure is a median.
+and the fused-attention forward without rollout), the three called in turn in every run. Also the
+heat map of each analysed view (llnm.features.heatmap.tokens_to_heatmap, the product's low-rank form)
+against `full_frame_heatmap` below (the implementation before it: splat every box, scipy
+gaussian_filter over the whole frame), called in turn, with the largest difference between them.
+Prints one JSON object; every figure is a median.
 """
 
 from __future__ import annotations
@@ -35,6 +38,42 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def full_frame_heatmap(importance: np.ndarray, features, shape: tuple[int, int]) -> np.ndarray:
+    """The heat map as the product computed it before (the baseline of the heat-map stage)."""
+    from scipy import ndimage
+
+    from llnm.features.extract import MOSAIC_GRID
+
+    def splat(heat: np.ndarray, grid: np.ndarray, box) -> None:
+        r0, c0, r1, c1 = box
+        g = grid.shape[0]
+        rows, cols = np.arange(heat.shape[0]) + 0.5, np.arange(heat.shape[1]) + 0.5
+        gi = np.floor((rows - r0) / max(r1 - r0, 1e-6) * g).astype(int)
+        gj = np.floor((cols - c0) / max(c1 - c0, 1e-6) * g).astype(int)
+        ri, ci = np.flatnonzero((gi >= 0) & (gi < g)), np.flatnonzero((gj >= 0) & (gj < g))
+        if len(ri) and len(ci):
+            heat[np.ix_(ri, ci)] += grid[np.ix_(gi[ri], gj[ci])]
+
+    n = importance.shape[0] // 3
+    g = int(round(np.sqrt(n)))
+    heat = np.zeros(shape, dtype=np.float32)
+    splat(heat, importance[:n].reshape(g, g), features.location_box)
+    splat(heat, importance[n:2 * n].reshape(g, g), features.texture_box)
+    margin = importance[2 * n:].reshape(g, g)
+    cell = max(1, g // MOSAIC_GRID)
+    half = features.margin_patch_px / 2
+    for k, (pr, pc) in enumerate(features.margin_points):
+        i, j = divmod(k, MOSAIC_GRID)
+        value = float(margin[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell].mean())
+        r0, r1 = int(max(0, pr - half)), int(min(shape[0], pr + half + 1))
+        c0, c1 = int(max(0, pc - half)), int(min(shape[1], pc + half + 1))
+        heat[r0:r1, c0:c1] += value
+    cell_px = (features.texture_box[2] - features.texture_box[0]) / max(g, 1)
+    heat = ndimage.gaussian_filter(heat, sigma=max(1.0, cell_px / 2))
+    top = float(heat.max())
+    return (heat / top).astype(np.float32) if top > 0 else heat
 
 
 def median_ms(values: list[float]) -> float:
@@ -138,7 +177,8 @@ def main() -> int:
         paths = []
         for candidate in sorted(p for p in data.iterdir() if p.is_dir() and p.name != "truth"):
             groups, _ = group_by_study([candidate])
-            probe = pipeline.analyse_study(load_study(next(iter(groups.values()))), backend, config=config)
+            probe_study = load_study(next(iter(groups.values())))
+            probe = pipeline.analyse_study(probe_study, backend, config=config)
             paths = [candidate]
             if sum(v.features is not None for v in probe.views) == 2:
                 break
@@ -196,6 +236,18 @@ def main() -> int:
             profiler.stop()
             args.profile.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
 
+    from llnm.features.heatmap import tokens_to_heatmap
+
+    heat_rows = []
+    importance = backend.infer("tmdl", feeds[-1])["token_importance"]
+    for k, i in enumerate(i for i, v in enumerate(probe.views) if v.features is not None):
+        args_ = (importance[k * 5], probe.views[i].features, probe_study.views[i].image.shape)
+        fast, full = interleaved([lambda a=args_: tokens_to_heatmap(*a), lambda a=args_: full_frame_heatmap(*a)],
+                                 max(args.runs * 3, 10), 2)
+        heat_rows.append({"shape": list(args_[2]), "low_rank_ms": fast, "full_frame_ms": full,
+                          "full_over_low_rank": round(full / fast, 1) if fast else None,
+                          "max_abs_diff": float(np.abs(tokens_to_heatmap(*args_) - full_frame_heatmap(*args_)).max())})
+    results["heatmap_per_view"] = heat_rows
     feed10 = feeds[-1]
     feed1 = {k: v[:1] for k, v in feed10.items()}
     eager, _ = load_model(args.checkpoint)
