@@ -298,7 +298,8 @@ class Config:
     send_seconds: float = 90.0
     seed: int = 8
     orthanc_down_s: float = 12.0
-    drain_timeout_s: float = 300.0
+    drain_timeout_s: float = 900.0  # at most this long after the load for every study to finish
+    stall_timeout_s: float = 150.0  # ... and no longer than this without any study finishing
     faults: bool = True
     workdir: Path | None = None
 
@@ -451,11 +452,23 @@ def drain_and_check(cfg: Config, workdir: Path, studies: list[Study], ledger: Le
     audit = AuditTrail.for_data_dir(settings.data_dir)
     expected = sorted(ledger.success)
 
-    def settled() -> bool:
-        states = {uid: (audit.study(uid) or {}).get("state") for uid in expected}
-        return all(s in (A.DONE, A.FAILED) for s in states.values())
+    def settled() -> int:
+        states = [(audit.study(uid) or {}).get("state") for uid in expected]
+        return sum(1 for s in states if s in (A.DONE, A.FAILED))
 
-    drained = bool(wait_for(settled, cfg.drain_timeout_s, 1.0))
+    # Wait while studies keep finishing: a slow or shared machine only takes longer; a study stuck for
+    # good (a lost task) stops the progress, and the check below names it.
+    end, last, last_change = time.monotonic() + cfg.drain_timeout_s, -1, time.monotonic()
+    while time.monotonic() < end:
+        count = settled()
+        if count == len(expected):
+            break
+        if count != last:
+            last, last_change = count, time.monotonic()
+        elif time.monotonic() - last_change > cfg.stall_timeout_s:
+            break
+        time.sleep(1.0)
+    drained = settled() == len(expected)
     drained_at = time.time()
     nodes = parse_destinations(settings.destinations)
     outbox = Outbox(settings.outbox_dir)
@@ -606,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = Config(studies=args.studies, associations=args.associations, workers=args.workers,
                  send_seconds=args.send_seconds, seed=args.seed, faults=not args.no_faults, workdir=args.workdir,
-                 drain_timeout_s=max(300.0, args.send_seconds))
+                 drain_timeout_s=max(900.0, 3 * args.send_seconds))
     report = run_soak(cfg)
     text = json.dumps(report, indent=2)
     print(text)

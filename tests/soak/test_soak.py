@@ -17,12 +17,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPORT = Path(os.environ.get("LLNM_SOAK_REPORT") or soak.REPO_ROOT / "artifacts" / "soak" / "ci-report.json")
 
 
+@pytest.mark.timeout(1800)  # the load is bounded; the drain waits only while studies keep finishing
 def test_load_with_faults_loses_nothing_and_delivers_each_result_once(tmp_path: Path, capsys):
     why = soak.services_available()
     if why:
         pytest.skip(why)
     cfg = soak.Config(studies=int(os.environ.get("LLNM_SOAK_STUDIES", "200")), associations=4, workers=2,
-                      send_seconds=90.0, drain_timeout_s=240.0, workdir=tmp_path / "soak")
+                      send_seconds=90.0, workdir=tmp_path / "soak")
     report = soak.run_soak(cfg)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
