@@ -144,7 +144,7 @@ class Proc:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def signal(self, sig: int, wait_s: float = 20.0) -> None:
+    def send_signal(self, sig: int, wait_s: float = 20.0) -> None:
         if not self.alive():
             return
         os.killpg(self.process.pid, sig)
@@ -155,10 +155,10 @@ class Proc:
             self.process.wait(timeout=10)
 
     def kill9(self) -> None:
-        self.signal(signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
 
     def stop(self) -> None:
-        self.signal(signal.SIGTERM)
+        self.send_signal(signal.SIGTERM)
 
     def tail(self, n: int = 3000) -> str:
         try:
