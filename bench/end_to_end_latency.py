@@ -15,7 +15,10 @@ by C-STORE (pynetdicom, one association, calling AE MODALITY), notes the time th
 response arrived, then polls Orthanc's REST API (/tools/find, every `--poll` s) until an SR series
 of that study is there. Latency beyond idle = that time - (series idle + study idle), the listener's
 configured completion timers (the completion check itself runs every 0.5 s: +0.25 s on average).
-One warm-up study per stack is not counted. Prints one JSON object; figures are medians.
+One warm-up study per stack is not counted. At the end each stack's worker /metrics gives the mean
+of its stages (llnm_stage_seconds: pipeline, dicom_write, send, ...; warm-up included), the rest of
+the latency being the completion check, the queue hop and Orthanc's store. Prints one JSON object;
+figures are medians.
 """
 
 from __future__ import annotations
@@ -115,6 +118,18 @@ def sr_in_orthanc(orthanc: Orthanc, study_uid: str) -> bool:
     return False
 
 
+def stage_means(port: int) -> dict[str, float]:
+    """Mean seconds per llnm_stage_seconds stage from a worker's /metrics."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    sums = {m[0]: float(m[1]) for m in re.findall(r'llnm_stage_seconds_sum\{stage="([^"]+)"\} (\S+)', text)}
+    counts = {m[0]: float(m[1]) for m in re.findall(r'llnm_stage_seconds_count\{stage="([^"]+)"\} (\S+)', text)}
+    return {k: round(sums[k] / counts[k], 3) for k in sums if counts.get(k)}
+
+
 class Service:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
         import subprocess
@@ -187,12 +202,14 @@ def main() -> int:
             "TRANSFORMERS_OFFLINE": "1", "LLNM_MODEL_REPOSITORY": str(REPO / "model_repository"),
         })
         ports: dict[str, int] = {}
+        metrics_ports: dict[str, int] = {}
         if "embedded" in stacks:
             port, metrics = free_port(), free_port()
             env = dict(base, LLNM_DATA_DIR=str(tmp / "embedded"), LLNM_PORT=str(port),
                        LLNM_METRICS_PORT=str(metrics))
             services.append(Service("embedded", [str(VENV_BIN / "llnm"), "serve"], env, tmp).wait_ready(metrics))
             ports["embedded"] = port
+            metrics_ports["embedded"] = metrics
         if "celery_triton" in stacks:
             triton = TritonServer(REPO / "model_repository", tmp / "triton", MODELS).start(timeout_s=180)
             port = free_port()
@@ -206,6 +223,7 @@ def main() -> int:
             services.append(Service("worker", [str(VENV_BIN / "llnm"), "worker"],
                                     dict(env, LLNM_METRICS_PORT=str(wm)), tmp).wait_ready(wm))
             ports["celery_triton"] = port
+            metrics_ports["celery_triton"] = wm
 
         def one(stack: str) -> dict[str, float]:
             study_uid, datasets = reidentified(template)
@@ -228,6 +246,11 @@ def main() -> int:
                               "median_total_s": round(statistics.median(r["total_s"] for r in runs[stack]), 3),
                               "min_s": round(min(beyond), 3), "max_s": round(max(beyond), 3),
                               "all_beyond_idle_s": [round(b, 3) for b in beyond]}
+        for stack in stacks:
+            try:
+                results[stack]["worker_stage_mean_s"] = stage_means(metrics_ports[stack])
+            except OSError as exc:
+                results[stack]["worker_stage_mean_s"] = f"unavailable: {exc}"
         if len(stacks) == 2:
             results["celery_triton_over_embedded"] = round(
                 results["celery_triton"]["median_beyond_idle_s"] / results["embedded"]["median_beyond_idle_s"], 2)

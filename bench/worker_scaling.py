@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TRITON_MODELS = ["nodule_seg", "thyroid_seg", "text_encoder", "tmdl"]
 
 
 def _peak_rss_mb() -> float:
@@ -126,10 +127,33 @@ def run(dirs: list[Path], workers: int, threads: int, triton_url: str = "") -> t
 
 
 def _batching_of(repository: Path) -> dict[str, str]:
+    """Each model's dynamic_batching block as its config.pbtxt states it."""
+    import re
+
     out = {}
     for config in sorted(repository.glob("*/config.pbtxt")):
-        line = next((ln.strip() for ln in config.read_text().splitlines() if "dynamic_batching" in ln), "none")
-        out[config.parent.name] = line
+        found = re.search(r"dynamic_batching\s*\{[^}]*\}", config.read_text())
+        out[config.parent.name] = " ".join(found.group(0).split()) if found else "none"
+    return out
+
+
+def _batch_stats(url: str, models: list[str]) -> dict[str, dict]:
+    """Triton's own counts: requests, rows (inference_count) and model executions; requests per
+    execution above 1 means the dynamic batcher merged requests of different workers."""
+    import urllib.request
+
+    out = {}
+    for name in models:
+        with urllib.request.urlopen(f"{url}/v2/models/{name}/stats", timeout=10) as r:
+            stats = json.loads(r.read())["model_stats"][0]
+        rows, runs = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+        batches = stats.get("batch_stats", [])
+        requests = int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
+        out[name] = {"requests": requests, "rows": rows, "executions": runs,
+                     "requests_per_execution": round(requests / runs, 2) if runs else None,
+                     "rows_per_execution": round(rows / runs, 2) if runs else None,
+                     "executions_by_batch_size": {str(b["batch_size"]): int(b.get("compute_infer", {}).get("count", 0))
+                                                  for b in sorted(batches, key=lambda b: int(b["batch_size"]))}}
     return out
 
 
@@ -140,8 +164,7 @@ def _start_triton(workdir: Path, threads: int):
     sys.path.insert(0, str(REPO / "tests" / "service"))
     from triton_harness import TritonServer
 
-    server = TritonServer(REPO / "model_repository", workdir,
-                          ["nodule_seg", "thyroid_seg", "text_encoder", "tmdl"])
+    server = TritonServer(REPO / "model_repository", workdir, TRITON_MODELS)
     for model_py in server.repository.glob("*/*/model.py"):
         model_py.write_text(BATCHING_MODEL_PY)
     os.environ["LLNM_BENCH_TRITON_THREADS"] = str(threads)  # inherited by the server's stubs
@@ -183,6 +206,8 @@ def main() -> int:
                     rates[name].append(rate)
                     rss[name].extend(peaks)
                     results["torch_imported_by_worker"] = torch_loaded
+            if triton is not None:
+                results["triton"]["batching_observed"] = _batch_stats(triton.http_url, TRITON_MODELS)
         finally:
             if triton is not None:
                 triton.stop()
