@@ -10,7 +10,8 @@ Every model is exported to ONNX in a temp folder (random weights: latency does n
   occluded rows need);
 - paper_rollout: the product's export (llnm.model.export.export_tmdl: TMDLForExport, attention
   rollout in the graph, checked against PyTorch), what the runtime runs today;
-- with `--closest`: the paper preset at image_size 128 (246 tokens), fused and with rollout.
+- with `--closest`: the paper preset at image_size 128 (246 tokens), fused and with rollout;
+- with `--presets compact` (or `paper,compact`): the shipped compact size instead of / besides paper.
 Per study = 2 views. Rows timed: batch 2 (one pass per view, as the published model runs), and the
 runtime's 2 views x 5 occlusion rows in two ways: all 10 rows through the rollout graph (today), or
 the 2 un-occluded rows through the rollout graph + the 8 occluded rows through the fused graph
@@ -97,6 +98,8 @@ def main() -> int:
     parser.add_argument("--closest", action="store_true", help="also the paper preset at image_size 128")
     parser.add_argument("--fusion", action="store_true", help="also onnxruntime.transformers' optimizer")
     parser.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager baseline")
+    parser.add_argument("--presets", default="paper",
+                        help="comma-separated TMDL presets to time (compact: the shipped size, for the rollout rows)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -121,7 +124,7 @@ def main() -> int:
                     published(image, report, clinical)
             fns["published_eager_batch_2"] = eager
 
-        configs = {"paper": preset("paper")}
+        configs = {name: preset(name) for name in args.presets.split(",") if name}
         if args.closest:
             configs["paper_image128"] = preset("paper", image_size=128)
         for name, config in configs.items():
