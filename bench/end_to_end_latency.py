@@ -176,7 +176,8 @@ def main() -> int:
     parser.add_argument("--study-idle", type=float, default=1.0, help="LLNM_STUDY_IDLE_S")
     parser.add_argument("--poll", type=float, default=0.02, help="Orthanc poll interval, s")
     parser.add_argument("--timeout", type=float, default=120.0, help="per study, s")
-    parser.add_argument("--stacks", default="embedded,celery_triton")
+    parser.add_argument("--stacks", default="embedded,celery_triton",
+                        help="comma-separated: embedded, embedded_ortN (LLNM_ORT_THREADS=N), celery_triton")
     args = parser.parse_args()
     stacks = [s for s in args.stacks.split(",") if s]
     if "celery_triton" in stacks and triton_root() is None:
@@ -203,13 +204,16 @@ def main() -> int:
         })
         ports: dict[str, int] = {}
         metrics_ports: dict[str, int] = {}
-        if "embedded" in stacks:
+        for stack in (s for s in stacks if s.startswith("embedded")):
+            # embedded_ortN: the same with LLNM_ORT_THREADS=N (a variant of the default, side by side)
+            threads = stack.removeprefix("embedded_ort") if stack != "embedded" else ""
             port, metrics = free_port(), free_port()
-            env = dict(base, LLNM_DATA_DIR=str(tmp / "embedded"), LLNM_PORT=str(port),
-                       LLNM_METRICS_PORT=str(metrics))
-            services.append(Service("embedded", [str(VENV_BIN / "llnm"), "serve"], env, tmp).wait_ready(metrics))
-            ports["embedded"] = port
-            metrics_ports["embedded"] = metrics
+            env = dict(base, LLNM_DATA_DIR=str(tmp / stack), LLNM_PORT=str(port), LLNM_METRICS_PORT=str(metrics))
+            if threads:
+                env["LLNM_ORT_THREADS"] = threads
+            services.append(Service(stack, [str(VENV_BIN / "llnm"), "serve"], env, tmp).wait_ready(metrics))
+            ports[stack] = port
+            metrics_ports[stack] = metrics
         if "celery_triton" in stacks:
             triton = TritonServer(REPO / "model_repository", tmp / "triton", MODELS).start(timeout_s=180)
             port = free_port()
@@ -251,7 +255,7 @@ def main() -> int:
                 results[stack]["worker_stage_mean_s"] = stage_means(metrics_ports[stack])
             except OSError as exc:
                 results[stack]["worker_stage_mean_s"] = f"unavailable: {exc}"
-        if len(stacks) == 2:
+        if "embedded" in stacks and "celery_triton" in stacks:
             results["celery_triton_over_embedded"] = round(
                 results["celery_triton"]["median_beyond_idle_s"] / results["embedded"]["median_beyond_idle_s"], 2)
     finally:
