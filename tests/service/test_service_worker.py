@@ -287,3 +287,16 @@ def test_requeue_with_the_broker_down_leaves_the_study_failed(make_settings, tmp
     assert queued == [] and "broker" in errors[uid]
     assert audit.study(uid)["state"] == A.FAILED
     assert [e["event"] for e in audit.events(uid)][-1] == "requeue failed"
+
+
+def test_embedded_queue_starts_a_study_when_the_listener_queues_it_not_at_the_next_poll(make_settings, tmp_path):
+    settings = make_settings()
+    queue = LocalQueue(_worker(settings), poll_s=3600).start()  # an idle thread would sleep an hour
+    try:
+        time.sleep(0.3)  # the thread has found nothing and waits
+        uid = _spool_study(settings, tmp_path)
+        queue.enqueue(uid)
+        assert wait_for(lambda: queue.audit.study(uid)["state"] not in (A.QUEUED, A.PROCESSING), 30)
+    finally:
+        queue.stop(timeout_s=5)
+    assert not any(t.is_alive() for t in queue._workers)  # stop wakes the waiting threads too

@@ -3,7 +3,8 @@
 The listener's completion marks a study `queued`; worker threads here claim due studies atomically
 (queued -> processing), and deliver `sending` ones whose backoff has passed. It survives restarts like
 the Celery queue does: at start-up, a study left `processing` by a crash is queued again, and pending
-deliveries are due at once.
+deliveries are due at once. The listener's `enqueue` wakes an idle thread at once (the poll is only the
+fallback for work that falls due later: retries, delivery backoff).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ class LocalQueue:
         self.threads = max(1, threads)
         self.poll_s = poll_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._workers: list[threading.Thread] = []
 
     def enqueue(self, study_uid: str) -> str | None:
-        """The completion tracker has already marked the study queued: the threads will pick it up."""
+        """The completion tracker has already marked the study queued: wake a thread to pick it up now."""
+        self._wake.set()
         return None
 
     def recover(self) -> None:
@@ -61,7 +64,8 @@ class LocalQueue:
                 log.exception("embedded queue step failed")
                 busy = False
             if not busy:
-                self._stop.wait(self.poll_s)
+                self._wake.wait(self.poll_s)
+                self._wake.clear()  # a wake-up set after this still meets the run_once that follows
 
     def depth(self) -> int:
         return self.audit.count_by_state().get(A.QUEUED, 0)
@@ -79,5 +83,6 @@ class LocalQueue:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
+        self._wake.set()
         for t in self._workers:
             t.join(timeout=timeout_s)
