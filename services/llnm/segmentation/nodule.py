@@ -31,7 +31,7 @@ PAD_VALUE = 114  # Ultralytics' letterbox grey; the model was trained with it
 CONF_THRESHOLD = 0.25
 IOU_THRESHOLD = 0.5
 RELATIVE_SCORE = 0.5
-MASK_THRESHOLD = 0.7  # chosen on training data only (bench/segmentation_threshold.py; the model card)
+MASK_THRESHOLD = 0.8  # chosen on training data only (bench/segmentation_threshold.py; the model card)
 MATCH_IOU = 0.3  # a mirror-image detection this close to the index nodule is the same nodule
 
 
