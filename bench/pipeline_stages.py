@@ -36,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from timing import alternating
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,16 +83,7 @@ def median_ms(values: list[float]) -> float:
 
 def interleaved(fns: list, runs: int, warmup: int) -> list[float]:
     """Median ms of each function, called in turn within every run (a noisy phase hits them all)."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return [median_ms(t) for t in times]
+    return [round(statistics.median(t), 1) for t in alternating(fns, runs, warmup)]
 
 
 class TimedBackend:

@@ -16,10 +16,10 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import alternating
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = [
@@ -29,20 +29,6 @@ REPORTS = [
     "Findings: isoechoic nodule with a halo, left lobe, 12 mm. Impression: probably benign, TI-RADS 3.",
     "Findings: markedly hypoechoic nodule abutting the capsule, punctate echogenic foci. Impression: TI-RADS 5.",
 ]
-
-
-def alternating(fns: list, runs: int, warmup: int) -> list[list[float]]:
-    """Wall times (ms) of each function, called in turn within every run."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - start) * 1000)
-    return times
 
 
 def main() -> int:
