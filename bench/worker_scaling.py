@@ -16,10 +16,9 @@ last worker's end; median over repeats. Peak RSS = each worker's VmHWM. Prints o
 Python-backend copy of model_repository/ on CPU, each model one instance with its config's dynamic
 batching, max_queue_delay 2 ms) and adds configurations whose workers use TritonBackend (HTTP)
 instead of ONNX Runtime: 1 and 2 workers, and 4 (more concurrent requests for the batcher to merge).
-The harness's model.py runs each request of a batch on its own; here it is replaced (in the temp
-copy only) by one that concatenates the requests Triton batched into one ONNX Runtime run and splits
-the outputs, so dynamic batching really batches. The server's ONNX Runtime runs 1 intra-op thread
-per model instance (`--triton-threads`).
+The harness's model.py concatenates the requests Triton batched into one ONNX Runtime run and splits
+the outputs (as Triton's own ONNX Runtime backend does), so dynamic batching really batches. The
+server's ONNX Runtime runs 1 intra-op thread per model instance (`--triton-threads`).
 """
 
 from __future__ import annotations
@@ -45,45 +44,6 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-BATCHING_MODEL_PY = '''\
-"""Written by bench/worker_scaling.py: the requests Triton batched run as ONE onnxruntime call."""
-import json
-import os
-
-import numpy as np
-import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("LLNM_BENCH_TRITON_THREADS", "1"))
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.outputs = [o["name"] for o in config["output"]]
-
-    def execute(self, requests):
-        try:
-            feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs}
-                     for r in requests]
-            sizes = [f[self.inputs[0]].shape[0] for f in feeds]
-            feed = {n: np.concatenate([f[n] for f in feeds]) for n in self.inputs}
-            values = self.session.run(self.outputs, feed)
-        except Exception as exc:
-            error = pb_utils.TritonError(str(exc))
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        responses, start = [], 0
-        for size in sizes:
-            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(v[start:start + size]))
-                       for n, v in zip(self.outputs, values)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += size
-        return responses
-'''
 
 
 def _worker(dirs: list[str], threads: int, ready, start, results, triton_url: str = "") -> None:
@@ -158,17 +118,14 @@ def _batch_stats(url: str, models: list[str]) -> dict[str, dict]:
 
 
 def _start_triton(workdir: Path, threads: int):
-    """The harness's tritonserver with the batching model.py in its temp copy of the repository."""
+    """The harness's tritonserver over a temp copy of the repository."""
     import sys
 
     sys.path.insert(0, str(REPO / "tests" / "service"))
     from triton_harness import TritonServer
 
-    server = TritonServer(REPO / "model_repository", workdir, TRITON_MODELS)
-    for model_py in server.repository.glob("*/*/model.py"):
-        model_py.write_text(BATCHING_MODEL_PY)
-    os.environ["LLNM_BENCH_TRITON_THREADS"] = str(threads)  # inherited by the server's stubs
-    return server.start(timeout_s=180)
+    os.environ["LLNM_TRITON_HARNESS_THREADS"] = str(threads)  # inherited by the server's stubs
+    return TritonServer(REPO / "model_repository", workdir, TRITON_MODELS).start(timeout_s=180)
 
 
 def main() -> int:
