@@ -17,7 +17,7 @@ Then the TMDL alone, same feed, batch 1 and the pipeline's batch (10 rows): ONNX
 against PyTorch eager (models/<preset>/model.pt through TMDLForExport, the same graph with rollout;
 and the fused-attention forward without rollout), the three called in turn in every run. Also the
 heat map of each analysed view (llnm.features.heatmap.tokens_to_heatmap, the product's low-rank form)
-against `full_frame_heatmap` below (the implementation before it: splat every box, scipy
+against `full_frame_heatmap` (tests/features/heatmap_reference.py: the implementation before it, splat every box, scipy
 gaussian_filter over the whole frame), called in turn, with the largest difference between them.
 Prints one JSON object; every figure is a median.
 """
@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -39,42 +40,8 @@ import numpy as np
 from timing import alternating
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def full_frame_heatmap(importance: np.ndarray, features, shape: tuple[int, int]) -> np.ndarray:
-    """The heat map as the product computed it before (the baseline of the heat-map stage)."""
-    from scipy import ndimage
-
-    from llnm.features.extract import MOSAIC_GRID
-
-    def splat(heat: np.ndarray, grid: np.ndarray, box) -> None:
-        r0, c0, r1, c1 = box
-        g = grid.shape[0]
-        rows, cols = np.arange(heat.shape[0]) + 0.5, np.arange(heat.shape[1]) + 0.5
-        gi = np.floor((rows - r0) / max(r1 - r0, 1e-6) * g).astype(int)
-        gj = np.floor((cols - c0) / max(c1 - c0, 1e-6) * g).astype(int)
-        ri, ci = np.flatnonzero((gi >= 0) & (gi < g)), np.flatnonzero((gj >= 0) & (gj < g))
-        if len(ri) and len(ci):
-            heat[np.ix_(ri, ci)] += grid[np.ix_(gi[ri], gj[ci])]
-
-    n = importance.shape[0] // 3
-    g = int(round(np.sqrt(n)))
-    heat = np.zeros(shape, dtype=np.float32)
-    splat(heat, importance[:n].reshape(g, g), features.location_box)
-    splat(heat, importance[n:2 * n].reshape(g, g), features.texture_box)
-    margin = importance[2 * n:].reshape(g, g)
-    cell = max(1, g // MOSAIC_GRID)
-    half = features.margin_patch_px / 2
-    for k, (pr, pc) in enumerate(features.margin_points):
-        i, j = divmod(k, MOSAIC_GRID)
-        value = float(margin[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell].mean())
-        r0, r1 = int(max(0, pr - half)), int(min(shape[0], pr + half + 1))
-        c0, c1 = int(max(0, pc - half)), int(min(shape[1], pc + half + 1))
-        heat[r0:r1, c0:c1] += value
-    cell_px = (features.texture_box[2] - features.texture_box[0]) / max(g, 1)
-    heat = ndimage.gaussian_filter(heat, sigma=max(1.0, cell_px / 2))
-    top = float(heat.max())
-    return (heat / top).astype(np.float32) if top > 0 else heat
+sys.path.insert(0, str(REPO / "tests" / "features"))
+from heatmap_reference import full_frame_heatmap  # noqa: E402  the heat map before the low-rank form
 
 
 def median_ms(values: list[float]) -> float:
