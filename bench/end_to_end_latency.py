@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "service"))
 
-from support import Orthanc, VENV_BIN, free_port, wait_for  # noqa: E402
+from support import Orthanc, Service, VENV_BIN, free_port, wait_for  # noqa: E402
 from triton_harness import TritonServer, triton_root  # noqa: E402
 
 MODELS = ["nodule_seg", "thyroid_seg", "text_encoder", "tmdl"]
@@ -130,45 +130,6 @@ def stage_means(port: int) -> dict[str, float]:
     return {k: round(sums[k] / counts[k], 3) for k in sums if counts.get(k)}
 
 
-class Service:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
-        import subprocess
-
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-                                        start_new_session=True)
-
-    def wait_ready(self, port: int, timeout_s: float = 120.0) -> "Service":
-        import urllib.request
-
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        if not wait_for(ready, timeout_s, 0.2):
-            raise RuntimeError(f"{self.name} not ready: {self.log_path.read_text()[-3000:]}")
-        return self
-
-    def stop(self) -> None:
-        import signal
-
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except Exception:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=7, help="timed studies per stack")
@@ -211,7 +172,8 @@ def main() -> int:
             env = dict(base, LLNM_DATA_DIR=str(tmp / stack), LLNM_PORT=str(port), LLNM_METRICS_PORT=str(metrics))
             if threads:
                 env["LLNM_ORT_THREADS"] = threads
-            services.append(Service(stack, [str(VENV_BIN / "llnm"), "serve"], env, tmp).wait_ready(metrics))
+            serve = Service(stack, [str(VENV_BIN / "llnm"), "serve"], env, tmp).start()
+            services.append(serve.wait_ready(metrics, 120))
             ports[stack] = port
             metrics_ports[stack] = metrics
         if "celery_triton" in stacks:
@@ -223,9 +185,9 @@ def main() -> int:
                        LLNM_TRITON_URL=triton.http_url)
             lm, wm = free_port(), free_port()
             services.append(Service("listener", [str(VENV_BIN / "llnm"), "listener"],
-                                    dict(env, LLNM_METRICS_PORT=str(lm)), tmp).wait_ready(lm))
+                                    dict(env, LLNM_METRICS_PORT=str(lm)), tmp).start().wait_ready(lm, 120))
             services.append(Service("worker", [str(VENV_BIN / "llnm"), "worker"],
-                                    dict(env, LLNM_METRICS_PORT=str(wm)), tmp).wait_ready(wm))
+                                    dict(env, LLNM_METRICS_PORT=str(wm)), tmp).start().wait_ready(wm, 120))
             ports["celery_triton"] = port
             metrics_ports["celery_triton"] = wm
 

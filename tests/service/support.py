@@ -258,3 +258,56 @@ def metric(samples: dict, name: str, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels`."""
     return sum(v for (n, lab), v in samples.items()
                if n == name and all(dict(lab).get(k) == val for k, val in labels.items()))
+
+
+class Service:
+    """An `llnm` service subprocess with its own log file."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.cmd, self.env = name, cmd, env
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Service":
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        cwd=REPO_ROOT, start_new_session=True)
+        return self
+
+    def wait_ready(self, port: int, timeout_s: float = 60.0) -> "Service":
+        import urllib.request
+
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        if not wait_for(ready, timeout_s, 0.2):
+            raise RuntimeError(f"{self.name} not ready: {self.log_tail()}")
+        return self
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
+        self._log.close()
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
