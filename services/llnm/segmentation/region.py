@@ -1,0 +1,120 @@
+"""Where the ultrasound image lies in a frame that carries no SequenceOfUltrasoundRegions.
+
+Scanners surround the B-mode image with their interface: a black background with presets, depth
+ticks, a grey bar, side labels (DER/IZQ, RT/LT) and a probe pictogram. The segmentation models must
+see the image, not the chrome, and nothing may be measured outside it. Without DICOM regions the
+pixels decide: the image is the largest solid block of non-black pixels once thin strokes (text,
+ticks, dotted scales) are opened away; its bounding box is the crop. A frame whose block is implausibly
+small (a blank or nearly black frame, a frame that is all chrome) keeps its whole extent, and the
+caller's quality gate judges what is in it.
+
+Pure numpy/scipy on an (H, W) uint8 array; used by DICOM loading (frames without regions), by
+`llnm evaluate-seg` on whole frames and by training, so the three crop alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: grey level above which a pixel is "not background" (interface backgrounds are 0-5 after JPEG)
+CONTENT_LEVEL = 12
+#: the block must cover at least this share of the frame, else the whole frame is kept
+MIN_AREA_FRACTION = 0.12
+#: opening removes strokes thinner than this share of the frame's shorter side (text, ticks)
+STROKE_FRACTION = 0.02
+#: a column of the block belongs to the image when this share of it holds content
+RUN_FRACTION = 0.08
+#: a dual display's seam (at most this share of the width) does not split the image
+SEAM_FRACTION = 0.02
+#: closing bridges dark tissue (cysts, shadows, the trachea's air) up to this share of the shorter side
+GAP_FRACTION = 0.06
+
+
+@dataclass(frozen=True)
+class ImageRegion:
+    """The ultrasound image inside a frame: rows row0:row1, columns col0:col1 (end exclusive)."""
+
+    row0: int
+    col0: int
+    row1: int
+    col1: int
+    found: bool  # False: no plausible block, the whole frame is used
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        return self.row0, self.col0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.row1 - self.row0, self.col1 - self.col0
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        return image[self.row0:self.row1, self.col0:self.col1]
+
+    def paste(self, mask: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
+        """A mask on the crop's grid placed back on the whole frame (False outside the crop)."""
+        out = np.zeros(frame_shape, dtype=mask.dtype)
+        out[self.row0:self.row1, self.col0:self.col1] = mask
+        return out
+
+
+def find_image_region(grey: np.ndarray) -> ImageRegion:
+    """The bounding box of the ultrasound image in an (H, W) uint8 frame (see the module docstring)."""
+    grey = np.asarray(grey)
+    h, w = grey.shape[:2]
+    whole = ImageRegion(0, 0, h, w, found=False)
+    if h < 16 or w < 16:
+        return whole
+    short = min(h, w)
+    content = grey > CONTENT_LEVEL
+    stroke = max(3, int(round(short * STROKE_FRACTION)) | 1)
+    opened = ndimage.binary_opening(content, structure=np.ones((stroke, stroke), dtype=bool))
+    gap = max(3, int(round(short * GAP_FRACTION)))
+    # pad so that the closing does not erode blocks that touch the frame's edge
+    padded = np.pad(opened, gap, mode="constant")
+    padded = ndimage.binary_closing(padded, structure=np.ones((gap, gap), dtype=bool))
+    content = ndimage.binary_fill_holes(padded[gap:gap + h, gap:gap + w])
+    labels, count = ndimage.label(content)
+    if count == 0:
+        return whole
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    if sizes[biggest - 1] < MIN_AREA_FRACTION * h * w:
+        return whole
+    rows = np.flatnonzero((labels == biggest).any(axis=1))
+    cols = np.flatnonzero((labels == biggest).any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    # the closing may have bridged a grey bar or a column of labels beside the image: keep the longest
+    # run of columns that hold content (interface strips stand apart by a wider empty gap than the
+    # seam between the two halves of a dual display, which stays one image)
+    flags = opened[r0:r1, c0:c1].mean(axis=0) > RUN_FRACTION
+    c0, c1 = _longest_run(_bridge(flags, max(1, int(round(w * SEAM_FRACTION)))), c0)
+    if (r1 - r0) * (c1 - c0) < MIN_AREA_FRACTION * h * w:
+        return whole
+    return ImageRegion(r0, c0, r1, c1, found=True)
+
+
+def _bridge(flags: np.ndarray, gap: int) -> np.ndarray:
+    """flags with runs of False no longer than gap, between two True, set True."""
+    out = flags.copy()
+    true = np.flatnonzero(flags)
+    for a, b in zip(true[:-1], true[1:]):
+        if 1 < b - a <= gap + 1:
+            out[a:b] = True
+    return out
+
+
+def _longest_run(flags: np.ndarray, start: int) -> tuple[int, int]:
+    """(first, end) of the longest run of True in flags, shifted by start."""
+    best, best_len, run_start = (0, len(flags)), 0, None
+    for i, flag in enumerate(np.append(flags, False)):
+        if flag and run_start is None:
+            run_start = i
+        elif not flag and run_start is not None:
+            if i - run_start > best_len:
+                best, best_len = (run_start, i), i - run_start
+            run_start = None
+    return start + best[0], start + best[1]
