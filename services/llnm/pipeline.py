@@ -11,7 +11,11 @@ occlusion effect on the mean logit over the sum of the four effects.
 
 Missing inputs get neutral values and a warning: no report -> the report tokens are masked out;
 unknown sex -> 0 (between M = +1 and F = -1); unknown age -> 0 (= 45 years on the model's scale).
-No nodule or no gland in any view is a finding (probability None), not an error.
+
+The quality gate (llnm.quality) decides which views are used: a view whose masks fail it is not
+analysed. A study where good thyroid images simply show no nodule is the finding "no nodule found";
+a study without any usable view is "not assessable: <reason>" with no probability, risk, distance or
+size (never a number built on a wrong mask). Neither is an error.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, 
 from llnm.model.config import GROUPS, TMDLConfig, preset
 from llnm.observability.logs import get_logger
 from llnm.observability.metrics import stage
+from llnm.quality import assess_view, main_reason, only_no_nodule, study_reason
 from llnm.study import StudyInput, StudyResult, ViewResult
 
 log = get_logger(__name__)
@@ -37,7 +42,7 @@ Segmenter = Callable[[InferenceBackend, np.ndarray], tuple[Any, np.ndarray | Non
 
 FINDING_NODULE = "nodule"
 FINDING_NO_NODULE = "no nodule found"
-FINDING_NO_GLAND = "no gland found"
+FINDING_NOT_ASSESSABLE = "not assessable"
 
 
 def default_segmenter(backend: InferenceBackend, image: np.ndarray) -> tuple[Any, np.ndarray | None]:
@@ -111,29 +116,41 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
     warnings = list(study.warnings)
     views: list[ViewResult] = []
     analysable: list[int] = []
-    any_nodule = False
-    for view in study.views:
+    for number, view in enumerate(study.views, start=1):
         detection, gland = segmenter(backend, view.image)
         nodule = None if detection is None else np.asarray(detection.mask, dtype=bool)
         if nodule is not None and not nodule.any():
             nodule = None
         gland = None if gland is None or not np.asarray(gland).any() else np.asarray(gland, dtype=bool)
-        result = ViewResult(nodule_mask=nodule, gland_mask=gland,
-                            nodule_score=0.0 if detection is None else float(detection.score))
-        any_nodule |= nodule is not None
-        if nodule is not None and gland is not None:
+        score = 0.0 if detection is None else float(detection.score)
+        result = ViewResult(nodule_mask=nodule, gland_mask=gland, nodule_score=score)
+        result.quality = assess_view(view.image, nodule, gland, score, view.spacing_mm)
+        if result.quality.passed:
             with stage("features"):
                 result.features = extract_features(view.image, gland, nodule, view.spacing_mm,
                                                    size=config.image_size)
+            result.used = True
             analysable.append(len(views))
+        elif not only_no_nodule([result.quality]):
+            reason = main_reason(result.quality.reasons)
+            warnings.append(f"view {number} not used: {reason.text}")
+            log.info("view declined by the quality gate", study_uid=study.study_uid, view=number,
+                     reason=reason.code)
         views.append(result)
 
     versions = _versions(backend)
     if not analysable:
-        finding = FINDING_NO_GLAND if any_nodule else FINDING_NO_NODULE
-        log.info("no analysable view", study_uid=study.study_uid, reason=finding, views=len(study.views))
-        return StudyResult(study_uid=study.study_uid, finding=finding, probability=None, risk_level=None,
-                           views=views, warnings=warnings, model_versions=versions)
+        qualities = [v.quality for v in views]
+        if only_no_nodule(qualities):
+            log.info("no nodule in any view", study_uid=study.study_uid, views=len(study.views))
+            return StudyResult(study_uid=study.study_uid, finding=FINDING_NO_NODULE, probability=None,
+                               risk_level=None, views=views, warnings=warnings, model_versions=versions)
+        reason = study_reason(qualities)
+        log.info("study not assessable", study_uid=study.study_uid, reason=reason.code, views=len(study.views))
+        return StudyResult(study_uid=study.study_uid, finding=f"{FINDING_NOT_ASSESSABLE}: {reason.text}",
+                           probability=None, risk_level=None, views=views, warnings=warnings,
+                           model_versions=versions, not_assessable_code=reason.code,
+                           not_assessable_reason=reason.text)
 
     if study.sex is None or study.sex.upper()[:1] not in ("M", "F"):
         warnings.append("sex unknown: neutral value used")

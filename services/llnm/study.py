@@ -40,12 +40,14 @@ class ViewResult:
     nodule_score: float = 0.0  # detector confidence of the index nodule
     features: Any = None  # llnm.features.NoduleFeatures, or None without both masks
     heatmap: np.ndarray | None = None  # (H, W) float32 in [0, 1]: attention rollout over the view
+    quality: Any = None  # llnm.quality.ViewQuality: the gate's measurements and reasons
+    used: bool = False  # passed the quality gate and went into the result
 
 
 @dataclass
 class StudyResult:
     study_uid: str
-    finding: str  # "nodule", "no nodule found" or "no gland found"
+    finding: str  # "nodule", "no nodule found" or "not assessable: <reason>"
     probability: float | None  # P(LLNM), None when no nodule could be analysed
     risk_level: int | None  # 1 low, 2 medium, 3 high
     risk_probabilities: list[float] = field(default_factory=list)
@@ -60,3 +62,10 @@ class StudyResult:
     calibrated: bool = False
     warnings: list[str] = field(default_factory=list)
     model_versions: dict[str, str] = field(default_factory=dict)  # model name -> content hash
+    #: set when the study was declined: no view passed the quality gate (llnm.quality)
+    not_assessable_code: str | None = None
+    not_assessable_reason: str | None = None
+
+    @property
+    def assessable(self) -> bool:
+        return self.not_assessable_code is None

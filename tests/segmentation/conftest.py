@@ -52,8 +52,11 @@ class FakeBackend:
         np.testing.assert_array_equal(batch[1], batch[0][..., ::-1])
         from llnm.segmentation.preprocess import letterbox
 
-        boxed, _ = letterbox(self.gland_mask.astype(np.uint8) * 255, gland.INPUT_SIZE, 0)
-        prob = (boxed / 255.0).astype(np.float32)[None, None]
+        if self.gland_mask is None:  # no gland anywhere
+            prob = np.zeros((1, 1, gland.INPUT_SIZE, gland.INPUT_SIZE), dtype=np.float32)
+        else:
+            boxed, _ = letterbox(self.gland_mask.astype(np.uint8) * 255, gland.INPUT_SIZE, 0)
+            prob = (boxed / 255.0).astype(np.float32)[None, None]
         return {gland.OUTPUT_NAME: np.concatenate([prob, prob[..., ::-1]])}
 
     def has_model(self, model: str) -> bool:

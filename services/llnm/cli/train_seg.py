@@ -20,7 +20,7 @@ DEFAULT_OUT = Path("/tmp/llnm-seg-train")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=["nodule", "gland"], required=True)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="folder holding tg3k/ and ddti/ (default: %(default)s)")
+                        help="folder holding tg3k/, ddti/ and ddti_frames/ (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="checkpoints, logs and the composed-frame cache; never inside the repository")
     parser.add_argument("--phantom", type=Path, default=None,
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=60.0, help="stop after this much training time")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from these weights (a fine-tuning stage) instead of random ones: gland .pt / YOLO best.pt, "
-                             "or for the nodule model a shipped model.onnx (its batch norms are re-estimated)")
+                             "or a shipped model.onnx (its batch norms are re-estimated)")
     parser.add_argument("--mosaic", action="store_true",
                         help="nodule model: keep Ultralytics mosaic on in a fine-tuning stage (off by default there)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 gland, 2e-3 nodule)")
@@ -55,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "gland":
         from llnm.segmentation import train_gland
 
+        frames = args.data / "ddti_frames"
         cfg = train_gland.GlandTrainConfig(data=args.data / "tg3k", out=out, epochs=args.epochs or 8,
                                            seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
-                                           init=args.init, lr=args.lr or 3e-3)
+                                           init=args.init, lr=args.lr or 3e-3,
+                                           frames=frames if frames.is_dir() else None)
         summary = train_gland.train(cfg)
         if not args.no_export:
             summary["onnx"] = str(train_gland.export_onnx(out / "gland_best.pt",

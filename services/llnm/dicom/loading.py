@@ -3,12 +3,13 @@
 Steps per study: read every header; sort instances into images, reports, our own outputs and the
 ignored (each ignored or broken file becomes a warning, the rest of the study goes on); decode each
 image, choose its representative frame (cines) and drop non-B-mode frames; crop every calibrated 2D
-tissue region of the chosen frame to a view; read sex, age and the report.
+tissue region of the chosen frame to a view (without regions: the ultrasound image found in the
+pixels, the scanner's interface cut away); read sex, age and the report.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from llnm.dicom.reading import (
 )
 from llnm.dicom.regions import Crop, has_doppler_region, tissue_crops
 from llnm.observability.logs import get_logger
+from llnm.segmentation.region import find_image_region
 from llnm.study import StudyInput, View
 
 log = get_logger(__name__)
@@ -241,6 +243,9 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
             warnings.append(f"instance {_label(inst)}: colour in the tissue region "
                             f"(Doppler/elastography), not analysed")
             continue
+        if crop.region_index is None:
+            crop = image_crop(crop, rgb_to_grey(part))
+            part = rgb[crop.row0:crop.row1, crop.col0:crop.col1]
         ref = FrameRef(
             sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
             series_uid=str(ds.get("SeriesInstanceUID", "")),
@@ -253,6 +258,16 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
         out.append(View(image=rgb_to_grey(part), spacing_mm=crop.spacing_mm, source=ref,
                         crop_offset=crop.offset))
     return out
+
+
+def image_crop(whole: Crop, grey: np.ndarray) -> Crop:
+    """Without ultrasound regions, the ultrasound image found in the pixels (the scanner's interface
+    around it cut away; llnm.segmentation.region), keeping the frame's spacing and calibration."""
+    found = find_image_region(grey)
+    if not found.found:
+        return whole
+    return replace(whole, row0=whole.row0 + found.row0, col0=whole.col0 + found.col0,
+                   row1=whole.row0 + found.row1, col1=whole.col0 + found.col1)
 
 
 def _strip_pixels(ds: Dataset) -> Dataset:

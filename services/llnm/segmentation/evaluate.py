@@ -1,22 +1,33 @@
-"""Dice and IoU of a shipped segmentation model on any folder of images and same-named masks.
+"""Dice and IoU of the shipped segmentation models on any folder of images and same-named masks.
 
-Runs the runtime path (backend + numpy post-processing), so the figures are those of the product.
-Masks: grey > 127 is foreground. For the nodule model the index nodule is compared with the mask
-(a crop counts as a frame); no detection counts as an empty mask. Empty vs empty scores 1.
+Runs the runtime path (backend + numpy post-processing), so the figures are those of the product:
+the ultrasound image is found in each picture first (llnm.segmentation.region, as for a frame
+without DICOM regions), both models run on it, the masks are placed back on the whole picture, and
+the quality gate (llnm.quality) judges the view. Masks: grey > 127 is foreground. For the nodule
+model the index nodule is compared with the mask (a crop counts as a frame); no detection counts as
+an empty mask. Empty vs empty scores 1.
+
 Over the images with a non-empty truth: `overlap_rate` is the share where the prediction touches the
-truth, `detection_rate_iou50` the share where their IoU is at least 0.5 (a correct detection).
+truth, `detection_rate_iou50` the share where their IoU is at least 0.5 (a correct detection),
+`dice_of_detected` the mean Dice over those correct detections. With `nodule_masks` (gland model),
+`nodule_inside_gland_median` is the median share of each true nodule covered by the predicted gland:
+every nodule lies inside the thyroid, so on whole frames without gland outlines this is the gland
+model's measure. `gate_declined` is the share of pictures the quality gate would not use.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llnm.inference.backend import InferenceBackend
+from llnm.quality import assess_view, main_reason
 from llnm.segmentation.data import paired_files, read_grey, read_mask
 from llnm.segmentation.gland import segment_gland
 from llnm.segmentation.nodule import segment_nodule
+from llnm.segmentation.region import find_image_region
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -29,36 +40,103 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else int((pred & truth).sum()) / union
 
 
-def predict_mask(backend: InferenceBackend, model: str, image: np.ndarray) -> np.ndarray:
+@dataclass
+class FrameSegmentation:
+    """Both models' output on one picture, on the picture's own grid, and the gate's verdict."""
+
+    nodule: np.ndarray  # bool (all False when nothing was found)
+    nodule_score: float
+    gland: np.ndarray  # bool
+    gate_reasons: tuple[str, ...]  # reason codes; empty: the gate would use this view
+
+
+def segment_picture(backend: InferenceBackend, image: np.ndarray, region: bool = True) -> FrameSegmentation:
+    """The product's path for a frame without DICOM regions: find the image, segment, gate, paste back."""
+    found = find_image_region(image) if region else None
+    view = found.crop(image) if found is not None else image
+    detection = segment_nodule(backend, view)
+    gland = segment_gland(backend, view)
+    nodule = np.zeros(view.shape, dtype=bool) if detection is None else detection.mask
+    score = 0.0 if detection is None else float(detection.score)
+    gland = np.zeros(view.shape, dtype=bool) if gland is None else gland
+    quality = assess_view(view, nodule if nodule.any() else None, gland if gland.any() else None, score, None)
+    codes = tuple(r.code for r in quality.reasons)
+    if found is not None:
+        nodule, gland = found.paste(nodule, image.shape), found.paste(gland, image.shape)
+    return FrameSegmentation(nodule, score, gland, codes)
+
+
+def predict_mask(backend: InferenceBackend, model: str, image: np.ndarray, region: bool = True) -> np.ndarray:
     """The model's mask for one image on its own grid (all False when nothing is found)."""
-    if model == "nodule":
-        found = segment_nodule(backend, image)
-        return np.zeros(image.shape, dtype=bool) if found is None else found.mask
-    if model == "gland":
-        mask = segment_gland(backend, image)
-        return np.zeros(image.shape, dtype=bool) if mask is None else mask
-    raise ValueError(f"unknown model {model!r}: expected 'nodule' or 'gland'")
+    if model not in ("nodule", "gland"):
+        raise ValueError(f"unknown model {model!r}: expected 'nodule' or 'gland'")
+    seg = segment_picture(backend, image, region)
+    return seg.nodule if model == "nodule" else seg.gland
 
 
-def evaluate_folder(backend: InferenceBackend, model: str, images: Path, masks: Path) -> dict:
-    """Mean Dice, mean IoU, the number of images and how many came out empty."""
-    pairs = paired_files(images, masks)
-    if not pairs:
-        raise FileNotFoundError(f"no image in {images} has a same-named mask in {masks}")
-    dices, ious, empty, found, hits, positives = [], [], 0, 0, 0, 0
+def evaluate_pairs(backend: InferenceBackend, model: str, pairs: list[tuple[Path, Path]],
+                   nodule_masks: Path | None = None, region: bool = True) -> list[dict]:
+    """One record per picture: dice, iou, empty, truth_empty, gate reasons, nodule-inside-gland."""
+    if model not in ("nodule", "gland"):
+        raise ValueError(f"unknown model {model!r}: expected 'nodule' or 'gland'")
+    records = []
     for image_path, mask_path in pairs:
         image, truth = read_grey(image_path), read_mask(mask_path)
         if truth.shape != image.shape:
             raise ValueError(f"{mask_path.name}: mask {truth.shape} does not match image {image.shape}")
-        pred = predict_mask(backend, model, image)
-        empty += not pred.any()
-        dices.append(dice(pred, truth))
-        ious.append(iou(pred, truth))
-        if truth.any():
-            positives += 1
-            found += bool((pred & truth).any())
-            hits += ious[-1] >= 0.5
-    return {"model": model, "images": len(pairs), "mean_dice": float(np.mean(dices)),
-            "mean_iou": float(np.mean(ious)), "median_dice": float(np.median(dices)), "empty_predictions": empty,
-            "overlap_rate": found / positives if positives else None,
-            "detection_rate_iou50": hits / positives if positives else None}
+        seg = segment_picture(backend, image, region)
+        pred = seg.nodule if model == "nodule" else seg.gland
+        record = {"name": image_path.stem, "dice": dice(pred, truth), "iou": iou(pred, truth),
+                  "empty": not pred.any(), "truth_empty": not truth.any(), "score": seg.nodule_score,
+                  "gate": list(seg.gate_reasons), "nodule_inside_gland": None}
+        nodule_truth = None
+        if model == "gland" and nodule_masks is not None:
+            candidates = [p for p in Path(nodule_masks).glob(f"{image_path.stem}.*")]
+            nodule_truth = read_mask(candidates[0]) if candidates else None
+        elif model == "nodule":
+            nodule_truth = truth
+        if nodule_truth is not None and nodule_truth.any():
+            record["nodule_inside_gland"] = float((seg.gland & nodule_truth).sum() / nodule_truth.sum())
+        records.append(record)
+    return records
+
+
+def summarise(model: str, records: list[dict]) -> dict:
+    """The figures of a list of per-picture records (see the module docstring)."""
+    dices = np.array([r["dice"] for r in records])
+    ious = np.array([r["iou"] for r in records])
+    positives = [r for r in records if not r["truth_empty"]]
+    hits = [r for r in positives if r["iou"] >= 0.5]
+    inside = [r["nodule_inside_gland"] for r in records if r["nodule_inside_gland"] is not None]
+    declined = [r for r in records if r["gate"]]
+    reasons: dict[str, int] = {}
+    for r in declined:
+        code = main_reason_code(r["gate"])
+        reasons[code] = reasons.get(code, 0) + 1
+    return {
+        "model": model, "images": len(records), "mean_dice": float(dices.mean()), "mean_iou": float(ious.mean()),
+        "median_dice": float(np.median(dices)), "empty_predictions": int(sum(r["empty"] for r in records)),
+        "overlap_rate": (sum(not r["empty"] and r["dice"] > 0 for r in positives) / len(positives)
+                         if positives else None),
+        "detection_rate_iou50": len(hits) / len(positives) if positives else None,
+        "dice_of_detected": float(np.mean([r["dice"] for r in hits])) if hits else None,
+        "nodule_inside_gland_median": float(np.median(inside)) if inside else None,
+        "nodule_inside_gland_mean": float(np.mean(inside)) if inside else None,
+        "gate_declined": len(declined) / len(records) if records else None,
+        "gate_reasons": dict(sorted(reasons.items())),
+    }
+
+
+def main_reason_code(codes: list[str]) -> str:
+    from llnm.quality import Reason
+
+    return main_reason([Reason(c, "") for c in codes]).code
+
+
+def evaluate_folder(backend: InferenceBackend, model: str, images: Path, masks: Path,
+                    nodule_masks: Path | None = None, region: bool = True) -> dict:
+    """The figures of `summarise` over every image of a folder with a same-named mask."""
+    pairs = paired_files(images, masks)
+    if not pairs:
+        raise FileNotFoundError(f"no image in {images} has a same-named mask in {masks}")
+    return summarise(model, evaluate_pairs(backend, model, pairs, nodule_masks, region))

@@ -1,4 +1,12 @@
-"""Training and ONNX export of the gland model: U-Net++ (segmentation-models-pytorch) on TG3K.
+"""Training and ONNX export of the gland model: U-Net++ (segmentation-models-pytorch) on TG3K, with
+partial supervision from real whole frames.
+
+TG3K (full gland masks) comes from a few videos of one device. Whole frames of other scanners
+(`ddti_frames/`, train cases only, cut to the ultrasound image as at run time) carry no gland outline,
+but every outlined nodule lies inside the thyroid: on those frames the nodule pixels are supervised
+as gland, the skin band at the top of the image (`SKIN_BAND`) as not gland, and every other pixel is
+left out of the loss. Selection (the checkpoint kept) uses TG3K val Dice plus the share of each nodule
+covered by the gland on the "select" cases' frames, never the held-out "val" cases.
 
 Needs the `train` extra (torch, segmentation-models-pytorch). The runtime never imports this module.
 Model: UnetPlusPlus, MobileNetV2 encoder built from scratch (encoder_weights=None), decoder channels
@@ -16,16 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
 from tqdm import tqdm
 
 from llnm.observability.logs import get_logger
 from llnm.segmentation import gland
-from llnm.segmentation.data import read_grey, read_mask, tg3k_pairs
+from llnm.segmentation.data import ddti_frame_pairs, read_grey, read_mask, tg3k_pairs
 from llnm.segmentation.preprocess import letterbox
+from llnm.segmentation.region import find_image_region
 
 log = get_logger(__name__)
 
 ENCODER = "mobilenet_v2"
+SKIN_BAND = 0.05  # top share of a whole frame's ultrasound image supervised as "not gland"
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
 
 
@@ -41,7 +53,9 @@ class GlandTrainConfig:
     threads: int = 2
     max_minutes: float = 60.0
     monitor: int = 80  # val images checked after each epoch (all are checked at the end)
-    init: Path | None = None  # start from these weights (a second, fine-tuning stage) instead of random
+    init: Path | None = None  # start from these weights (.pt state dict or a shipped model.onnx) instead of random
+    frames: Path | None = None  # ddti_frames/ root: partial supervision from real whole frames
+    frame_share: float = 0.25  # share of each batch drawn from the whole frames
 
 
 def build_model() -> torch.nn.Module:
@@ -60,8 +74,15 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tu
         image, mask = image[y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
-    x = image.astype(np.float32) / 255.0
-    x = np.power(x, rng.uniform(0.7, 1.4))
+    if rng.random() < 0.3:  # another scanner's resolution: down- and up-sampled
+        factor = rng.uniform(0.4, 0.8)
+        small = (max(8, int(image.shape[1] * factor)), max(8, int(image.shape[0] * factor)))
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(small, Image.BILINEAR)
+                           .resize(image.shape[::-1], Image.BILINEAR))
+    if rng.random() < 0.3:  # another scanner's speckle size / smoothing
+        image = ndimage.gaussian_filter(image.astype(np.float32), rng.uniform(0.5, 1.5))
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    x = np.power(x, rng.uniform(0.6, 1.6))
     x = (x - x.mean()) * rng.uniform(0.8, 1.25) + x.mean() + rng.uniform(-0.08, 0.08)
     x = x * rng.normal(1.0, rng.uniform(0.0, 0.12), x.shape) + rng.normal(0, rng.uniform(0, 0.03), x.shape)
     return np.clip(x * 255.0, 0, 255).astype(np.uint8), np.ascontiguousarray(mask)
@@ -72,6 +93,46 @@ def to_model(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     x, _ = letterbox(image, gland.INPUT_SIZE, gland.PAD_VALUE)
     y, _ = letterbox(mask.astype(np.uint8) * 255, gland.INPUT_SIZE, 0)
     return (x.astype(np.float32) / 255.0)[None], (y > 127).astype(np.float32)[None]
+
+
+def frame_sample(image: np.ndarray, nodule: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A whole frame cut to its ultrasound image, and its partial label as (H, W, 2) uint8: channel 0
+    the target (1 on the nodule), channel 1 the weight (1 where supervised: nodule and skin band)."""
+    region = find_image_region(image)
+    image, nodule = region.crop(image), region.crop(nodule)
+    label = np.zeros(image.shape + (2,), dtype=np.uint8)
+    label[..., 0] = nodule
+    label[..., 1] = nodule
+    band = max(1, int(round(image.shape[0] * SKIN_BAND)))
+    label[:band, :, 1] |= ~nodule[:band]
+    return image, label
+
+
+def to_model_partial(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Letterboxed input, target and weight of a partially labelled frame (padding has weight 0)."""
+    x, _ = letterbox(image, gland.INPUT_SIZE, gland.PAD_VALUE)
+    y, _ = letterbox(label[..., 0] * 255, gland.INPUT_SIZE, 0)
+    w, _ = letterbox(label[..., 1] * 255, gland.INPUT_SIZE, 0)
+    return ((x.astype(np.float32) / 255.0)[None], (y > 127).astype(np.float32)[None],
+            (w > 127).astype(np.float32)[None])
+
+
+def coverage(model: torch.nn.Module, frames: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Median share of each nodule covered by the predicted gland, and the median gland share of the
+    image, on whole frames (the whole-frame measure of a gland model; the second keeps it honest)."""
+    model.eval()
+    covered, area = [], []
+    with torch.no_grad():
+        for image, label in frames:
+            x, box = letterbox(image, gland.INPUT_SIZE, gland.PAD_VALUE)
+            prob = torch.sigmoid(model(torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]))[0, 0].numpy()
+            pred = gland.gland_from_probability(prob, box)
+            pred = np.zeros(image.shape, dtype=bool) if pred is None else pred
+            nodule = label[..., 0] > 0
+            covered.append(float((pred & nodule).sum() / max(1, nodule.sum())))
+            area.append(float(pred.mean()))
+    model.train()
+    return float(np.median(covered)), float(np.median(area))
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -111,8 +172,18 @@ def train(cfg: GlandTrainConfig) -> dict:
     train_set = [(read_grey(i), read_mask(m)) for i, m in tg3k_pairs(cfg.data, "train")]
     val_set = [(read_grey(i), read_mask(m)) for i, m in tg3k_pairs(cfg.data, "val")]
     monitor = [val_set[int(k)] for k in rng.choice(len(val_set), min(cfg.monitor, len(val_set)), replace=False)]
-    log.info("gland data loaded", count=len(train_set), stage="train")
-    model = load_checkpoint(cfg.init).train() if cfg.init else build_model()
+    frames_train: list[tuple[np.ndarray, np.ndarray]] = []
+    frames_select: list[tuple[np.ndarray, np.ndarray]] = []
+    if cfg.frames is not None:
+        for split, bucket in (("train", frames_train), ("select", frames_select)):
+            for i, m in ddti_frame_pairs(cfg.frames, (split,)):
+                bucket.append(frame_sample(read_grey(i), read_mask(m)))
+    log.info("gland data loaded", count=len(train_set), frames=len(frames_train), stage="train")
+    init = cfg.init
+    if init is not None and init.suffix == ".onnx":
+        calibration = [train_set[int(k)][0] for k in rng.choice(len(train_set), 32, replace=False)]
+        init = checkpoint_from_onnx(init, calibration, cfg.out / "init_from_onnx.pt")
+    model = load_checkpoint(init).train() if init else build_model()
     steps_per_epoch = cfg.samples_per_epoch // cfg.batch
     total_steps = cfg.epochs * steps_per_epoch
     budget_s = cfg.max_minutes * 60
@@ -128,12 +199,20 @@ def train(cfg: GlandTrainConfig) -> dict:
             warm = min(1.0, (step + 1) / 30)
             for group in optimiser.param_groups:
                 group["lr"] = cfg.lr * warm * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * progress)))
-            picks = rng.integers(0, len(train_set), cfg.batch)
+            n_frames = int(round(cfg.batch * cfg.frame_share)) if frames_train else 0
+            picks = rng.integers(0, len(train_set), cfg.batch - n_frames)
             batch = [to_model(*augment(*train_set[int(k)], rng)) for k in picks]
-            x = torch.from_numpy(np.stack([b[0] for b in batch]))
-            y = torch.from_numpy(np.stack([b[1] for b in batch]))
+            partial = [to_model_partial(*augment(*frames_train[int(k)], rng))
+                       for k in rng.integers(0, max(1, len(frames_train)), n_frames)]
+            x = torch.from_numpy(np.stack([b[0] for b in batch] + [p[0] for p in partial]))
+            y = torch.from_numpy(np.stack([b[1] for b in batch] + [p[1] for p in partial]))
             logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y) + dice_loss(logits, y)
+            full = len(batch)
+            loss = F.binary_cross_entropy_with_logits(logits[:full], y[:full]) + dice_loss(logits[:full], y[:full])
+            if partial:
+                weight = torch.from_numpy(np.stack([p[2] for p in partial]))
+                bce = F.binary_cross_entropy_with_logits(logits[full:], y[full:], weight=weight, reduction="sum")
+                loss = loss + bce / weight.sum().clamp_min(1.0)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -141,21 +220,24 @@ def train(cfg: GlandTrainConfig) -> dict:
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         dice = validate(model, monitor)
+        covered, area = coverage(model, frames_select) if frames_select else (None, None)
         minutes = (time.monotonic() - started) / 60
         history.append({"epoch": epoch + 1, "steps": step, "loss": float(np.mean(losses)) if losses else None,
-                        "monitor_dice": dice, "minutes": round(minutes, 2)})
+                        "monitor_dice": dice, "select_nodule_inside": covered, "select_gland_area": area,
+                        "minutes": round(minutes, 2)})
         log.info("gland epoch", epoch=epoch + 1, metric="monitor_dice", value=round(dice, 4),
                  seconds=round(minutes * 60))
         print(json.dumps(history[-1]), flush=True)
-        if dice > best:
-            best = dice
+        score = dice if covered is None else (dice + covered) / 2
+        if score > best:
+            best = score
             torch.save(model.state_dict(), cfg.out / "gland_best.pt")
         if (time.monotonic() - started) >= budget_s or step >= total_steps:
             break
     model = load_checkpoint(cfg.out / "gland_best.pt")
     val_dice = validate(model, val_set)
     log.info("gland trained", metric="val_dice", value=round(val_dice, 4), count=len(val_set))
-    summary = {"val_dice": val_dice, "val_images": len(val_set), "best_monitor_dice": best, "history": history,
+    summary = {"val_dice": val_dice, "val_images": len(val_set), "best_selection_score": best, "history": history,
                "encoder": ENCODER, "decoder_channels": list(DECODER_CHANNELS), "input_size": gland.INPUT_SIZE,
                "seed": cfg.seed, "steps": step, "batch": cfg.batch}
     (cfg.out / "gland_summary.json").write_text(json.dumps(summary, indent=2))
@@ -194,3 +276,89 @@ def _simplify(path: Path) -> None:
 
     onnxslim.slim(str(path), str(path))
 
+
+
+def _scope_to_module(node_name: str) -> str:
+    """'/model/encoder/features.1/conv/conv.0/conv.0.0/Conv' -> 'encoder.features.1.conv.0.0'."""
+    segments = node_name.strip("/").split("/")[1:-1]  # drop the wrapper's 'model' and the op name
+    dotted, previous = "", ""
+    for seg in segments:
+        if previous and seg.startswith(previous + "."):
+            dotted = dotted[: len(dotted) - len(previous)] + seg
+        else:
+            dotted = f"{dotted}.{seg}" if dotted else seg
+        previous = seg
+    return dotted
+
+
+def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target: Path) -> Path:
+    """Turn a shipped gland ONNX file back into a trainable state dict (as the nodule model's recovery).
+
+    The export folds each batch norm into the convolution before it, so the file holds (W, b) per
+    convolution. Each batch norm is rebuilt as the identity on frames like `calibration`: running
+    statistics measured on them, affine part undoing them, so eval mode computes exactly what the ONNX
+    file computes and fine-tuning (batch statistics) starts from the shipped model.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    model = build_model()
+    modules = dict(model.named_modules())
+    order = list(modules)
+    folded: dict[torch.nn.BatchNorm2d, torch.Tensor] = {}
+    matched = 0
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        canonical = _scope_to_module(node.name)
+        names = [n for n in order if isinstance(modules[n], torch.nn.Conv2d)
+                 and n.replace("blocks.", "") == canonical]
+        if len(names) != 1:
+            raise ValueError(f"{onnx_path}: no unique module for {node.name} ({names})")
+        conv = modules[names[0]]
+        weight, bias = tensors[node.input[1]], tensors[node.input[2]]
+        conv.weight.data.copy_(weight)
+        following = modules[order[order.index(names[0]) + 1]] if order.index(names[0]) + 1 < len(order) else None
+        if isinstance(following, torch.nn.BatchNorm2d) and conv.bias is None:
+            following.running_mean.zero_()
+            following.running_var.fill_(1.0 - following.eps)
+            following.weight.data.fill_(1.0)
+            following.bias.data.copy_(bias)
+            folded[following] = bias
+        elif conv.bias is not None:
+            conv.bias.data.copy_(bias)
+        else:
+            raise ValueError(f"{onnx_path}: {names[0]} has a bias in the file but no batch norm to hold it")
+        matched += 1
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in modules.values())
+    if matched != convs:
+        raise ValueError(f"{onnx_path}: {matched} convolutions in the file, {convs} in the model")
+    sums: dict[torch.nn.BatchNorm2d, list[torch.Tensor]] = {bn: [] for bn in folded}
+
+    def record(bn: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor], _output: torch.Tensor) -> None:
+        x = inputs[0].double()
+        sums[bn].append(torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))]))
+
+    hooks = [bn.register_forward_hook(record) for bn in folded]
+    model.eval()
+    batch = torch.from_numpy(np.stack([gland.gland_input(image)[0][0] for image in calibration]))
+    with torch.no_grad():
+        reference = torch.sigmoid(model(batch))
+        for hook in hooks:
+            hook.remove()
+        for bn, b in folded.items():
+            mean, square = torch.stack(sums[bn]).mean(dim=0)
+            var = (square - mean * mean).clamp_min(1e-6).float()
+            bn.running_mean.copy_(mean.float())
+            bn.running_var.copy_(var)
+            bn.weight.data.copy_(torch.sqrt(var + bn.eps))
+            bn.bias.data.copy_(mean.float() + b)
+        drift = float((torch.sigmoid(model(batch)) - reference).abs().max())
+    if drift > 1e-3:
+        raise RuntimeError(f"rebuilt batch norms change the output by {drift:.3g}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), target)
+    log.info("gland checkpoint rebuilt from onnx", path=str(target), stage="recover", drift=drift)
+    return target

@@ -2,11 +2,14 @@
 
 Needs the `train` extra (torch, ultralytics, opencv from ultralytics). Nothing is downloaded
 (`YOLO_OFFLINE=1`, the model starts from random weights). The training set, built once into
-`<out>/dataset` (outside the repository), holds per DDTI nodule of the train cases (split by case id):
-- the DDTI crop itself (crop-like frames: the nodule fills much of the frame), and
+`<out>/dataset` (outside the repository), holds, for the DDTI train cases (`case_split`, by case id):
+- the real whole frames of `ddti_frames/`, cropped to the ultrasound image as at run time
+  (llnm.segmentation.region), each `frame_repeats` times (they are the product's own input);
+- the DDTI crop of each nodule (crop-like frames: the nodule fills much of the frame), and
 - `composed_per_crop` whole frames composed on TG3K train frames (llnm.segmentation.compose);
-plus, optionally, `llnm phantom` frames (each whole frame and a crop around its nodule). Validation: the DDTI val-case crops, one composed frame per
-val crop on TG3K val frames.
+plus, optionally, `llnm phantom` frames (each whole frame and a crop around its nodule).
+Validation (Ultralytics picks the best epoch on it): the whole frames of the "select" cases. The
+"val" cases are never used here; they are the held-out measurement.
 """
 
 from __future__ import annotations
@@ -27,15 +30,16 @@ from tqdm import tqdm
 from llnm.observability.logs import get_logger
 from llnm.segmentation import nodule
 from llnm.segmentation.compose import compose_frame
-from llnm.segmentation.data import ddti_pairs, read_grey, read_mask, tg3k_pairs
+from llnm.segmentation.data import case_split, ddti_frame_pairs, ddti_pairs, read_grey, read_mask, tg3k_pairs
+from llnm.segmentation.region import find_image_region
 
 log = get_logger(__name__)
-DATASET_VERSION = "v1"
+DATASET_VERSION = "v2"
 
 
 @dataclass
 class NoduleTrainConfig:
-    data: Path  # folder holding tg3k/ and ddti/
+    data: Path  # folder holding tg3k/, ddti/ and ddti_frames/
     out: Path  # dataset cache, Ultralytics run, log
     phantom: Path | None = None  # an `llnm phantom` output folder (views.csv + truth/)
     epochs: int = 40
@@ -47,6 +51,8 @@ class NoduleTrainConfig:
     init: Path | None = None  # fine-tuning stage: start from these weights (.pt or a shipped .onnx), no warm-up
     lr: float = 0.002
     mosaic: bool = False  # fine-tuning stage only: keep mosaic on (a stage from random weights always uses it)
+    frame_repeats: int = 2  # copies of each real whole frame in the training set
+    imgsz: int = nodule.INPUT_SIZE
 
 
 def polygons(mask: np.ndarray, min_area: float = 12.0) -> list[np.ndarray]:
@@ -88,11 +94,17 @@ def phantom_pairs(folder: Path, rng: np.random.Generator) -> list[tuple[np.ndarr
     return pairs
 
 
+def frame_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A whole frame and its mask cut to the ultrasound image, exactly as the runtime cuts it."""
+    region = find_image_region(image)
+    return region.crop(image), region.crop(mask)
+
+
 def build_dataset(cfg: NoduleTrainConfig) -> Path:
     """Write the training set once (reused when its stamp matches); returns the data yaml path."""
     root = cfg.out / "dataset"
     stamp = {"version": DATASET_VERSION, "seed": cfg.seed, "composed_per_crop": cfg.composed_per_crop,
-             "phantom": str(cfg.phantom or "")}
+             "phantom": str(cfg.phantom or ""), "frame_repeats": cfg.frame_repeats}
     yaml_path = root / "data.yaml"
     if (root / "stamp.json").is_file() and json.loads((root / "stamp.json").read_text()) == stamp:
         return yaml_path
@@ -102,23 +114,30 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
         (root / "labels" / split).mkdir(parents=True)
     rng = np.random.default_rng(cfg.seed)
     counts = {"train": 0, "val": 0}
-    for split, per_crop in (("train", cfg.composed_per_crop), ("val", 0.5)):
-        backgrounds = tg3k_pairs(cfg.data / "tg3k", split)
-        for image_path, mask_path in tqdm(ddti_pairs(cfg.data / "ddti", split), desc=f"compose {split}"):
-            crop, mask = read_grey(image_path), read_mask(mask_path)
-            if not mask.any():
-                continue
-            stem = image_path.stem.replace("(", "_").replace(")", "")
-            counts[split] += write_sample(root, split, f"crop_{stem}", crop, mask)
-            whole, extra = int(per_crop), per_crop - int(per_crop)
-            for k in range(whole + int(rng.random() < extra)):
-                bg_image, bg_mask = backgrounds[int(rng.integers(len(backgrounds)))]
-                frame, label = compose_frame(read_grey(bg_image), read_mask(bg_mask), crop, mask, rng)
-                counts[split] += write_sample(root, split, f"comp{k}_{stem}", frame, label)
+    frames = cfg.data / "ddti_frames"
+    if frames.is_dir():
+        for case_splits, split, repeats in ((("train",), "train", cfg.frame_repeats), (("select",), "val", 1)):
+            for image_path, mask_path in tqdm(ddti_frame_pairs(frames, case_splits), desc=f"frames {split}"):
+                image, mask = frame_crop(read_grey(image_path), read_mask(mask_path))
+                for k in range(repeats):
+                    counts[split] += write_sample(root, split, f"frame{k}_{image_path.stem}", image, mask)
+    backgrounds = tg3k_pairs(cfg.data / "tg3k", "train")
+    for image_path, mask_path in tqdm(ddti_pairs(cfg.data / "ddti", "train"), desc="compose train"):
+        if case_split(image_path.name) != "train":
+            continue
+        crop, mask = read_grey(image_path), read_mask(mask_path)
+        if not mask.any():
+            continue
+        stem = image_path.stem.replace("(", "_").replace(")", "")
+        counts["train"] += write_sample(root, "train", f"crop_{stem}", crop, mask)
+        whole, extra = int(cfg.composed_per_crop), cfg.composed_per_crop - int(cfg.composed_per_crop)
+        for k in range(whole + int(rng.random() < extra)):
+            bg_image, bg_mask = backgrounds[int(rng.integers(len(backgrounds)))]
+            frame, label = compose_frame(read_grey(bg_image), read_mask(bg_mask), crop, mask, rng)
+            counts["train"] += write_sample(root, "train", f"comp{k}_{stem}", frame, label)
     if cfg.phantom is not None:
         for k, (frame, label) in enumerate(phantom_pairs(cfg.phantom, rng)):
-            split = "val" if (k // 2) % 5 == 0 else "train"  # a view and its crop stay together
-            counts[split] += write_sample(root, split, f"phantom_{k:05d}", frame, label)
+            counts["train"] += write_sample(root, "train", f"phantom_{k:05d}", frame, label)
     yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: nodule\n")
     (root / "stamp.json").write_text(json.dumps(stamp))
     log.info("nodule dataset written", path=str(root), count=counts["train"], stage="compose")
@@ -145,7 +164,7 @@ def train(cfg: NoduleTrainConfig) -> dict:
     model = YOLO(str(init) if init else "yolov8n-seg.yaml")
     started = time.monotonic()
     model.train(
-        data=str(yaml_path), imgsz=nodule.INPUT_SIZE, epochs=cfg.epochs, time=cfg.max_minutes / 60,
+        data=str(yaml_path), imgsz=cfg.imgsz, epochs=cfg.epochs, time=cfg.max_minutes / 60,
         batch=cfg.batch, nbs=cfg.batch, workers=0, device="cpu", cache="ram", amp=False, plots=False, seed=cfg.seed,
         deterministic=True, project=str(cfg.out), name="yolo", exist_ok=True,
         pretrained=str(init) if init else False,
@@ -156,7 +175,7 @@ def train(cfg: NoduleTrainConfig) -> dict:
     )
     best = cfg.out / "yolo" / "weights" / "best.pt"
     summary = {"best": str(best), "minutes": (time.monotonic() - started) / 60, "seed": cfg.seed,
-               "imgsz": nodule.INPUT_SIZE, "init": str(cfg.init or ""), "mosaic": cfg.mosaic, "dataset": str(yaml_path.parent)}
+               "imgsz": cfg.imgsz, "init": str(cfg.init or ""), "mosaic": cfg.mosaic, "dataset": str(yaml_path.parent)}
     results = cfg.out / "yolo" / "results.csv"
     if results.is_file():
         summary["results_csv"] = str(results)

@@ -1,0 +1,65 @@
+"""Finding the ultrasound image inside a frame that carries no SequenceOfUltrasoundRegions."""
+
+import numpy as np
+import pytest
+
+from llnm.segmentation.region import find_image_region
+
+from .conftest import ultrasound_like
+
+
+def scanner_frame(rng: np.random.Generator, shape=(360, 560), image_box=(20, 90, 300, 470),
+                  dual_seam: int | None = None) -> np.ndarray:
+    """A black interface with text-like strokes, a grey bar and depth ticks around a speckled image."""
+    frame = np.zeros(shape, dtype=np.uint8)
+    r0, c0, r1, c1 = image_box
+    frame[r0:r1, c0:c1] = np.maximum(ultrasound_like((r1 - r0, c1 - c0), seed=int(rng.integers(1000))), 20)
+    frame[r0 + 40:r0 + 60, c0 + 30:c0 + 200] = 3  # a dark (anechoic) band inside the image stays image
+    if dual_seam is not None:
+        frame[r0:r1, dual_seam:dual_seam + 3] = 0
+    frame[100:200, c0 - 25:c0 - 17] = np.linspace(255, 0, 100, dtype=np.uint8)[:, None]  # grey bar
+    for y in range(r0, r1, 30):
+        frame[y:y + 2, c0 - 8:c0 - 6] = 200  # depth ticks
+    for k in range(6):  # preset text: thin strokes right of the image
+        frame[10 + 14 * k:20 + 14 * k, c1 + 30:c1 + 60:3] = 220
+    frame[r1 + 20:r1 + 30, c0 + 20:c0 + 50:2] = 220  # side label under the image
+    return frame
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_image_is_found_and_the_interface_cut_away(seed):
+    rng = np.random.default_rng(seed)
+    r0, c0 = int(rng.integers(5, 40)), int(rng.integers(60, 120))
+    box = (r0, c0, r0 + int(rng.integers(200, 300)), c0 + int(rng.integers(250, 360)))
+    region = find_image_region(scanner_frame(rng, image_box=box))
+    assert region.found
+    found = (region.row0, region.col0, region.row1, region.col1)
+    assert max(abs(a - b) for a, b in zip(found, box)) <= 3, (found, box)
+
+
+def test_a_dual_display_stays_one_image():
+    rng = np.random.default_rng(7)
+    region = find_image_region(scanner_frame(rng, image_box=(10, 40, 300, 520), dual_seam=280))
+    assert (region.col0, region.col1) == pytest.approx((40, 520), abs=3)
+
+
+def test_a_frame_that_is_all_image_is_kept_whole():
+    image = ultrasound_like((300, 300), seed=3)
+    region = find_image_region(image)
+    assert region.shape[0] >= 295 and region.shape[1] >= 295
+
+
+@pytest.mark.parametrize("fill", [0, 128])
+def test_a_blank_frame_is_not_cropped_to_nothing(fill):
+    frame = np.full((200, 300), fill, dtype=np.uint8)
+    region = find_image_region(frame)
+    assert region.shape == (200, 300)
+
+
+def test_paste_places_a_crop_mask_back_on_the_frame():
+    rng = np.random.default_rng(1)
+    frame = scanner_frame(rng)
+    region = find_image_region(frame)
+    mask = np.ones(region.shape, dtype=bool)
+    back = region.paste(mask, frame.shape)
+    assert back.sum() == mask.sum() and back[region.row0, region.col0] and not back[0, 0]
