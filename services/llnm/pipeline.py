@@ -15,7 +15,10 @@ unknown sex -> 0 (between M = +1 and F = -1); unknown age -> 0 (= 45 years on th
 The quality gate (llnm.quality) decides which views are used: a view whose masks fail it is not
 analysed. A study where good thyroid images simply show no nodule is the finding "no nodule found";
 a study without any usable view is "not assessable: <reason>" with no probability, risk, distance or
-size (never a number built on a wrong mask). Neither is an error.
+size (never a number built on a wrong mask). Then each used view is scored against TMDL's training
+data (llnm.model.ood, statistics shipped beside the model); views unlike it are dropped too, and a
+study left with none is "not assessable by this model: input unlike the training data of this model".
+Neither is an error.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, 
 from llnm.model.config import GROUPS, TMDLConfig, preset
 from llnm.observability.logs import get_logger
 from llnm.observability.metrics import stage
-from llnm.quality import assess_view, main_reason, only_no_nodule, study_reason
+from llnm.quality import OUT_OF_DISTRIBUTION, Reason, assess_view, main_reason, only_no_nodule, study_reason
 from llnm.study import StudyInput, StudyResult, ViewResult
 
 log = get_logger(__name__)
@@ -95,6 +98,39 @@ def _versions(backend: InferenceBackend) -> dict[str, str]:
     return versions
 
 
+@lru_cache(maxsize=4)
+def _ood_model(repository: str):
+    from llnm.model.ood import load_for_repository
+
+    return load_for_repository(Path(repository))
+
+
+def _drop_unlike_training(backend: InferenceBackend, study_uid: str, views: list[ViewResult],
+                          analysable: list[int], warnings: list[str]) -> int:
+    """Score every analysable view against TMDL's training data; views beyond the threshold leave
+    `analysable` (in place). Returns how many left."""
+    from llnm.model.ood import features_descriptor
+
+    ood = _ood_model(str(_model_repository(backend)))
+    if ood is None:
+        if analysable:
+            warnings.append("the model has no out-of-distribution statistics (llnm ood-fit): "
+                            "its answer is not checked against its training data")
+        return 0
+    dropped = 0
+    for i in list(analysable):
+        views[i].ood_score = ood.score(features_descriptor(views[i].features))
+        if views[i].ood_score > ood.threshold:
+            analysable.remove(i)
+            views[i].used = False
+            dropped += 1
+            warnings.append(f"view {i + 1} not used: input unlike the training data of this model "
+                            f"(distance {views[i].ood_score:.1f} > {ood.threshold:.1f})")
+            log.info("view out of distribution", study_uid=study_uid, view=i + 1,
+                     score=round(views[i].ood_score, 2), threshold=round(ood.threshold, 2))
+    return dropped
+
+
 def contribution_shares(full_logit: float, occluded_logits: dict[str, float]) -> dict[str, float]:
     """Share of each group: |logit change when the group is occluded| / sum of the changes."""
     effects = {g: abs(full_logit - v) for g, v in occluded_logits.items()}
@@ -138,7 +174,15 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
                      reason=reason.code)
         views.append(result)
 
+    out_of_distribution = _drop_unlike_training(backend, study.study_uid, views, analysable, warnings)
     versions = _versions(backend)
+    if not analysable and out_of_distribution:
+        reason = Reason(OUT_OF_DISTRIBUTION, "input unlike the training data of this model")
+        log.info("study not assessable", study_uid=study.study_uid, reason=reason.code, views=len(study.views))
+        return StudyResult(study_uid=study.study_uid, finding=f"{FINDING_NOT_ASSESSABLE} by this model: {reason.text}",
+                           probability=None, risk_level=None, views=views, warnings=warnings,
+                           model_versions=versions, not_assessable_code=reason.code,
+                           not_assessable_reason=reason.text)
     if not analysable:
         qualities = [v.quality for v in views]
         if only_no_nodule(qualities):

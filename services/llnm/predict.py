@@ -2,6 +2,8 @@
 
 Used by `llnm predict` and by the worker. Per-file problems become warnings of their study; a study
 with no usable image gets a summary saying why and no DICOM objects (nothing wrong is ever written).
+A study the quality gate declined ("not assessable") gets an SR and key images that say why, no SEG
+and no number; summary.json says so ("assessable", "not_assessable") and, per view, what the gate found.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def predict_study(files: StudyFiles, backend: InferenceBackend, settings: Settin
     datasets = build_datasets(study, result, settings)
     summary = _summary(study, result, datasets, status="ok")
     log.info("study analysed", study_uid=study.study_uid, probability=result.probability,
-             risk_level=result.risk_level, objects=len(datasets), views=len(study.views))
+             risk_level=result.risk_level, not_assessable=result.not_assessable_code, objects=len(datasets),
+             views=len(study.views))
     return StudyOutput(study.study_uid, summary, datasets, result)
 
 
@@ -116,10 +119,30 @@ def _object_type(ds: Dataset) -> str:
     return {"SEG": "SEG", "SR": "SR"}.get(str(ds.get("Modality", "")), "SC")
 
 
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _gate(view_result) -> dict:
+    """The quality gate's outcome of one view (llnm.quality.ViewQuality) for summary.json."""
+    quality = view_result.quality
+    return {
+        "used": bool(view_result.used),
+        "quality": None if quality is None else {
+            "reasons": [r.code for r in quality.reasons],
+            "nodule_inside_gland": _round(quality.nodule_inside_gland),
+            "solidity": _round(quality.solidity),
+            "nodule_area_share": _round(quality.nodule_area_share),
+            "gland_area_share": _round(quality.gland_area_share),
+        },
+    }
+
+
 def _summary(study: StudyInput, result: StudyResult | None, datasets: list[Dataset], status: str) -> dict:
     views = []
-    for view in study.views:
+    for number, view in enumerate(study.views):
         ref = view.source
+        gate = _gate(result.views[number]) if result is not None and number < len(result.views) else {}
         views.append({
             "sop_instance_uid": ref.sop_instance_uid if isinstance(ref, FrameRef) else None,
             "frame_number": ref.frame_number if isinstance(ref, FrameRef) else None,
@@ -127,20 +150,25 @@ def _summary(study: StudyInput, result: StudyResult | None, datasets: list[Datas
             "shape": list(view.image.shape),
             "spacing_mm": list(view.spacing_mm) if view.spacing_mm else None,
             "calibration": ref.calibration if isinstance(ref, FrameRef) else None,
+            **gate,
         })
     numbers = summary_numbers(result) if result is not None else {
         "probability": None, "risk_level": None, "risk_label": None, "capsule_distance_mm": None, "capsule_distance_px": None,
         "nodule_size_mm": None, "nodule_size_px": None, "contributions": {}}
     warnings = list(study.warnings) + (list(result.warnings) if result is not None else [])
+    assessable = result is not None and result.assessable  # summary_numbers is empty when it is not
     return {
         "study_uid": study.study_uid,
         "status": status,
         "finding": result.finding if result is not None else None,
+        "assessable": assessable,
+        "not_assessable": {"code": result.not_assessable_code, "reason": result.not_assessable_reason}
+        if result is not None and not result.assessable else None,
         **numbers,
-        "risk_probabilities": [round(float(p), 4) for p in result.risk_probabilities] if result else [],
-        "location": dict(result.location) if result is not None else {},
+        "risk_probabilities": [round(float(p), 4) for p in result.risk_probabilities] if assessable else [],
+        "location": dict(result.location) if assessable else {},
         "calibrated": bool(result.calibrated) if result is not None else False,
-        "index_view": result.index_view if result is not None else None,
+        "index_view": result.index_view if assessable else None,
         "views": views,
         "inputs": {"sex_known": study.sex is not None, "age_known": study.age_years is not None,
                    "report": study.report_text is not None},

@@ -43,8 +43,10 @@ LOW_CONFIDENCE = "low_confidence"
 NODULE_OUTSIDE_GLAND = "nodule_outside_gland"
 IMPLAUSIBLE_SIZE = "implausible_size"
 IRREGULAR_MASK = "irregular_mask"
+#: not a segmentation check: TMDL's input lies outside its training data (llnm.model.ood)
+OUT_OF_DISTRIBUTION = "out_of_distribution"
 CODES = (BLANK_IMAGE, NO_GLAND, NO_NODULE, LOW_CONFIDENCE, NODULE_OUTSIDE_GLAND, IMPLAUSIBLE_SIZE,
-         IRREGULAR_MASK)
+         IRREGULAR_MASK, OUT_OF_DISTRIBUTION)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def _long_axis_mm(mask: np.ndarray, spacing_mm: tuple[float, float]) -> float:
 
 #: most telling first: a blank frame says all; a nodule found but failing a check tells more than nothing found
 PRIORITY = (BLANK_IMAGE, NODULE_OUTSIDE_GLAND, IRREGULAR_MASK, IMPLAUSIBLE_SIZE, LOW_CONFIDENCE, NO_GLAND,
-            NO_NODULE)
+            NO_NODULE, OUT_OF_DISTRIBUTION)
 
 
 def main_reason(reasons: tuple[Reason, ...] | list[Reason]) -> Reason:
@@ -158,3 +160,22 @@ def study_reason(qualities: list[ViewQuality]) -> Reason | None:
 def only_no_nodule(qualities: list[ViewQuality]) -> bool:
     """Every view is a good thyroid image in which simply no nodule was found (a finding, not a decline)."""
     return bool(qualities) and all([r.code for r in q.reasons] == [NO_NODULE] for q in qualities)
+
+
+def declined(quality: ViewQuality | None) -> Reason | None:
+    """The main reason the gate declined a view; None when the view passed, merely shows no nodule in a
+    good thyroid image (a finding, not a decline), or was never assessed."""
+    if quality is None or quality.passed or only_no_nodule([quality]):
+        return None
+    return main_reason(quality.reasons)
+
+
+def view_declined(view) -> Reason | None:
+    """Why a view (llnm.study.ViewResult) was left out of the result: the gate's main reason (`declined`),
+    or OUT_OF_DISTRIBUTION for a view that passed the gate and still was not used (the pipeline drops
+    such a view only when TMDL's input check finds it unlike the training data)."""
+    quality = view.quality
+    reason = declined(quality)
+    if reason is None and quality is not None and quality.passed and not view.used:
+        return Reason(OUT_OF_DISTRIBUTION, "input unlike the training data of this model")
+    return reason

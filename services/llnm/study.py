@@ -42,6 +42,7 @@ class ViewResult:
     heatmap: np.ndarray | None = None  # (H, W) float32 in [0, 1]: attention rollout over the view
     quality: Any = None  # llnm.quality.ViewQuality: the gate's measurements and reasons
     used: bool = False  # passed the quality gate and went into the result
+    ood_score: float | None = None  # distance to TMDL's training data (llnm.model.ood); None: not scored
 
 
 @dataclass

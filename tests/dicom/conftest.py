@@ -75,7 +75,7 @@ def drawn_result(study: StudyInput, probability: float = 0.7312345, risk_level: 
         nod = ((yy - h / 2) / (h * 0.1)) ** 2 + ((xx - w * 0.4) / (w * 0.12)) ** 2 <= 1
         heat = np.exp(-(((yy - h / 2) / (h * 0.2)) ** 2 + ((xx - w / 2) / (w * 0.2)) ** 2)).astype(np.float32)
         views.append(ViewResult(nodule_mask=nod if nodule else None, gland_mask=gland,
-                                nodule_score=0.9 if nodule else 0.0, heatmap=heat))
+                                nodule_score=0.9 if nodule else 0.0, heatmap=heat, used=nodule))
     calibrated = bool(study.views) and all(v.spacing_mm is not None for v in study.views)
     return StudyResult(
         study_uid=study.study_uid, finding="nodule" if nodule else "no nodule found",
@@ -96,6 +96,36 @@ def drawn_result(study: StudyInput, probability: float = 0.7312345, risk_level: 
 
 def drawn_analyse(study, backend):
     return drawn_result(study)
+
+
+OUTSIDE_TEXT = "only 10% of the nodule lies inside the gland found: the masks disagree"
+
+
+def declined_quality(code: str = "nodule_outside_gland", text: str = OUTSIDE_TEXT):
+    from llnm.quality import Reason, ViewQuality
+
+    return ViewQuality(reasons=(Reason(code, text),), nodule_inside_gland=0.1, nodule_area_share=0.0234,
+                       gland_area_share=0.3312, solidity=0.9712)
+
+
+def declined_result(study: StudyInput, keep_numbers: bool = False) -> StudyResult:
+    """The pipeline's "not assessable" answer: every view declined by the quality gate (nodule outside
+    the gland), masks and heat maps still on the views. `keep_numbers`: a careless result that also kept
+    the numbers of drawn_result, which no writer may let through either."""
+    import dataclasses
+
+    result = drawn_result(study)
+    for view in result.views:
+        view.used = False
+        view.quality = declined_quality()
+    if not keep_numbers:
+        result = dataclasses.replace(
+            result, probability=None, risk_level=None, risk_probabilities=[], contributions={}, index_view=None,
+            capsule_distance_mm=None, capsule_distance_px=None, nodule_length_mm=None, nodule_width_mm=None,
+            location={})
+    return dataclasses.replace(result, finding=f"not assessable: {OUTSIDE_TEXT}",
+                               warnings=[f"view {i} not used: {OUTSIDE_TEXT}" for i in range(1, len(study.views) + 1)],
+                               not_assessable_code="nodule_outside_gland", not_assessable_reason=OUTSIDE_TEXT)
 
 
 def make_us(path: Path, *, rows: int = 120, cols: int = 160, frames: int = 1, study_uid: str | None = None,

@@ -18,7 +18,10 @@ from llnm.predict import predict_paths, write_output
 from tests.dicom.conftest import (
     ALL_REAL,
     BMODE_FILES,
+    OUTSIDE_TEXT,
     dciodvfy_errors,
+    declined_quality,
+    declined_result,
     drawn_analyse,
     drawn_result,
     real_file,
@@ -302,3 +305,125 @@ def test_ohif_sr_profile_is_valid_and_has_its_own_uid(settings, us_factory, tmp_
     assert dciodvfy_errors(_save(ohif, tmp_path)) == []
     with pytest.raises(ValueError):
         _predict([tmp_path / "a.dcm"], dataclasses.replace(settings, sr_profile="fancy"))
+
+
+# -- the quality gate's "not assessable": the reason everywhere, no number, no SEG -------------------------
+def _valid(datasets, tmp_path) -> None:
+    """dciodvfy finds no error (checked where dciodvfy is installed, and always in CI)."""
+    import os
+    import shutil
+
+    if shutil.which("dciodvfy") is None and os.environ.get("CI", "").lower() != "true":
+        return
+    for ds in datasets:
+        assert dciodvfy_errors(_save(ds, tmp_path)) == [], ds.Modality
+
+
+NUMBER_KEYS = ("probability", "risk_level", "risk_label", "capsule_distance_mm", "capsule_distance_px",
+               "nodule_size_mm", "nodule_size_px", "index_view")
+
+
+@pytest.mark.parametrize("keep_numbers", [False, True], ids=["as-the-pipeline-gives", "numbers-left-behind"])
+def test_not_assessable_writes_the_reason_and_no_number_and_no_seg(settings, us_factory, tmp_path, keep_numbers):
+    us_factory("a.dcm", pixel=np.full((120, 160), 60, np.uint8))
+    (output,) = _predict([tmp_path / "a.dcm"], settings,
+                         analyse=lambda s, b: declined_result(s, keep_numbers=keep_numbers))
+    folder = write_output(output, tmp_path / "out")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["assessable"] is False
+    assert summary["not_assessable"] == {"code": "nodule_outside_gland", "reason": OUTSIDE_TEXT}
+    assert summary["finding"] == f"not assessable: {OUTSIDE_TEXT}"
+    assert {k: summary[k] for k in NUMBER_KEYS} == dict.fromkeys(NUMBER_KEYS)
+    assert summary["contributions"] == {} and summary["risk_probabilities"] == [] and summary["location"] == {}
+    (view,) = summary["views"]
+    assert view["used"] is False
+    assert view["quality"] == {"reasons": ["nodule_outside_gland"], "nodule_inside_gland": 0.1,
+                               "solidity": 0.9712, "nodule_area_share": 0.0234, "gland_area_share": 0.3312}
+    assert any(OUTSIDE_TEXT in w for w in summary["warnings"])
+
+    kinds = _by_type(output)
+    assert set(kinds) == {"SR", "SC"}, "a mask the quality gate declined must not be written as a SEG"
+    assert sorted(o["type"] for o in summary["objects"]) == ["SC", "SR"]
+
+    (sr_ds,) = kinds["SR"]
+    text = sr_text(sr_ds)
+    assert f"not assessable: {OUTSIDE_TEXT}" in text and f"view 1 not used: {OUTSIDE_TEXT}" in text
+    for concept in (codes.LLNM_PROBABILITY, codes.LLNM_RISK, codes.CAPSULE_DISTANCE, codes.LENGTH, codes.WIDTH,
+                    codes.LLNM_RISK_LEVEL):
+        assert concept.meaning not in text
+    assert "share" not in text.lower()  # no contribution share
+    sr = hd.sr.srread(folder / f"{sr_ds.SOPInstanceUID}.dcm")
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    assert group.get_measurements() == [] and group.finding_type.value == codes.THYROID.value
+    assert "not assessable" in group.tracking_identifier
+    xy = group.roi.value  # the region analysed, not the declined gland outline
+    assert xy[:, 0].min() == pytest.approx(0.5) and xy[:, 0].max() == pytest.approx(159.5)
+
+    (sc,) = kinds["SC"]
+    pixels = sc.pixel_array
+    assert (pixels[:120] == 60).all(), "no outline and no heat map on a not-assessable key image"
+    assert (pixels[120:] > 0).any()  # the banner
+    assert "not assessable" in sc.ImageComments
+    _valid(output.datasets, tmp_path)
+
+
+def test_key_image_banner_of_a_not_assessable_study_has_the_reason_only(settings, us_factory, tmp_path):
+    from llnm.dicom.key_image import banner_lines
+    from llnm.study import StudyInput, View
+
+    study = StudyInput("1.2.3", [View(np.zeros((40, 60), np.uint8), (0.1, 0.1))])
+    lines = banner_lines(declined_result(study, keep_numbers=True))
+    assert lines[0].endswith(f"not assessable: {OUTSIDE_TEXT}")
+    assert not any(word in " ".join(lines) for word in ("P(LLNM)", "risk", "capsule", "%  "))
+    assert "RESEARCH USE ONLY" in lines[-1]
+
+
+def test_the_not_assessable_code_changes_the_uids(settings, us_factory, tmp_path):
+    from llnm.dicom.common import versions_key
+
+    us_factory("a.dcm")
+    (first,) = _predict([tmp_path / "a.dcm"], settings, analyse=lambda s, b: declined_result(s))
+
+    def other_code(study, backend):
+        return dataclasses.replace(declined_result(study), not_assessable_code="irregular_mask")
+
+    (second,) = _predict([tmp_path / "a.dcm"], settings, analyse=other_code)
+    assert not {str(d.SOPInstanceUID) for d in first.datasets} & {str(d.SOPInstanceUID) for d in second.datasets}
+    assert versions_key(first.result) != versions_key(second.result)
+
+
+def test_a_declined_view_of_an_assessable_study_gets_no_seg_and_no_outline(settings, us_factory, tmp_path):
+    from pydicom.uid import generate_uid
+
+    uid = generate_uid()
+    us_factory("a.dcm", study_uid=uid, pixel=np.full((120, 160), 60, np.uint8))
+    us_factory("b.dcm", study_uid=uid, pixel=np.full((120, 160), 60, np.uint8))
+
+    def second_declined(study, backend):
+        result = drawn_result(study)
+        result.views[1].used = False
+        result.views[1].quality = declined_quality()  # its masks and heat map stay on the view
+        result.warnings.append(f"view 2 not used: {OUTSIDE_TEXT}")
+        return result
+
+    (output,) = _predict([tmp_path / "a.dcm", tmp_path / "b.dcm"], settings, analyse=second_declined)
+    summary = output.summary
+    assert summary["assessable"] is True and summary["not_assessable"] is None
+    assert summary["probability"] is not None
+    assert [v["used"] for v in summary["views"]] == [True, False]
+    assert summary["views"][1]["quality"]["reasons"] == ["nodule_outside_gland"]
+    used_uid, declined_uid = (v["sop_instance_uid"] for v in summary["views"])
+    kinds = _by_type(output)
+    (seg,) = kinds["SEG"]
+    refs = {str(r.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    assert refs == {used_uid} and declined_uid not in refs
+    (sr_ds,) = kinds["SR"]
+    sr = hd.sr.srread(_save(sr_ds, tmp_path))
+    (group,) = sr.content.get_planar_roi_measurement_groups()  # the used view's outline only
+    assert str(group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) == used_uid
+    assert f"view 2 not used: {OUTSIDE_TEXT}" in sr_text(sr_ds)
+    used_sc, declined_sc = sorted(kinds["SC"], key=lambda d: int(d.InstanceNumber))  # in view order
+    assert not (used_sc.pixel_array[:120] == 60).all()
+    assert (declined_sc.pixel_array[:120] == 60).all(), "no outline or heat map of a declined view"
+    assert declined_sc.pixel_array[120:].any() and declined_sc.Rows > used_sc.Rows  # one more banner line
+    _valid(output.datasets, tmp_path)

@@ -114,7 +114,7 @@ def drawn_analyse(study: Any, backend: Any) -> Any:
         gland = ((yy - h / 2) / (h * 0.3)) ** 2 + ((xx - w / 2) / (w * 0.35)) ** 2 <= 1
         nodule = ((yy - h / 2) / (h * 0.1)) ** 2 + ((xx - w * 0.4) / (w * 0.12)) ** 2 <= 1
         heat = np.exp(-(((yy - h / 2) / (h * 0.2)) ** 2 + ((xx - w / 2) / (w * 0.2)) ** 2)).astype(np.float32)
-        views.append(ViewResult(nodule_mask=nodule, gland_mask=gland, nodule_score=0.9, heatmap=heat))
+        views.append(ViewResult(nodule_mask=nodule, gland_mask=gland, nodule_score=0.9, heatmap=heat, used=True))
     calibrated = bool(study.views) and all(v.spacing_mm is not None for v in study.views)
     return StudyResult(
         study_uid=study.study_uid, finding="nodule", probability=STANDIN_PROBABILITY, risk_level=2,

@@ -69,7 +69,7 @@ def drawn(truth_dir: Path | None):
             else:
                 gland = _ellipse(h, w, h * 0.5, w * 0.5, h * 0.3, w * 0.35)
                 nodule = _ellipse(h, w, h * 0.5, w * 0.42, h * 0.12, w * 0.12)
-            views.append(ViewResult(nodule_mask=nodule, gland_mask=gland, nodule_score=0.9))
+            views.append(ViewResult(nodule_mask=nodule, gland_mask=gland, nodule_score=0.9, used=True))
         calibrated = bool(study.views) and all(v.spacing_mm is not None for v in study.views)
         return StudyResult(
             study_uid=study.study_uid, finding="nodule", probability=PROBABILITY, risk_level=RISK_LEVEL,

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("model_info", "parameter count and FLOPs of a TMDL preset"),
     "train-seg": ("train_seg", "train the nodule (YOLOv8-seg) or gland (U-Net++) segmentation model"),
     "evaluate-seg": ("evaluate_seg", "Dice/IoU of a segmentation model on a folder of images and masks"),
+    "ood-fit": ("ood_fit", "fit the out-of-distribution check of the TMDL model (abstains on unlike inputs)"),
 }
 
 

@@ -16,11 +16,31 @@ from scipy import ndimage
 from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
 from llnm.dicom import uids
 from llnm.dicom.loading import FrameRef
+from llnm.quality import NO_NODULE
 from llnm.study import StudyResult, View, ViewResult
 
 #: Series numbers of our outputs (high, so they sort after the acquisition series).
 SERIES_NUMBER = {"SEG": 9701, "SR": 9702, "SC": 9703}
 SHORT_LABEL = "RESEARCH USE ONLY"
+#: llnm.pipeline.FINDING_NO_NODULE (not imported: the writers need none of the pipeline's imports)
+NO_NODULE_FINDING = "no nodule found"
+
+
+def reportable(result: StudyResult, view_result: ViewResult) -> bool:
+    """May this view's masks be shown (SEG segments, SR outline, key image contours and heat map)?
+
+    Only masks that passed the quality gate (llnm.quality): a view used for the result, or, in a good
+    thyroid image where simply no nodule was found, its gland. Nothing of a not-assessable study and
+    nothing of a declined view: a mask the gate found wrong is never written.
+    """
+    if not result.assessable:
+        return False
+    if view_result.used:
+        return True
+    quality = view_result.quality
+    if quality is None:  # no verdict recorded: only the "no nodule found" finding vouches for the gland
+        return result.finding == NO_NODULE_FINDING and view_result.nodule_mask is None
+    return [r.code for r in quality.reasons] == [NO_NODULE]
 
 
 @dataclass
@@ -79,6 +99,8 @@ def versions_key(result: StudyResult) -> str:
         "contributions": result.contributions, "distance_px": result.capsule_distance_px,
         "length": result.nodule_length_mm, "width": result.nodule_width_mm,
         "warnings": result.warnings,
+        # only when declined, so the UIDs of assessable results stay what they were
+        **({"not_assessable": result.not_assessable_code} if result.not_assessable_code else {}),
     }), sort_keys=True)
     digest = hashlib.sha256(said.encode()).hexdigest()[:16]
     return uids.versions_key(__version__, result.model_versions) + f";result={digest}"

@@ -6,6 +6,11 @@ region, the attention heatmap blended in, the gland outline (cyan) and the nodul
 below the frame a banner with the probability, the risk level, the capsule distance and
 "RESEARCH USE ONLY". The banner is added below, never over the image. BurnedInAnnotation is copied
 from the source (the frame keeps whatever the scanner burned in) and defaults to YES.
+
+Only masks that passed the quality gate are drawn (`llnm.dicom.common.reportable`): a not-assessable
+study's key image is the frame as acquired with "not assessable: <reason>" below it and no outline,
+heat map or number; a view the gate declined in an assessable study gets no outline and a banner line
+saying why it was not used.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from llnm.dicom.common import (
     AnalysedFrame,
     add_common,
     laterality,
+    reportable,
     versions_key,
 )
 from llnm.dicom.uids import output_instance_uid, output_series_uid
+from llnm.quality import view_declined
 from llnm.study import StudyResult
 
 NODULE_RGB = (255, 220, 0)
@@ -79,16 +86,25 @@ def render(frame: AnalysedFrame, result: StudyResult) -> np.ndarray:
         r0, c0 = view.crop_offset
         h, w = view.image.shape
         part = image[r0:r0 + h, c0:c0 + w]
+        if not reportable(result, view_result):
+            continue  # a mask or heat map built on a declined segmentation is never drawn
         if view_result.heatmap is not None and view_result.heatmap.shape == (h, w):
             _blend_heat(part, view_result.heatmap)
         for mask, colour in ((view_result.gland_mask, GLAND_RGB), (view_result.nodule_mask, NODULE_RGB)):
             if mask is not None and mask.shape == (h, w) and mask.any():
                 part[_edge(mask, line)] = colour
     rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return np.concatenate([rgb, _banner(rgb.shape[1], result)], axis=0)
+    return np.concatenate([rgb, _banner(rgb.shape[1], result, frame)], axis=0)
 
 
-def banner_lines(result: StudyResult) -> list[str]:
+def banner_lines(result: StudyResult, frame: AnalysedFrame | None = None) -> list[str]:
+    if not result.assessable:  # the reason, and no number at all
+        return [f"{ALGORITHM_NAME}: {result.finding}", f"{SHORT_LABEL}, NOT FOR DIAGNOSIS"]
+    declines = []
+    for index, _, view_result in (frame.views if frame is not None else []):
+        reason = view_declined(view_result)
+        if reason is not None:
+            declines.append(f"view {index + 1} not used: {reason.text}")
     if result.probability is None:
         first = f"{ALGORITHM_NAME}: {result.finding}"
     else:
@@ -100,13 +116,13 @@ def banner_lines(result: StudyResult) -> list[str]:
         second = f"capsule distance {result.capsule_distance_px:.0f} px (uncalibrated)"
     else:
         second = "uncalibrated" if not result.calibrated else ""
-    return [first, second, f"{SHORT_LABEL}, NOT FOR DIAGNOSIS"]
+    return [first, second, *declines, f"{SHORT_LABEL}, NOT FOR DIAGNOSIS"]
 
 
-def _banner(width: int, result: StudyResult) -> np.ndarray:
+def _banner(width: int, result: StudyResult, frame: AnalysedFrame | None = None) -> np.ndarray:
     size = max(10, min(28, width // 36))
     font = ImageFont.load_default(size=size)
-    lines = [t for t in banner_lines(result) if t]
+    lines = [t for t in banner_lines(result, frame) if t]
     height = (size + 4) * len(lines) + 8
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -140,7 +156,11 @@ def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, n
     sc.Modality = "US"
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = str(header.get("BurnedInAnnotation", "") or "YES")
-    sc.ImageComments = (f"{ALGORITHM_NAME} key image: nodule (yellow), gland (cyan), attention heatmap. "
-                        "Research use only, not for diagnosis.")
+    if result.assessable:
+        sc.ImageComments = (f"{ALGORITHM_NAME} key image: nodule (yellow), gland (cyan), attention heatmap. "
+                            "Research use only, not for diagnosis.")
+    else:
+        sc.ImageComments = (f"{ALGORITHM_NAME} key image: {result.finding}; no outline, heat map or "
+                            "measurement. Research use only, not for diagnosis.")[:10240]
     add_common(sc, result, "Key image")
     return sc

@@ -3,7 +3,9 @@
 One SEG per analysed source frame (highdicom supports a single source frame when the image has no
 Frame of Reference, which is the rule for ultrasound). Segments: 1 nodule (SCT Morphologically
 Abnormal Structure / Nodule, in the thyroid), 2 thyroid gland (SCT Anatomical Structure / Thyroid);
-a segment whose mask is empty is left out and the rest renumbered.
+a segment whose mask is empty is left out and the rest renumbered. Only masks that passed the quality
+gate are written (`llnm.dicom.common.reportable`): none of a view the gate declined, so a frame with no
+such mask, and every frame of a not-assessable study, gets no SEG at all.
 
 Single frames of a cine: highdicom refuses a multi-frame source without a Frame of Reference. We let
 highdicom build the SEG against a single-frame stand-in of the chosen frame (same SOP Instance UID,
@@ -26,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from llnm import ALGORITHM_NAME, MANUFACTURER, __version__
 from llnm.dicom import codes
-from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, versions_key
+from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, reportable, versions_key
 from llnm.dicom.reading import US_IMAGE_STORAGE
 from llnm.dicom.uids import output_instance_uid, output_series_uid
 from llnm.study import StudyResult
@@ -84,7 +86,10 @@ def _point_at_source_frame(seg: Dataset, frame: AnalysedFrame) -> None:
 
 
 def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Dataset | None:
-    """The SEG of one analysed frame, or None when neither mask has a pixel."""
+    """The SEG of one analysed frame, or None when no mask that passed the quality gate has a pixel."""
+    frame = AnalysedFrame(frame.ref, [v for v in frame.views if reportable(result, v[2])])
+    if not frame.views:
+        return None
     masks, descriptions = [], []
     algorithm = algorithm_identification(result)
     for name, label, category, seg_type, colour in SEGMENTS:

@@ -17,7 +17,12 @@ Tree (docs/dicom-conformance.md has it with every code):
           CODE calibration, TEXT location
         every group: TEXT research-use statement
     CONTAINER Qualitative Evaluations: the finding, the calibration state and the statement that
-      this is research use only, for every report (also when no nodule was found)
+      this is research use only, for every report (also when no nodule was found); a Comment
+      "view N not used: <reason>" per view the quality gate declined
+
+Only outlines that passed the quality gate (llnm.quality) are written. A not-assessable study (no view
+passed) gets the no-nodule layout: one group outlining the region analysed (never a declined mask) with
+the finding "not assessable: <reason>", and no NUM item, risk level or location anywhere.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from pydicom.sr.coding import Code
 
 from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
 from llnm.dicom import codes
-from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, laterality, outline, versions_key
+from llnm.dicom.common import (SERIES_NUMBER, AnalysedFrame, add_common, laterality, outline, reportable,
+                               versions_key)
 from llnm.dicom.loading import FrameRef
 from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
+from llnm.quality import view_declined
 from llnm.study import StudyResult, View
 
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
@@ -85,8 +92,11 @@ def _region(ref: FrameRef, view: View, mask: np.ndarray) -> hd.sr.ImageRegion | 
 
 
 def measurements(result: StudyResult) -> list[hd.sr.Measurement]:
-    """The NUM items of the index view's group; the same values go into summary.json."""
+    """The NUM items of the index view's group; the same values go into summary.json. None at all for a
+    not-assessable study (no number is ever built on a mask the quality gate declined)."""
     out: list[hd.sr.Measurement] = []
+    if not result.assessable:
+        return out
     values = summary_numbers(result)
     # Order matters: OHIF prints the first five NUM items beside the outline.
     if values["probability"] is not None:
@@ -107,7 +117,11 @@ def measurements(result: StudyResult) -> list[hd.sr.Measurement]:
 
 
 def summary_numbers(result: StudyResult) -> dict:
-    """Rounded numbers shared by the SR and summary.json (so a round trip compares equal)."""
+    """Rounded numbers shared by the SR and summary.json (so a round trip compares equal); all empty
+    for a not-assessable study, whatever the result holds."""
+    if not result.assessable:
+        return {"probability": None, "risk_level": None, "risk_label": None, "capsule_distance_mm": None,
+                "capsule_distance_px": None, "nodule_size_mm": None, "nodule_size_px": None, "contributions": {}}
 
     def r(value: float | None, digits: int) -> float | None:
         return None if value is None else round(float(value), digits)
@@ -154,8 +168,9 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
     groups = []
     for frame in frames:
         for index, view, view_result in frame.views:
-            if view_result.nodule_mask is None or not np.any(view_result.nodule_mask):
-                continue
+            if (view_result.nodule_mask is None or not np.any(view_result.nodule_mask)
+                    or not reportable(result, view_result)):
+                continue  # no nodule, or an outline the quality gate declined
             region = _region(frame.ref, view, view_result.nodule_mask)
             if region is None:
                 continue
@@ -244,12 +259,16 @@ def _library_images(views: list[View], evidence: list[Dataset]) -> list[Dataset]
 
 def _finding_group(views: list[View], result: StudyResult, uid: str
                    ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """No nodule: one group saying so, outlining the gland found (else the region analysed) on the
-    first view, because OHIF needs a SCOORD in every group."""
-    index = next((i for i, r in enumerate(result.views) if r.gland_mask is not None and r.gland_mask.any()), 0)
+    """No nodule, or not assessable: one group saying so, outlining the gland found (else the region
+    analysed) on the first view, because OHIF needs a SCOORD in every group. A gland the quality gate
+    declined (every gland of a not-assessable study) is not outlined: the region analysed is."""
+    index = next((i for i, r in enumerate(result.views)
+                  if r.gland_mask is not None and r.gland_mask.any() and reportable(result, r)), 0)
     view = views[min(index, len(views) - 1)]
     view_result = result.views[index] if index < len(result.views) else None
     mask = view_result.gland_mask if view_result is not None and view_result.gland_mask is not None else None
+    if view_result is not None and not reportable(result, view_result):
+        mask = None
     if mask is None or not mask.any():
         mask = np.ones(view.image.shape, dtype=bool)
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -275,5 +294,9 @@ def _qualitative_container(result: StudyResult) -> hd.sr.ContainerContentItem:
                               relationship_type=CONTAINS),
         _text(codes.COMMENT, RESEARCH_USE_STATEMENT),
     ]
+    for number, view_result in enumerate(result.views, start=1):  # the quality gate's declines
+        reason = view_declined(view_result)
+        if reason is not None:
+            items.append(_text(codes.COMMENT, f"view {number} not used: {reason.text}"))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container

@@ -14,6 +14,8 @@ from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from llnm.quality import CODES as QUALITY_CODES
+
 disable_created_metrics()  # no *_created series: half the output, nothing a dashboard uses
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -61,6 +63,13 @@ OUTBOX_PENDING = Gauge("llnm_outbox_pending", "Result objects in the outbox not 
                        registry=REGISTRY)
 OBJECTS_SENT = Counter("llnm_objects_sent", "Result objects stored at a destination, by outcome",
                        ["destination", "outcome"], registry=REGISTRY)
+#: the quality gate (llnm.quality): label values are its reason codes only (QUALITY_CODES), a bounded set
+STUDIES_NOT_ASSESSABLE = Counter("llnm_studies_not_assessable", "Studies processed with no view passing the "
+                                 "quality gate (result 'not assessable'), by main reason", ["reason"],
+                                 registry=REGISTRY)
+VIEWS_DECLINED = Counter("llnm_views_declined", "Views of processed studies the quality gate declined, by main "
+                         "reason (a good image merely showing no nodule is not declined)", ["reason"],
+                         registry=REGISTRY)
 
 
 @contextmanager
@@ -75,3 +84,6 @@ def stage(name: str) -> Iterator[None]:
 
 for _s in STAGES:  # every stage series exists from the start, so dashboards show zeros, not gaps
     STAGE_SECONDS.labels(stage=_s)
+for _code in QUALITY_CODES:
+    STUDIES_NOT_ASSESSABLE.labels(reason=_code)
+    VIEWS_DECLINED.labels(reason=_code)

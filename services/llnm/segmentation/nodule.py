@@ -32,6 +32,7 @@ CONF_THRESHOLD = 0.25
 IOU_THRESHOLD = 0.5
 RELATIVE_SCORE = 0.5
 MASK_THRESHOLD = 0.8  # chosen on training data only (bench/segmentation_threshold.py; the model card)
+BOX_MARGIN = 0.0  # the mask is cut to its box widened by this share per side (the box artefact; model card)
 MATCH_IOU = 0.3  # a mirror-image detection this close to the index nodule is the same nodule
 
 
@@ -78,7 +79,8 @@ def nodule_from_outputs(output0: np.ndarray, protos: np.ndarray, box) -> NoduleD
     found = decode_yolo_seg(output0[:1], NUM_MASKS, CONF_THRESHOLD, IOU_THRESHOLD)
     if not len(found):
         return None
-    grids = [assemble_mask(found.coefficients[i], protos[:1], found.boxes[i], INPUT_SIZE) for i in range(len(found))]
+    grids = [assemble_mask(found.coefficients[i], protos[:1], found.boxes[i], INPUT_SIZE, BOX_MARGIN)
+             for i in range(len(found))]
     masks = [largest_component(unletterbox(grid, box) > MASK_THRESHOLD) for grid in grids]
     areas = np.array([int(m.sum()) for m in masks])
     chosen = select_index(found.scores, areas)
@@ -106,7 +108,7 @@ def _mirror_match(index_grid: np.ndarray, output0: np.ndarray, protos: np.ndarra
     target = index_grid > MASK_THRESHOLD
     best, best_iou = None, MATCH_IOU
     for i in range(len(found)):
-        grid = assemble_mask(found.coefficients[i], protos, found.boxes[i], INPUT_SIZE)[:, ::-1]
+        grid = assemble_mask(found.coefficients[i], protos, found.boxes[i], INPUT_SIZE, BOX_MARGIN)[:, ::-1]
         candidate = grid > MASK_THRESHOLD
         union = int((candidate | target).sum())
         overlap = int((candidate & target).sum()) / union if union else 0.0

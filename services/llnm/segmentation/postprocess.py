@@ -78,8 +78,12 @@ def decode_yolo_seg(output0: np.ndarray, num_masks: int, conf_threshold: float,
                       pred[keep, 4 + num_classes:].astype(np.float32))
 
 
-def assemble_mask(coefficients: np.ndarray, protos: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """Probability map (size x size) of one instance: prototypes mixed, upsampled, cut to its box."""
+def assemble_mask(coefficients: np.ndarray, protos: np.ndarray, box: np.ndarray, size: int,
+                  margin: float = 0.0) -> np.ndarray:
+    """Probability map (size x size) of one instance: prototypes mixed, upsampled, cut to its box.
+
+    `margin` widens the box on each side by that share of its width/height before the cut, so a
+    slightly small box does not leave a straight edge through the nodule."""
     protos = np.asarray(protos, dtype=np.float32)
     if protos.ndim == 4:
         protos = protos[0]
@@ -87,6 +91,10 @@ def assemble_mask(coefficients: np.ndarray, protos: np.ndarray, box: np.ndarray,
     logits = (coefficients.reshape(1, nm) @ protos.reshape(nm, mh * mw)).reshape(mh, mw)
     upsampled = np.asarray(Image.fromarray(logits.astype(np.float32)).resize((size, size), Image.BILINEAR))
     prob = sigmoid(upsampled)
+    box = np.asarray(box, dtype=np.float32)
+    if margin:
+        dx, dy = (box[2] - box[0]) * margin, (box[3] - box[1]) * margin
+        box = box + np.array([-dx, -dy, dx, dy], dtype=np.float32)
     x0, y0, x1, y1 = (int(round(float(v))) for v in np.clip(box, 0, size))
     cut = np.zeros_like(prob)
     cut[y0:y1, x0:x1] = prob[y0:y1, x0:x1]

@@ -5,8 +5,9 @@ TG3K (full gland masks) comes from a few videos of one device. Whole frames of o
 (`ddti_frames/`, train cases only, cut to the ultrasound image as at run time) carry no gland outline,
 but every outlined nodule lies inside the thyroid: on those frames the nodule pixels are supervised
 as gland, the skin band at the top of the image (`SKIN_BAND`) as not gland, and every other pixel is
-left out of the loss. Selection (the checkpoint kept) uses TG3K val Dice plus the share of each nodule
-covered by the gland on the "select" cases' frames, never the held-out "val" cases.
+left out of the loss, which weighs `FRAME_LOSS_WEIGHT` of TG3K's. Selection (the checkpoint kept): the
+mean of TG3K val Dice and the median share of each nodule covered by the gland on the "select" cases'
+frames, among checkpoints whose TG3K Dice is at least `MIN_MONITOR_DICE`; never the held-out "val" cases.
 
 Needs the `train` extra (torch, segmentation-models-pytorch). The runtime never imports this module.
 Model: UnetPlusPlus, MobileNetV2 encoder built from scratch (encoder_weights=None), decoder channels
@@ -37,7 +38,10 @@ from llnm.segmentation.region import find_image_region
 log = get_logger(__name__)
 
 ENCODER = "mobilenet_v2"
-SKIN_BAND = 0.05  # top share of a whole frame's ultrasound image supervised as "not gland"
+SKIN_BAND = 0.08  # top share of a whole frame's ultrasound image supervised as "not gland"
+DEEP_BAND = 0.15  # ... and the deepest share (prevertebral tissue, far below the thyroid at thyroid depths)
+FRAME_LOSS_WEIGHT = 0.3  # the partial (positive-heavy) loss must not outweigh TG3K's full masks
+MIN_MONITOR_DICE = 0.83  # a checkpoint below this TG3K Dice is never kept, whatever its frame coverage
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
 
 
@@ -66,9 +70,18 @@ def build_model() -> torch.nn.Module:
 
 
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random crop (changes the aspect ratio, so letterbox padding varies), flip, intensity and noise."""
-    h, w = image.shape
-    if rng.random() < 0.7:
+    """Random crop (changes the aspect ratio, so letterbox padding varies) or a zoom on the gland, flip,
+    resolution, blur, intensity and noise."""
+    h, w = image.shape[:2]
+    fg = mask[..., 0] if mask.ndim == 3 else mask
+    if rng.random() < 0.4 and fg.any():  # zoom on the gland: other scanners' fields of view (DDTI frames)
+        rows, cols = np.nonzero(fg)
+        ch, cw = int(h * rng.uniform(0.3, 0.6)), int(w * rng.uniform(0.3, 0.6))
+        k = int(rng.integers(rows.size))
+        y0 = int(np.clip(rows[k] - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
+        x0 = int(np.clip(cols[k] - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
+        image, mask = image[y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
+    elif rng.random() < 0.7:
         ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
         y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         image, mask = image[y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
@@ -97,7 +110,7 @@ def to_model(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def frame_sample(image: np.ndarray, nodule: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A whole frame cut to its ultrasound image, and its partial label as (H, W, 2) uint8: channel 0
-    the target (1 on the nodule), channel 1 the weight (1 where supervised: nodule and skin band)."""
+    the target (1 on the nodule), channel 1 the weight (1 where supervised: nodule, skin and deep bands)."""
     region = find_image_region(image)
     image, nodule = region.crop(image), region.crop(nodule)
     label = np.zeros(image.shape + (2,), dtype=np.uint8)
@@ -105,6 +118,8 @@ def frame_sample(image: np.ndarray, nodule: np.ndarray) -> tuple[np.ndarray, np.
     label[..., 1] = nodule
     band = max(1, int(round(image.shape[0] * SKIN_BAND)))
     label[:band, :, 1] |= ~nodule[:band]
+    deep = max(1, int(round(image.shape[0] * DEEP_BAND)))
+    label[-deep:, :, 1] |= ~nodule[-deep:]
     return image, label
 
 
@@ -212,7 +227,7 @@ def train(cfg: GlandTrainConfig) -> dict:
             if partial:
                 weight = torch.from_numpy(np.stack([p[2] for p in partial]))
                 bce = F.binary_cross_entropy_with_logits(logits[full:], y[full:], weight=weight, reduction="sum")
-                loss = loss + bce / weight.sum().clamp_min(1.0)
+                loss = loss + FRAME_LOSS_WEIGHT * bce / weight.sum().clamp_min(1.0)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -228,7 +243,7 @@ def train(cfg: GlandTrainConfig) -> dict:
         log.info("gland epoch", epoch=epoch + 1, metric="monitor_dice", value=round(dice, 4),
                  seconds=round(minutes * 60))
         print(json.dumps(history[-1]), flush=True)
-        score = dice if covered is None else (dice + covered) / 2
+        score = dice if covered is None else (dice + covered) / 2 if dice >= MIN_MONITOR_DICE else -1.0 + dice
         if score > best:
             best = score
             torch.save(model.state_dict(), cfg.out / "gland_best.pt")

@@ -30,6 +30,8 @@ from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL,
 from llnm.listener.spool import Spool
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
+from llnm.quality import CODES as QUALITY_CODES
+from llnm.quality import view_declined
 from llnm.worker.destinations import Destination, Sender, parse_destinations
 from llnm.worker.outbox import Outbox
 
@@ -162,6 +164,8 @@ class StudyWorker:
                 summary = output.summary or {}
                 probability = summary.get("probability", probability)
                 risk = summary.get("risk_level", risk)
+        for output in outputs:  # after writing: a write that fails and is retried counts nothing twice
+            self._record_gate(study_uid, getattr(output, "result", None))
         state = A.SENDING if self.nodes else A.DONE
         detail = {"objects": objects, "probability": probability, "risk_level": risk, "task_id": task_id}
         # Only from PROCESSING: if new instances re-queued the study meanwhile, it stays queued.
@@ -174,6 +178,30 @@ class StudyWorker:
         if not self.nodes:
             metrics.STUDIES_PROCESSED.inc()
         return Processed(study_uid, objects, probability, risk)
+
+    def _record_gate(self, study_uid: str, result: Any) -> None:
+        """Audit and count what the quality gate declined: each view not used, and the study when no view
+        was usable ("not assessable": a result, the study still ends done). Reason texts hold measurements
+        only, never patient data."""
+        if result is None:
+            return
+        views: dict[str, str] = {}
+        for number, view in enumerate(getattr(result, "views", []) or [], start=1):
+            reason = view_declined(view)
+            if reason is None:
+                continue
+            views[str(number)] = reason.code
+            if reason.code in QUALITY_CODES:  # label values bounded to the gate's codes
+                metrics.VIEWS_DECLINED.labels(reason=reason.code).inc()
+        code = getattr(result, "not_assessable_code", None)
+        if code is not None:
+            self.audit.event(study_uid, "not assessable", reason=code,
+                             text=getattr(result, "not_assessable_reason", None), views_declined=views)
+            if code in QUALITY_CODES:
+                metrics.STUDIES_NOT_ASSESSABLE.labels(reason=code).inc()
+            log.info("study not assessable", study_uid=study_uid, reason=code, views_declined=len(views))
+        elif views:
+            self.audit.event(study_uid, "views declined", views=views)
 
     # -- delivery ---------------------------------------------------------------------------------------
     def deliver(self, study_uid: str, attempt: int = 1) -> None:

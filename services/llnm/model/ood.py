@@ -1,0 +1,115 @@
+"""Is a view like the data the shipped TMDL was trained on? An out-of-distribution score and a threshold.
+
+TMDL answers for any input, including ones it never saw the like of (a phantom-trained model on real
+scans calls every nodule "high risk"). Before a probability is shown, each analysed view is described
+by the statistics of what TMDL actually sees (the texture crop x_t and the margin mosaic x_m as
+images: brightness, contrast, speckle grain, gradient energy, saturation; and the scalar inputs x_e,
+x_s) and scored by its Mahalanobis distance to the training views' descriptors (mean and a shrunk
+covariance fitted once, `fit`). The threshold is the `quantile` of the scores of HELD-OUT views of the
+training distribution run through the product (segmentation masks, not ground truth), so at most
+1 - quantile of such views abstain. A study abstains when every analysed view is beyond the threshold.
+
+The fitted statistics live beside the model (`model_repository/tmdl/1/ood.json`), written by
+`llnm ood-fit`; numpy only at run time, so the worker, `llnm predict` and a Triton-backed worker
+decide the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OOD_FILE = "ood.json"
+DESCRIPTOR = ("xt_mean", "xt_std", "xt_grad", "xt_lag1", "xt_lag3", "xt_dark", "xt_bright",
+              "xm_mean", "xm_std", "xm_grad", "xm_lag1", "echogenicity", "aspect_ratio")
+SHRINKAGE = 0.05  # covariance shrunk towards its diagonal: stable with a few hundred views
+
+
+def _lag_correlation(img: np.ndarray, lag: int) -> float:
+    """Mean of the row and column autocorrelation at `lag` pixels: the speckle's grain size."""
+    x = img.astype(np.float64)
+    x = x - x.mean()
+    var = float((x * x).mean())
+    if var <= 1e-12:
+        return 1.0
+    rows = float((x[:, lag:] * x[:, :-lag]).mean())
+    cols = float((x[lag:, :] * x[:-lag, :]).mean())
+    return (rows + cols) / (2 * var)
+
+
+def _grad(img: np.ndarray) -> float:
+    x = img.astype(np.float64)
+    return float(np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean())
+
+
+def descriptor(x_t: np.ndarray, x_m: np.ndarray, echogenicity: float, aspect_ratio: float) -> np.ndarray:
+    """The view's descriptor (see DESCRIPTOR) from TMDL's own inputs (images in [0, 1])."""
+    x_t = np.asarray(x_t, dtype=np.float64)
+    x_m = np.asarray(x_m, dtype=np.float64)
+    return np.array([
+        x_t.mean(), x_t.std(), _grad(x_t), _lag_correlation(x_t, 1), _lag_correlation(x_t, 3),
+        float((x_t < 0.05).mean()), float((x_t > 0.95).mean()),
+        x_m.mean(), x_m.std(), _grad(x_m), _lag_correlation(x_m, 1),
+        float(echogenicity), float(np.log(max(float(aspect_ratio), 1e-3))),
+    ], dtype=np.float64)
+
+
+def features_descriptor(features) -> np.ndarray:
+    """descriptor() of a llnm.features.NoduleFeatures."""
+    return descriptor(features.x_t, features.x_m, features.echogenicity, features.aspect_ratio)
+
+
+@dataclass(frozen=True)
+class OodModel:
+    """Mean, inverse covariance and threshold of the training distribution's descriptors."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    quantile: float
+    source: str  # what it was fitted and calibrated on (data, seeds, counts)
+
+    def score(self, vector: np.ndarray) -> float:
+        d = np.asarray(vector, dtype=np.float64) - self.mean
+        return float(np.sqrt(max(d @ self.precision @ d, 0.0)))
+
+    def is_out(self, vector: np.ndarray) -> bool:
+        return self.score(vector) > self.threshold
+
+    def to_json(self) -> dict:
+        return {"descriptor": list(DESCRIPTOR), "mean": self.mean.tolist(), "precision": self.precision.tolist(),
+                "threshold": self.threshold, "quantile": self.quantile, "source": self.source}
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "OodModel":
+        raw = json.loads(Path(path).read_text())
+        if raw.get("descriptor") != list(DESCRIPTOR):
+            raise ValueError(f"{path}: descriptor {raw.get('descriptor')} is not this version's {list(DESCRIPTOR)}")
+        return cls(np.asarray(raw["mean"]), np.asarray(raw["precision"]), float(raw["threshold"]),
+                   float(raw["quantile"]), str(raw.get("source", "")))
+
+
+def fit(train: np.ndarray, calibration: np.ndarray, quantile: float = 0.96, source: str = "") -> OodModel:
+    """Fit on training descriptors (n, d); set the threshold at `quantile` of held-out calibration scores."""
+    train = np.asarray(train, dtype=np.float64)
+    if train.ndim != 2 or train.shape[0] <= train.shape[1]:
+        raise ValueError(f"need more training views than descriptor entries, got {train.shape}")
+    mean = train.mean(axis=0)
+    cov = np.cov(train, rowvar=False)
+    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov)) + 1e-9 * np.eye(cov.shape[0])
+    precision = np.linalg.inv(cov)
+    model = OodModel(mean, precision, 0.0, quantile, source)
+    scores = np.array([model.score(v) for v in np.asarray(calibration, dtype=np.float64)])
+    return OodModel(mean, precision, float(np.quantile(scores, quantile)), quantile, source)
+
+
+def load_for_repository(model_repository: Path) -> OodModel | None:
+    """The OOD statistics shipped beside the TMDL model, or None when the repository has none."""
+    path = Path(model_repository) / "tmdl" / "1" / OOD_FILE
+    return OodModel.load(path) if path.is_file() else None
