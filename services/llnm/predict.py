@@ -28,6 +28,7 @@ from llnm.dicom.seg import build_seg
 from llnm.dicom.sr import build_sr, summary_numbers
 from llnm.inference.backend import InferenceBackend
 from llnm.observability.logs import get_logger
+from llnm.quality import NO_IMAGE, NO_IMAGE_TEXT
 from llnm.study import StudyInput, StudyResult
 
 log = get_logger(__name__)
@@ -162,8 +163,9 @@ def _summary(study: StudyInput, result: StudyResult | None, datasets: list[Datas
         "status": status,
         "finding": result.finding if result is not None else None,
         "assessable": assessable,
-        "not_assessable": {"code": result.not_assessable_code, "reason": result.not_assessable_reason}
-        if result is not None and not result.assessable else None,
+        "not_assessable": ({"code": result.not_assessable_code, "reason": result.not_assessable_reason}
+                           if result is not None else {"code": NO_IMAGE, "reason": NO_IMAGE_TEXT})
+        if not assessable else None,
         **numbers,
         "risk_probabilities": [round(float(p), 4) for p in result.risk_probabilities] if assessable else [],
         "location": dict(result.location) if assessable else {},

@@ -45,8 +45,11 @@ IMPLAUSIBLE_SIZE = "implausible_size"
 IRREGULAR_MASK = "irregular_mask"
 #: not a segmentation check: TMDL's input lies outside its training data (llnm.model.ood)
 OUT_OF_DISTRIBUTION = "out_of_distribution"
+#: before any view: the study holds no B-mode ultrasound image (Doppler/colour only, not US, unreadable)
+NO_IMAGE = "no_image"
+NO_IMAGE_TEXT = "no B-mode ultrasound image to analyse (Doppler or colour only, or no ultrasound image)"
 CODES = (BLANK_IMAGE, NO_GLAND, NO_NODULE, LOW_CONFIDENCE, NODULE_OUTSIDE_GLAND, IMPLAUSIBLE_SIZE,
-         IRREGULAR_MASK, OUT_OF_DISTRIBUTION)
+         IRREGULAR_MASK, OUT_OF_DISTRIBUTION, NO_IMAGE)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def _long_axis_mm(mask: np.ndarray, spacing_mm: tuple[float, float]) -> float:
 
 #: most telling first: a blank frame says all; a nodule found but failing a check tells more than nothing found
 PRIORITY = (BLANK_IMAGE, NODULE_OUTSIDE_GLAND, IRREGULAR_MASK, IMPLAUSIBLE_SIZE, LOW_CONFIDENCE, NO_GLAND,
-            NO_NODULE, OUT_OF_DISTRIBUTION)
+            NO_NODULE, OUT_OF_DISTRIBUTION, NO_IMAGE)
 
 
 def main_reason(reasons: tuple[Reason, ...] | list[Reason]) -> Reason:
@@ -151,7 +154,7 @@ def main_reason(reasons: tuple[Reason, ...] | list[Reason]) -> Reason:
 def study_reason(qualities: list[ViewQuality]) -> Reason | None:
     """Why a study has no usable view (None when one passed): the most telling reason of its views."""
     if not qualities:
-        return Reason(NO_NODULE, "no ultrasound view to analyse")
+        return Reason(NO_IMAGE, NO_IMAGE_TEXT)
     if any(q.passed for q in qualities):
         return None
     return main_reason([r for q in qualities for r in q.reasons])

@@ -31,7 +31,7 @@ from llnm.listener.spool import Spool
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
 from llnm.quality import CODES as QUALITY_CODES
-from llnm.quality import view_declined
+from llnm.quality import NO_IMAGE, NO_IMAGE_TEXT, view_declined
 from llnm.worker.destinations import Destination, Sender, parse_destinations
 from llnm.worker.outbox import Outbox
 
@@ -183,7 +183,9 @@ class StudyWorker:
         """Audit and count what the quality gate declined: each view not used, and the study when no view
         was usable ("not assessable": a result, the study still ends done). Reason texts hold measurements
         only, never patient data."""
-        if result is None:
+        if result is None:  # no B-mode image at all: nothing was analysed
+            self.audit.event(study_uid, "not assessable", reason=NO_IMAGE, text=NO_IMAGE_TEXT, views_declined={})
+            metrics.STUDIES_NOT_ASSESSABLE.labels(reason=NO_IMAGE).inc()
             return
         views: dict[str, str] = {}
         for number, view in enumerate(getattr(result, "views", []) or [], start=1):
