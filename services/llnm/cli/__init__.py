@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "studies": ("studies", "list studies known to the service"),
     "predict": ("predict", "run the whole pipeline in-process on DICOM files or folders"),
     "phantom": ("phantom", "write synthetic thyroid ultrasound studies as DICOM, with labels"),
+    "real-studies": ("real_studies", "two-view studies with drawn LLNM labels from real whole frames (training layout)"),
     "train": ("train", "train the TMDL model"),
     "evaluate": ("evaluate", "evaluate a TMDL model: AUC etc. with bootstrap CIs, HTML report"),
     "export": ("export", "export ONNX graphs (TMDL, text encoder) into model_repository/"),

@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if report["no_finding"] is not None:
         summary["no_finding"] = report["no_finding"]
         summary["mean_contributions"] = {k: round(v, 3) for k, v in report["mean_contributions"].items()}
+    if report.get("tirads_sanity"):
+        summary["tirads_sanity"] = report["tirads_sanity"]
+    if report.get("abstained") is not None:
+        summary["abstained"] = report["abstained"]
     if report["atlas"] is not None:
         summary["atlas_location_auc"] = round(report["atlas"]["auc"], 4)
     print(json.dumps(summary, indent=2))

@@ -173,8 +173,9 @@ def _html(report: dict, images: list[str]) -> str:
 def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool = True):
     """P(LLNM) and risk of every study through the runtime path (`llnm.pipeline.analyse_study`, the
     ONNX graphs on `backend`), with the folder's masks ("truth") or the segmentation models
-    ("segmentation"). A study without a finding scores 0. Returns (study uids, probabilities,
-    risk probabilities, number of studies without a finding, mean contribution share per group)."""
+    ("segmentation"). A study without a probability (no finding, or declined: not assessable) scores 0.
+    Returns (study uids, probabilities, risk probabilities, uids of the studies without a probability,
+    mean contribution share per group)."""
     from dataclasses import dataclass
 
     from tqdm import tqdm
@@ -189,6 +190,7 @@ def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool 
         score: float = 1.0
 
     uids, probs, risks, missing, shares = [], [], [], 0, []
+    abstained: list[str] = []
     for study in tqdm(read_layout(data_dir), desc=f"runtime ({masks} masks)", unit="study", disable=not progress):
         images = [read_png(v.image) for v in study.views]
         truth = {id(img): (read_png(v.nodule_mask) > 127, read_png(v.gland_mask) > 127)
@@ -205,6 +207,7 @@ def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool 
         uids.append(study.study_uid)
         if result.probability is None:
             missing += 1
+            abstained.append(study.study_uid)
             probs.append(0.0)
             risks.append([1.0] + [0.0] * (config.risk_levels - 1))
         else:
@@ -212,7 +215,54 @@ def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool 
             risks.append(result.risk_probabilities)
             shares.append(result.contributions)
     mean_shares = {g: float(np.mean([c[g] for c in shares])) for g in (shares[0] if shares else {})}
-    return uids, np.array(probs), np.array(risks), missing, mean_shares
+    return uids, np.array(probs), np.array(risks), abstained, mean_shares
+
+
+TIRADS_RANK = {"2": 2.0, "3": 3.0, "4a": 4.0, "4b": 4.33, "4c": 4.67, "5": 5.0}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def tirads_sanity(p: np.ndarray, grades: list[str], threshold: float, n: int = 1000, seed: int = 0) -> dict | None:
+    """The only real labels near the question: P(LLNM) must rise with the TI-RADS grade (Spearman) and
+    TI-RADS 2-3 nodules must fall below the decision threshold. Point values and 95 % bootstrap CIs
+    over the studies given (those not declined). A sanity check, not a validation."""
+    keep = [i for i, g in enumerate(grades) if g in TIRADS_RANK]
+    if len(keep) < 3:
+        return None
+    pk = np.asarray(p, dtype=float)[keep]
+    rk = np.array([TIRADS_RANK[grades[i]] for i in keep])
+    low = rk <= 3.0
+    rng = np.random.default_rng(seed)
+    rhos, shares = [], []
+    for _ in range(n):
+        idx = rng.integers(0, len(pk), len(pk))
+        rhos.append(spearman(pk[idx], rk[idx]))
+        if low[idx].any():
+            shares.append(float((pk[idx][low[idx]] < threshold).mean()))
+    def ci(v):
+        v = np.asarray(v, dtype=float)
+        v = v[np.isfinite(v)]
+        return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [None, None]
+    return {"studies": int(len(pk)), "spearman": spearman(pk, rk), "spearman_ci95": ci(rhos),
+            "tirads_2_3": int(low.sum()),
+            "tirads_2_3_below_threshold": float((pk[low] < threshold).mean()) if low.any() else None,
+            "tirads_2_3_below_threshold_ci95": ci(shares),
+            "mean_probability_by_grade": {g: float(pk[rk == TIRADS_RANK[g]].mean())
+                                          for g in TIRADS_RANK if (rk == TIRADS_RANK[g]).any()}}
+
+
+def _grades(data_dir: Path) -> dict[str, str]:
+    import csv
+
+    with open(Path(data_dir) / "labels.csv", newline="", encoding="utf-8") as fh:
+        return {r["study_uid"]: (r.get("tirads") or "").strip().lower() for r in csv.DictReader(fh)}
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
@@ -226,10 +276,11 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     model, meta = load_model(model_dir)
     cache = build_cache(data_dir, model.config, encode_text, jitters=int(jittered_masks), seed=seed,
                         progress=progress)
-    no_finding, contributions = None, None
+    no_finding, contributions, abstained_uids = None, None, []
     if runtime:
-        uids, p, risk, no_finding, contributions = runtime_predict(data_dir, backend, model.config, runtime,
-                                                                   progress)
+        uids, p, risk, abstained_uids, contributions = runtime_predict(data_dir, backend, model.config, runtime,
+                                                                       progress)
+        no_finding = len(abstained_uids)
         order = {u: i for i, u in enumerate(cache.study_uids)}
         present = np.array([order[u] for u in uids])
     else:
@@ -256,6 +307,13 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
         "bayes_auc": auc(p_true, y) if has_truth else None,
     }
     report["auc_ratio_to_bayes"] = (metrics["auc"] / report["bayes_auc"]) if has_truth else None
+    abstained = set(abstained_uids)
+    report["abstained"] = len(abstained) if runtime else None
+    grades = _grades(data_dir)
+    if any(grades.values()):
+        answered = [k for k, s in enumerate(present) if cache.study_uids[s] not in abstained]
+        report["tirads_sanity"] = tirads_sanity(p[answered], [grades.get(cache.study_uids[present[k]], "")
+                                                              for k in answered], threshold, seed=seed)
     report["atlas"] = atlas_auc(model_dir, data_dir, atlas_studies)
     images = _plots(out_dir, p, y, p_true if has_truth else None, calibration, decision)
     if examples:
