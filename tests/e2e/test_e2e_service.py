@@ -67,6 +67,24 @@ def sr_probability_percent(data: bytes) -> float | None:
     return found[0] if found else None
 
 
+def sr_finding(data: bytes) -> str | None:
+    """The TEXT 'Finding' of our SR: "nodule", "no nodule found" or "not assessable...: <reason>"."""
+    import io
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    found = []
+
+    def walk(items):
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+            if item.get("ValueType") == "TEXT" and name == "Finding":
+                found.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found[0] if found else None
+
+
 def test_study_reaches_the_pacs_in_the_same_study_and_metrics_move(stack, orthanc, tmp_path):
     listener = stack.listener()
     worker = stack.worker()
@@ -206,10 +224,14 @@ def test_real_file_study_and_probability_equal_to_llnm_predict(stack, orthanc, t
     assert run.returncode == 0, run.stderr[-2000:]
     numbers = 0
     for study in (uid, real_uid):
-        expected = json.loads((out / study / "summary.json").read_text())["probability"]
+        summary = json.loads((out / study / "summary.json").read_text())
+        expected = summary["probability"]
         sr = [i for i in result_objects(orthanc, study) if i["Modality"] == "SR"]
         assert len(sr) == 1, study
-        got = sr_probability_percent(orthanc.instance_file(sr[0]["SOPInstanceUID"]))
+        sr_data = orthanc.instance_file(sr[0]["SOPInstanceUID"])
+        got = sr_probability_percent(sr_data)
+        # the same decision (answered, no nodule, or declined and why) through Triton and ONNX Runtime
+        assert sr_finding(sr_data) == summary["finding"], study
         if expected is None:  # no nodule found: neither says a probability
             assert got is None, study
         else:

@@ -33,6 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mosaic", action="store_true",
                         help="nodule model: keep Ultralytics mosaic on in a fine-tuning stage (off by default there)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 gland, 2e-3 nodule)")
+    parser.add_argument("--frame-share", type=float, default=0.125,
+                        help="gland model: share of each batch from ddti_frames/ (partial supervision; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
     parser.add_argument("--model-repository", type=Path, default=None,
@@ -59,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = train_gland.GlandTrainConfig(data=args.data / "tg3k", out=out, epochs=args.epochs or 8,
                                            seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
                                            init=args.init, lr=args.lr or 3e-3,
-                                           frames=frames if frames.is_dir() else None)
+                                           frames=frames if frames.is_dir() else None,
+                                           crops=args.data / "ddti" if (args.data / "ddti").is_dir() else None,
+                                           frame_share=args.frame_share)
         summary = train_gland.train(cfg)
         if not args.no_export:
             summary["onnx"] = str(train_gland.export_onnx(out / "gland_best.pt",

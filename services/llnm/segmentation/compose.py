@@ -31,6 +31,14 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
 def compose_frame(frame: np.ndarray, gland: np.ndarray, crop: np.ndarray, nodule: np.ndarray,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A (frame, nodule mask) pair: `crop`'s nodule pasted inside `gland` on `frame` (see module doc)."""
+    composed, label, _ = compose_with_gland(frame, gland, crop, nodule, rng)
+    return composed, label
+
+
+def compose_with_gland(frame: np.ndarray, gland: np.ndarray, crop: np.ndarray, nodule: np.ndarray,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, nodule mask, gland mask): as compose_frame, plus the gland on the composed canvas with
+    the pasted nodule inside it (a nodule that bulges past the gland's edge widens the gland there)."""
     side = int(rng.choice([288, 320, 384, 448]))
     h0, w0 = frame.shape
     scale = side / max(h0, w0)
@@ -67,7 +75,7 @@ def compose_frame(frame: np.ndarray, gland: np.ndarray, crop: np.ndarray, nodule
     y0, x0 = max(0, top), max(0, left)
     y1, x1 = min(shape[0], top + ph), min(shape[1], left + pw)
     if y1 <= y0 or x1 <= x0:
-        return canvas.astype(np.uint8), np.zeros(shape, dtype=bool)
+        return canvas.astype(np.uint8), np.zeros(shape, dtype=bool), gland
     sub = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
     region = canvas[y0:y1, x0:x1]
     a = alpha[sub]
@@ -78,4 +86,4 @@ def compose_frame(frame: np.ndarray, gland: np.ndarray, crop: np.ndarray, nodule
     canvas[y0:y1, x0:x1] = a * shifted + (1 - a) * region
     label = np.zeros(shape, dtype=bool)
     label[y0:y1, x0:x1] = pmask[sub]
-    return np.clip(canvas, 0, 255).astype(np.uint8), label
+    return np.clip(canvas, 0, 255).astype(np.uint8), label, gland | label

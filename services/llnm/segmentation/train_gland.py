@@ -5,9 +5,14 @@ TG3K (full gland masks) comes from a few videos of one device. Whole frames of o
 (`ddti_frames/`, train cases only, cut to the ultrasound image as at run time) carry no gland outline,
 but every outlined nodule lies inside the thyroid: on those frames the nodule pixels are supervised
 as gland, the skin band at the top of the image (`SKIN_BAND`) as not gland, and every other pixel is
-left out of the loss, which weighs `FRAME_LOSS_WEIGHT` of TG3K's. Selection (the checkpoint kept): the
-mean of TG3K val Dice and the median share of each nodule covered by the gland on the "select" cases'
-frames, among checkpoints whose TG3K Dice is at least `MIN_MONITOR_DICE`; never the held-out "val" cases.
+left out of the loss, which weighs `FRAME_LOSS_WEIGHT` of TG3K's. Alone, that supervision is degenerate
+(a "gland" filling everything between the two bands covers every nodule), so the fully labelled
+signal that a nodule belongs to the gland comes from composed frames: real DDTI nodule crops (train
+cases) pasted into real TG3K glands (llnm.segmentation.compose), the gland label including the nodule.
+TG3K frames are also zoomed on the gland (other scanners' fields of view). Selection (the checkpoint
+kept, `selection_score`): the mean of TG3K val Dice and the Dice on composed frames of the "select"
+cases, among checkpoints that keep the select frames' nodules inside the gland; never the held-out
+"val" cases.
 
 Needs the `train` extra (torch, segmentation-models-pytorch). The runtime never imports this module.
 Model: UnetPlusPlus, MobileNetV2 encoder built from scratch (encoder_weights=None), decoder channels
@@ -31,7 +36,7 @@ from tqdm import tqdm
 
 from llnm.observability.logs import get_logger
 from llnm.segmentation import gland
-from llnm.segmentation.data import ddti_frame_pairs, read_grey, read_mask, tg3k_pairs
+from llnm.segmentation.data import case_split, ddti_frame_pairs, paired_files, read_grey, read_mask, tg3k_pairs
 from llnm.segmentation.preprocess import letterbox
 from llnm.segmentation.region import find_image_region
 
@@ -41,7 +46,7 @@ ENCODER = "mobilenet_v2"
 SKIN_BAND = 0.08  # top share of a whole frame's ultrasound image supervised as "not gland"
 DEEP_BAND = 0.15  # ... and the deepest share (prevertebral tissue, far below the thyroid at thyroid depths)
 FRAME_LOSS_WEIGHT = 0.3  # the partial (positive-heavy) loss must not outweigh TG3K's full masks
-MIN_MONITOR_DICE = 0.83  # a checkpoint below this TG3K Dice is never kept, whatever its frame coverage
+MIN_SELECT_INSIDE = 0.85  # median share of each select-frame nodule inside the gland a kept checkpoint needs
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
 
 
@@ -59,7 +64,9 @@ class GlandTrainConfig:
     monitor: int = 80  # val images checked after each epoch (all are checked at the end)
     init: Path | None = None  # start from these weights (.pt state dict or a shipped model.onnx) instead of random
     frames: Path | None = None  # ddti_frames/ root: partial supervision from real whole frames
-    frame_share: float = 0.25  # share of each batch drawn from the whole frames
+    frame_share: float = 0.125  # share of each batch drawn from the whole frames
+    crops: Path | None = None  # ddti/ root: real nodules composed into TG3K glands, fully labelled
+    composed_share: float = 0.25  # share of each batch drawn from the composed frames
 
 
 def build_model() -> torch.nn.Module:
@@ -132,6 +139,35 @@ def to_model_partial(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, 
             (w > 127).astype(np.float32)[None])
 
 
+def selection_score(tg3k_dice: float, composed_dice: float | None, covered: float | None) -> float:
+    """Which checkpoint to keep: the best mean Dice on TG3K and on composed frames (real nodules inside
+    real glands, fully labelled), among those that keep each real nodule inside the gland on the select
+    frames (median share >= MIN_SELECT_INSIDE); none does: the one that comes closest."""
+    dice = tg3k_dice if composed_dice is None else (tg3k_dice + composed_dice) / 2
+    if covered is None or covered >= MIN_SELECT_INSIDE:
+        return dice
+    return -1.0 + covered
+
+
+def composed_frames(crops_root: Path, backgrounds: list[tuple[np.ndarray, np.ndarray]], splits: tuple[str, ...],
+                    rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One (frame, gland) pair per DDTI crop of the given case splits, the crop's nodule composed into a
+    random TG3K gland (llnm.segmentation.compose): the gland label includes the nodule."""
+    from llnm.segmentation.compose import compose_with_gland
+
+    out = []
+    for image_path, mask_path in paired_files(crops_root / "cropped", crops_root / "mask"):
+        if case_split(image_path.name) not in splits:
+            continue
+        crop, nodule = read_grey(image_path), read_mask(mask_path)
+        if not nodule.any():
+            continue
+        bg, bg_gland = backgrounds[int(rng.integers(len(backgrounds)))]
+        frame, _, gland_mask = compose_with_gland(bg, bg_gland, crop, nodule, rng)
+        out.append((frame, gland_mask))
+    return out
+
+
 def coverage(model: torch.nn.Module, frames: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     """Median share of each nodule covered by the predicted gland, and the median gland share of the
     image, on whole frames (the whole-frame measure of a gland model; the second keeps it honest)."""
@@ -193,7 +229,12 @@ def train(cfg: GlandTrainConfig) -> dict:
         for split, bucket in (("train", frames_train), ("select", frames_select)):
             for i, m in ddti_frame_pairs(cfg.frames, (split,)):
                 bucket.append(frame_sample(read_grey(i), read_mask(m)))
-    log.info("gland data loaded", count=len(train_set), frames=len(frames_train), stage="train")
+    composed_train, composed_val = [], []
+    if cfg.crops is not None:
+        composed_train = composed_frames(cfg.crops, train_set, ("train",), rng)
+        composed_val = composed_frames(cfg.crops, val_set, ("select",), np.random.default_rng(cfg.seed + 1))
+    log.info("gland data loaded", count=len(train_set), frames=len(frames_train), composed=len(composed_train),
+             stage="train")
     init = cfg.init
     if init is not None and init.suffix == ".onnx":
         calibration = [train_set[int(k)][0] for k in rng.choice(len(train_set), 32, replace=False)]
@@ -215,8 +256,11 @@ def train(cfg: GlandTrainConfig) -> dict:
             for group in optimiser.param_groups:
                 group["lr"] = cfg.lr * warm * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * progress)))
             n_frames = int(round(cfg.batch * cfg.frame_share)) if frames_train else 0
-            picks = rng.integers(0, len(train_set), cfg.batch - n_frames)
+            n_composed = int(round(cfg.batch * cfg.composed_share)) if composed_train else 0
+            picks = rng.integers(0, len(train_set), cfg.batch - n_frames - n_composed)
             batch = [to_model(*augment(*train_set[int(k)], rng)) for k in picks]
+            batch += [to_model(*augment(*composed_train[int(k)], rng))
+                      for k in rng.integers(0, max(1, len(composed_train)), n_composed)]
             partial = [to_model_partial(*augment(*frames_train[int(k)], rng))
                        for k in rng.integers(0, max(1, len(frames_train)), n_frames)]
             x = torch.from_numpy(np.stack([b[0] for b in batch] + [p[0] for p in partial]))
@@ -235,15 +279,17 @@ def train(cfg: GlandTrainConfig) -> dict:
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         dice = validate(model, monitor)
+        composed_dice = validate(model, composed_val) if composed_val else None
         covered, area = coverage(model, frames_select) if frames_select else (None, None)
         minutes = (time.monotonic() - started) / 60
         history.append({"epoch": epoch + 1, "steps": step, "loss": float(np.mean(losses)) if losses else None,
-                        "monitor_dice": dice, "select_nodule_inside": covered, "select_gland_area": area,
+                        "monitor_dice": dice, "composed_select_dice": composed_dice,
+                        "select_nodule_inside": covered, "select_gland_area": area,
                         "minutes": round(minutes, 2)})
         log.info("gland epoch", epoch=epoch + 1, metric="monitor_dice", value=round(dice, 4),
                  seconds=round(minutes * 60))
         print(json.dumps(history[-1]), flush=True)
-        score = dice if covered is None else (dice + covered) / 2 if dice >= MIN_MONITOR_DICE else -1.0 + dice
+        score = selection_score(dice, composed_dice, covered)
         if score > best:
             best = score
             torch.save(model.state_dict(), cfg.out / "gland_best.pt")
