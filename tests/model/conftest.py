@@ -48,7 +48,7 @@ def write_layout(root: Path, studies: int, seed: int = 0) -> Path:
             Image.fromarray((nodule * 255).astype(np.uint8)).save(root / f"{stem}_nodule.png")
             views.append({"study_uid": uid, "sop_instance_uid": f"{uid}.{v}", "image": f"{stem}.png",
                           "gland_mask": f"{stem}_gland.png", "nodule_mask": f"{stem}_nodule.png",
-                          "spacing_row_mm": 0.1, "spacing_col_mm": 0.1, "region_x0": 0, "region_y0": 0,
+                          "spacing_row_mm": 0.4, "spacing_col_mm": 0.4, "region_x0": 0, "region_y0": 0,
                           "region_x1": shape[1], "region_y1": shape[0]})
     for name, rows in (("labels.csv", labels), ("views.csv", views)):
         with (root / name).open("w", newline="") as fh:

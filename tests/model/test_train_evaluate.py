@@ -14,7 +14,7 @@ from llnm.model.train import load_model, train
 def test_layout_is_read_with_two_views_per_study(tiny_layout):
     studies = read_layout(tiny_layout)
     assert len(studies) == 40 and all(len(s.views) == 2 for s in studies)
-    assert studies[0].views[0].spacing_mm == (0.1, 0.1)
+    assert studies[0].views[0].spacing_mm == (0.4, 0.4)
 
 
 def test_feature_cache_is_deterministic_and_reused(tiny_layout):
