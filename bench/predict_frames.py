@@ -32,7 +32,7 @@ from llnm.dicom.loading import group_by_study  # noqa: E402
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
 from llnm.predict import predict_study  # noqa: E402
 from llnm.segmentation.data import ddti_frame_pairs, read_mask  # noqa: E402
-from llnm.segmentation.evaluate import dice, iou  # noqa: E402
+from llnm.segmentation.evaluate import dice, iou, matched_nodule  # noqa: E402
 from llnm.segmentation.region import find_image_region  # noqa: E402
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -98,8 +98,9 @@ def run_variant(pairs, backend, settings, with_regions: bool, folder: Path) -> l
             if vr.gland_mask is not None:
                 gland[r0:r0 + h, c0:c0 + w] = vr.gland_mask
             used = bool(getattr(vr, "used", False))
+        target = matched_nodule(nodule, truth)
         records.append({
-            "name": image_path.stem, "dice": dice(nodule, truth), "iou": iou(nodule, truth),
+            "name": image_path.stem, "dice": dice(nodule, target), "iou": iou(nodule, target),
             "truth_empty": not truth.any(), "empty": not nodule.any(), "used": used,
             "gate": [] if used else [str(result.not_assessable_code if result else "no view")],
             "finding": finding,

@@ -244,8 +244,8 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
     if not calibrated:
         warnings.append("uncalibrated image: distances reported in pixels only")
     if feats.extrathyroidal:
-        warnings.append("nodule extends beyond the gland mask (possible extrathyroidal extension): "
-                        "capsule distance 0")
+        warnings.append("nodule extends beyond the gland mask (possible extrathyroidal extension, or a gland "
+                        "mask that misses part of the nodule): capsule distance 0")
     log.info("study analysed", study_uid=study.study_uid, probability=round(probability, 4),
              views=len(analysable))
     return StudyResult(

@@ -4,8 +4,9 @@ Runs the runtime path (backend + numpy post-processing), so the figures are thos
 the ultrasound image is found in each picture first (llnm.segmentation.region, as for a frame
 without DICOM regions), both models run on it, the masks are placed back on the whole picture, and
 the quality gate (llnm.quality) judges the view. Masks: grey > 127 is foreground. For the nodule
-model the index nodule is compared with the mask (a crop counts as a frame); no detection counts as
-an empty mask. Empty vs empty scores 1.
+model the index nodule (the product reports one nodule per view) is compared with the outlined
+nodule it overlaps most, when a picture has several (`dice_all` compares it with all of them); a crop
+counts as a frame; no detection counts as an empty mask. Empty vs empty scores 1.
 
 Over the images with a non-empty truth: `overlap_rate` is the share where the prediction touches the
 truth, `detection_rate_iou50` the share where their IoU is at least 0.5 (a correct detection),
@@ -74,6 +75,20 @@ def predict_mask(backend: InferenceBackend, model: str, image: np.ndarray, regio
     return seg.nodule if model == "nodule" else seg.gland
 
 
+def matched_nodule(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The outlined nodule (connected component of `truth`) that `pred` overlaps most; all of `truth`
+    when it has one component or none overlaps."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(truth, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1 or not pred.any():
+        return truth
+    overlaps = np.bincount(labels[pred].ravel(), minlength=count + 1)[1:]
+    if not overlaps.any():
+        return truth
+    return labels == int(np.argmax(overlaps)) + 1
+
+
 def evaluate_pairs(backend: InferenceBackend, model: str, pairs: list[tuple[Path, Path]],
                    nodule_masks: Path | None = None, region: bool = True) -> list[dict]:
     """One record per picture: dice, iou, empty, truth_empty, gate reasons, nodule-inside-gland."""
@@ -86,7 +101,9 @@ def evaluate_pairs(backend: InferenceBackend, model: str, pairs: list[tuple[Path
             raise ValueError(f"{mask_path.name}: mask {truth.shape} does not match image {image.shape}")
         seg = segment_picture(backend, image, region)
         pred = seg.nodule if model == "nodule" else seg.gland
-        record = {"name": image_path.stem, "dice": dice(pred, truth), "iou": iou(pred, truth),
+        target = matched_nodule(pred, truth) if model == "nodule" else truth
+        record = {"name": image_path.stem, "dice": dice(pred, target), "iou": iou(pred, target),
+                  "dice_all": dice(pred, truth),
                   "empty": not pred.any(), "truth_empty": not truth.any(), "score": seg.nodule_score,
                   "gate": list(seg.gate_reasons), "nodule_inside_gland": None}
         nodule_truth = None

@@ -30,9 +30,9 @@ NUM_MASKS = 32
 PAD_VALUE = 114  # Ultralytics' letterbox grey; the model was trained with it
 CONF_THRESHOLD = 0.25
 IOU_THRESHOLD = 0.5
-RELATIVE_SCORE = 0.5
+RELATIVE_SCORE = 0.8  # chosen on the select cases' whole frames (bench/segmentation_select.py)
 MASK_THRESHOLD = 0.8  # chosen on training data only (bench/segmentation_threshold.py; the model card)
-BOX_MARGIN = 0.0  # the mask is cut to its box widened by this share per side (the box artefact; model card)
+BOX_MARGIN = 0.15  # the mask is cut to its box widened by this share per side (the box artefact; model card)
 MATCH_IOU = 0.3  # a mirror-image detection this close to the index nodule is the same nodule
 
 
