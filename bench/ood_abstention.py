@@ -35,7 +35,7 @@ def judge(backend, ood, image: np.ndarray, spacing, size: int) -> dict:
     q = assess_view(image, nodule, gland, 0.0 if det is None else det.score, spacing)
     if not q.passed:
         return {"gate": [r.code for r in q.reasons], "ood": None, "score": None}
-    score = ood.score(features_descriptor(extract_features(image, gland, nodule, spacing, size=size)))
+    score = ood.score(features_descriptor(extract_features(image, gland, nodule, spacing, size=size), image, gland))
     return {"gate": [], "ood": bool(score > ood.threshold), "score": round(score, 3)}
 
 

@@ -105,7 +105,7 @@ def _ood_model(repository: str):
     return load_for_repository(Path(repository))
 
 
-def _drop_unlike_training(backend: InferenceBackend, study_uid: str, views: list[ViewResult],
+def _drop_unlike_training(backend: InferenceBackend, study: StudyInput, views: list[ViewResult],
                           analysable: list[int], warnings: list[str]) -> int:
     """Score every analysable view against TMDL's training data; views beyond the threshold leave
     `analysable` (in place). Returns how many left."""
@@ -119,14 +119,15 @@ def _drop_unlike_training(backend: InferenceBackend, study_uid: str, views: list
         return 0
     dropped = 0
     for i in list(analysable):
-        views[i].ood_score = ood.score(features_descriptor(views[i].features))
+        views[i].ood_score = ood.score(features_descriptor(views[i].features, study.views[i].image,
+                                                           views[i].gland_mask))
         if views[i].ood_score > ood.threshold:
             analysable.remove(i)
             views[i].used = False
             dropped += 1
             warnings.append(f"view {i + 1} not used: input unlike the training data of this model "
                             f"(distance {views[i].ood_score:.1f} > {ood.threshold:.1f})")
-            log.info("view out of distribution", study_uid=study_uid, view=i + 1,
+            log.info("view out of distribution", study_uid=study.study_uid, view=i + 1,
                      score=round(views[i].ood_score, 2), threshold=round(ood.threshold, 2))
     return dropped
 
@@ -174,7 +175,7 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
                      reason=reason.code)
         views.append(result)
 
-    out_of_distribution = _drop_unlike_training(backend, study.study_uid, views, analysable, warnings)
+    out_of_distribution = _drop_unlike_training(backend, study, views, analysable, warnings)
     versions = _versions(backend)
     if not analysable and out_of_distribution:
         reason = Reason(OUT_OF_DISTRIBUTION, "input unlike the training data of this model")

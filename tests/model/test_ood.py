@@ -27,14 +27,15 @@ def speckle(seed: int, mean: float = 110, grain: int = 1) -> np.ndarray:
 
 
 def view_descriptor(img: np.ndarray) -> np.ndarray:
-    return features_descriptor(extract_features(img, GLAND, NODULE, (0.1, 0.1), size=preset("tiny").image_size))
+    feats = extract_features(img, GLAND, NODULE, (0.1, 0.1), size=preset("tiny").image_size)
+    return features_descriptor(feats, img, GLAND)
 
 
 @pytest.fixture(scope="module")
 def ood(backend):  # noqa: F811
-    train = np.array([view_descriptor(speckle(s, mean=100 + s % 20)) for s in range(60)])
-    calibration = np.array([view_descriptor(speckle(s, mean=100 + s % 20)) for s in range(100, 140)])
-    model = fit(train, calibration, quantile=0.96, source="test")
+    train = np.array([view_descriptor(speckle(s, mean=100 + s % 20)) for s in range(150)])
+    calibration = np.array([view_descriptor(speckle(s, mean=100 + s % 20)) for s in range(200, 300)])
+    model = fit(train, calibration, quantile=0.99, source="test")
     model.save(backend.model_repository / "tmdl" / "1" / OOD_FILE)
     pipeline._ood_model.cache_clear()
     yield model
@@ -67,8 +68,11 @@ def test_round_trip_and_a_foreign_descriptor_is_refused(tmp_path):
 
 def test_descriptor_sees_speckle_grain_and_brightness():
     fine, coarse = speckle(0), speckle(0, grain=4)
-    assert descriptor(fine / 255, fine / 255, 0, 1)[3] < descriptor(coarse / 255, coarse / 255, 0, 1)[3]
-    assert descriptor(fine / 255 * 0.5, fine / 255, 0, 1)[0] < descriptor(fine / 255, fine / 255, 0, 1)[0]
+    d_fine = descriptor(fine / 255, fine / 255, 0, 1, fine, GLAND)
+    d_coarse = descriptor(coarse / 255, coarse / 255, 0, 1, coarse, GLAND)
+    assert d_fine[3] < d_coarse[3]
+    assert d_fine[DESCRIPTOR.index("tissue_lag1_rows")] < d_coarse[DESCRIPTOR.index("tissue_lag1_rows")]
+    assert descriptor(fine / 255 * 0.5, fine / 255, 0, 1, fine, GLAND)[0] < d_fine[0]
 
 
 def test_an_unlike_study_is_declined_with_the_reason_and_a_like_one_is_not(backend, ood):  # noqa: F811

@@ -40,8 +40,9 @@ def train_descriptors(data_dir: Path, size: int, limit: int) -> np.ndarray:
             nodule, gland = read_png(view.nodule_mask) > 127, read_png(view.gland_mask) > 127
             if not nodule.any() or not gland.any():
                 continue
-            feats = extract_features(read_png(view.image), gland, nodule, view.spacing_mm, size=size)
-            out.append(features_descriptor(feats))
+            image = read_png(view.image)
+            feats = extract_features(image, gland, nodule, view.spacing_mm, size=size)
+            out.append(features_descriptor(feats, image, gland))
             if len(out) >= limit:
                 return np.array(out)
     return np.array(out)
@@ -66,7 +67,7 @@ def runtime_descriptors(data_dir: Path, backend, size: int) -> tuple[np.ndarray,
                                   view.spacing_mm)
             if quality.passed:
                 feats = extract_features(image, gland, nodule, view.spacing_mm, size=size)
-                out.append(features_descriptor(feats))
+                out.append(features_descriptor(feats, image, gland))
     return np.array(out), seen
 
 

@@ -4,7 +4,9 @@ TMDL answers for any input, including ones it never saw the like of (a phantom-t
 scans calls every nodule "high risk"). Before a probability is shown, each analysed view is described
 by the statistics of what TMDL actually sees (the texture crop x_t and the margin mosaic x_m as
 images: brightness, contrast, speckle grain, gradient energy, saturation; and the scalar inputs x_e,
-x_s) and scored by its Mahalanobis distance to the training views' descriptors (mean and a shrunk
+x_s) and of the tissue it comes from (the grey levels inside the gland: skewness, coefficient of
+variation, speckle correlation at 1 and 3 pixels along rows and columns: a scanner's and a
+simulator's speckle differ most there) and scored by its Mahalanobis distance to the training views' descriptors (mean and a shrunk
 covariance fitted once, `fit`). The threshold is the `quantile` of the scores of HELD-OUT views of the
 training distribution run through the product (segmentation masks, not ground truth), so at most
 1 - quantile of such views abstain. A study abstains when every analysed view is beyond the threshold.
@@ -24,7 +26,9 @@ import numpy as np
 
 OOD_FILE = "ood.json"
 DESCRIPTOR = ("xt_mean", "xt_std", "xt_grad", "xt_lag1", "xt_lag3", "xt_dark", "xt_bright",
-              "xm_mean", "xm_std", "xm_grad", "xm_lag1", "echogenicity", "aspect_ratio")
+              "xm_mean", "xm_std", "xm_grad", "xm_lag1", "echogenicity", "aspect_ratio",
+              "tissue_skew", "tissue_cv", "tissue_lag1_rows", "tissue_lag1_cols", "tissue_lag3_rows",
+              "tissue_lag3_cols")
 SHRINKAGE = 0.05  # covariance shrunk towards its diagonal: stable with a few hundred views
 
 
@@ -45,8 +49,36 @@ def _grad(img: np.ndarray) -> float:
     return float(np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean())
 
 
-def descriptor(x_t: np.ndarray, x_m: np.ndarray, echogenicity: float, aspect_ratio: float) -> np.ndarray:
-    """The view's descriptor (see DESCRIPTOR) from TMDL's own inputs (images in [0, 1])."""
+def _axis_correlation(x: np.ndarray, lag: int, axis: int) -> float:
+    x = x - x.mean()
+    var = float((x * x).mean())
+    if var <= 1e-12 or x.shape[axis] <= lag:
+        return 1.0
+    a = np.take(x, np.arange(lag, x.shape[axis]), axis=axis)
+    b = np.take(x, np.arange(0, x.shape[axis] - lag), axis=axis)
+    return float((a * b).mean() / var)
+
+
+def tissue_statistics(image: np.ndarray, gland: np.ndarray) -> list[float]:
+    """Grey-level shape and speckle correlation of the tissue: inside the gland (skewness, coefficient
+    of variation) and over the gland's bounding box (correlation at 1 and 3 pixels, rows then columns)."""
+    grey = np.asarray(image, dtype=np.float64) / 255.0
+    gland = np.asarray(gland, dtype=bool)
+    values = grey[gland] if gland.any() else grey.ravel()
+    mean, std = float(values.mean()), float(values.std())
+    skew = float(((values - mean) ** 3).mean() / std ** 3) if std > 1e-9 else 0.0
+    if gland.any():
+        rows, cols = np.flatnonzero(gland.any(axis=1)), np.flatnonzero(gland.any(axis=0))
+        box = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    else:
+        box = grey
+    return [skew, std / max(mean, 1e-3), _axis_correlation(box, 1, 0), _axis_correlation(box, 1, 1),
+            _axis_correlation(box, 3, 0), _axis_correlation(box, 3, 1)]
+
+
+def descriptor(x_t: np.ndarray, x_m: np.ndarray, echogenicity: float, aspect_ratio: float,
+               image: np.ndarray, gland: np.ndarray) -> np.ndarray:
+    """The view's descriptor (see DESCRIPTOR) from TMDL's own inputs (images in [0, 1]) and the tissue."""
     x_t = np.asarray(x_t, dtype=np.float64)
     x_m = np.asarray(x_m, dtype=np.float64)
     return np.array([
@@ -54,12 +86,13 @@ def descriptor(x_t: np.ndarray, x_m: np.ndarray, echogenicity: float, aspect_rat
         float((x_t < 0.05).mean()), float((x_t > 0.95).mean()),
         x_m.mean(), x_m.std(), _grad(x_m), _lag_correlation(x_m, 1),
         float(echogenicity), float(np.log(max(float(aspect_ratio), 1e-3))),
+        *tissue_statistics(image, gland),
     ], dtype=np.float64)
 
 
-def features_descriptor(features) -> np.ndarray:
-    """descriptor() of a llnm.features.NoduleFeatures."""
-    return descriptor(features.x_t, features.x_m, features.echogenicity, features.aspect_ratio)
+def features_descriptor(features, image: np.ndarray, gland: np.ndarray) -> np.ndarray:
+    """descriptor() of a view: its llnm.features.NoduleFeatures, its image and gland mask."""
+    return descriptor(features.x_t, features.x_m, features.echogenicity, features.aspect_ratio, image, gland)
 
 
 @dataclass(frozen=True)
