@@ -87,7 +87,7 @@ def run_variant(pairs, backend, settings, with_regions: bool, folder: Path) -> l
         result = output.result
         nodule = np.zeros(truth.shape, bool)
         gland = np.zeros(truth.shape, bool)
-        used = False
+        used = gate_passed = False
         finding = output.summary.get("finding")
         if result is not None and result.views:
             vr = result.views[0]
@@ -98,11 +98,12 @@ def run_variant(pairs, backend, settings, with_regions: bool, folder: Path) -> l
             if vr.gland_mask is not None:
                 gland[r0:r0 + h, c0:c0 + w] = vr.gland_mask
             used = bool(getattr(vr, "used", False))
+            gate_passed = bool(vr.quality is not None and vr.quality.passed)
         target = matched_nodule(nodule, truth)
         records.append({
             "name": image_path.stem, "dice": dice(nodule, target), "iou": iou(nodule, target),
-            "truth_empty": not truth.any(), "empty": not nodule.any(), "used": used,
-            "gate": [] if used else [str(result.not_assessable_code if result else "no view")],
+            "truth_empty": not truth.any(), "empty": not nodule.any(), "used": used, "gate_passed": gate_passed,
+            "gate": [] if used else [str((result.not_assessable_code or result.finding) if result else "no view")],
             "finding": finding,
             "nodule_inside_gland": float((gland & truth).sum() / truth.sum()) if truth.any() else None,
             "objects": len(output.datasets),
@@ -134,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             "iou50_rate": lambda rs: float(np.mean([r["iou"] >= 0.5 for r in rs if not r["truth_empty"]])),
             "nodule_inside_gland_median": lambda rs: float(np.median(
                 [r["nodule_inside_gland"] for r in rs if r["nodule_inside_gland"] is not None])),
+            "gate_declined": lambda rs: float(np.mean([not r["gate_passed"] for r in rs])),
+            "ood_declined_of_gate_passed": lambda rs: (float(np.mean([not r["used"] for r in rs if r["gate_passed"]]))
+                                                       if any(r["gate_passed"] for r in rs) else None),
             "not_assessable": lambda rs: float(np.mean([not r["used"] for r in rs])),
-            "nodule_dice_of_used": lambda rs: (float(np.mean([r["dice"] for r in rs if r["used"]]))
-                                               if any(r["used"] for r in rs) else None),
+            "nodule_dice_of_gate_passed": lambda rs: (float(np.mean([r["dice"] for r in rs if r["gate_passed"]]))
+                                                      if any(r["gate_passed"] for r in rs) else None),
         }
         for name, stat in stats.items():
-            row[name] = [round(v, 3) for v in bootstrap_by_case(records, stat)]
+            row[name] = [None if v is None else round(v, 3) for v in bootstrap_by_case(records, stat)]
         reasons: dict[str, int] = {}
         for r in records:
             if not r["used"]:

@@ -43,6 +43,8 @@ def bootstrap_by_case(records: list[dict], stat, rounds: int = 1000, seed: int =
         v = stat(picked)
         if v is not None:
             values.append(v)
+    if not values:
+        return stat(records), None, None
     return stat(records), float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
