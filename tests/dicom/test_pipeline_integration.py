@@ -74,7 +74,9 @@ def test_phantom_through_the_real_pipeline(backend_and_config, tmp_path, setting
 
     backend, config = backend_and_config
     root = tmp_path / "ph"
-    assert main(["phantom", "--out", str(root), "--studies", "1", "--seed", "5", "--rows", "300", "--cols", "400"]) == 0
+    # the phantom's own frame size: TMDL abstains on views unlike its training data (llnm.model.ood), and
+    # the speckle of a frame resampled to another size is such a view
+    assert main(["phantom", "--out", str(root), "--studies", "1", "--seed", "5"]) == 0
     analyse = functools.partial(analyse_study, config=config, segmenter=truth_segmenter(root))
     (output,) = predict_paths([root], backend, settings, analyse=analyse)
     summary = output.summary

@@ -222,7 +222,6 @@ def test_real_file_study_and_probability_equal_to_llnm_predict(stack, orthanc, t
     run = subprocess.run([str(VENV_BIN / "llnm"), "predict", str(files[0].parent), str(real), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    numbers = 0
     for study in (uid, real_uid):
         summary = json.loads((out / study / "summary.json").read_text())
         expected = summary["probability"]
@@ -236,7 +235,6 @@ def test_real_file_study_and_probability_equal_to_llnm_predict(stack, orthanc, t
             assert got is None, study
         else:
             assert got == pytest.approx(round(100 * expected, 2), abs=0.01), study
-            numbers += 1
         assert stack.audit().study(study)["probability"] == expected
-    if not numbers:
-        pytest.skip("the models found no nodule in either study: no probability to compare")
+    # without a number in either study (both declined or without a nodule), the findings compared above
+    # are the agreement: the same decision, and the same reason, through both paths

@@ -7,22 +7,22 @@ from .conftest import FakeBackend, yolo_outputs
 
 
 def test_index_nodule_is_the_largest_among_confident_candidates():
-    scores = np.array([0.9, 0.6, 0.3])
+    scores = np.array([0.9, 0.75, 0.6])
     areas = np.array([100, 400, 900])
-    assert select_index(scores, areas) == 1  # 0.3 < 0.5 x 0.9: too unsure to be the index nodule
+    assert select_index(scores, areas) == 1  # 0.6 < 0.8 x 0.9: too unsure to be the index nodule
     assert select_index(scores, np.array([100, 100, 900])) == 0  # equal area: the more confident
     assert select_index(scores, np.zeros(3)) is None
 
 
 def test_segment_nodule_reports_the_index_nodule_in_frame_pixels():
     # frame 128 x 256 -> scale 1, padded 64 rows above and below in the 256 model grid
-    out = yolo_outputs([((60, 128, 40, 40), 0.9, 0), ((180, 128, 80, 80), 0.7, 1), ((230, 100, 16, 16), 0.95, 2), ((128, 20, 30, 20), 0.99, 3)])
+    out = yolo_outputs([((60, 128, 40, 40), 0.9, 0), ((180, 128, 80, 80), 0.8, 1), ((230, 100, 16, 16), 0.95, 2), ((128, 20, 30, 20), 0.99, 3)])
     frame = np.full((128, 256), 80, dtype=np.uint8)
     found = segment_nodule(FakeBackend(nodule_outputs=out), frame)
     assert isinstance(found, NoduleDetection)
     assert found.mask.shape == frame.shape and found.mask.dtype == bool
     assert found.candidates == 3  # the 0.99 one lies in the letterbox padding: not in the frame, ignored
-    assert found.score == np.float32(0.7)  # the 80 px one: largest among those >= 0.5 x best
+    assert found.score == np.float32(0.8)  # the 80 px one: largest among those >= 0.8 x best
     x0, y0, x1, y1 = found.box
     assert abs(x0 - 140) <= 4 and abs(x1 - 220) <= 4 and abs(y0 - 24) <= 4 and abs(y1 - 104) <= 4
     assert found.mask[64, 180] and not found.mask[64, 60]
