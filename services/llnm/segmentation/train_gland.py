@@ -37,6 +37,7 @@ from tqdm import tqdm
 from llnm.observability.logs import get_logger
 from llnm.segmentation import gland
 from llnm.segmentation.data import case_split, ddti_frame_pairs, paired_files, read_grey, read_mask, tg3k_pairs
+from llnm.segmentation.folded_bn import fold_into, recalibrate
 from llnm.segmentation.preprocess import letterbox
 from llnm.segmentation.region import find_image_region
 
@@ -353,13 +354,9 @@ def _scope_to_module(node_name: str) -> str:
 
 
 def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target: Path) -> Path:
-    """Turn a shipped gland ONNX file back into a trainable state dict (as the nodule model's recovery).
-
-    The export folds each batch norm into the convolution before it, so the file holds (W, b) per
-    convolution. Each batch norm is rebuilt as the identity on frames like `calibration`: running
-    statistics measured on them, affine part undoing them, so eval mode computes exactly what the ONNX
-    file computes and fine-tuning (batch statistics) starts from the shipped model.
-    """
+    """Turn a shipped gland ONNX file back into a trainable state dict (llnm.segmentation.folded_bn):
+    convolutions matched to the file's nodes by their export scope names, batch norms re-estimated on
+    `calibration` frames."""
     import onnx
     from onnx import numpy_helper
 
@@ -380,15 +377,12 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
             raise ValueError(f"{onnx_path}: no unique module for {node.name} ({names})")
         conv = modules[names[0]]
         weight, bias = tensors[node.input[1]], tensors[node.input[2]]
-        conv.weight.data.copy_(weight)
         following = modules[order[order.index(names[0]) + 1]] if order.index(names[0]) + 1 < len(order) else None
         if isinstance(following, torch.nn.BatchNorm2d) and conv.bias is None:
-            following.running_mean.zero_()
-            following.running_var.fill_(1.0 - following.eps)
-            following.weight.data.fill_(1.0)
-            following.bias.data.copy_(bias)
+            fold_into(conv, following, weight, bias)
             folded[following] = bias
         elif conv.bias is not None:
+            conv.weight.data.copy_(weight)
             conv.bias.data.copy_(bias)
         else:
             raise ValueError(f"{onnx_path}: {names[0]} has a bias in the file but no batch norm to hold it")
@@ -396,27 +390,8 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in modules.values())
     if matched != convs:
         raise ValueError(f"{onnx_path}: {matched} convolutions in the file, {convs} in the model")
-    sums: dict[torch.nn.BatchNorm2d, list[torch.Tensor]] = {bn: [] for bn in folded}
-
-    def record(bn: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor], _output: torch.Tensor) -> None:
-        x = inputs[0].double()
-        sums[bn].append(torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))]))
-
-    hooks = [bn.register_forward_hook(record) for bn in folded]
-    model.eval()
     batch = torch.from_numpy(np.stack([gland.gland_input(image)[0][0] for image in calibration]))
-    with torch.no_grad():
-        reference = torch.sigmoid(model(batch))
-        for hook in hooks:
-            hook.remove()
-        for bn, b in folded.items():
-            mean, square = torch.stack(sums[bn]).mean(dim=0)
-            var = (square - mean * mean).clamp_min(1e-6).float()
-            bn.running_mean.copy_(mean.float())
-            bn.running_var.copy_(var)
-            bn.weight.data.copy_(torch.sqrt(var + bn.eps))
-            bn.bias.data.copy_(mean.float() + b)
-        drift = float((torch.sigmoid(model(batch)) - reference).abs().max())
+    drift = recalibrate(model, folded, batch, torch.sigmoid)
     if drift > 1e-3:
         raise RuntimeError(f"rebuilt batch norms change the output by {drift:.3g}")
     target.parent.mkdir(parents=True, exist_ok=True)

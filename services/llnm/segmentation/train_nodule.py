@@ -214,15 +214,9 @@ def _fix_spatial_dims(path: Path) -> None:
 
 
 def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target: Path) -> Path:
-    """Turn a shipped nodule ONNX file back into a trainable Ultralytics checkpoint.
-
-    The export folds every batch norm into its convolution, so the ONNX file holds (W, b) per layer and
-    no normalisation statistics. Each batch norm is rebuilt to be the identity on data like
-    `calibration` (grey frames): its running mean/variance are measured on those frames and its affine
-    part undoes them (gamma = sqrt(var + eps), beta = mean + b). In eval mode the checkpoint computes
-    exactly what the ONNX file does; in train mode batch statistics stay close to the measured ones, so
-    fine-tuning continues from the shipped model instead of from random weights.
-    """
+    """Turn a shipped nodule ONNX file back into a trainable Ultralytics checkpoint: (W, b) per layer
+    loaded, batch norms re-estimated on `calibration` grey frames (llnm.segmentation.folded_bn), so the
+    checkpoint computes exactly what the ONNX file does and fine-tuning continues from it."""
     os.environ["YOLO_OFFLINE"] = "1"
     import onnx
     import torch
@@ -230,6 +224,8 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
     from ultralytics import __version__
     from ultralytics.nn.modules.conv import Conv
     from ultralytics.nn.tasks import SegmentationModel
+
+    from llnm.segmentation.folded_bn import fold_into, recalibrate
 
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
                for t in onnx.load(str(onnx_path)).graph.initializer}
@@ -242,13 +238,8 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
             if f"{name}.conv.bias" not in weights:
                 raise ValueError(f"{onnx_path} is not a YOLOv8n-seg export: it has no {name}.conv weights")
             w, b = weights[f"{name}.conv.weight"], weights[f"{name}.conv.bias"]
-            module.conv.weight.data.copy_(w)
-            bn = module.bn
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
-            bn.weight.data.fill_(1.0)
-            bn.bias.data.copy_(b)
-            folded[bn] = b
+            fold_into(module.conv, module.bn, w, b)
+            folded[module.bn] = b
             loaded.update(f"{name}.{k}" for k in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean",
                                                    "bn.running_var", "bn.num_batches_tracked"))
     for key in state:
@@ -258,27 +249,8 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
     missing = [k for k in state if k not in loaded and not k.endswith("num_batches_tracked")]
     if missing:
         raise ValueError(f"{onnx_path} lacks weights for {missing[:5]} ({len(missing)} in all): not a YOLOv8n-seg export")
-    sums: dict[torch.nn.BatchNorm2d, list[torch.Tensor]] = {bn: [] for bn in folded}
-
-    def record(bn: torch.nn.BatchNorm2d, inputs: tuple[torch.Tensor], _output: torch.Tensor) -> None:
-        x = inputs[0].double()
-        sums[bn].append(torch.stack([x.mean(dim=(0, 2, 3)), (x * x).mean(dim=(0, 2, 3))]))
-
-    hooks = [bn.register_forward_hook(record) for bn in folded]
-    model.eval()
     batch = torch.from_numpy(np.stack([nodule.nodule_input(image)[0][0] for image in calibration]))
-    with torch.no_grad():
-        reference = _boxes(model(batch))
-        for hook in hooks:
-            hook.remove()
-        for bn, b in folded.items():
-            mean, square = torch.stack(sums[bn]).mean(dim=0)
-            var = (square - mean * mean).clamp_min(1e-6).float()
-            bn.running_mean.copy_(mean.float())
-            bn.running_var.copy_(var)
-            bn.weight.data.copy_(torch.sqrt(var + bn.eps))
-            bn.bias.data.copy_(mean.float() + b)
-        drift = float((_boxes(model(batch)) - reference).abs().max())
+    drift = recalibrate(model, folded, batch, _boxes)
     if drift > 1e-2:
         raise RuntimeError(f"rebuilt batch norms change the output by {drift:.3g}")
     model.names = {0: "nodule"}
