@@ -48,40 +48,33 @@ def sent_objects(stack, uid: str) -> int:
     return sum(e.get("objects", 0) for e in stack.audit().events(uid) if e["event"] == "sent")
 
 
-def sr_probability_percent(data: bytes) -> float | None:
-    """The NUM 'Probability of lateral lymph node metastasis' of our SR (None: no nodule, no number)."""
+def sr_items(data: bytes) -> list[tuple[str, str, object]]:
+    """(value type, concept name, item) of every content item of an SR, depth first."""
     import io
 
-    ds = pydicom.dcmread(io.BytesIO(data))
-    found = []
+    out = []
 
     def walk(items):
         for item in items:
             name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
-            if item.get("ValueType") == "NUM" and "probability" in name.lower():
-                found.append(float(item.MeasuredValueSequence[0].NumericValue))
+            out.append((item.get("ValueType"), name, item))
             walk(item.get("ContentSequence", []))
 
-    walk(ds.ContentSequence)
+    walk(pydicom.dcmread(io.BytesIO(data)).ContentSequence)
+    return out
+
+
+def sr_probability_percent(data: bytes) -> float | None:
+    """The NUM 'Probability of lateral lymph node metastasis' of our SR (None: no nodule, no number)."""
+    found = [float(item.MeasuredValueSequence[0].NumericValue) for kind, name, item in sr_items(data)
+             if kind == "NUM" and "probability" in name.lower()]
     assert len(found) <= 1, found
     return found[0] if found else None
 
 
 def sr_finding(data: bytes) -> str | None:
     """The TEXT 'Finding' of our SR: "nodule", "no nodule found" or "not assessable...: <reason>"."""
-    import io
-
-    ds = pydicom.dcmread(io.BytesIO(data))
-    found = []
-
-    def walk(items):
-        for item in items:
-            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
-            if item.get("ValueType") == "TEXT" and name == "Finding":
-                found.append(str(item.TextValue))
-            walk(item.get("ContentSequence", []))
-
-    walk(ds.ContentSequence)
+    found = [str(item.TextValue) for kind, name, item in sr_items(data) if kind == "TEXT" and name == "Finding"]
     return found[0] if found else None
 
 

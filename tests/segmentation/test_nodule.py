@@ -17,7 +17,7 @@ def test_index_nodule_is_the_largest_among_confident_candidates():
 def test_segment_nodule_reports_the_index_nodule_in_frame_pixels():
     # frame 128 x 256 -> scale 1, padded 64 rows above and below in the 256 model grid
     out = yolo_outputs([((60, 128, 40, 40), 0.9, 0), ((180, 128, 80, 80), 0.8, 1), ((230, 100, 16, 16), 0.95, 2), ((128, 20, 30, 20), 0.99, 3)])
-    frame = np.full((128, 256), 80, dtype=np.uint8)
+    frame = np.random.default_rng(0).integers(60, 100, (128, 256)).astype(np.uint8)  # textured, not blank
     found = segment_nodule(FakeBackend(nodule_outputs=out), frame)
     assert isinstance(found, NoduleDetection)
     assert found.mask.shape == frame.shape and found.mask.dtype == bool

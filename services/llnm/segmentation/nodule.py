@@ -33,7 +33,10 @@ IOU_THRESHOLD = 0.5
 RELATIVE_SCORE = 0.8  # chosen on the select cases' whole frames (bench/segmentation_select.py)
 MASK_THRESHOLD = 0.8  # chosen on training data only (bench/segmentation_threshold.py; the model card)
 BOX_MARGIN = 0.15  # the mask is cut to its box widened by this share per side (the box artefact; model card)
-MATCH_IOU = 0.3  # a mirror-image detection this close to the index nodule is the same nodule
+MATCH_IOU = 0.3
+#: a frame with less grey-level variation than this holds no nodule: the detector, trained on textured
+#: frames, can answer anything on a blank one (the stage-5 model boxes the whole of a uniform frame)
+MIN_TEXTURE_STD = 4.0  # a mirror-image detection this close to the index nodule is the same nodule
 
 
 @dataclass
@@ -66,6 +69,8 @@ def select_index(scores: np.ndarray, areas: np.ndarray) -> int | None:
 
 def segment_nodule(backend: InferenceBackend, image: np.ndarray) -> NoduleDetection | None:
     """The index nodule of an (H, W) uint8 greyscale B-mode crop, or None when no nodule is found."""
+    if float(np.std(image)) < MIN_TEXTURE_STD:
+        return None
     tensor, box = nodule_input(image)
     batch = np.ascontiguousarray(np.concatenate([tensor, tensor[..., ::-1]]))  # the frame and its mirror
     outputs = backend.infer(NODULE_SEG, {INPUT_NAME: batch})
