@@ -19,23 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from llnm.features import extract_features
+from llnm.cli.ood_fit import product_descriptor
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
 from llnm.model.config import preset
-from llnm.model.ood import features_descriptor, load_for_repository
-from llnm.pipeline import default_segmenter
-from llnm.quality import assess_view
+from llnm.model.ood import load_for_repository
 from llnm.segmentation.data import ddti_case, ddti_frame_pairs, read_grey
 from llnm.segmentation.region import find_image_region
 
 
 def judge(backend, ood, image: np.ndarray, spacing, size: int) -> dict:
-    det, gland = default_segmenter(backend, image)
-    nodule = None if det is None else det.mask
-    q = assess_view(image, nodule, gland, 0.0 if det is None else det.score, spacing)
-    if not q.passed:
-        return {"gate": [r.code for r in q.reasons], "ood": None, "score": None}
-    score = ood.score(features_descriptor(extract_features(image, gland, nodule, spacing, size=size), image, gland))
+    quality, descriptor = product_descriptor(backend, image, spacing, size)
+    if descriptor is None:
+        return {"gate": [r.code for r in quality.reasons], "ood": None, "score": None}
+    score = ood.score(descriptor)
     return {"gate": [], "ood": bool(score > ood.threshold), "score": round(score, 3)}
 
 

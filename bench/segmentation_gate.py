@@ -27,26 +27,17 @@ import numpy as np
 from llnm import quality
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
 from llnm.segmentation.data import ddti_frame_pairs, read_grey, read_mask
-from llnm.segmentation.evaluate import dice, iou, matched_nodule
-from llnm.segmentation.gland import segment_gland
-from llnm.segmentation.nodule import segment_nodule
-from llnm.segmentation.region import find_image_region
+from llnm.segmentation.evaluate import dice, iou, matched_nodule, segment_picture
 
 
-def measure(backend, image: np.ndarray, truth: np.ndarray | None, spacing=None) -> dict:
-    region = find_image_region(image)
-    view = region.crop(image)
-    det = segment_nodule(backend, view)
-    gland = segment_gland(backend, view)
-    nodule = None if det is None else det.mask
-    q = quality.assess_view(view, nodule, gland, 0.0 if det is None else det.score, spacing)
-    rec = {"codes": [r.code for r in q.reasons], "score": 0.0 if det is None else det.score,
-           "inside": q.nodule_inside_gland, "solidity": q.solidity}
-    if truth is not None:
-        pred = np.zeros(view.shape, bool) if nodule is None else nodule
-        t = matched_nodule(pred, region.crop(truth))
-        rec["iou"], rec["dice"] = iou(pred, t), dice(pred, t)
-    return rec
+def measure(backend, image: np.ndarray, truth: np.ndarray) -> dict:
+    """What the gate measures on one picture (the product's path: llnm.segmentation.evaluate) and the
+    IoU/Dice of the index nodule with the outlined nodule it overlaps most."""
+    seg = segment_picture(backend, image)
+    q = seg.quality
+    target = matched_nodule(seg.nodule, truth)
+    return {"codes": list(seg.gate_reasons), "score": seg.nodule_score, "inside": q.nodule_inside_gland,
+            "solidity": q.solidity, "iou": iou(seg.nodule, target), "dice": dice(seg.nodule, target)}
 
 
 def declined(rec: dict, inside: float, score: float, solidity: float) -> bool:
@@ -80,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for study in read_layout(args.phantom):
             for v in study.views:
-                phantom.append(measure(backend, read_png(v.image), read_png(v.nodule_mask) > 127, v.spacing_mm))
+                phantom.append(measure(backend, read_png(v.image), read_png(v.nodule_mask) > 127))
     rows = []
     for inside, score, solid in itertools.product((0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), (0.0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5),
                                                   (0.0, 0.6, 0.7, 0.8)):

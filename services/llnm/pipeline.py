@@ -36,16 +36,14 @@ from llnm.model.config import GROUPS, TMDLConfig, preset
 from llnm.observability.logs import get_logger
 from llnm.observability.metrics import stage
 from llnm.quality import OUT_OF_DISTRIBUTION, Reason, assess_view, main_reason, only_no_nodule, study_reason
-from llnm.study import StudyInput, StudyResult, ViewResult
+from llnm.study import (FINDING_NO_NODULE, FINDING_NODULE, FINDING_NOT_ASSESSABLE, StudyInput, StudyResult,
+                        ViewResult)
 
 log = get_logger(__name__)
 
 #: (backend, image) -> (nodule detection with .mask and .score, or None; gland mask or None)
 Segmenter = Callable[[InferenceBackend, np.ndarray], tuple[Any, np.ndarray | None]]
 
-FINDING_NODULE = "nodule"
-FINDING_NO_NODULE = "no nodule found"
-FINDING_NOT_ASSESSABLE = "not assessable"
 
 
 def default_segmenter(backend: InferenceBackend, image: np.ndarray) -> tuple[Any, np.ndarray | None]:

@@ -13,6 +13,12 @@ from typing import Any
 import numpy as np
 
 
+#: What a study's result says (StudyResult.finding); "not assessable" is followed by ": <reason>".
+FINDING_NODULE = "nodule"
+FINDING_NO_NODULE = "no nodule found"
+FINDING_NOT_ASSESSABLE = "not assessable"
+
+
 @dataclass
 class View:
     """One B-mode frame to analyse, already cropped to the ultrasound tissue region."""

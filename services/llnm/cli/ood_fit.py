@@ -48,26 +48,34 @@ def train_descriptors(data_dir: Path, size: int, limit: int) -> np.ndarray:
     return np.array(out)
 
 
-def runtime_descriptors(data_dir: Path, backend, size: int) -> tuple[np.ndarray, int]:
-    """Descriptors of the views the product would use (segmentation + gate); and the views seen."""
+def product_descriptor(backend, image: np.ndarray, spacing_mm, size: int):
+    """(the quality gate's verdict, the view's OOD descriptor or None when the gate declines it): what
+    llnm.pipeline computes for one view before TMDL, with the shipped segmentation models."""
     from llnm.features import extract_features
-    from llnm.model.data import read_layout, read_png
     from llnm.model.ood import features_descriptor
     from llnm.pipeline import default_segmenter
     from llnm.quality import assess_view
+
+    detection, gland = default_segmenter(backend, image)
+    nodule = None if detection is None else detection.mask
+    quality = assess_view(image, nodule, gland, 0.0 if detection is None else detection.score, spacing_mm)
+    if not quality.passed:
+        return quality, None
+    feats = extract_features(image, gland, nodule, spacing_mm, size=size)
+    return quality, features_descriptor(feats, image, gland)
+
+
+def runtime_descriptors(data_dir: Path, backend, size: int) -> tuple[np.ndarray, int]:
+    """Descriptors of the views the product would use (segmentation + gate); and the views seen."""
+    from llnm.model.data import read_layout, read_png
 
     out, seen = [], 0
     for study in read_layout(data_dir):
         for view in study.views:
             seen += 1
-            image = read_png(view.image)
-            detection, gland = default_segmenter(backend, image)
-            nodule = None if detection is None else detection.mask
-            quality = assess_view(image, nodule, gland, 0.0 if detection is None else detection.score,
-                                  view.spacing_mm)
-            if quality.passed:
-                feats = extract_features(image, gland, nodule, view.spacing_mm, size=size)
-                out.append(features_descriptor(feats, image, gland))
+            _, descriptor = product_descriptor(backend, read_png(view.image), view.spacing_mm, size)
+            if descriptor is not None:
+                out.append(descriptor)
     return np.array(out), seen
 
 

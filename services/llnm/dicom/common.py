@@ -16,14 +16,12 @@ from scipy import ndimage
 from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
 from llnm.dicom import uids
 from llnm.dicom.loading import FrameRef
-from llnm.quality import NO_NODULE
-from llnm.study import StudyResult, View, ViewResult
+from llnm.quality import only_no_nodule
+from llnm.study import FINDING_NO_NODULE, StudyResult, View, ViewResult
 
 #: Series numbers of our outputs (high, so they sort after the acquisition series).
 SERIES_NUMBER = {"SEG": 9701, "SR": 9702, "SC": 9703}
 SHORT_LABEL = "RESEARCH USE ONLY"
-#: llnm.pipeline.FINDING_NO_NODULE (not imported: the writers need none of the pipeline's imports)
-NO_NODULE_FINDING = "no nodule found"
 
 
 def reportable(result: StudyResult, view_result: ViewResult) -> bool:
@@ -39,8 +37,8 @@ def reportable(result: StudyResult, view_result: ViewResult) -> bool:
         return True
     quality = view_result.quality
     if quality is None:  # no verdict recorded: only the "no nodule found" finding vouches for the gland
-        return result.finding == NO_NODULE_FINDING and view_result.nodule_mask is None
-    return [r.code for r in quality.reasons] == [NO_NODULE]
+        return result.finding == FINDING_NO_NODULE and view_result.nodule_mask is None
+    return only_no_nodule([quality])
 
 
 @dataclass

@@ -163,7 +163,8 @@ def load_frames(frames_dir: Path, splits: tuple[str, ...], backend) -> tuple[dic
     """Usable frames per case; and counts of what was dropped and why."""
     from llnm.segmentation.gland import segment_gland
 
-    rows = {r["name"]: r for r in csv.DictReader(open(frames_dir / "frames.csv", newline="", encoding="utf-8"))}
+    with open(frames_dir / "frames.csv", newline="", encoding="utf-8") as fh:
+        rows = {r["name"]: r for r in csv.DictReader(fh)}
     cases: dict[str, list[FrameCase]] = {}
     dropped = {"no_gland_cover": 0, "no_nodule": 0}
     for image_path, mask_path in paired_files(frames_dir / "image", frames_dir / "mask"):

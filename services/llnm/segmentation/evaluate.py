@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from llnm.inference.backend import InferenceBackend
-from llnm.quality import assess_view, main_reason
+from llnm.quality import PRIORITY, ViewQuality, assess_view
 from llnm.segmentation.data import paired_files, read_grey, read_mask
 from llnm.segmentation.gland import segment_gland
 from llnm.segmentation.nodule import segment_nodule
@@ -48,7 +48,11 @@ class FrameSegmentation:
     nodule: np.ndarray  # bool (all False when nothing was found)
     nodule_score: float
     gland: np.ndarray  # bool
-    gate_reasons: tuple[str, ...]  # reason codes; empty: the gate would use this view
+    quality: ViewQuality  # the gate's measurements and reasons (empty: the gate would use this view)
+
+    @property
+    def gate_reasons(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.quality.reasons)
 
 
 def segment_picture(backend: InferenceBackend, image: np.ndarray, region: bool = True) -> FrameSegmentation:
@@ -61,10 +65,9 @@ def segment_picture(backend: InferenceBackend, image: np.ndarray, region: bool =
     score = 0.0 if detection is None else float(detection.score)
     gland = np.zeros(view.shape, dtype=bool) if gland is None else gland
     quality = assess_view(view, nodule if nodule.any() else None, gland if gland.any() else None, score, None)
-    codes = tuple(r.code for r in quality.reasons)
     if found is not None:
         nodule, gland = found.paste(nodule, image.shape), found.paste(gland, image.shape)
-    return FrameSegmentation(nodule, score, gland, codes)
+    return FrameSegmentation(nodule, score, gland, quality)
 
 
 def predict_mask(backend: InferenceBackend, model: str, image: np.ndarray, region: bool = True) -> np.ndarray:
@@ -128,7 +131,7 @@ def summarise(model: str, records: list[dict]) -> dict:
     declined = [r for r in records if r["gate"]]
     reasons: dict[str, int] = {}
     for r in declined:
-        code = main_reason_code(r["gate"])
+        code = min(r["gate"], key=PRIORITY.index)  # the most telling reason (llnm.quality.main_reason)
         reasons[code] = reasons.get(code, 0) + 1
     return {
         "model": model, "images": len(records), "mean_dice": float(dices.mean()), "mean_iou": float(ious.mean()),
@@ -142,12 +145,6 @@ def summarise(model: str, records: list[dict]) -> dict:
         "gate_declined": len(declined) / len(records) if records else None,
         "gate_reasons": dict(sorted(reasons.items())),
     }
-
-
-def main_reason_code(codes: list[str]) -> str:
-    from llnm.quality import Reason
-
-    return main_reason([Reason(c, "") for c in codes]).code
 
 
 def evaluate_folder(backend: InferenceBackend, model: str, images: Path, masks: Path,
