@@ -52,6 +52,8 @@ class Settings:
     tls_key: str = ""
     tls_ca: str = ""  # set: client certificates are required and verified against it
     network_timeout_s: float = 60.0
+    association_request_timeout_s: float = 5.0  # accept to first request byte (TLS handshake included)
+    max_pending_connections: int = 64  # sockets without an association yet; beyond, the oldest is closed
 
     # Queue and worker
     broker_url: str = ""  # empty: in-process queue; redis://[:password@]host:6379/0 for Celery

@@ -26,6 +26,7 @@ from llnm.dimse import NODELAY_HANDLER, server_tls_context
 from llnm.listener.access import AccessPolicy, parse_access
 from llnm.listener.completion import CompletionTracker, Enqueue
 from llnm.listener.incoming import IncomingFiles, receive_into_files
+from llnm.listener.server import rejection_reason, start_server
 from llnm.listener.spool import InvalidUID, OutOfResources, Spool, remove_stale_temp_files, validate_uid
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
@@ -132,8 +133,11 @@ class Listener:
         if removed:
             log.info("removed temp files of interrupted writes", count=removed)
         ssl_context = server_tls_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
-        self._server = self.ae.start_server((s.bind_address, s.port), block=False,
-                                            evt_handlers=self.handlers(), ssl_context=ssl_context)
+        # not ae.start_server: silent sockets and TLS handshakes wait outside the association slots and the
+        # accept loop, for at most the association request timeout (llnm.listener.server)
+        self._server = start_server(self.ae, (s.bind_address, s.port), self.handlers(), ssl_context,
+                                    request_timeout_s=min(s.association_request_timeout_s, s.network_timeout_s),
+                                    max_pending=s.max_pending_connections)
         self._thread = threading.Thread(target=self._run, name="llnm-completion", daemon=True)
         self._thread.start()
         log.info("listener up", called_ae=s.ae_title, port=self.port,
@@ -195,6 +199,7 @@ class Listener:
         label = self.policy.metric_label(calling)
         if not self.policy.allows(calling, address):
             metrics.ASSOCIATIONS.labels(calling_ae=label, result="rejected").inc()
+            metrics.CONNECTIONS_REFUSED.labels(reason="calling_ae_not_allowed").inc()
             log.warning("association rejected: calling AE not allowed", calling_ae=calling, peer=address)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             event.assoc.kill()  # as pynetdicom's own rejections do: returns once the A-ASSOCIATE-RJ is out
@@ -204,6 +209,12 @@ class Listener:
         calling = str(event.assoc.requestor.ae_title).strip()
         result = "rejected" if event.event == evt.EVT_REJECTED else "accepted"
         metrics.ASSOCIATIONS.labels(calling_ae=self.policy.metric_label(calling), result=result).inc()
+        if result == "rejected":
+            reason = rejection_reason(event.assoc)
+            metrics.CONNECTIONS_REFUSED.labels(reason=reason).inc()
+            log.warning("association rejected", reason=reason, calling_ae=calling,
+                        called_ae=str(event.assoc.requestor.primitive.called_ae_title).strip(),
+                        peer=str(event.assoc.requestor.address))
 
     def handle_echo(self, event: evt.Event) -> int:
         return SUCCESS

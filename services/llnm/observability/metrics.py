@@ -28,6 +28,13 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 # -- listener ------------------------------------------------------------------------------------------
 ASSOCIATIONS = Counter("llnm_associations", "Association requests, by calling AE and result "
                        "(accepted, rejected)", ["calling_ae", "result"], registry=REGISTRY)
+#: why a connection was closed before or at association negotiation (llnm.listener.server, Listener):
+#: these label values only, never a peer's address or AE title
+REFUSAL_REASONS = ("no_association_request", "pre_association_limit", "tls_handshake_failed",
+                   "tls_handshake_timeout", "calling_ae_not_allowed", "called_ae_not_recognised",
+                   "association_limit", "rejected_other")
+CONNECTIONS_REFUSED = Counter("llnm_connections_refused", "Connections and association requests the listener "
+                              "refused, by reason", ["reason"], registry=REGISTRY)
 INSTANCES = Counter("llnm_instances_received", "C-STORE requests, by calling AE and status "
                     "(stored, duplicate, out_of_resources, invalid, error)", ["calling_ae", "status"],
                     registry=REGISTRY)
@@ -84,6 +91,8 @@ def stage(name: str) -> Iterator[None]:
 
 for _s in STAGES:  # every stage series exists from the start, so dashboards show zeros, not gaps
     STAGE_SECONDS.labels(stage=_s)
+for _reason in REFUSAL_REASONS:
+    CONNECTIONS_REFUSED.labels(reason=_reason)
 for _code in QUALITY_CODES:
     STUDIES_NOT_ASSESSABLE.labels(reason=_code)
     VIEWS_DECLINED.labels(reason=_code)
