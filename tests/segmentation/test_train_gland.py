@@ -49,3 +49,42 @@ def test_an_onnx_file_that_is_not_the_gland_architecture_is_refused(tmp_path):
     torch.onnx.export(Other(), (torch.zeros(1, 1, 128, 128),), str(path), input_names=["image"], dynamo=False)
     with pytest.raises(ValueError):
         checkpoint_from_onnx(path, [ultrasound_like((120, 160))], tmp_path / "x.pt")
+
+
+def _fixed_gland(monkeypatch, mask: np.ndarray) -> None:
+    from llnm.segmentation import train_gland
+
+    monkeypatch.setattr(train_gland, "predict_gland", lambda model, image: mask)
+
+
+def test_a_pseudo_label_is_the_starting_gland_joined_with_the_nodule(monkeypatch):
+    """What a real frame teaches: the outlined nodule is gland, added to what the starting model saw."""
+    from llnm.segmentation.train_gland import pseudo_label
+
+    image = np.zeros((100, 100), dtype=np.uint8)
+    gland_mask = np.zeros((100, 100), dtype=bool)
+    gland_mask[30:70, 20:80] = True
+    nodule = np.zeros((100, 100), dtype=bool)
+    nodule[50:76, 40:60] = True  # 20 of its 26 rows inside the gland: the check passes
+    _fixed_gland(monkeypatch, gland_mask)
+    label = pseudo_label(None, image, nodule)
+    assert label is not None
+    assert label[nodule].all() and label[gland_mask].all()
+    assert label.sum() == (gland_mask | nodule).sum()
+
+
+def test_a_frame_whose_starting_gland_misses_the_nodule_or_spills_is_not_pseudo_labelled(monkeypatch):
+    """An unchecked label would teach the model its own errors: a gland beside the nodule, or everywhere."""
+    from llnm.segmentation.train_gland import pseudo_label
+
+    image = np.zeros((100, 100), dtype=np.uint8)
+    nodule = np.zeros((100, 100), dtype=bool)
+    nodule[10:30, 10:30] = True
+    beside = np.zeros((100, 100), dtype=bool)
+    beside[25:70, 20:80] = True  # an eighth of the nodule
+    _fixed_gland(monkeypatch, beside)
+    assert pseudo_label(None, image, nodule) is None
+    _fixed_gland(monkeypatch, np.ones((100, 100), dtype=bool))  # covers it, but fills the image
+    assert pseudo_label(None, image, nodule) is None
+    _fixed_gland(monkeypatch, np.zeros((100, 100), dtype=bool))
+    assert pseudo_label(None, image, np.zeros((100, 100), dtype=bool)) is None

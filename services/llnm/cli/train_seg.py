@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="nodule model: keep Ultralytics mosaic on in a fine-tuning stage (off by default there)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 gland, 2e-3 nodule)")
     parser.add_argument("--frame-share", type=float, default=0.125,
-                        help="gland model: share of each batch from ddti_frames/ (partial supervision; 0: none)")
+                        help="gland model: share of each batch from ddti_frames/ train cases, pseudo-labelled by --init (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
     parser.add_argument("--model-repository", type=Path, default=None,

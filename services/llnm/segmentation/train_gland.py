@@ -1,18 +1,20 @@
 """Training and ONNX export of the gland model: U-Net++ (segmentation-models-pytorch) on TG3K, with
-partial supervision from real whole frames.
+checked pseudo-labels on real whole frames.
 
 TG3K (full gland masks) comes from a few videos of one device. Whole frames of other scanners
 (`ddti_frames/`, train cases only, cut to the ultrasound image as at run time) carry no gland outline,
-but every outlined nodule lies inside the thyroid: on those frames the nodule pixels are supervised
-as gland, the skin band at the top of the image (`SKIN_BAND`) as not gland, and every other pixel is
-left out of the loss, which weighs `FRAME_LOSS_WEIGHT` of TG3K's. Alone, that supervision is degenerate
-(a "gland" filling everything between the two bands covers every nodule), so the fully labelled
-signal that a nodule belongs to the gland comes from composed frames: real DDTI nodule crops (train
-cases) pasted into real TG3K glands (llnm.segmentation.compose), the gland label including the nodule.
-TG3K frames are also zoomed on the gland (other scanners' fields of view). Selection (the checkpoint
-kept, `selection_score`): the mean of TG3K val Dice and the Dice on composed frames of the "select"
-cases, among checkpoints that keep the select frames' nodules inside the gland; never the held-out
-"val" cases.
+but every outlined nodule lies inside the thyroid. They are pseudo-labelled by the starting model
+(`pseudo_label`): its gland mask joined with the outlined nodule, holes filled; a frame is kept only
+when the check passes (the starting gland already covers at least `PSEUDO_MIN_INSIDE` of the nodule, so
+the label is that gland and not a guess, and covers at most `PSEUDO_MAX_AREA` of the image, so it is
+not a spill). What the model learns from them: a real nodule is part of the gland. (Partial
+supervision, nodule = gland and two image bands = not gland, was tried first and dropped: alone it is
+degenerate, a "gland" filling everything between the bands covers every nodule.) Composed frames add
+the same lesson with full labels: real DDTI nodule crops (train cases) pasted into real TG3K glands
+(llnm.segmentation.compose), the gland label including the nodule. TG3K frames are also zoomed on the
+gland (other scanners' fields of view). Selection (the checkpoint kept, `selection_score`): the mean of
+TG3K val Dice and the Dice on composed frames of the "select" cases, among checkpoints that keep the
+select frames' nodules inside the gland; never the held-out "val" cases.
 
 Needs the `train` extra (torch, segmentation-models-pytorch). The runtime never imports this module.
 Model: UnetPlusPlus, MobileNetV2 encoder built from scratch (encoder_weights=None), decoder channels
@@ -44,9 +46,8 @@ from llnm.segmentation.region import find_image_region
 log = get_logger(__name__)
 
 ENCODER = "mobilenet_v2"
-SKIN_BAND = 0.08  # top share of a whole frame's ultrasound image supervised as "not gland"
-DEEP_BAND = 0.15  # ... and the deepest share (prevertebral tissue, far below the thyroid at thyroid depths)
-FRAME_LOSS_WEIGHT = 0.3  # the partial (positive-heavy) loss must not outweigh TG3K's full masks
+PSEUDO_MIN_INSIDE = 0.5  # a frame is pseudo-labelled only when the starting gland covers this much of its nodule
+PSEUDO_MAX_AREA = 0.6  # ... and covers at most this share of the ultrasound image
 MIN_SELECT_INSIDE = 0.85  # median share of each select-frame nodule inside the gland a kept checkpoint needs
 DECODER_CHANNELS = (128, 64, 32, 16, 8)
 
@@ -64,8 +65,8 @@ class GlandTrainConfig:
     max_minutes: float = 60.0
     monitor: int = 80  # val images checked after each epoch (all are checked at the end)
     init: Path | None = None  # start from these weights (.pt state dict or a shipped model.onnx) instead of random
-    frames: Path | None = None  # ddti_frames/ root: partial supervision from real whole frames
-    frame_share: float = 0.125  # share of each batch drawn from the whole frames
+    frames: Path | None = None  # ddti_frames/ root: pseudo-labelled real whole frames (needs `init`)
+    frame_share: float = 0.125  # share of each batch drawn from the pseudo-labelled whole frames
     crops: Path | None = None  # ddti/ root: real nodules composed into TG3K glands, fully labelled
     composed_share: float = 0.25  # share of each batch drawn from the composed frames
 
@@ -116,28 +117,35 @@ def to_model(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return (x.astype(np.float32) / 255.0)[None], (y > 127).astype(np.float32)[None]
 
 
-def frame_sample(image: np.ndarray, nodule: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A whole frame cut to its ultrasound image, and its partial label as (H, W, 2) uint8: channel 0
-    the target (1 on the nodule), channel 1 the weight (1 where supervised: nodule, skin and deep bands)."""
+def frame_view(image: np.ndarray, nodule: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A whole frame and its nodule outline cut to the ultrasound image, as at run time."""
     region = find_image_region(image)
-    image, nodule = region.crop(image), region.crop(nodule)
-    label = np.zeros(image.shape + (2,), dtype=np.uint8)
-    label[..., 0] = nodule
-    label[..., 1] = nodule
-    band = max(1, int(round(image.shape[0] * SKIN_BAND)))
-    label[:band, :, 1] |= ~nodule[:band]
-    deep = max(1, int(round(image.shape[0] * DEEP_BAND)))
-    label[-deep:, :, 1] |= ~nodule[-deep:]
-    return image, label
+    if region is None:
+        return image, nodule.astype(bool)
+    return region.crop(image), region.crop(nodule).astype(bool)
 
 
-def to_model_partial(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Letterboxed input, target and weight of a partially labelled frame (padding has weight 0)."""
-    x, _ = letterbox(image, gland.INPUT_SIZE, gland.PAD_VALUE)
-    y, _ = letterbox(label[..., 0] * 255, gland.INPUT_SIZE, 0)
-    w, _ = letterbox(label[..., 1] * 255, gland.INPUT_SIZE, 0)
-    return ((x.astype(np.float32) / 255.0)[None], (y > 127).astype(np.float32)[None],
-            (w > 127).astype(np.float32)[None])
+def predict_gland(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """The model's gland mask as at run time (flip test-time augmentation, plausible regions); all
+    False when none is found."""
+    tensor, box = gland.gland_input(image)
+    x = torch.from_numpy(np.concatenate([tensor, tensor[..., ::-1]]).copy())
+    model.eval()
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x)).numpy()
+    mean = np.ascontiguousarray((prob[0, 0] + prob[1, 0, :, ::-1]) / 2)
+    pred = gland.gland_from_probability(mean, box)
+    return np.zeros(image.shape, dtype=bool) if pred is None else pred
+
+
+def pseudo_label(model: torch.nn.Module, image: np.ndarray, nodule: np.ndarray) -> np.ndarray | None:
+    """The checked pseudo-label of one whole frame (see the module doc), or None when the check fails."""
+    pred = predict_gland(model, image)
+    if not nodule.any() or (pred & nodule).sum() < PSEUDO_MIN_INSIDE * nodule.sum():
+        return None
+    if pred.mean() > PSEUDO_MAX_AREA:
+        return None
+    return ndimage.binary_fill_holes(pred | nodule)
 
 
 def selection_score(tg3k_dice: float, composed_dice: float | None, covered: float | None) -> float:
@@ -175,12 +183,11 @@ def coverage(model: torch.nn.Module, frames: list[tuple[np.ndarray, np.ndarray]]
     model.eval()
     covered, area = [], []
     with torch.no_grad():
-        for image, label in frames:
+        for image, nodule in frames:
             x, box = letterbox(image, gland.INPUT_SIZE, gland.PAD_VALUE)
             prob = torch.sigmoid(model(torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]))[0, 0].numpy()
             pred = gland.gland_from_probability(prob, box)
             pred = np.zeros(image.shape, dtype=bool) if pred is None else pred
-            nodule = label[..., 0] > 0
             covered.append(float((pred & nodule).sum() / max(1, nodule.sum())))
             area.append(float(pred.mean()))
     model.train()
@@ -224,23 +231,32 @@ def train(cfg: GlandTrainConfig) -> dict:
     train_set = [(read_grey(i), read_mask(m)) for i, m in tg3k_pairs(cfg.data, "train")]
     val_set = [(read_grey(i), read_mask(m)) for i, m in tg3k_pairs(cfg.data, "val")]
     monitor = [val_set[int(k)] for k in rng.choice(len(val_set), min(cfg.monitor, len(val_set)), replace=False)]
-    frames_train: list[tuple[np.ndarray, np.ndarray]] = []
-    frames_select: list[tuple[np.ndarray, np.ndarray]] = []
-    if cfg.frames is not None:
-        for split, bucket in (("train", frames_train), ("select", frames_select)):
-            for i, m in ddti_frame_pairs(cfg.frames, (split,)):
-                bucket.append(frame_sample(read_grey(i), read_mask(m)))
     composed_train, composed_val = [], []
     if cfg.crops is not None:
         composed_train = composed_frames(cfg.crops, train_set, ("train",), rng)
         composed_val = composed_frames(cfg.crops, val_set, ("select",), np.random.default_rng(cfg.seed + 1))
-    log.info("gland data loaded", count=len(train_set), frames=len(frames_train), composed=len(composed_train),
-             stage="train")
     init = cfg.init
     if init is not None and init.suffix == ".onnx":
         calibration = [train_set[int(k)][0] for k in rng.choice(len(train_set), 32, replace=False)]
         init = checkpoint_from_onnx(init, calibration, cfg.out / "init_from_onnx.pt")
     model = load_checkpoint(init).train() if init else build_model()
+    frames_train: list[tuple[np.ndarray, np.ndarray]] = []  # (view, pseudo-labelled gland)
+    frames_select: list[tuple[np.ndarray, np.ndarray]] = []  # (view, nodule): the whole-frame measure
+    frames_offered = 0
+    if cfg.frames is not None:
+        frames_select = [frame_view(read_grey(i), read_mask(m)) for i, m in ddti_frame_pairs(cfg.frames, ("select",))]
+        if cfg.frame_share > 0:
+            if init is None:
+                raise ValueError("pseudo-labelled frames need a starting model (init)")
+            for i, m in ddti_frame_pairs(cfg.frames, ("train",)):
+                view, nodule = frame_view(read_grey(i), read_mask(m))
+                frames_offered += 1
+                label = pseudo_label(model, view, nodule)
+                if label is not None:
+                    frames_train.append((view, label))
+            model.train()
+    log.info("gland data loaded", count=len(train_set), frames=len(frames_train), composed=len(composed_train),
+             stage="train", total=frames_offered)
     steps_per_epoch = cfg.samples_per_epoch // cfg.batch
     total_steps = cfg.epochs * steps_per_epoch
     budget_s = cfg.max_minutes * 60
@@ -262,17 +278,12 @@ def train(cfg: GlandTrainConfig) -> dict:
             batch = [to_model(*augment(*train_set[int(k)], rng)) for k in picks]
             batch += [to_model(*augment(*composed_train[int(k)], rng))
                       for k in rng.integers(0, max(1, len(composed_train)), n_composed)]
-            partial = [to_model_partial(*augment(*frames_train[int(k)], rng))
-                       for k in rng.integers(0, max(1, len(frames_train)), n_frames)]
-            x = torch.from_numpy(np.stack([b[0] for b in batch] + [p[0] for p in partial]))
-            y = torch.from_numpy(np.stack([b[1] for b in batch] + [p[1] for p in partial]))
+            batch += [to_model(*augment(*frames_train[int(k)], rng))
+                      for k in rng.integers(0, max(1, len(frames_train)), n_frames)]
+            x = torch.from_numpy(np.stack([b[0] for b in batch]))
+            y = torch.from_numpy(np.stack([b[1] for b in batch]))
             logits = model(x)
-            full = len(batch)
-            loss = F.binary_cross_entropy_with_logits(logits[:full], y[:full]) + dice_loss(logits[:full], y[:full])
-            if partial:
-                weight = torch.from_numpy(np.stack([p[2] for p in partial]))
-                bce = F.binary_cross_entropy_with_logits(logits[full:], y[full:], weight=weight, reduction="sum")
-                loss = loss + FRAME_LOSS_WEIGHT * bce / weight.sum().clamp_min(1.0)
+            loss = F.binary_cross_entropy_with_logits(logits, y) + dice_loss(logits, y)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -301,7 +312,8 @@ def train(cfg: GlandTrainConfig) -> dict:
     log.info("gland trained", metric="val_dice", value=round(val_dice, 4), count=len(val_set))
     summary = {"val_dice": val_dice, "val_images": len(val_set), "best_selection_score": best, "history": history,
                "encoder": ENCODER, "decoder_channels": list(DECODER_CHANNELS), "input_size": gland.INPUT_SIZE,
-               "seed": cfg.seed, "steps": step, "batch": cfg.batch}
+               "seed": cfg.seed, "steps": step, "batch": cfg.batch,
+               "pseudo_labelled_frames": len(frames_train), "frames_offered": frames_offered}
     (cfg.out / "gland_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
