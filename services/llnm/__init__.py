@@ -3,6 +3,10 @@
 Research use only, not for diagnosis.
 """
 
+from llnm import environment as _environment
+
+_environment.apply()  # before anything imports onnxruntime: no telemetry files under $HOME (llnm.environment)
+
 __version__ = "0.1.0"
 
 #: Stated on every result object, in logs at start-up and in the README.

@@ -3,7 +3,8 @@
 One SQLite file, `<data_dir>/llnm.sqlite3` (WAL mode), shared by the listener and the worker on the same
 volume. It holds UIDs, AE titles, counts, timings and results (probability, risk level), never patient
 names, IDs or dates of birth. `llnm status UID` and `llnm studies` read it; the embedded queue of
-`llnm serve` is the `queued` state of this table.
+`llnm serve` is the `queued` state of this table. Failures are recorded through `error_text`, which never
+copies a library's exception message (pydicom and highdicom quote the values they choke on).
 
 States: receiving -> queued -> processing -> sending -> done; or ignored (no ultrasound image), or
 failed (dead letter: `llnm requeue` sets it to queued again).
@@ -12,6 +13,7 @@ failed (dead letter: `llnm requeue` sets it to queued again).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -59,6 +61,19 @@ CREATE INDEX IF NOT EXISTS events_study ON events(study_uid, id);
 
 _STUDY_FIELDS = ("calling_ae", "instances", "attempts", "send_attempts", "next_at", "task_id", "error",
                  "probability", "risk_level")
+
+
+def error_text(exc: BaseException) -> str:
+    """What the audit trail, and so `llnm status` and `llnm studies`, says about a failure: the exception
+    type, with its message only where that message is ours and fixed (a class with `audit_safe = True`),
+    or an OSError's errno text without file names. Never another message: pydicom and highdicom quote
+    the header value they failed on ("Unable to convert '1970-01-01' to 'DA' object")."""
+    name = type(exc).__name__
+    if getattr(type(exc), "audit_safe", False):
+        return f"{name}: {str(exc)[:300]}"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{name}: {os.strerror(exc.errno)}"
+    return name
 
 
 def db_path(data_dir: Path) -> Path:

@@ -52,7 +52,7 @@ class Settings:
     tls_key: str = ""
     tls_ca: str = ""  # set: client certificates are required and verified against it
     network_timeout_s: float = 60.0
-    association_request_timeout_s: float = 5.0  # accept to first request byte (TLS handshake included)
+    association_request_timeout_s: float = 5.0  # accept to whole A-ASSOCIATE-RQ (TLS: handshake, request begun)
     max_pending_connections: int = 64  # sockets without an association yet; beyond, the oldest is closed
 
     # Queue and worker

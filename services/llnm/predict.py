@@ -27,6 +27,7 @@ from llnm.observability.metrics import stage
 from llnm.dicom.seg import build_seg
 from llnm.dicom.sr import build_sr, summary_numbers
 from llnm.inference.backend import InferenceBackend
+from llnm.listener.spool import validate_uid
 from llnm.observability.logs import get_logger
 from llnm.quality import NO_IMAGE, NO_IMAGE_TEXT
 from llnm.study import StudyInput, StudyResult
@@ -38,6 +39,14 @@ Analyse = Callable[[StudyInput, InferenceBackend], StudyResult]
 # highdicom's person-name warning quotes the patient's name: never let it reach stderr or a log, also
 # outside build_datasets' catch_warnings (which is process-global and not thread-safe on its own).
 pywarnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended person name")
+# highdicom also logs it (logging, WARNING): llnm.environment keeps highdicom's and pydicom's loggers to errors.
+
+
+class OutputMismatch(RuntimeError):
+    """A result object would name another study than the one read: nothing is written (a bug, or a
+    source header the reader let through)."""
+
+    audit_safe = True  # a fixed message (llnm.audit.error_text)
 
 
 @dataclass
@@ -80,6 +89,9 @@ def predict_study(files: StudyFiles, backend: InferenceBackend, settings: Settin
         return StudyOutput(study.study_uid, summary, [], None)
     result = (analyse or _default_analyse())(study, backend)
     datasets = build_datasets(study, result, settings)
+    for ds in datasets:  # the study read and validated is the one every object names (never another)
+        if str(ds.StudyInstanceUID) != study.study_uid:
+            raise OutputMismatch("a result object names another study than the one analysed")
     summary = _summary(study, result, datasets, status="ok")
     log.info("study analysed", study_uid=study.study_uid, probability=result.probability,
              risk_level=result.risk_level, not_assessable=result.not_assessable_code, objects=len(datasets),
@@ -195,7 +207,7 @@ def write_output(output: StudyOutput, out_dir: Path) -> Path:
     rerun replaces the same names (deterministic UIDs) instead of adding new ones. Objects of an
     earlier, different result of the study (other UIDs) are removed: the folder holds one answer.
     """
-    folder = Path(out_dir) / output.study_uid
+    folder = Path(out_dir) / validate_uid(output.study_uid)  # a UID, never a path
     folder.mkdir(parents=True, exist_ok=True)
     current = {f"{ds.SOPInstanceUID}.dcm" for ds in output.datasets}
     for stale in folder.glob("*.dcm"):

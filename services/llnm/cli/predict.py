@@ -19,6 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llnm.audit import error_text
     from llnm.config import Settings
     from llnm.dicom.loading import group_by_study
     from llnm.inference.backend import create_backend
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             output = predict_study(groups[uid], backend, settings)
         except Exception as exc:  # one failing study must not stop the others
             failures += 1
-            print(f"{uid}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"{uid}: failed: {error_text(exc)}", file=sys.stderr)  # never a message quoting a value
             continue
         folder = write_output(output, args.out)
         s = output.summary

@@ -1,7 +1,12 @@
 """Header-only decisions: is this instance an image to analyse, a report to read, our own output, or
-something to ignore? Cheap enough for the listener to call on every received instance."""
+something to ignore? Cheap enough for the listener to call on every received instance.
+
+An "ignored:<reason>" ends up in the audit trail and the logs, so a header value appears in it only when
+it has the form of its VR (a Modality code string, a UID): free text a peer put there never does."""
 
 from __future__ import annotations
+
+import re
 
 from pydicom.dataset import Dataset
 
@@ -22,6 +27,18 @@ REPORT_SOP_CLASSES = frozenset({BASIC_TEXT_SR, ENHANCED_SR, COMPREHENSIVE_SR, CO
 #: What the worker writes (SEG, SR, SC key image); with our Manufacturer it is our own output.
 OWN_OUTPUT_SOP_CLASSES = frozenset({SEGMENTATION_STORAGE, COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR,
                                     ENHANCED_SR, *SC_SOP_CLASSES})
+
+
+_CODE_STRING = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _shown_modality(modality: str) -> str:
+    return modality if _CODE_STRING.match(modality) else "(malformed)"
+
+
+def _shown_uid(uid: str) -> str:
+    return uid if len(uid) <= 64 and _UID.match(uid) else "(malformed)"
 
 
 def _sop_class(ds: Dataset) -> str:
@@ -50,17 +67,17 @@ def classify_instance(ds: Dataset) -> str:
         return "report"
     if sop_class in US_SOP_CLASSES or (sop_class in SC_SOP_CLASSES and modality == "US"):
         if modality and modality != "US" and sop_class not in SC_SOP_CLASSES:
-            return f"ignored:modality {modality} is not US"
+            return f"ignored:modality {_shown_modality(modality)} is not US"
         ts = str(transfer_syntax(ds))
         if ts not in SUPPORTED_TRANSFER_SYNTAXES:
-            return f"ignored:unsupported transfer syntax {ts}"
+            return f"ignored:unsupported transfer syntax {_shown_uid(ts)}"
         if int(ds.get("SamplesPerPixel", 1) or 1) not in (1, 3):
             return "ignored:unsupported samples per pixel"
         return "image"
     if sop_class in SC_SOP_CLASSES:
-        return f"ignored:secondary capture of modality {modality or 'unknown'}, not US"
+        return f"ignored:secondary capture of modality {_shown_modality(modality) if modality else 'unknown'}, not US"
     if not sop_class:
         return "ignored:no SOP Class UID"
     if modality and modality != "US":
-        return f"ignored:modality {modality} is not US"
-    return f"ignored:SOP class {sop_class} is not an ultrasound image"
+        return f"ignored:modality {_shown_modality(modality)} is not US"
+    return f"ignored:SOP class {_shown_uid(sop_class)} is not an ultrasound image"

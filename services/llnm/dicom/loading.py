@@ -5,6 +5,12 @@ ignored (each ignored or broken file becomes a warning, the rest of the study go
 image, choose its representative frame (cines) and drop non-B-mode frames; crop every calibrated 2D
 tissue region of the chosen frame to a view (without regions: the ultrasound image found in the
 pixels, the scanner's interface cut away); read sex, age and the report.
+
+One reading of each file: a file is grouped, and its outputs are written, under the UIDs of its header
+read, validated as the listener validates them (`llnm.listener.spool.validate_uid`); a file whose full
+read (with pixel data) carries other top-level UIDs is skipped, never half-trusted. The header the
+writers copy patient and study attributes from is that header read, with missing or malformed Type 2
+attributes emptied (`patient.writer_header`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from llnm.dicom import frames as frame_choice
@@ -28,6 +36,7 @@ from llnm.dicom.reading import (
     rgb_to_grey,
 )
 from llnm.dicom.regions import Crop, has_doppler_region, tissue_crops
+from llnm.listener.spool import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
 from llnm.segmentation.region import find_image_region
 from llnm.study import StudyInput, View
@@ -72,6 +81,12 @@ class StudyFiles:
     study_uid: str
     instances: list[InstanceFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: {keyword: "missing" or "malformed"}: patient/study attributes the writers get empty (unknown)
+    repaired: dict[str, str] = field(default_factory=dict)
+
+
+#: The UIDs a file is grouped, spooled and written under.
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 def iter_files(paths: list[Path]) -> list[Path]:
@@ -106,13 +121,19 @@ def group_by_study(paths: list[Path]) -> tuple[dict[str, StudyFiles], list[str]]
             else:  # a PNG or CSV beside the DICOM files is not an input error
                 log.debug("not DICOM, skipped", path=path.name)
             continue
-        study_uid = str(header.get("StudyInstanceUID", "") or "")
-        if not study_uid:
-            orphans.append(f"{path.name}: no StudyInstanceUID")
+        try:
+            study_uid = validate_uid(header.get("StudyInstanceUID"))
+        except InvalidUID:  # never a folder name or an output's study: names no value
+            orphans.append(f"{path.name}: no valid StudyInstanceUID")
             continue
         sf = studies.setdefault(study_uid, StudyFiles(study_uid))
-        sop_uid = str(header.get("SOPInstanceUID", "") or "")
-        if sop_uid and (study_uid, sop_uid) in seen:
+        try:
+            sop_uid = validate_uid(header.get("SOPInstanceUID"))
+            validate_uid(header.get("SeriesInstanceUID"))
+        except InvalidUID:
+            sf.warnings.append(f"file {path.name} skipped: no valid SOPInstanceUID or SeriesInstanceUID")
+            continue
+        if (study_uid, sop_uid) in seen:
             sf.warnings.append(f"instance {sop_uid} received twice: {path.name} not used")
             continue
         seen.add((study_uid, sop_uid))
@@ -151,7 +172,7 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
             warnings.append(f"more than {MAX_VIEWS} views: instance {_label(inst)} and later not analysed")
             break
         try:
-            views.extend(_views_of_instance(inst, warnings))
+            views.extend(_views_of_instance(inst, warnings, files.repaired))
         except UnreadableInstance as exc:
             warnings.append(f"instance {_label(inst)} skipped: {exc}")
             log.warning("instance skipped", study_uid=files.study_uid,
@@ -172,6 +193,10 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
             warnings.append("patient age unknown (no PatientAge, no PatientBirthDate with StudyDate)")
         elif age_source != "PatientAge":
             warnings.append(f"patient age computed from {age_source} and StudyDate")
+    for keyword, state in sorted(files.repaired.items()):  # keyword only: never the value
+        warnings.append(f"{keyword} {state}: treated as unknown (written empty)")
+        log.warning("patient or study attribute missing or malformed: treated as unknown",
+                    study_uid=files.study_uid, reason=f"{keyword} {state}")
     report = _report_text(files, report_dir, warnings)
     return StudyInput(study_uid=files.study_uid, views=views, report_text=report, age_years=age,
                       sex=sex, warnings=warnings)
@@ -205,12 +230,23 @@ def read_full_sr(path: Path) -> Dataset:
         raise UnreadableInstance(f"not a readable DICOM file ({type(exc).__name__})") from exc
 
 
-def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
+def same_uids(header: Dataset, full: Dataset) -> None:
+    """Raise UnreadableInstance unless the full read carries the header read's top-level UIDs (a second
+    Study Instance UID after the pixel data, which pydicom's full read would take, is refused)."""
+    for keyword in UID_KEYWORDS:
+        if str(header.get(keyword, "") or "").strip() != str(full.get(keyword, "") or "").strip():
+            raise UnreadableInstance(f"its header and full read disagree ({keyword})")
+
+
+def _views_of_instance(inst: InstanceFile, warnings: list[str],
+                       repaired: dict[str, str] | None = None) -> list[View]:
     header = inst.header
     if has_doppler_region(header):
         warnings.append(f"instance {_label(inst)} skipped: Doppler region (not B-mode)")
         return []
     ds = read_full(inst.path)
+    same_uids(header, ds)
+    source = _writer_source(header, repaired)
     crop_warnings: list[str] = []
     crops = tissue_crops(ds, crop_warnings)
     warnings.extend(f"instance {_label(inst)}: {w}" for w in crop_warnings)
@@ -246,11 +282,11 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
         if crop.region_index is None:
             crop = image_crop(crop, rgb_to_grey(part))
             part = rgb[crop.row0:crop.row1, crop.col0:crop.col1]
-        ref = FrameRef(
-            sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
+        ref = FrameRef(  # identity and header from the header read (same_uids: the full read agrees)
+            sop_instance_uid=str(source.SOPInstanceUID), sop_class_uid=str(source.SOPClassUID),
+            series_uid=str(source.SeriesInstanceUID),
             frame_number=chosen + 1 if n > 1 else None, number_of_frames=n,
-            header=_strip_pixels(ds), crop=crop, frame_rgb=rgb,
+            header=source, crop=crop, frame_rgb=rgb,
         )
         if crop.spacing_mm is None:
             warnings.append(f"instance {_label(inst)}: uncalibrated (no ultrasound region calibration "
@@ -258,6 +294,19 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str]) -> list[View]:
         out.append(View(image=rgb_to_grey(part), spacing_mm=crop.spacing_mm, source=ref,
                         crop_offset=crop.offset))
     return out
+
+
+def _writer_source(header: Dataset, repaired: dict[str, str] | None) -> Dataset:
+    """The header the writers copy from: the header read without pixel data, its UIDs the validated ones
+    (group_by_study checked them) and its missing or malformed patient/study attributes emptied;
+    `repaired` collects which (a malformed value beats a missing one across instances)."""
+    source, fixed = patient.writer_header(_strip_pixels(header))
+    for keyword in UID_KEYWORDS:
+        tag = tag_for_keyword(keyword)
+        source[tag] = DataElement(tag, "UI", validate_uid(header.get(keyword)))
+    if repaired is not None:
+        repaired.update({k: v for k, v in fixed.items() if repaired.get(k) != "malformed"})
+    return source
 
 
 def image_crop(whole: Crop, grey: np.ndarray) -> Crop:

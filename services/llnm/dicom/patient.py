@@ -5,16 +5,28 @@ Sex comes from PatientSex (M/F; O or empty: unknown). Age from PatientAge ("045Y
 study (Basic Text, Enhanced or Comprehensive SR that we did not write ourselves), else a sidecar text
 file `<report_dir>/<StudyInstanceUID>.txt`. Each missing input is recorded as a warning and passed on
 as None; the model handles a missing input with its mask/default, it is never invented here.
+
+Every attribute here is Type 2 or 3 in what a modality sends: it may be missing or malformed, and that
+never fails a study. `writer_header` gives the writers (highdicom, which reads the patient and study
+attributes of the source and raises on a malformed date, time or sex, or on a missing one) a copy of the
+source header in which each such attribute is present and well-formed, a malformed one emptied
+(unknown). What was repaired is named by keyword only, never by value.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM, PersonName
 
 _AGE_UNITS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
+_DATE = re.compile(r"^\d{8}$")  # DA
+_TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")  # TM
 
 
 def patient_sex(ds: Dataset) -> str | None:
@@ -31,9 +43,12 @@ def parse_age_string(value: str) -> float | None:
 
 
 def _date(value: object) -> dt.date | None:
+    """A DA value (YYYYMMDD); None when empty or malformed (a Type 2 date may be either: unknown)."""
     text = str(value or "").strip()
+    if not _DATE.match(text):
+        return None
     try:
-        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+        return dt.datetime.strptime(text, "%Y%m%d").date()
     except ValueError:
         return None
 
@@ -74,3 +89,65 @@ def sidecar_report(report_dir: str | Path | None, study_uid: str) -> str | None:
         return None
     text = path.read_text(encoding="utf-8", errors="replace").strip()
     return text or None
+
+
+#: The patient and study attributes highdicom reads from a source header for SEG, SR and key image (Type 2
+#: in those objects: present, possibly empty), and how each must look to be used.
+#: (ReferringPhysicianName is read with a default, so it is not among them.)
+WRITER_ATTRIBUTES = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                     "StudyID", "StudyDate", "StudyTime")
+#: Copied into SEG and SR when present (Patient Study module, Type 3): emptied when malformed, not added.
+WRITER_OPTIONAL = ("PatientAge",)
+
+
+def _well_formed(keyword: str, value: object) -> bool:
+    """Is `value` usable as `keyword` by the writers? Empty always is (Type 2: unknown)."""
+    if value is None or value == "":
+        return True
+    if not isinstance(value, (str, PersonName, DA, TM)):
+        return False  # multi-valued, bytes of an unknown VR, or a sequence where one value belongs
+    text = str(value).strip()
+    if keyword in {"PatientBirthDate", "StudyDate"}:
+        if not _DATE.match(text):
+            return False
+        try:
+            dt.datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            return False
+        return True
+    if keyword == "StudyTime":
+        return (bool(_TIME.match(text)) and int(text[:2]) < 24 and (len(text) < 4 or int(text[2:4]) < 60)
+                and (len(text) < 6 or int(text[4:6]) < 60))
+    if keyword == "PatientSex":
+        return text in {"M", "F", "O"}  # the enumerated values, upper case
+    if keyword == "PatientAge":
+        return parse_age_string(text) is not None
+    return True
+
+
+def writer_header(header: Dataset) -> tuple[Dataset, dict[str, str]]:
+    """A copy of `header` the writers can always use, and what was repaired: {keyword: "missing" or
+    "malformed"}. A missing or malformed attribute of WRITER_ATTRIBUTES becomes empty (unknown); every
+    other element is the source's own (the copy shares them: none is changed)."""
+    out = Dataset()
+    if hasattr(header, "file_meta"):
+        out.file_meta = header.file_meta
+    for elem in header:
+        out.add(elem)
+    repaired: dict[str, str] = {}
+    for keyword in WRITER_ATTRIBUTES + WRITER_OPTIONAL:
+        tag = tag_for_keyword(keyword)
+        if tag not in header:
+            if keyword in WRITER_OPTIONAL:
+                continue
+            repaired[keyword] = "missing"
+        else:
+            try:
+                value = header[tag].value
+            except Exception:  # a raw value pydicom cannot even convert
+                value = object()
+            if _well_formed(keyword, value):
+                continue
+            repaired[keyword] = "malformed"
+        out[tag] = DataElement(tag, dictionary_VR(tag), "")  # a new element: the source's is untouched
+    return out, repaired

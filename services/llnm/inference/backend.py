@@ -19,7 +19,10 @@ TMDL = "tmdl"
 
 
 class ModelNotFound(RuntimeError):
-    """A model is missing from the repository (or the server); the message says how to make it."""
+    """A model is missing from the repository (or the server); the message says how to make it (a path
+    and a command, never patient data: the audit trail keeps it)."""
+
+    audit_safe = True
 
 
 @runtime_checkable

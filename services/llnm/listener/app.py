@@ -5,7 +5,9 @@ instance is in the spool and recorded for completion; a full disk, a disk below 
 over the size limit or a write error is answered 0xA700 (Out of Resources) and the sender keeps the instance.
 
 Memory per association is bounded: each data set is received into a file as it arrives
-(`llnm.listener.incoming`), never held whole in memory, and PDUs are capped at `MAX_PDU_BYTES`.
+(`llnm.listener.incoming`), never held whole in memory, PDUs are capped at `MAX_PDU_BYTES`, and the command
+set and what else a peer may send inside an association are bounded (`llnm.listener.guard`). The pynetdicom
+internals this relies on are in one place, `llnm.listener.pynetdicom_adapter`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pynetdicom.sop_class import Verification
 from llnm.audit import AuditTrail
 from llnm.config import Settings
 from llnm.dimse import NODELAY_HANDLER, server_tls_context
+from llnm.listener import pynetdicom_adapter as adapter
 from llnm.listener.access import AccessPolicy, parse_access
 from llnm.listener.completion import CompletionTracker, Enqueue
-from llnm.listener.incoming import IncomingFiles, receive_into_files
-from llnm.listener.server import rejection_reason, start_server
+from llnm.listener.dataset_check import MalformedDataSet, scan_top_level
+from llnm.listener.guard import BadConnectionLog, PeerGuard
+from llnm.listener.incoming import IncomingFiles
 from llnm.listener.spool import InvalidUID, OutOfResources, Spool, remove_stale_temp_files, validate_uid
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
@@ -93,6 +97,7 @@ class Listener:
                                                  settings.study_idle_s)
         self.tracker = CompletionTracker(self.audit, self.policy)
         self.completion_interval_s = completion_interval_s
+        self.bad_connections = BadConnectionLog()  # one line per bad connection, rate-limited (guard)
         self._stop = threading.Event()
         self._server = None
         self._thread: threading.Thread | None = None
@@ -112,19 +117,21 @@ class Listener:
         syntaxes = accepted_transfer_syntaxes()
         for uid in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(uid, syntaxes)
-        receive_into_files(ae, self.incoming)
+        adapter.association.receive_into_files(ae, self.incoming)
         return ae
 
     def handlers(self) -> list:
         return [
             NODELAY_HANDLER,
             (evt.EVT_CONN_OPEN, self.bound_reads),
+            (evt.EVT_CONN_OPEN, self.guard_connection),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self._count_association),
             (evt.EVT_REJECTED, self._count_association),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_CONN_CLOSE, self.drop_partial_instance),
+            (evt.EVT_CONN_CLOSE, self.report_connection),
         ]
 
     def start(self) -> "Listener":
@@ -134,10 +141,10 @@ class Listener:
             log.info("removed temp files of interrupted writes", count=removed)
         ssl_context = server_tls_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
         # not ae.start_server: silent sockets and TLS handshakes wait outside the association slots and the
-        # accept loop, for at most the association request timeout (llnm.listener.server)
-        self._server = start_server(self.ae, (s.bind_address, s.port), self.handlers(), ssl_context,
+        # accept loop, for at most the association request timeout (llnm.listener.pynetdicom_adapter.accept)
+        self._server = adapter.accept.start_server(self.ae, (s.bind_address, s.port), self.handlers(), ssl_context,
                                     request_timeout_s=min(s.association_request_timeout_s, s.network_timeout_s),
-                                    max_pending=s.max_pending_connections)
+                                    max_pending=s.max_pending_connections, lines=self.bad_connections)
         self._thread = threading.Thread(target=self._run, name="llnm-completion", daemon=True)
         self._thread.start()
         log.info("listener up", called_ae=s.ae_title, port=self.port,
@@ -162,6 +169,7 @@ class Listener:
                 if removed:
                     log.info("removed temp files of interrupted writes", count=removed)
                 self.tracker.forget_received(set(self.spool.studies()))
+                self.bad_connections.flush()
             except Exception:
                 log.exception("temp file sweep failed")
 
@@ -182,7 +190,7 @@ class Listener:
         sock = getattr(event.assoc.dul.socket, "socket", None)
         if sock is not None:
             sock.settimeout(self.settings.network_timeout_s)
-        bound_pdu_length(event.assoc.dul.socket, MAX_PDU_BYTES)
+        adapter.association.bound_pdu_length(event.assoc.dul.socket, MAX_PDU_BYTES)
 
     def drop_partial_instance(self, event: evt.Event) -> None:
         """An association that ended mid-instance (abort, lost connection) leaves no file behind."""
@@ -190,6 +198,21 @@ class Listener:
         if removed:
             log.info("association ended mid-instance: partial data removed", count=removed,
                      calling_ae=str(event.assoc.requestor.ae_title).strip())
+
+    def guard_connection(self, event: evt.Event) -> None:
+        """Bound what the peer may send inside the association (command set, data before a command,
+        unaccepted contexts: `llnm.listener.guard`), and fold pynetdicom's error lines about this
+        connection into one line of ours."""
+        assoc = event.assoc
+        peer = str(event.address[0]) if isinstance(event.address, tuple) else str(event.address)
+        adapter.association.watch(assoc, PeerGuard(peer, self.bad_connections,
+                                     calling_ae=lambda: str(assoc.requestor.ae_title).strip()))
+
+    def report_connection(self, event: evt.Event) -> None:
+        """A connection pynetdicom closed after errors gets its one line now."""
+        guard = adapter.association.guard_of(event.assoc)
+        if guard is not None:
+            guard.closed()
 
     def handle_requested(self, event: evt.Event) -> None:
         """Reject callers not on the allow-list (A-ASSOCIATE-RJ: calling AE title not recognised)."""
@@ -210,7 +233,7 @@ class Listener:
         result = "rejected" if event.event == evt.EVT_REJECTED else "accepted"
         metrics.ASSOCIATIONS.labels(calling_ae=self.policy.metric_label(calling), result=result).inc()
         if result == "rejected":
-            reason = rejection_reason(event.assoc)
+            reason = adapter.accept.rejection_reason(event.assoc)
             metrics.CONNECTIONS_REFUSED.labels(reason=reason).inc()
             log.warning("association rejected", reason=reason, calling_ae=calling,
                         called_ae=str(event.assoc.requestor.primitive.called_ae_title).strip(),
@@ -241,12 +264,23 @@ class Listener:
             return OUT_OF_RESOURCES, "out_of_resources"
         try:
             incoming.file.flush()
+            # First the whole file's top level (pixel data skipped, a deflated set inflated only up to the
+            # size limit): one unambiguous reading, so the UIDs validated here are the ones the worker uses.
+            full = scan_top_level(incoming.name, self.settings.max_instance_mb * 1024 * 1024)
             ds = dcmread(incoming.name, stop_before_pixels=True)
             study_uid = validate_uid(ds.get("StudyInstanceUID"))
             series_uid = validate_uid(ds.get("SeriesInstanceUID"))
             sop_uid = validate_uid(sop_uid)
             if str(ds.get("SOPInstanceUID", "")).strip() != sop_uid:
                 raise InvalidUID("dataset SOP Instance UID differs from the request's")
+            read = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": sop_uid}
+            for keyword, uid in read.items():
+                if full.uids.get(keyword, "").strip() != uid:
+                    raise MalformedDataSet("header and full read disagree", keyword)
+        except MalformedDataSet as exc:  # names the attribute, never its value
+            log.warning("instance refused: ambiguous data set", calling_ae=calling, reason=exc.reason,
+                        error=exc.keyword)
+            return CANNOT_UNDERSTAND, "invalid"
         except Exception as exc:  # an undecodable header is the sender's fault: refuse it, never crash
             log.warning("instance refused: cannot read its UIDs", calling_ae=calling, error=type(exc).__name__)
             return CANNOT_UNDERSTAND, "invalid"
@@ -281,20 +315,3 @@ class Listener:
         metrics.STUDIES_WAITING.set(self.tracker.waiting())
         metrics.SPOOL_FREE_BYTES.set(self.spool.free_bytes())
         metrics.SPOOL_BYTES.set(self.spool.usage_bytes())
-
-
-def bound_pdu_length(transport: object, limit: int) -> None:
-    """Disconnect a peer that announces a PDU longer than `limit` instead of reading it into memory
-    (pynetdicom reads each PDU whole, trusting the length in its header). The refusal is an OSError
-    from the socket read, which pynetdicom treats as a closed connection."""
-    recv = getattr(transport, "recv", None)
-    if recv is None:
-        return
-
-    def bounded(nr_bytes: int) -> bytearray:
-        if nr_bytes > limit:
-            log.warning("connection closed: PDU over the size limit", bytes=nr_bytes)
-            raise OSError(f"PDU of {nr_bytes} bytes is over the {limit} byte limit")
-        return recv(nr_bytes)
-
-    transport.recv = bounded  # type: ignore[attr-defined]

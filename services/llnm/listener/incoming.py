@@ -2,7 +2,7 @@
 
 pynetdicom (with `_config.STORE_RECV_CHUNKED_DATASET`) writes each received data set fragment by fragment
 into a file it opens with `tempfile.NamedTemporaryFile`, and hands the handler its path. We give it our own
-file instead (`IncomingFiles.open`), so that:
+file instead (`IncomingFiles.open`, through `llnm.listener.pynetdicom_adapter.association.receive_into_files`), so that:
 - the file is in the spool's own folder `<spool>/.incoming/` (the same file system: storing it is a rename,
   not a copy; and the pod's `/tmp` is an in-memory volume in Kubernetes, which would undo the point);
 - it stops growing past `LLNM_MAX_INSTANCE_MB` (the rest of the instance is read and dropped, and the
@@ -12,23 +12,21 @@ file instead (`IncomingFiles.open`), so that:
 - a file left by an association that ended mid-instance (abort, crash) is removed when the connection
   closes, and at start-up.
 
-Memory per association is then one PDU (bounded by `Listener.bound_reads`) plus the command set.
+Memory per association is then one PDU (bounded by `Listener.bound_reads`) plus the command set (bounded by
+`llnm.listener.guard`).
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import tempfile
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 INCOMING = ".incoming"
-MISSING = "missing"  # stands in for an absent Affected SOP UID (not a UID: refused by validate_uid)
 
 
 class IncomingFile:
@@ -139,47 +137,3 @@ class IncomingFiles:
             except FileNotFoundError:
                 pass
         return count
-
-
-#: AE -> IncomingFiles of the listener that owns it (weak: a stopped listener's AE goes away).
-_RECEIVERS: "weakref.WeakKeyDictionary[Any, IncomingFiles]" = weakref.WeakKeyDictionary()
-_installed = False
-_install_lock = threading.Lock()
-
-
-def receive_into_files(ae: Any, files: IncomingFiles) -> None:
-    """Make `ae` receive every C-STORE data set into `files` (chunked receive, see the module doc)."""
-    global _installed
-    from pynetdicom import _config, dimse_messages
-
-    with _install_lock:
-        _RECEIVERS[ae] = files
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        if not _installed:
-            dimse_messages.NamedTemporaryFile = functools.partial(_open_for_current_association,
-                                                                  dimse_messages.NamedTemporaryFile)
-            _installed = True
-
-
-def _open_for_current_association(default: Any, *args: Any, **kwargs: Any) -> Any:
-    """pynetdicom decodes P-DATA in the association's DUL thread, which knows its association and AE;
-    other pynetdicom users in the process (none in the services) keep a plain temporary file."""
-    assoc = getattr(threading.current_thread(), "assoc", None)
-    files = _RECEIVERS.get(getattr(assoc, "ae", None)) if assoc is not None else None
-    if files is None:
-        return default(*args, **kwargs)
-    _complete_command(assoc)
-    return files.open(assoc)
-
-
-def _complete_command(assoc: Any) -> None:
-    """A C-STORE request without its Affected SOP Class/Instance UID would crash pynetdicom's reader
-    thread right after this file is opened (it writes them into the file meta): give them a value that
-    is no UID instead, so the request reaches the handler and is refused there (0xC000)."""
-    message = getattr(getattr(assoc, "dimse", None), "message", None)
-    command = getattr(message, "command_set", None)
-    if command is None:
-        return
-    for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-        if not command.get(keyword):
-            setattr(command, keyword, MISSING)

@@ -34,10 +34,13 @@ class OutOfResources(OSError):
 
 
 def validate_uid(uid: object) -> str:
-    """Return `uid` stripped if it is a valid DICOM UID (digits and dots, at most 64 chars)."""
+    """Return `uid` stripped if it is a valid DICOM UID (digits and dots, at most 64 chars).
+
+    The error names no value: what a peer put in a UID field (a path, a name) must not reach a log, the
+    audit trail or the CLI through an exception message."""
     text = str(uid or "").strip().rstrip("\x00").strip()
     if not text or len(text) > 64 or not _UID.match(text):
-        raise InvalidUID(f"not a valid DICOM UID: {text[:80]!r}")
+        raise InvalidUID(f"not a valid DICOM UID ({len(text)} characters)" if text else "no UID (empty)")
     return text
 
 

@@ -28,7 +28,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 # -- listener ------------------------------------------------------------------------------------------
 ASSOCIATIONS = Counter("llnm_associations", "Association requests, by calling AE and result "
                        "(accepted, rejected)", ["calling_ae", "result"], registry=REGISTRY)
-#: why a connection was closed before or at association negotiation (llnm.listener.server, Listener):
+#: why a connection was closed before or at association negotiation (llnm.listener.pynetdicom_adapter.accept, Listener):
 #: these label values only, never a peer's address or AE title
 REFUSAL_REASONS = ("no_association_request", "pre_association_limit", "tls_handshake_failed",
                    "tls_handshake_timeout", "calling_ae_not_allowed", "called_ae_not_recognised",
@@ -38,6 +38,9 @@ CONNECTIONS_REFUSED = Counter("llnm_connections_refused", "Connections and assoc
 INSTANCES = Counter("llnm_instances_received", "C-STORE requests, by calling AE and status "
                     "(stored, duplicate, out_of_resources, invalid, error)", ["calling_ae", "status"],
                     registry=REGISTRY)
+BAD_CONNECTIONS = Counter("llnm_bad_connections", "Connections closed or associations aborted because of "
+                          "what the peer sent, by reason (llnm.listener.guard.REASONS); each one, where the "
+                          "log lines are rate-limited", ["reason"], registry=REGISTRY)
 RECEIVED_BYTES = Counter("llnm_received_bytes", "Bytes of instances written to the spool", ["calling_ae"],
                          registry=REGISTRY)
 STUDIES_WAITING = Gauge("llnm_studies_waiting", "Studies receiving instances, waiting for completion",

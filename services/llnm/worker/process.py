@@ -46,11 +46,17 @@ BACKOFF_CAP_S = 600.0
 
 
 class PermanentError(RuntimeError):
-    """Retrying cannot help: the study goes to the dead letter."""
+    """Retrying cannot help: the study goes to the dead letter. Its messages are fixed texts (no header
+    value), so the audit trail keeps them."""
+
+    audit_safe = True
 
 
 class DeliveryPending(RuntimeError):
-    """Some result objects are not yet stored at some destination (retry the delivery later)."""
+    """Some result objects are not yet stored at some destination (retry the delivery later); the message
+    names configured destinations only."""
+
+    audit_safe = True
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -152,6 +158,9 @@ class StudyWorker:
             outputs = [o for o in self._predict(paths, self.backend, self.settings) if o.study_uid == study_uid]
         if not outputs:
             raise PermanentError("the pipeline produced no result for this study")
+        for output in outputs:  # the UID the spool validated is the one every output names
+            if any(str(ds.get("StudyInstanceUID", "")) != study_uid for ds in output.datasets):
+                raise PermanentError("a result object names another study than the spooled one")
         objects = 0
         probability = risk = None
         with metrics.stage("dicom_write"):
@@ -238,7 +247,7 @@ class StudyWorker:
 
     # -- faults ---------------------------------------------------------------------------------------------
     def dead_letter(self, study_uid: str, exc: BaseException, stage: str, attempts: int) -> None:
-        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        error = A.error_text(exc)  # never a library's message: those quote header values
         self.audit.set_state(study_uid, A.FAILED, event="dead letter",
                              detail={"stage": stage, "attempts": attempts, "error": error}, error=error)
         metrics.STUDIES_FAILED.labels(kind="permanent" if not is_transient(exc) else "transient").inc()
@@ -247,7 +256,7 @@ class StudyWorker:
                   error=type(exc).__name__)
 
     def will_retry(self, study_uid: str, exc: BaseException, stage: str, attempt: int, delay_s: float) -> None:
-        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        error = A.error_text(exc)
         self.audit.event(study_uid, "retry", stage=stage, attempt=attempt, delay_s=round(delay_s, 1), error=error)
         if stage == "process":
             metrics.STUDIES_FAILED.labels(kind="transient").inc()

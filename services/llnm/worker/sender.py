@@ -100,8 +100,8 @@ def _send_batch(batch: list[Path], headers: dict[Path, tuple[str, str, str]], no
                 continue
             try:
                 status = assoc.send_c_store(p)
-            except (ValueError, RuntimeError, OSError) as exc:
-                report.failed[p] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            except (ValueError, RuntimeError, OSError) as exc:  # the type only: messages may quote values
+                report.failed[p] = type(exc).__name__
                 continue
             code = int(getattr(status, "Status", -1)) if status else -1
             if code in _STORED:
