@@ -13,6 +13,11 @@ both models, quality gate):
 - DDTI crops of the same cases (nodule Dice) and TG3K val (gland Dice), the old figures' sets.
 A simple baseline sits beside the models: the "centre ellipse" (an ellipse filling the middle third of
 the ultrasound image) as nodule and the whole ultrasound image as gland.
+
+`--overlays N` also draws, for the first repository, the N best and N worst frames by nodule Dice and
+every frame the gate declines, into OUT/overlays-<split>/ (green: the outlined nodule; red: the
+predicted nodule; blue: the predicted gland): the failure modes of the model card. They show frames
+of the data set, so they stay in the output folder and never go into the repository.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
 from llnm.segmentation.data import case_split, ddti_case, ddti_frame_pairs, paired_files, read_grey, read_mask, tg3k_pairs
-from llnm.segmentation.evaluate import dice, evaluate_pairs, iou, summarise
+from llnm.segmentation.evaluate import dice, evaluate_pairs, iou, segment_picture, summarise
 from llnm.segmentation.region import find_image_region
 
 
@@ -98,6 +103,32 @@ def baseline_records(pairs) -> list[dict]:
     return out
 
 
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, iterations=2)
+
+
+def write_overlays(backend, pairs, records: list[dict], count: int, folder: Path) -> int:
+    """Overlays of the `count` best and worst frames by Dice and of every declined frame; returns how many."""
+    from PIL import Image
+
+    by_name = {p.stem: (p, m) for p, m in pairs}
+    ranked = sorted((r for r in records if not r["truth_empty"]), key=lambda r: r["dice"])
+    chosen = {r["name"]: r for r in ranked[:count] + ranked[-count:] + [r for r in records if r["gate"]]}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, record in chosen.items():
+        image_path, mask_path = by_name[name]
+        image, truth = read_grey(image_path), read_mask(mask_path)
+        seg = segment_picture(backend, image)
+        rgb = np.repeat(image[..., None], 3, axis=2)
+        for mask, colour in ((seg.gland, (60, 120, 255)), (truth, (0, 220, 0)), (seg.nodule, (255, 40, 40))):
+            rgb[_outline(mask)] = colour
+        gate = "-".join(record["gate"]) or "used"
+        Image.fromarray(rgb).save(folder / f"{record['dice']:.2f}_{name}_{gate}.png")
+    return len(chosen)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -105,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repos", type=Path, nargs="+", default=[Path("model_repository")])
     parser.add_argument("--out", type=Path, default=Path("runs/seg-frames"))
     parser.add_argument("--skip-crops", action="store_true", help="whole frames only (faster)")
+    parser.add_argument("--overlays", type=int, default=0, metavar="N",
+                        help="draw the N best and N worst frames and every declined one (first repository)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     frames = ddti_frame_pairs(args.data / "ddti_frames", (args.split,))
@@ -123,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / f"frames-{args.split}-{repo.name or 'repo'}-{abs(hash(str(repo))) % 10000}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in records))
             row["gate_reasons"] = summarise("nodule", records)["gate_reasons"]
+            if args.overlays and repo == args.repos[0]:
+                row["overlays"] = write_overlays(backend, frames, records, args.overlays,
+                                                 args.out / f"overlays-{args.split}")
             if not args.skip_crops:
                 row["crops_nodule_dice"] = summarise("nodule", evaluate_pairs(backend, "nodule", crops))["mean_dice"]
                 row["tg3k_val_gland_dice"] = summarise("gland", evaluate_pairs(backend, "gland", tg3k))["mean_dice"]

@@ -93,6 +93,15 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    @classmethod
+    def unknown_variables(cls, environ: dict[str, str] | None = None) -> list[str]:
+        """`LLNM_*` variables set in the environment that no field reads: a misspelt setting (say
+        LLNM_ALLOWED_AE) would otherwise be ignored in silence and its default used. The services
+        warn about each at start; the Helm chart's values schema refuses them."""
+        env = os.environ if environ is None else environ
+        known = {f"LLNM_{f.name.upper()}" for f in fields(cls)}
+        return sorted(k for k in env if k.startswith("LLNM_") and k not in known)
+
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"

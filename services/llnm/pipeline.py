@@ -148,6 +148,9 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
 
         config = preset(Settings.from_env().preset)
     segmenter = segmenter or default_segmenter
+    # first: a Triton backend checks here that it serves this worker's models (llnm.inference.provenance)
+    # and refuses the study before any model runs; the result names these versions
+    versions = _versions(backend)
     warnings = list(study.warnings)
     views: list[ViewResult] = []
     analysable: list[int] = []
@@ -174,7 +177,6 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
         views.append(result)
 
     out_of_distribution = _drop_unlike_training(backend, study, views, analysable, warnings)
-    versions = _versions(backend)
     if not analysable and out_of_distribution:
         reason = Reason(OUT_OF_DISTRIBUTION, "input unlike the training data of this model")
         log.info("study not assessable", study_uid=study.study_uid, reason=reason.code, views=len(study.views))

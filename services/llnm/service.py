@@ -3,6 +3,12 @@
 
 Each process serves /metrics, /healthz and /readyz on LLNM_METRICS_PORT (0: no HTTP endpoint) and stops
 cleanly on SIGTERM/SIGINT: the listener stops accepting, the worker finishes the study in hand.
+
+Readiness holds only what the process itself needs to do its job: the listener's is its spool (on a
+broker outage it still receives and spools, and queues the studies once Redis is back), the worker's
+the spool too; broker and models are reported as advisory checks in /readyz (alerts watch them). On
+Kubernetes the listener and its workers share one pod, and that pod must stay in the DICOM Service
+through a Redis or Triton blip.
 """
 
 from __future__ import annotations
@@ -35,10 +41,28 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _health(settings: Settings, checks: dict, on_scrape=None) -> HealthServer | None:
+def _health(settings: Settings, checks: dict, on_scrape=None, advisory: dict | None = None,
+            heartbeats: dict | None = None) -> HealthServer | None:
     if not settings.metrics_port:
         return None
-    return HealthServer(settings.metrics_port, checks, host=settings.bind_address, on_scrape=on_scrape).start()
+    return HealthServer(settings.metrics_port, checks, host=settings.bind_address, on_scrape=on_scrape,
+                        advisory=advisory, heartbeats=heartbeats).start()
+
+
+def warn_about_settings(settings: Settings, receives: bool) -> list[str]:
+    """Loud warnings at start about configuration that works but is probably not meant: `LLNM_*`
+    variables no setting reads (misspelt: their default is used), and, for a process that receives
+    DICOM, an empty calling-AE allow-list (any host that reaches the port may store studies)."""
+    warnings = []
+    for name in Settings.unknown_variables():
+        log.warning("unknown setting ignored: no LLNM_* setting has this name (misspelt?)", variable=name)
+        warnings.append(name)
+    if receives and not settings.allowed_aes.strip():
+        log.warning("LLNM_ALLOWED_AES is empty: ANY calling AE that reaches the DICOM port may store studies; "
+                    "set the allow-list (AE titles, optionally @IP) of the PACS and modalities that send here",
+                    variable="LLNM_ALLOWED_AES")
+        warnings.append("LLNM_ALLOWED_AES")
+    return warnings
 
 
 def run_listener(settings: Settings) -> int:
@@ -50,6 +74,7 @@ def run_listener(settings: Settings) -> int:
     if not settings.broker_url:
         log.error("LLNM_BROKER_URL is not set: `llnm listener` feeds Celery; use `llnm serve` without Redis")
         return 2
+    warn_about_settings(settings, receives=True)
     queue = CeleryQueue(settings)
     listener = Listener(settings, queue.enqueue)
 
@@ -58,10 +83,10 @@ def run_listener(settings: Settings) -> int:
         metrics.QUEUE_DEPTH.set(queue_depth(settings))
 
     checks = {"spool writable": writable_dir_check(settings.spool_dir),
-              "spool disk": disk_check(settings.data_dir, settings.min_free_disk_mb),
-              "broker": broker_check(settings.broker_url)}
+              "spool disk": disk_check(settings.data_dir, settings.min_free_disk_mb)}
+    advisory = {"broker": broker_check(settings.broker_url)}  # a Redis blip: still receiving, still ready
     stop = _stop_on_signals()
-    health = _health(settings, checks, scrape)
+    health = _health(settings, checks, scrape, advisory, listener.heartbeats)
     listener.start()
     log.info(RESEARCH_USE_STATEMENT)
     stop.wait()
@@ -81,6 +106,7 @@ def run_worker(settings: Settings) -> int:
     if not settings.broker_url:
         log.error("LLNM_BROKER_URL is not set: `llnm worker` consumes Celery; use `llnm serve` without Redis")
         return 2
+    warn_about_settings(settings, receives=False)
     app = make_app(settings)
     worker = study_worker(settings)
     maintenance = Maintenance(settings, worker.audit)
@@ -89,17 +115,19 @@ def run_worker(settings: Settings) -> int:
         maintenance.refresh_gauges()
         metrics.QUEUE_DEPTH.set(queue_depth(settings))
 
-    checks = {"spool writable": writable_dir_check(settings.spool_dir),
-              "broker": broker_check(settings.broker_url),
-              "models": models_check(worker.backend, MODELS)}
-    health = _health(settings, checks, scrape)
+    checks = {"spool writable": writable_dir_check(settings.spool_dir)}
+    advisory = {"broker": broker_check(settings.broker_url),  # the listener's pod must not leave its
+                "models": models_check(worker.backend, MODELS)}  # Service over Redis or Triton
+    health = _health(settings, checks, scrape, advisory)
+    metrics.WORKER_SLOTS.set(max(1, settings.worker_concurrency))
     maintenance.start()
     log.info(RESEARCH_USE_STATEMENT)
     from celery.signals import setup_logging
 
     setup_logging.connect(_keep_our_logging, weak=False)  # our JSON logs stay as configured
     celery_worker = app.Worker(
-        hostname=f"llnm@{socket.gethostname()}", pool_cls="threads",
+        # the metrics port tells apart the worker processes of one pod (they share its host name)
+        hostname=f"llnm-{settings.metrics_port}@{socket.gethostname()}", pool_cls="threads",
         concurrency=max(1, settings.worker_concurrency), queues=[settings.queue_name], loglevel=settings.log_level,
         quiet=True, redirect_stdouts=False, without_gossip=True, without_mingle=True, without_heartbeat=True)
     try:
@@ -122,6 +150,7 @@ def run_embedded(settings: Settings) -> int:
     from llnm.worker.maintenance import Maintenance
     from llnm.worker.process import StudyWorker
 
+    warn_about_settings(settings, receives=True)
     audit = AuditTrail.for_data_dir(settings.data_dir)
     backend = create_backend(settings)
     missing = [m for m in MODELS if not backend.has_model(m)]
@@ -142,7 +171,7 @@ def run_embedded(settings: Settings) -> int:
               "spool disk": disk_check(settings.data_dir, settings.min_free_disk_mb),
               "models": models_check(backend, MODELS)}
     stop = _stop_on_signals()
-    health = _health(settings, checks, scrape)
+    health = _health(settings, checks, scrape, heartbeats=listener.heartbeats)
     queue.start()
     maintenance.start()
     listener.start()

@@ -225,3 +225,80 @@ def test_triton_healthcheck_command_tells_ready_from_not_ready(compose, code, he
         server.shutdown()
         server.server_close()
     assert (result.returncode == 0) is healthy
+
+
+# -- operations: health, logs, alert delivery, stop grace ----------------------------------------------------
+def test_every_long_running_service_has_a_healthcheck_and_rotated_logs(compose):
+    for name, service in compose["services"].items():
+        if name == "models":  # a one-shot copy
+            continue
+        check = service.get("healthcheck")
+        if "build" in service:
+            assert not check or not check.get("disable"), name  # the image's HEALTHCHECK (/healthz)
+        else:
+            assert check and check["test"][0] == "CMD", f"{name}: no healthcheck"
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file" and logging["options"]["max-size"], f"{name}: logs not rotated"
+        assert int(logging["options"]["max-file"]) >= 2, name
+
+
+def test_grafana_waits_for_a_healthy_prometheus(compose):
+    assert compose["services"]["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("code,healthy", [(200, True), (401, True), (503, False)])
+def test_orthanc_healthcheck_command_tells_up_from_down(compose, code, healthy):
+    """Orthanc's check (bash, no curl in its image): its REST API answers, with or without the password."""
+    import subprocess
+
+    test = compose["services"]["orthanc"]["healthcheck"]["test"]
+    server, port = _serve_status(code)
+    try:
+        argv = [a.replace("/127.0.0.1/8042", f"/127.0.0.1/{port}") for a in test[1:]]
+        result = subprocess.run(argv, capture_output=True, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) is healthy
+
+
+@pytest.mark.parametrize("name,path", [("prometheus", "/-/ready"), ("grafana", "/api/health"),
+                                       ("alertmanager", "/-/ready")])
+@pytest.mark.parametrize("code,healthy", [(200, True), (503, False)])
+def test_wget_healthchecks_tell_ready_from_not_ready(compose, name, path, code, healthy):
+    """Prometheus, Alertmanager and Grafana images carry busybox wget: the same command, here with GNU wget."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("wget"):
+        pytest.skip("needs wget")
+    test = compose["services"][name]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "wget"] and test[-1].endswith(path)
+    server, port = _serve_status(code)
+    try:
+        argv = [re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", a) for a in test[1:]]
+        result = subprocess.run(argv, capture_output=True, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) is healthy
+
+
+def test_alertmanager_runs_with_a_valid_route(compose):
+    service = compose["services"]["alertmanager"]
+    mounts = dict(v.split(":")[:2] for v in service["volumes"] if v.startswith("."))
+    assert mounts["./alertmanager/alertmanager.yml"] == "/etc/alertmanager/alertmanager.yml"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in service["command"]
+    config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {r["name"] for r in config["receivers"]}
+    routes = [config["route"]] + config["route"].get("routes", [])
+    assert all(r["receiver"] in receivers for r in routes)
+    assert re.match(r"^[\w./-]+:v\d[\w.-]*$", service["image"])
+
+
+def test_worker_stop_grace_is_the_charts(compose):
+    """A stopped worker finishes its study first: as long in compose as in the Helm chart."""
+    values = yaml.safe_load((REPO / "helm" / "llnm" / "values.yaml").read_text())
+    grace = values["worker"]["terminationGracePeriodSeconds"]
+    for name in ("worker", "worker-cpu"):
+        assert compose["services"][name]["stop_grace_period"] == f"{grace}s", name

@@ -28,7 +28,7 @@ _META = {"type": "object", "required": ["name"], "properties": {"name": {"type":
 _SELECTOR = {"type": "object", "properties": {"matchLabels": {"type": "object",
                                                               "additionalProperties": {"type": "string"}}}}
 #: Schemas of the custom resources the chart renders, from the CRDs of prometheus-operator
-#: (monitoring.coreos.com/v1) and KEDA (keda.sh/v1alpha1), cut to the fields the chart uses.
+#: (monitoring.coreos.com/v1), cut to the fields the chart uses.
 CRD_SCHEMAS: dict[tuple[str, str], dict] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): {
         "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -62,28 +62,6 @@ CRD_SCHEMAS: dict[tuple[str, str], dict] = {
                                                              "additionalProperties": {"type": "string"}},
                                                   "annotations": {"type": "object",
                                                                   "additionalProperties": {"type": "string"}}}}}}}}}}}},
-    ("keda.sh/v1alpha1", "ScaledObject"): {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {"metadata": _META, "spec": {
-            "type": "object", "required": ["scaleTargetRef", "triggers"], "additionalProperties": False,
-            "properties": {"scaleTargetRef": {"type": "object", "required": ["name"]},
-                           "minReplicaCount": {"type": "integer", "minimum": 0},
-                           "maxReplicaCount": {"type": "integer", "minimum": 1},
-                           "pollingInterval": {"type": "integer"}, "cooldownPeriod": {"type": "integer"},
-                           "triggers": {"type": "array", "minItems": 1, "items": {
-                               "type": "object", "required": ["type", "metadata"], "additionalProperties": False,
-                               "properties": {"type": {"type": "string"},
-                                              "metadata": {"type": "object",
-                                                           "additionalProperties": {"type": "string"}},
-                                              "authenticationRef": {"type": "object", "required": ["name"]}}}}}}}},
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {"metadata": _META, "spec": {
-            "type": "object", "additionalProperties": False,
-            "properties": {"secretTargetRef": {"type": "array", "items": {
-                "type": "object", "required": ["parameter", "name", "key"], "additionalProperties": False,
-                "properties": {"parameter": {"type": "string"}, "name": {"type": "string"},
-                               "key": {"type": "string"}}}}}}}},
 }
 
 
@@ -137,10 +115,10 @@ def test_validation_catches_a_broken_template(tmp_path):
         render_chart(chart, None)
     broken.unlink()
 
-    worker = chart / "templates" / "worker.yaml"
-    worker.write_text(worker.read_text().replace("containerPort: {{ .Values.metricsPort }}",
-                                                 "containerPort: {{ .Values.metricsPort }}\n              portz: 1"))
-    doc = by_kind(render_chart(chart, None), "Deployment")["llnm-worker"]
+    listener = chart / "templates" / "listener.yaml"
+    listener.write_text(listener.read_text().replace("containerPort: {{ .Values.metricsPort }}",
+                                                     "containerPort: {{ .Values.metricsPort }}\n              portz: 1"))
+    doc = by_kind(render_chart(chart, None), "StatefulSet")["llnm-listener"]
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_manifest(doc, KUBE_VERSIONS[0])
 
@@ -149,7 +127,17 @@ def test_validation_catches_a_broken_template(tmp_path):
     ({"redis": {"enabled": False}}, "redis.external.url"),
     ({"tls": {"enabled": True}}, "tls.existingSecret"),
     ({"config": {"LLNM_BROKER_URL": "redis://x"}}, "set by the chart"),
+    ({"config": {"LLNM_DESTINATIONS": "PACS@pacs:104"}}, "destinations.value or destinations.existingSecret"),
     ({"triton": {"modelRepository": {"source": "pvc"}}}, "existingClaim"),
+    ({"persistence": {"accessMode": "ReadWriteMany"}}, "ReadWriteMany is not supported"),
+    ({"listener": {"requireAllowList": True}}, "set config.LLNM_ALLOWED_AES"),
+    ({"triton": {"enabled": False, "autoscaling": {"enabled": True}}}, "needs triton.enabled"),
+    ({"triton": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}}, "at least"),
+    ({"dicomPort": 9111}, "falls among the metrics ports"),
+    # values.schema.json: unknown LLNM_* settings (the service would ignore them), removed values
+    ({"config": {"LLNM_ALLOWED_AE": "PACS"}}, "LLNM_ALLOWED_AE"),
+    ({"worker": {"keda": {"enabled": True}}}, "keda"),
+    ({"worker": {"processes": 0}}, "processes"),
     # values.schema.json: misspelt keys, wrong types and unknown choices
     ({"triton": {"enable": False}}, "enable"),
     ({"config": {"LOG_LEVEL": "x"}}, "LOG_LEVEL"),
@@ -165,19 +153,16 @@ def test_impossible_values_fail_with_a_message(values, message):
 # -- what the chart must contain -------------------------------------------------------------------------
 def test_default_install_has_every_component(rendered):
     docs = rendered["default"]
-    deployments = by_kind(docs, "Deployment")
-    assert {"llnm-listener", "llnm-worker", "llnm-triton"} <= set(deployments)
-    assert "llnm-redis" in by_kind(docs, "StatefulSet")
-    assert by_kind(docs, "HorizontalPodAutoscaler")["llnm-worker"]["spec"]["scaleTargetRef"]["name"] == "llnm-worker"
+    assert "llnm-triton" in by_kind(docs, "Deployment")
+    assert {"llnm-listener", "llnm-redis"} <= set(by_kind(docs, "StatefulSet"))
+    # the listener and its workers: one pod (tests/deploy/test_helm_topology.py checks the rest)
+    containers = [c["name"] for c in pod_specs(docs)["llnm-listener"]["containers"]]
+    assert containers == ["listener", "worker-0", "worker-1"]
+    assert not {"llnm-worker"} & set(by_kind(docs, "Deployment"))
     pvc = by_kind(docs, "PersistentVolumeClaim")["llnm-spool"]
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
-    # a ReadWriteOnce spool (and its SQLite audit trail): every worker is scheduled beside the listener
-    term = pod_specs(docs)["llnm-worker"]["affinity"]["podAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"][0]
-    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "listener"
-    assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert {"llnm-worker", "llnm-triton"} <= set(by_kind(docs, "PodDisruptionBudget"))
-    for kind in ("ServiceMonitor", "PrometheusRule", "ScaledObject", "NetworkPolicy"):
+    assert set(by_kind(docs, "PodDisruptionBudget")) == {"llnm-triton"}
+    for kind in ("ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "NetworkPolicy"):
         assert not by_kind(docs, kind), f"{kind} is optional and off by default"
 
 
@@ -190,8 +175,8 @@ def test_listener_exposes_dicom_and_can_be_a_load_balancer(rendered):
     assert lb["spec"]["loadBalancerSourceRanges"] == ["10.20.0.0/24"]
     node = by_kind(rendered["cpu-external-redis-values.yaml"], "Service")["llnm-listener"]
     assert node["spec"]["type"] == "NodePort" and node["spec"]["ports"][0]["nodePort"] == 31112
-    listener = by_kind(rendered["default"], "Deployment")["llnm-listener"]
-    assert listener["spec"]["replicas"] == 1 and listener["spec"]["strategy"]["type"] == "Recreate"
+    listener = by_kind(rendered["default"], "StatefulSet")["llnm-listener"]
+    assert listener["spec"]["replicas"] == 1 and listener["spec"]["updateStrategy"]["type"] == "RollingUpdate"
 
 
 def test_triton_runs_on_a_gpu_node_with_the_model_repository(rendered):
@@ -205,42 +190,55 @@ def test_triton_runs_on_a_gpu_node_with_the_model_repository(rendered):
     init = spec["initContainers"][0]
     assert _is_llnm_image(init["image"]) and "/opt/llnm/model_repository/." in " ".join(init["command"])
     # the worker's LLNM_TRITON_URL names Triton's Service and a port it has
-    worker_env = {e["name"]: e.get("value") for e in pod_specs(docs)["llnm-worker"]["containers"][0]["env"]}
+    worker_env = {e["name"]: e.get("value") for e in _container(docs, "worker-0")["env"]}
     url = re.match(r"(grpc|http)://([^:]+):(\d+)$", worker_env["LLNM_TRITON_URL"])
     assert url and worker_env["LLNM_INFERENCE_BACKEND"] == "triton"
     svc = by_kind(docs, "Service")[url.group(2)]
     assert int(url.group(3)) in [p["port"] for p in svc["spec"]["ports"]]
     pvc = pod_specs(rendered["existing-secrets-values.yaml"])["llnm-triton"]
-    assert "initContainers" not in pvc
+    assert [c["name"] for c in pvc["initContainers"]] == ["verify-models"]  # checks, copies nothing
     assert pvc["volumes"][0]["persistentVolumeClaim"]["claimName"] == "llnm-models"
+
+
+@pytest.mark.parametrize("values_set", ["default", "existing-secrets-values.yaml"])
+def test_triton_serves_as_nvidia_recommends(rendered, values_set):
+    """Explicit model control loading exactly the worker's models, configs as written (their warm-ups run
+    before ready), strict readiness behind a startup probe, metrics on 8002 for annotation-based scraping,
+    and no start when a model file and the sha256 its config declares disagree (either repository source)."""
+    from llnm.observability.metrics import TRITON_MODELS
+
+    spec = pod_specs(rendered[values_set])["llnm-triton"]
+    triton = spec["containers"][0]
+    args = triton["args"]
+    assert "--model-control-mode=explicit" in args and "--disable-auto-complete-config" in args
+    assert sorted(a.split("=", 1)[1] for a in args if a.startswith("--load-model=")) == sorted(TRITON_MODELS)
+    assert {"--strict-readiness=true", "--allow-metrics=true", "--metrics-port=8002"} <= set(args)
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["startupProbe"]["periodSeconds"] * triton["startupProbe"]["failureThreshold"] >= 300
+    deployment = by_kind(rendered[values_set], "Deployment")["llnm-triton"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8002"
+    (init,) = spec["initContainers"]
+    command = " ".join(init.get("command", []) + init.get("args", []))
+    assert "model-hashes --check --model-repository /models" in command
+
+
+def _container(docs: list[dict], name: str) -> dict:
+    """A container of the listener pod (listener, worker-0, worker-1...)."""
+    return next(c for c in pod_specs(docs)["llnm-listener"]["containers"] if c["name"] == name)
 
 
 def test_cpu_site_runs_onnxruntime_in_the_workers(rendered):
     docs = rendered["cpu-external-redis-values.yaml"]
     assert "llnm-triton" not in by_kind(docs, "Deployment")
-    env = {e["name"]: e for e in pod_specs(docs)["llnm-worker"]["containers"][0]["env"]}
-    assert env["LLNM_INFERENCE_BACKEND"]["value"] == "onnxruntime" and "LLNM_TRITON_URL" not in env
-    assert env["LLNM_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == "llnm-broker"
-    assert not by_kind(docs, "StatefulSet")
-    # a ReadWriteMany spool: workers may run on any node
-    assert by_kind(docs, "PersistentVolumeClaim")["llnm-spool"]["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert "affinity" not in pod_specs(docs)["llnm-worker"]
-
-
-def test_keda_replaces_the_cpu_autoscaler_and_watches_the_celery_queue(rendered):
-    docs = rendered["all-values.yaml"]
-    assert not by_kind(docs, "HorizontalPodAutoscaler")
-    assert "replicas" not in by_kind(docs, "Deployment")["llnm-worker"]["spec"]
-    trigger = by_kind(docs, "ScaledObject")["llnm-worker"]["spec"]["triggers"][0]
-    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "site1:llnm"
-    assert trigger["metadata"]["address"] == "llnm-redis.pacs.svc:6379"
-    auth = by_kind(docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
-    ref = auth["spec"]["secretTargetRef"][0]
-    assert ref["key"] in by_kind(docs, "Secret")[ref["name"]]["data"]
-    external = by_kind(rendered["cpu-external-redis-values.yaml"], "ScaledObject")["llnm-worker"]
-    meta = external["spec"]["triggers"][0]["metadata"]
-    assert meta == {"address": "redis.example.org:6380", "databaseIndex": "2", "enableTLS": "true",
-                    "listName": "llnm", "listLength": "4"}
+    workers = [c for c in pod_specs(docs)["llnm-listener"]["containers"] if c["name"].startswith("worker-")]
+    assert len(workers) == 4
+    for worker in workers:
+        env = {e["name"]: e for e in worker["env"]}
+        assert env["LLNM_INFERENCE_BACKEND"]["value"] == "onnxruntime" and "LLNM_TRITON_URL" not in env
+        assert env["LLNM_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == "llnm-broker"
+    assert set(by_kind(docs, "StatefulSet")) == {"llnm-listener"}
+    assert by_kind(docs, "PersistentVolumeClaim")["llnm-spool"]["spec"]["accessModes"] == ["ReadWriteOncePod"]
 
 
 @pytest.mark.parametrize("values_set", VALUES_SETS)
@@ -298,8 +296,19 @@ def test_network_policy_lets_only_the_pacs_reach_the_dicom_port(rendered):
             assert rule.get("from"), f"{policy['metadata']['name']}: a rule without 'from' admits everyone"
     listener = policies["llnm-listener"]["spec"]["ingress"]
     dicom = [r for r in listener if any(p["port"] == "dicom" for p in r["ports"])]
-    assert [r["from"] for r in dicom] == [[{"ipBlock": {"cidr": "10.20.0.15/32"}}]]
-    assert {"llnm-listener", "llnm-worker", "llnm-triton", "llnm-redis"} <= set(policies)
+    helm_test = [{"podSelector": {"matchLabels": {"llnm.io/helm-test": "llnm"}}}]  # the `helm test` pod only
+    assert [r["from"] for r in dicom] == [[{"ipBlock": {"cidr": "10.20.0.15/32"}}], helm_test]
+    assert set(policies) == {"llnm-listener", "llnm-triton", "llnm-redis"}
+    # Triton and Redis admit the listener pod, where the workers run
+    for name in ("llnm-triton", "llnm-redis"):
+        peers = [p for rule in policies[name]["spec"]["ingress"] for p in rule["from"]]
+        assert {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "listener",
+                                                "app.kubernetes.io/instance": "llnm",
+                                                "app.kubernetes.io/name": "llnm"}}} in peers, name
+    # every metrics port of the listener pod is open to metricsFrom
+    ports = {p["name"] for c in pod_specs(docs)["llnm-listener"]["containers"] for p in c["ports"]}
+    scraped = {p["port"] for r in listener if r["from"][0].get("namespaceSelector") for p in r["ports"]}
+    assert scraped == ports - {"dicom"}
 
 
 def test_secrets_stay_in_secrets(rendered):
@@ -308,9 +317,23 @@ def test_secrets_stay_in_secrets(rendered):
         if doc["kind"] != "Secret":
             text = json.dumps(doc)
             assert "s3cret" not in text and "BEGIN PRIVATE KEY" not in text, doc["metadata"]["name"]
+            assert "pacs.example.org" not in text, doc["metadata"]["name"]  # LLNM_DESTINATIONS
+    # LLNM_DESTINATIONS (a STOW URL may hold credentials) reaches the workers from a Secret, never the listener
+    docs = rendered["all-values.yaml"]
+    for c in pod_specs(docs)["llnm-listener"]["containers"]:
+        env = {e["name"]: e for e in c["env"]}
+        if c["name"] == "listener":
+            assert "LLNM_DESTINATIONS" not in env
+            continue
+        ref = env["LLNM_DESTINATIONS"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in by_kind(docs, "Secret")[ref["name"]]["data"]
+    existing = _container(rendered["existing-secrets-values.yaml"], "worker-0")
+    ref = {e["name"]: e for e in existing["env"]}["LLNM_DESTINATIONS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "llnm-destinations", "key": "LLNM_DESTINATIONS"}
+    assert "LLNM_DESTINATIONS" not in {e["name"] for e in _container(rendered["default"], "worker-0")["env"]}
     tls = by_kind(rendered["all-values.yaml"], "Secret")["llnm-tls"]
     assert tls["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key", "ca.crt"} <= set(tls["data"])
-    listener = pod_specs(rendered["all-values.yaml"])["llnm-listener"]["containers"][0]
+    listener = _container(rendered["all-values.yaml"], "listener")
     env = {e["name"]: e.get("value") for e in listener["env"]}
     assert env["LLNM_TLS_CA"] == "/etc/llnm/tls/ca.crt"
 

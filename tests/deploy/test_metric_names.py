@@ -10,8 +10,9 @@ import pytest
 import yaml
 from deploy_support import DEPLOY, REPO
 
-#: Labels Prometheus adds to every scraped series.
-TARGET_LABELS = {"job", "instance"}
+#: Labels Prometheus adds to every scraped series (`namespace`: the Prometheus Operator's target label,
+#: which the rules group by so that one release's series never answer for another's).
+TARGET_LABELS = {"job", "instance", "namespace"}
 
 
 def _exported() -> dict[str, set[str]]:

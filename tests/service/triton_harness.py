@@ -1,12 +1,15 @@
 """Serve a Triton model repository with the real `tritonserver` from the nvidia-pytriton wheel.
 
 That server has only the Python backend, so for each `<repo>/<name>/config.pbtxt` the harness writes a
-Python-backend copy into a temp dir: the same inputs, outputs, batching and version, `backend: "python"`,
-instance groups on CPU, and a `model.py` that runs the same `1/model.onnx` with onnxruntime (the requests of
-a dynamic batch as one session call, as Triton's ONNX Runtime backend does). The server
-runs from `.venv-triton` (numpy < 2: the Python backend passes zeros with numpy 2), made by
-`scripts/triton-env.sh`. Production Triton images run the original config.pbtxt with their ONNX
-Runtime / TensorRT backends.
+Python-backend copy into a temp dir: the same inputs, outputs, batching, version, warm-up and parameters
+(llnm_sha256 among them, which the worker checks), `backend: "python"`, instance groups on CPU, and a
+`model.py` that runs the same `1/model.onnx` with onnxruntime (the requests of a dynamic batch as one
+session call, as Triton's ONNX Runtime backend does). The server runs as the chart runs it: explicit
+model control loading exactly the models served (`--load-model`), warm-up before a model is ready, strict
+readiness, no auto-completed configs. It runs from `.venv-triton` (numpy < 2: the Python backend passes
+zeros with numpy 2), made by `scripts/triton-env.sh`. Production Triton images run the original
+config.pbtxt with their ONNX Runtime / TensorRT backends (the ONNX Runtime memory parameters only mean
+something there).
 """
 
 from __future__ import annotations
@@ -78,6 +81,20 @@ def triton_root() -> Path | None:
     return None
 
 
+def need_triton() -> Path:
+    """The tritonserver folder, or a skip on a developer machine without it; in CI (CI=true) a missing
+    tritonserver fails the test instead (scripts/test-services.sh installs it)."""
+    import pytest
+
+    root = triton_root()
+    if root is None:
+        message = "tritonserver not installed: run scripts/triton-env.sh (scripts/test-services.sh does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
 def triton_python_version(root: Path) -> str:
     """"3.11" for .venv-triton/lib/python3.11/site-packages/pytriton/tritonserver (its stub must match)."""
     return root.parents[2].name.removeprefix("python")
@@ -105,7 +122,6 @@ def python_backend_repository(source: Path, dest: Path, models: list[str] | None
         config.backend = "python"
         config.default_model_filename = ""
         config.ClearField("optimization")
-        config.ClearField("model_warmup")
         groups = list(config.instance_group) or [model_config_pb2.ModelInstanceGroup()]
         config.ClearField("instance_group")
         for group in groups:
@@ -139,7 +155,8 @@ def free_port() -> int:
 class TritonServer:
     """A tritonserver process on loopback ports serving a Python-backend copy of `source`."""
 
-    def __init__(self, source: Path, workdir: Path, models: list[str] | None = None) -> None:
+    def __init__(self, source: Path, workdir: Path, models: list[str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
         root = triton_root()
         if root is None:
             raise RuntimeError("tritonserver not installed: run scripts/triton-env.sh")
@@ -149,6 +166,8 @@ class TritonServer:
         self.models = python_backend_repository(Path(source), self.repository, models)
         self.http_port = free_port()
         self.grpc_port = free_port()
+        self.metrics_port = free_port()
+        self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "tritonserver.log"
 
@@ -159,6 +178,19 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Triton's Prometheus metrics now: {(name, sorted labels): value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            text = r.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
 
     def _backend_dir(self) -> Path:
         backends = self.workdir / "backends"
@@ -189,8 +221,10 @@ class TritonServer:
                f"--backend-directory={self._backend_dir()}",
                "--http-address=127.0.0.1", f"--http-port={self.http_port}",
                "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-               "--allow-metrics=false", "--log-verbose=0", "--exit-on-error=true",
-               "--strict-readiness=true"]
+               "--allow-metrics=true", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+               "--log-verbose=0", "--exit-on-error=true",
+               "--strict-readiness=true", "--disable-auto-complete-config",
+               "--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models), *self.extra_args]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)

@@ -68,6 +68,41 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-broker" (include "llnm.fullname" .)) .Values.redis.external.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret and key holding LLNM_DESTINATIONS (DICOMweb URLs may carry credentials). */}}
+{{- define "llnm.destinationsSecret" -}}
+{{- default (printf "%s-destinations" (include "llnm.fullname" .)) .Values.destinations.existingSecret -}}
+{{- end -}}
+
+{{/* Secrets read into environment variables: a process reads those only at start. Reloader restarts
+     the pods when one changes (reloader.enabled); TLS files are re-read by the services themselves. */}}
+{{- define "llnm.envSecrets" -}}
+{{- $names := list -}}
+{{- if .Values.redis.enabled -}}
+{{- $names = append $names (include "llnm.redisPasswordSecret" .) -}}
+{{- else -}}
+{{- $names = append $names (include "llnm.brokerUrlSecret" .) -}}
+{{- end -}}
+{{- if or .Values.destinations.value .Values.destinations.existingSecret -}}
+{{- $names = append $names (include "llnm.destinationsSecret" .) -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
+{{/* Metrics port of worker process i (0-based) in the listener pod: right after metricsPort. */}}
+{{- define "llnm.workerMetricsPort" -}}
+{{- add .ctx.Values.metricsPort 1 .index -}}
+{{- end -}}
+
+{{/* NetworkPolicy port entries of every metrics port of the listener pod. */}}
+{{- define "llnm.metricsPortRefs" -}}
+- port: metrics
+  protocol: TCP
+{{- range $i, $_ := until (int .Values.worker.processes) }}
+- port: metrics-w{{ $i }}
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
 {{- define "llnm.tlsSecret" -}}
 {{- default (printf "%s-tls" (include "llnm.fullname" .)) .Values.tls.existingSecret -}}
 {{- end -}}
@@ -86,9 +121,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) -}}
 {{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret (the broker URL)" -}}
 {{- end -}}
-{{- if and .Values.worker.keda.enabled (not .Values.redis.enabled) (not .Values.redis.external.url) -}}
-{{- fail "worker.keda.enabled needs the in-chart Redis or redis.external.url (KEDA reads the queue length from Redis)" -}}
-{{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (or (not .Values.tls.cert) (not .Values.tls.key)) -}}
 {{- fail "tls.enabled needs tls.existingSecret, or tls.cert and tls.key" -}}
 {{- end -}}
@@ -98,21 +130,42 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (eq .Values.triton.modelRepository.source "pvc") (not .Values.triton.modelRepository.existingClaim) -}}
 {{- fail "triton.modelRepository.source=pvc needs triton.modelRepository.existingClaim" -}}
 {{- end -}}
+{{- if and .Values.triton.autoscaling.enabled (not .Values.triton.enabled) -}}
+{{- fail "triton.autoscaling.enabled needs triton.enabled (without Triton the workers run the models in-process)" -}}
+{{- end -}}
+{{- if and .Values.triton.autoscaling.enabled (lt (int .Values.triton.autoscaling.maxReplicas) (int .Values.triton.autoscaling.minReplicas)) -}}
+{{- fail "triton.autoscaling.maxReplicas must be at least triton.autoscaling.minReplicas" -}}
+{{- end -}}
+{{- if and .Values.listener.requireAllowList (not (trim (toString (default "" .Values.config.LLNM_ALLOWED_AES)))) -}}
+{{- fail "listener.requireAllowList: set config.LLNM_ALLOWED_AES to the calling AE titles (optionally AE@IP) of the PACS and modalities that may send, e.g. \"PACS@10.20.0.15\"" -}}
+{{- end -}}
+{{- if eq .Values.persistence.accessMode "ReadWriteMany" -}}
+{{- fail "persistence.accessMode=ReadWriteMany is not supported: the spool holds the SQLite (WAL) audit trail, which network file systems do not lock safely; the listener and its workers share one pod, so ReadWriteOnce or ReadWriteOncePod is all they need (docs/operations.md, \"Topology\")" -}}
+{{- end -}}
+{{- $last := int (include "llnm.workerMetricsPort" (dict "ctx" . "index" (sub (int .Values.worker.processes) 1))) -}}
+{{- if and (le (int .Values.metricsPort) (int .Values.dicomPort)) (ge $last (int .Values.dicomPort)) -}}
+{{- fail (printf "dicomPort %v falls among the metrics ports %v-%v (metricsPort, then one per worker process): move one of them" .Values.dicomPort .Values.metricsPort $last) -}}
+{{- end -}}
+{{- if gt $last 65535 -}}
+{{- fail "metricsPort + worker.processes is above 65535" -}}
+{{- end -}}
 {{- range $k, $v := .Values.config -}}
 {{- if has $k (list "LLNM_DATA_DIR" "LLNM_BROKER_URL" "LLNM_INFERENCE_BACKEND" "LLNM_TRITON_URL" "LLNM_PORT" "LLNM_METRICS_PORT" "LLNM_TLS_CERT" "LLNM_TLS_KEY" "LLNM_TLS_CA" "LLNM_WORKER_CONCURRENCY") -}}
 {{- fail (printf "config.%s is set by the chart; use the structured values instead (see values.yaml)" $k) -}}
 {{- end -}}
+{{- if eq $k "LLNM_DESTINATIONS" -}}
+{{- fail "config.LLNM_DESTINATIONS is set by the chart from a Secret (DICOMweb URLs may carry credentials): use destinations.value or destinations.existingSecret" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
-{{/* Environment of the listener and worker containers, beyond the ConfigMap. */}}
+{{/* Environment of the listener and worker containers, beyond the ConfigMap (each container adds its
+     own LLNM_METRICS_PORT). */}}
 {{- define "llnm.env" -}}
 - name: LLNM_DATA_DIR
   value: /var/lib/llnm
 - name: LLNM_PORT
   value: {{ .Values.dicomPort | quote }}
-- name: LLNM_METRICS_PORT
-  value: {{ .Values.metricsPort | quote }}
 {{- if .Values.redis.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
@@ -149,6 +202,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* LLNM_DESTINATIONS of the workers (the listener sends nothing: it does not get them). */}}
+{{- define "llnm.destinationsEnv" -}}
+{{- if or .Values.destinations.value .Values.destinations.existingSecret }}
+- name: LLNM_DESTINATIONS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llnm.destinationsSecret" . }}
+      key: {{ .Values.destinations.existingSecretKey }}
+{{- end }}
+{{- end -}}
+
 {{/* Volumes of the listener and worker pods. */}}
 {{- define "llnm.volumes" -}}
 - name: spool
@@ -181,25 +245,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* Liveness, readiness and startup probes on the metrics port (/healthz, /readyz). */}}
+{{/* Liveness, readiness and startup probes on a container's metrics port (its name: .port).
+     /healthz fails when the process stops answering or, in the listener, when its accept loop or
+     completion loop falls silent; /readyz holds only the spool (a Redis or Triton outage never takes
+     the pod out of the DICOM Service: the listener keeps receiving and spooling). */}}
 {{- define "llnm.probes" -}}
 startupProbe:
   httpGet:
     path: /healthz
-    port: metrics
+    port: {{ .port }}
   periodSeconds: 5
   failureThreshold: 60
 livenessProbe:
   httpGet:
     path: /healthz
-    port: metrics
+    port: {{ .port }}
   periodSeconds: 20
   timeoutSeconds: 5
   failureThreshold: 3
 readinessProbe:
   httpGet:
     path: /readyz
-    port: metrics
+    port: {{ .port }}
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 3

@@ -1,5 +1,6 @@
 """`llnm export`: write the ONNX graphs the runtime uses (TMDL, text encoder) into model_repository/,
-each with its Triton config.pbtxt, and report the parity against PyTorch (max abs difference)."""
+each with its Triton config.pbtxt (declaring the new file's sha256), and report the parity against
+PyTorch (max abs difference)."""
 
 from __future__ import annotations
 
@@ -50,5 +51,9 @@ def run(args: argparse.Namespace) -> int:
         parity = export_tmdl(model, repo / "tmdl" / "1" / "model.onnx")
         (repo / "tmdl" / "config.pbtxt").write_text(tmdl_pbtxt(model.config))
         report["tmdl"] = {"preset": model.config.name, "max_abs_diff": parity}
+    from llnm.inference.provenance import declare
+
+    for name in report:  # each written config.pbtxt declares its new file's sha256 (llnm.inference.provenance)
+        report[name] = {**report[name], "sha256": declare(repo, name)}  # type: ignore[dict-item]
     print(json.dumps(report, indent=2))
     return 0

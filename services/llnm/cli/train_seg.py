@@ -79,5 +79,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_export:
             summary["onnx"] = str(train_nodule.export_onnx(Path(summary["best"]),
                                                            repository / "nodule_seg" / "1" / "model.onnx"))
+    if not args.no_export:  # Triton's config names the new file's sha256 (llnm.inference.provenance)
+        from llnm.inference.provenance import declare
+
+        summary["sha256"] = declare(repository, "thyroid_seg" if args.model == "gland" else "nodule_seg")
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -25,6 +25,15 @@ class ModelNotFound(RuntimeError):
     audit_safe = True
 
 
+class ModelMismatch(RuntimeError):
+    """Triton serves a model other than the one this worker was built with (its config.pbtxt declares
+    another llnm_sha256, or none): the worker refuses to use it, so no result names a model that was not
+    used. The message names the model and both short hashes (never patient data: the audit keeps it).
+    Retried like a transient fault: during a rollout an old Triton pod may answer for a while."""
+
+    audit_safe = True
+
+
 @runtime_checkable
 class InferenceBackend(Protocol):
     def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

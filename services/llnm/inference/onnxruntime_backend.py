@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from llnm.inference import provenance
 from llnm.inference.backend import ModelNotFound
 
 
@@ -62,6 +62,5 @@ class OnnxRuntimeBackend:
             path = self._path(model)
             if not path.is_file():
                 raise ModelNotFound(f"model {model!r} not found at {path}")
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            self._versions[model] = digest[:12]
+            self._versions[model] = provenance.file_sha256(path)[:provenance.SHORT]
         return self._versions[model]

@@ -5,11 +5,17 @@
 model metadata (so the caller passes the same numpy arrays as to ONNX Runtime). Errors that mean "the
 server is not there right now" raise `InferenceUnavailable` (a ConnectionError, so the worker retries
 the study); a model the server does not have raises `ModelNotFound` (a configuration fault).
+
+Provenance: before each inference the worker reads the model's config from Triton and compares the
+sha256 it declares (parameter `llnm_sha256`, llnm.inference.provenance) with its own copy of the model
+file. A missing or different declaration raises `ModelMismatch` and nothing runs; `model_version` (what
+results record) is the served, checked hash. The config request and the inference go over the same
+client (one per thread, one connection), so with several Triton pods behind a Service (a rollout) they
+reach the same pod.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from pathlib import Path
@@ -18,8 +24,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from llnm.inference.backend import ModelNotFound
+from llnm.inference import provenance
+from llnm.inference.backend import ModelMismatch, ModelNotFound
 from llnm.observability import metrics
+from llnm.observability.logs import get_logger
+
+log = get_logger(__name__)
 
 _TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
                    "StatusCode.ABORTED", "StatusCode.CANCELLED"}
@@ -45,7 +55,6 @@ class TritonBackend:
         self.model_repository = Path(model_repository) if model_repository else None
         self._local = threading.local()  # one client per thread: the clients are not thread-safe
         self._metadata: dict[str, dict[str, Any]] = {}
-        self._versions: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # -- clients ----------------------------------------------------------------------------------------
@@ -105,10 +114,45 @@ class TritonBackend:
             self._metadata[model] = meta
         return meta
 
+    def _served_config(self, model: str) -> dict[str, Any]:
+        """The model's configuration as Triton serves it now (never cached: another pod may answer next)."""
+        client = self._client()
+        try:
+            if self.protocol == "grpc":
+                return client.get_model_config(model, as_json=True)
+            return client.get_model_config(model)
+        except Exception as exc:
+            if isinstance(exc, (OSError, TimeoutError)):
+                self._local.client = None
+            raise self._translate(model, exc) from exc
+
+    def served_sha256(self, model: str) -> str:
+        """The sha256 Triton's config of `model` declares, once it equals this worker's own model file
+        (LLNM_MODEL_REPOSITORY; with no local copy, whatever Triton declares). Raises ModelMismatch when
+        Triton declares none or another one."""
+        served = provenance.declared_in_config(self._served_config(model))
+        expected, source = provenance.expected_sha256(self.model_repository, model)
+        if served is not None and (expected is None or served == expected):
+            return served
+        metrics.TRITON_MODEL_MISMATCHES.labels(model=model).inc()
+        short = provenance.SHORT
+        log.error("triton serves another model than this worker's; refusing it", model=model,
+                  served_sha256=(served or "none")[:short], expected_sha256=(expected or "none")[:short])
+        if served is None:
+            raise ModelMismatch(
+                f"Triton at {self.url} serves {model!r} without a declared {provenance.PARAMETER} in its "
+                f"config.pbtxt, so which model it runs is unknown; refusing it. Run `llnm model-hashes --write` "
+                f"on the model repository Triton serves and reload it")
+        raise ModelMismatch(
+            f"Triton at {self.url} serves {model!r} with sha256 {served[:short]}, but this worker's model is "
+            f"{expected[:short]} ({source}); refusing to run it. Serve the model repository the workers carry "
+            f"(or give the workers Triton's: LLNM_MODEL_REPOSITORY); `llnm model-hashes --check` on both")
+
     # -- InferenceBackend ---------------------------------------------------------------------------------
     def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from tritonclient.utils import triton_to_np_dtype
 
+        self.served_sha256(model)  # refuses a model other than this worker's before anything runs
         meta = self._model_metadata(model)
         module = self._module()
         request_inputs = []
@@ -150,20 +194,6 @@ class TritonBackend:
             return False
 
     def model_version(self, model: str) -> str:
-        """The content hash of the local model file when the repository is mounted here (the same value
-        the ONNX Runtime backend reports), else Triton's name and version of the model."""
-        with self._lock:
-            if model in self._versions:
-                return self._versions[model]
-        version = None
-        if self.model_repository is not None:
-            path = self.model_repository / model / "1" / "model.onnx"
-            if path.is_file():
-                version = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        if version is None:
-            meta = self._model_metadata(model)
-            versions = meta.get("versions") or ["1"]
-            version = f"triton:{meta.get('name', model)}:{versions[-1]}"
-        with self._lock:
-            self._versions[model] = version
-        return version
+        """The short sha256 of the model Triton serves, checked against this worker's own file (so the same
+        value the ONNX Runtime backend reports for the same file); asked again for every study."""
+        return self.served_sha256(model)[:provenance.SHORT]

@@ -24,15 +24,16 @@ from pynetdicom.sop_class import Verification
 
 from llnm.audit import AuditTrail
 from llnm.config import Settings
-from llnm.dimse import NODELAY_HANDLER, server_tls_context
+from llnm.dimse import NODELAY_HANDLER, ReloadingTLSContext, server_tls_context
 from llnm.listener import pynetdicom_adapter as adapter
-from llnm.listener.access import AccessPolicy, parse_access
+from llnm.listener.access import OTHER, AccessPolicy, parse_access
 from llnm.listener.completion import CompletionTracker, Enqueue
 from llnm.listener.dataset_check import MalformedDataSet, scan_top_level
 from llnm.listener.guard import BadConnectionLog, PeerGuard
 from llnm.listener.incoming import IncomingFiles
 from llnm.listener.spool import InvalidUID, OutOfResources, Spool, remove_stale_temp_files, validate_uid
 from llnm.observability import metrics
+from llnm.observability.health import Heartbeat
 from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
@@ -45,6 +46,11 @@ CANNOT_UNDERSTAND = 0xC000
 #: memory by pynetdicom, so this bounds an association's memory; a peer announcing a longer one is
 #: disconnected. 1 MiB keeps round trips few (dcmtk's storescp takes 128 KiB).
 MAX_PDU_BYTES = 1024 * 1024
+
+#: Liveness (`/healthz`): the accept loop passes every 0.5 s (socketserver's poll); a completion pass
+#: can wait on the broker (a few tries of a few seconds per study while Redis is away), so it gets longer.
+ACCEPT_LOOP_MAX_SILENCE_S = 60.0
+COMPLETION_LOOP_MAX_SILENCE_S = 300.0
 
 #: Storage classes accepted: ultrasound, secondary capture, structured reports, and SEG/KOS (so a PACS
 #: routing a whole study, our own results included, is never refused; those are stored and ignored).
@@ -96,11 +102,16 @@ class Listener:
         self.policy: AccessPolicy = parse_access(settings.allowed_aes, settings.series_idle_s,
                                                  settings.study_idle_s)
         self.tracker = CompletionTracker(self.audit, self.policy)
+        metrics.init_listener_series([*self.policy.entries, OTHER])  # the first refusal counts in increase()
         self.completion_interval_s = completion_interval_s
         self.bad_connections = BadConnectionLog()  # one line per bad connection, rate-limited (guard)
         self._stop = threading.Event()
         self._server = None
         self._thread: threading.Thread | None = None
+        self._tls: ReloadingTLSContext | None = None
+        #: beaten by the accept loop and the completion loop; `/healthz` fails when one falls silent
+        self.heartbeats = {"accept loop": Heartbeat(ACCEPT_LOOP_MAX_SILENCE_S),
+                           "completion loop": Heartbeat(COMPLETION_LOOP_MAX_SILENCE_S)}
         self.ae = self.build_ae()
 
     # -- the AE ---------------------------------------------------------------------------------------
@@ -139,12 +150,16 @@ class Listener:
         removed = remove_stale_temp_files(self.spool.root) + self.incoming.sweep()
         if removed:
             log.info("removed temp files of interrupted writes", count=removed)
-        ssl_context = server_tls_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
+        if s.tls_cert:  # re-read when the files change (the sweep loop looks): rotation without a restart
+            self._tls = ReloadingTLSContext(lambda: server_tls_context(s.tls_cert, s.tls_key, s.tls_ca),
+                                            s.tls_cert, s.tls_key, s.tls_ca)
+        ssl_context = self._tls.current() if self._tls else None
         # not ae.start_server: silent sockets and TLS handshakes wait outside the association slots and the
         # accept loop, for at most the association request timeout (llnm.listener.pynetdicom_adapter.accept)
         self._server = adapter.accept.start_server(self.ae, (s.bind_address, s.port), self.handlers(), ssl_context,
                                     request_timeout_s=min(s.association_request_timeout_s, s.network_timeout_s),
                                     max_pending=s.max_pending_connections, lines=self.bad_connections)
+        _beat_each_pass(self._server, self.heartbeats["accept loop"])
         self._thread = threading.Thread(target=self._run, name="llnm-completion", daemon=True)
         self._thread.start()
         log.info("listener up", called_ae=s.ae_title, port=self.port,
@@ -159,7 +174,13 @@ class Listener:
         """The completion loop, and every few network timeouts a sweep of temp files a crash left."""
         sweeper = threading.Thread(target=self._sweep_loop, name="llnm-sweep", daemon=True)
         sweeper.start()
-        self.tracker.run(self.enqueue, self._stop, self.completion_interval_s)
+        beat = self.heartbeats["completion loop"].beat
+
+        def enqueue(study_uid: str) -> str | None:  # a pass waiting on the broker is still a live loop
+            beat()
+            return self.enqueue(study_uid)
+
+        self.tracker.run(enqueue, self._stop, self.completion_interval_s, on_pass=beat)
 
     def _sweep_loop(self) -> None:
         age = max(60.0, 2 * self.settings.network_timeout_s)  # no live write is that old
@@ -170,6 +191,8 @@ class Listener:
                     log.info("removed temp files of interrupted writes", count=removed)
                 self.tracker.forget_received(set(self.spool.studies()))
                 self.bad_connections.flush()
+                if self._tls is not None and self._server is not None:
+                    self._server.ssl_context = self._tls.current()  # rotated certificate files
             except Exception:
                 log.exception("temp file sweep failed")
 
@@ -315,3 +338,15 @@ class Listener:
         metrics.STUDIES_WAITING.set(self.tracker.waiting())
         metrics.SPOOL_FREE_BYTES.set(self.spool.free_bytes())
         metrics.SPOOL_BYTES.set(self.spool.usage_bytes())
+
+
+def _beat_each_pass(server: object, heartbeat: Heartbeat) -> None:
+    """socketserver's serve_forever calls `service_actions()` after every poll (0.5 s) and request: beat
+    there, keeping pynetdicom's own service_actions."""
+    original = server.service_actions  # type: ignore[attr-defined]
+
+    def service_actions() -> None:
+        heartbeat.beat()
+        original()
+
+    server.service_actions = service_actions  # type: ignore[attr-defined]

@@ -219,12 +219,15 @@ class CompletionTracker:
                 c.execute("DELETE FROM pending_studies WHERE study_uid = ?", (uid,))
                 c.execute("DELETE FROM pending_series WHERE study_uid = ?", (uid,))
 
-    def run(self, enqueue: Enqueue, stop: threading.Event, interval_s: float = 0.5) -> None:
-        """The completion loop of the listener (a thread)."""
+    def run(self, enqueue: Enqueue, stop: threading.Event, interval_s: float = 0.5,
+            on_pass: Callable[[], None] | None = None) -> None:
+        """The completion loop of the listener (a thread); `on_pass` after every pass (its heartbeat)."""
         while not stop.is_set():
             try:
                 self.poll(enqueue)
                 metrics.STUDIES_WAITING.set(self.waiting())
             except Exception:
                 log.exception("completion pass failed")
+            if on_pass is not None:
+                on_pass()
             stop.wait(interval_s)

@@ -26,6 +26,36 @@ _CONFIG_NOTE = """\
 """
 
 
+#: The cap of each model's CUDA memory arena in Triton's ONNX Runtime backend (bytes): four models share
+#: one GPU, each well under 1 GiB at its largest batch.
+ORT_GPU_MEM_LIMIT = 1 << 30
+
+
+def runtime_pbtxt(inputs: list[tuple[str, str, list[int]]], max_batch: int) -> str:
+    """The part of a config.pbtxt NVIDIA recommends for serving, the same for every model: warm-up requests
+    (zeros, batch 1 and the largest batch) and ONNX Runtime's memory settings. docs/operations.md
+    ("Triton") explains each setting.
+
+    The memory settings are top-level `parameters`, not `gpu_execution_accelerator` ones: once a config
+    has any parameter (llnm_sha256 always is one), the backend reads gpu_mem_limit and
+    arena_extend_strategy from the top level, and their defaults there (no limit, next power of two) win
+    over the accelerator's."""
+    def sample(batch: int) -> str:
+        tensors = "".join(f'    inputs {{ key: "{n}" value: {{ data_type: {t} dims: [ {", ".join(map(str, d))} ] '
+                          f"zero_data: true }} }}\n" for n, t, d in inputs)
+        return f'  {{\n    name: "zeros_batch_{batch}" batch_size: {batch}\n{tensors}  }}'
+
+    batches = sorted({1, max_batch})
+    return ("# Warm-up: Triton runs these before it marks the model ready (and, with --strict-readiness, before\n"
+            "# the server is ready): the first study pays neither session set-up nor CUDA kernel selection.\n"
+            + "model_warmup [\n" + ",\n".join(sample(b) for b in batches) + "\n]\n"
+            + "# ONNX Runtime memory (Triton's onnxruntime backend): this model's CUDA arena grows by what a\n"
+            "# request needs (arena_extend_strategy 1 = kSameAsRequested, not the next power of two) and never\n"
+            "# past gpu_mem_limit bytes; the warm-up at the largest batch sizes it once.\n"
+            + f'parameters {{ key: "gpu_mem_limit" value: {{ string_value: "{ORT_GPU_MEM_LIMIT}" }} }}\n'
+            + 'parameters { key: "arena_extend_strategy" value: { string_value: "1" } }\n')
+
+
 def _pbtxt(name: str, what: str, inputs: list[tuple[str, str, list[int]]],
            outputs: list[tuple[str, str, list[int]]], max_batch: int) -> str:
     def tensors(items):
@@ -36,7 +66,8 @@ def _pbtxt(name: str, what: str, inputs: list[tuple[str, str, list[int]]],
             + f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch}\n'
             + f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(outputs)}\n]\n"
             + "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
-            + "instance_group [ { count: 1 kind: KIND_GPU } ]\n")
+            + "instance_group [ { count: 1 kind: KIND_GPU } ]\n"
+            + runtime_pbtxt(inputs, max_batch))
 
 
 def tmdl_pbtxt(config: TMDLConfig, max_batch: int = 32) -> str:

@@ -1,6 +1,13 @@
-"""One small HTTP server per service: `/metrics` (Prometheus), `/healthz` (liveness: the process answers)
-and `/readyz` (readiness: every check passes; JSON body says which failed). The deploy files probe
-these exact paths on `LLNM_METRICS_PORT`.
+"""One small HTTP server per service: `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz`
+(readiness). The deploy files probe these exact paths on `LLNM_METRICS_PORT`.
+
+- `/healthz` answers 200 while every registered `Heartbeat` is fresh, 503 (naming the silent loop) once
+  one has not beaten for its `max_age_s`. The listener registers its accept loop and its completion
+  loop: a process that still answers HTTP but whose DICOM receiver died or hung is restarted by the
+  liveness probe, not left accepting nothing. A service without heartbeats answers 200 while it runs.
+- `/readyz` answers 200 while every `checks` entry passes; `advisory` checks are run and reported in
+  the JSON body but never make the service unready. The listener's broker check is advisory: on a
+  Redis blip it still spools (and queues the study later), so its pod must stay in the DICOM Service.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -24,10 +32,32 @@ log = get_logger(__name__)
 Check = Callable[[], tuple[bool, str]]
 
 
+class Heartbeat:
+    """The pulse of one long-running loop: the loop calls `beat()` each pass; it is alive while the last
+    beat is younger than `max_age_s` (a thread that died or hangs stops beating)."""
+
+    def __init__(self, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age_s = float(max_age_s)
+        self.clock = clock
+        self.last = clock()
+
+    def beat(self) -> None:
+        self.last = self.clock()
+
+    def age(self) -> float:
+        return self.clock() - self.last
+
+    def alive(self) -> bool:
+        return self.age() <= self.max_age_s
+
+
 class HealthServer:
     def __init__(self, port: int, checks: dict[str, Check] | None = None, host: str = "0.0.0.0",
-                 on_scrape: Callable[[], None] | None = None) -> None:
+                 on_scrape: Callable[[], None] | None = None, advisory: dict[str, Check] | None = None,
+                 heartbeats: dict[str, Heartbeat] | None = None) -> None:
         self.checks = dict(checks or {})
+        self.advisory = dict(advisory or {})
+        self.heartbeats = dict(heartbeats or {})
         self.on_scrape = on_scrape
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
@@ -46,17 +76,18 @@ class HealthServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def liveness(self) -> tuple[bool, dict[str, str]]:
+        """Every heartbeat fresh? With the age of each (seconds since its loop last beat)."""
+        results = {name: ("ok" if hb.alive() else "FAIL") + f": {hb.age():.0f} s since the last pass"
+                   for name, hb in self.heartbeats.items()}
+        return all(hb.alive() for hb in self.heartbeats.values()), results
+
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        results: dict[str, str] = {}
-        ok = True
-        for name, check in self.checks.items():
-            try:
-                passed, detail = check()
-            except Exception as exc:  # a failing check is a not-ready answer, never a crash
-                passed, detail = False, type(exc).__name__
-            ok = ok and passed
-            results[name] = ("ok" if passed else "FAIL") + (f": {detail}" if detail else "")
-        return ok, results
+        return _run_checks(self.checks)
+
+    def advice(self) -> dict[str, str]:
+        """The advisory checks' results (reported by /readyz, never deciding it)."""
+        return _run_checks(self.advisory)[1]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
@@ -72,10 +103,21 @@ class HealthServer:
                             log.warning("metrics refresh failed")
                     self._send(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain")
+                    alive, beats = outer.liveness()
+                    if alive:
+                        self._send(200, b"ok\n", "text/plain")
+                    else:
+                        stale = "".join(f"{name}: {state}\n" for name, state in beats.items())
+                        log.error("liveness failing: a loop stopped", reason=stale.strip().replace("\n", "; "))
+                        self._send(503, stale.encode(), "text/plain")
                 elif path == "/readyz":
                     ok, results = outer.readiness()
-                    body = json.dumps({"ready": ok, "checks": results}).encode() + b"\n"
+                    answer: dict[str, object] = {"ready": ok, "checks": results}
+                    if outer.advisory:
+                        answer["advisory"] = outer.advice()
+                    if outer.heartbeats:
+                        answer["loops"] = outer.liveness()[1]
+                    body = json.dumps(answer).encode() + b"\n"
                     self._send(200 if ok else 503, body, "application/json")
                 else:
                     self._send(404, b"not found\n", "text/plain")
@@ -91,6 +133,19 @@ class HealthServer:
                 return  # scrapes every few seconds would flood the logs
 
         return Handler
+
+
+def _run_checks(checks: dict[str, Check]) -> tuple[bool, dict[str, str]]:
+    results: dict[str, str] = {}
+    ok = True
+    for name, check in checks.items():
+        try:
+            passed, detail = check()
+        except Exception as exc:  # a failing check is a not-ready answer, never a crash
+            passed, detail = False, type(exc).__name__
+        ok = ok and passed
+        results[name] = ("ok" if passed else "FAIL") + (f": {detail}" if detail else "")
+    return ok, results
 
 
 def writable_dir_check(path: Path) -> Check:

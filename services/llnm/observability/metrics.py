@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL
 from llnm.quality import CODES as QUALITY_CODES
 
 disable_created_metrics()  # no *_created series: half the output, nothing a dashboard uses
@@ -56,6 +57,11 @@ OWN_OUTPUT = Counter("llnm_own_output_received", "Instances this worker produced
 
 # -- queue and worker ----------------------------------------------------------------------------------
 QUEUE_DEPTH = Gauge("llnm_queue_depth", "Studies waiting on the work queue", registry=REGISTRY)
+#: with QUEUE_DEPTH, the workers' load: (queued + in progress) / slots; above 1 studies wait for a worker
+STUDIES_IN_PROGRESS = Gauge("llnm_studies_in_progress", "Tasks (processing or delivering a study) this worker "
+                            "runs now", registry=REGISTRY)
+WORKER_SLOTS = Gauge("llnm_worker_slots", "Tasks this worker can run at once (LLNM_WORKER_CONCURRENCY)",
+                     registry=REGISTRY)
 STUDIES_PROCESSED = Counter("llnm_studies_processed", "Studies processed and results delivered",
                             registry=REGISTRY)
 STUDIES_FAILED = Counter("llnm_studies_failed", "Failed processing attempts, by kind (transient, permanent)",
@@ -80,6 +86,25 @@ STUDIES_NOT_ASSESSABLE = Counter("llnm_studies_not_assessable", "Studies process
 VIEWS_DECLINED = Counter("llnm_views_declined", "Views of processed studies the quality gate declined, by main "
                          "reason (a good image merely showing no nodule is not declined)", ["reason"],
                          registry=REGISTRY)
+#: 1 for the backend this worker runs its models on: the alert on a missing Triton needs to know that
+#: workers want one (a CPU-only site has no Triton target, and that is fine)
+INFERENCE_BACKEND = Gauge("llnm_inference_backend_info", "1 for the inference backend this worker uses "
+                          "(onnxruntime or triton)", ["backend"], registry=REGISTRY)
+TRITON_MODEL_MISMATCHES = Counter("llnm_triton_model_mismatches", "Models Triton serves whose declared sha256 "
+                                  "(config.pbtxt parameter llnm_sha256) is missing or differs from the worker's; "
+                                  "the worker refused to use them", ["model"], registry=REGISTRY)
+
+# -- label values known before the first event ------------------------------------------------------------
+# A labelled series exists only once it has been touched. An alert on `increase()` of a series that is born
+# at 1 never sees that first event, and `sum()` over no series is no result at all (an `== 0` never holds),
+# so every label value known up front starts at 0 (below, and per site in init_listener_series /
+# init_worker_series).
+FAILURE_KINDS = ("transient", "permanent")
+COMPLETION_OUTCOMES = ("queued", "ignored")
+ASSOCIATION_RESULTS = ("accepted", "rejected")
+INSTANCE_STATUSES = ("stored", "duplicate", "out_of_resources", "invalid", "error")
+SEND_OUTCOMES = ("stored", "failed")
+TRITON_MODELS = (NODULE_SEG, THYROID_SEG, TEXT_ENCODER, TMDL)
 
 
 @contextmanager
@@ -99,3 +124,30 @@ for _reason in REFUSAL_REASONS:
 for _code in QUALITY_CODES:
     STUDIES_NOT_ASSESSABLE.labels(reason=_code)
     VIEWS_DECLINED.labels(reason=_code)
+for _kind in FAILURE_KINDS:
+    STUDIES_FAILED.labels(kind=_kind)
+for _outcome in COMPLETION_OUTCOMES:
+    STUDIES_COMPLETED.labels(outcome=_outcome)
+for _model in TRITON_MODELS:
+    TRITON_ERRORS.labels(model=_model)
+    TRITON_MODEL_MISMATCHES.labels(model=_model)
+
+
+def init_listener_series(calling_aes: Iterable[str]) -> None:
+    """Start the per-calling-AE series at 0 (the allow-list's titles and "other"), so the first rejected
+    association or refused instance of a sender already counts in `increase()`."""
+    for title in calling_aes:
+        for result in ASSOCIATION_RESULTS:
+            ASSOCIATIONS.labels(calling_ae=title, result=result)
+        for status in INSTANCE_STATUSES:
+            INSTANCES.labels(calling_ae=title, status=status)
+
+
+def init_worker_series(destinations: Iterable[str], backend: str) -> None:
+    """Start the per-destination send series at 0 (the first failed C-STORE counts) and say which inference
+    backend this worker uses (llnm_inference_backend_info)."""
+    for label in destinations:
+        for outcome in SEND_OUTCOMES:
+            OBJECTS_SENT.labels(destination=label, outcome=outcome)
+    for name in ("onnxruntime", "triton"):
+        INFERENCE_BACKEND.labels(backend=name).set(1 if name == backend else 0)

@@ -7,7 +7,7 @@ import ssl
 from pathlib import Path
 
 from llnm.config import Settings
-from llnm.dimse import Node, client_tls_context, parse_node
+from llnm.dimse import Node, ReloadingTLSContext, client_tls_context, parse_node
 from llnm.worker.sender import SendReport, send_files
 from llnm.worker.stow import StowTarget, stow_files
 
@@ -25,17 +25,19 @@ def parse_destinations(text: str) -> list[Destination]:
 
 
 class Sender:
-    """Sends files to any destination kind with the service's AE title, timeouts and TLS settings."""
+    """Sends files to any destination kind with the service's AE title, timeouts and TLS settings. The TLS
+    files are re-read when they change (a rotated client certificate or CA is used without a restart)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._tls: ssl.SSLContext | None = None
+        self._tls: ReloadingTLSContext | None = None
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
             s = self.settings
-            self._tls = client_tls_context(s.tls_ca, s.tls_cert, s.tls_key)
-        return self._tls
+            self._tls = ReloadingTLSContext(lambda: client_tls_context(s.tls_ca, s.tls_cert, s.tls_key),
+                                            s.tls_ca, s.tls_cert, s.tls_key)
+        return self._tls.current()
 
     def send(self, paths: list[Path], destination: Destination) -> SendReport:
         s = self.settings

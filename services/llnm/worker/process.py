@@ -26,7 +26,7 @@ from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
 from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
-                                    ModelNotFound)
+                                    ModelMismatch, ModelNotFound)
 from llnm.listener.spool import Spool
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
@@ -62,6 +62,8 @@ class DeliveryPending(RuntimeError):
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (PermanentError, ModelNotFound)):
         return False
+    if isinstance(exc, ModelMismatch):  # an old Triton pod may still answer during a rollout: retry
+        return True
     return isinstance(exc, (OSError, TimeoutError, DeliveryPending, sqlite3.OperationalError))
 
 
@@ -131,6 +133,7 @@ class StudyWorker:
         self.spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
         self.outbox = Outbox(settings.outbox_dir)
         self.nodes: list[Destination] = parse_destinations(settings.destinations)
+        metrics.init_worker_series([n.label for n in self.nodes], settings.inference_backend)
         self.sender = Sender(settings)
         if predict is None or write_output is None:
             default_predict, default_write = _default_predict()

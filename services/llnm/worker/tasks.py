@@ -11,6 +11,7 @@ import threading
 from celery import Celery
 
 from llnm.config import Settings
+from llnm.observability import metrics
 from llnm.worker.celery_app import DELIVER_TASK, PROCESS_TASK, create_app
 from llnm.worker.process import StudyWorker, run_delivery, run_process
 
@@ -32,7 +33,8 @@ def study_worker(settings: Settings) -> StudyWorker:
 def register(app: Celery, settings: Settings) -> Celery:
     @app.task(bind=True, name=PROCESS_TASK)
     def process_study(self, study_uid: str, attempt: int = 1) -> None:  # noqa: ANN001
-        step = run_process(study_worker(settings), study_uid, self.request.id, attempt)
+        with metrics.STUDIES_IN_PROGRESS.track_inprogress():
+            step = run_process(study_worker(settings), study_uid, self.request.id, attempt)
         if step.action == "process":
             process_study.apply_async(args=[study_uid, step.attempt], countdown=step.delay_s)
         elif step.action == "deliver":
@@ -40,7 +42,8 @@ def register(app: Celery, settings: Settings) -> Celery:
 
     @app.task(bind=True, name=DELIVER_TASK)
     def deliver_study(self, study_uid: str, attempt: int = 1) -> None:  # noqa: ANN001
-        step = run_delivery(study_worker(settings), study_uid, attempt)
+        with metrics.STUDIES_IN_PROGRESS.track_inprogress():
+            step = run_delivery(study_worker(settings), study_uid, attempt)
         if step.action == "deliver":
             deliver_study.apply_async(args=[study_uid, step.attempt], countdown=step.delay_s)
 
