@@ -74,10 +74,27 @@ def get_logger(name: str) -> StructuredLogger:
     return StructuredLogger(logging.getLogger(name))
 
 
+class _StandardError(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record, not the stream of the time it was
+    made: a process that redirects or replaces stderr (a test runner, a daemon wrapper) never gets
+    "I/O operation on closed file" tracebacks from our logging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler sets it in __init__ and setStream
+        pass
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Call once at process start (the CLI does). Library loggers (pynetdicom) are kept at WARNING
     because their debug output can include dataset contents."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StandardError()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
