@@ -88,7 +88,10 @@ def test_ohif_profile_keeps_tid1500_and_lays_out_for_tracking(phantom_output: re
         uids.add(str(by_code["112040"].UID))
         old_label = next(i.TextValue for i in old.ContentSequence if contract._code(i)[1] == "112039")
         comments = [i for i in items if contract._code(i)[:2] == contract.COMMENT]
-        assert comments[0].TextValue == old_label, "the readable identifier is the first Comment (OHIF's label)"
+        # the first Comment is OHIF's label: the tracking identifier (it names the finding) and what the
+        # report says about it (OHIF shows neither the identifier nor the CODE items)
+        assert comments[0].TextValue.startswith(f"{old_label}: "), "the readable label is the first Comment"
+        assert "LLNM risk high" in comments[0].TextValue
         nums = [i for i in items if i.ValueType == "NUM"]
         if nums:
             assert not any(i.ValueType == "SCOORD" for i in items)

@@ -88,6 +88,13 @@ def analysed_frames(views: list[View], result: StudyResult) -> list[AnalysedFram
     return list(frames.values())
 
 
+def algorithm_key(result: StudyResult) -> str:
+    """Identity of the algorithm alone: software version and model content hashes, nothing of the
+    study or of what the result says. The Device Observer UID (TID 1004) and Tracking UIDs (TID 1410)
+    are derived from it, so they stay the same across studies and across re-runs of one study."""
+    return uids.versions_key(__version__, result.model_versions)
+
+
 def versions_key(result: StudyResult) -> str:
     """Software and model versions plus a digest of what the result says: the same inputs give the
     same UIDs, while a changed result (a late report, another age or sex) gets new ones, so a PACS
@@ -101,7 +108,7 @@ def versions_key(result: StudyResult) -> str:
         **({"not_assessable": result.not_assessable_code} if result.not_assessable_code else {}),
     }), sort_keys=True)
     digest = hashlib.sha256(said.encode()).hexdigest()[:16]
-    return uids.versions_key(__version__, result.model_versions) + f";result={digest}"
+    return algorithm_key(result) + f";result={digest}"
 
 
 def _rounded(value: object) -> object:
@@ -130,12 +137,17 @@ def contributing_equipment(result: StudyResult) -> Dataset:
     item.SoftwareVersions = software_versions(result)
     item.ContributionDateTime = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S+0000")
     item.ContributionDescription = f"{ALGORITHM_NAME} analysis. {RESEARCH_USE_STATEMENT}"[:1024]
-    code = Dataset()
-    code.CodeValue = "109103"
-    code.CodingSchemeDesignator = "DCM"
-    code.CodeMeaning = "Modifying Equipment"
-    item.PurposeOfReferenceCodeSequence = Sequence([code])
+    item.PurposeOfReferenceCodeSequence = Sequence([dcm_code("109103", "Modifying Equipment")])
     return item
+
+
+def dcm_code(value: str, meaning: str) -> Dataset:
+    """A code sequence item of the DICOM Content Mapping Resource (PS3.16, scheme "DCM")."""
+    code = Dataset()
+    code.CodeValue = value
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = meaning
+    return code
 
 
 def add_common(ds: Dataset, result: StudyResult, description: str) -> None:

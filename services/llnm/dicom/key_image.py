@@ -7,6 +7,11 @@ below the frame a banner with the probability, the risk level, the capsule dista
 "RESEARCH USE ONLY". The banner is added below, never over the image. BurnedInAnnotation is copied
 from the source (the frame keeps whatever the scanner burned in) and defaults to YES.
 
+Header (PS3.3 A.8.1 Secondary Capture Image IOD): the Patient, Patient Study and General Study modules
+are copied from the source in full; Laterality is the lobe when known, else empty (Type 2C: unknown);
+LossyImageCompression "01" when the source was lossy (PS3.3 C.7.6.1.1.5: once lossy, always lossy), with
+its ratio and method; SourceImageSequence (General Reference module, C.12.4) names the source frame.
+
 Only masks that passed the quality gate are drawn (`llnm.dicom.common.reportable`): a not-assessable
 study's key image is the frame as acquired with "not assessable: <reason>" below it and no outline,
 heat map or number; a view the gate declined in an assessable study gets no outline and a banner line
@@ -15,9 +20,13 @@ saying why it was not used.
 
 from __future__ import annotations
 
+import copy
+
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from scipy import ndimage
 
 from llnm import ALGORITHM_NAME, MANUFACTURER
@@ -27,13 +36,49 @@ from llnm.dicom.common import (
     SHORT_LABEL,
     AnalysedFrame,
     add_common,
+    dcm_code,
     laterality,
     reportable,
     versions_key,
 )
+from llnm.dicom.loading import FrameRef
 from llnm.dicom.uids import output_instance_uid, output_series_uid
 from llnm.quality import view_declined
 from llnm.study import StudyResult
+
+#: Patient (C.7.1.1), Patient Study (C.7.2.2) and General Study (C.7.2.1) attributes copied from the source
+#: when present and not already set (highdicom's from_ref_dataset copies only some of them).
+STUDY_ATTRIBUTES = (
+    # Patient
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "PatientBirthDate",
+    "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "PatientComments", "PatientSpeciesDescription",
+    "PatientBreedDescription", "ResponsiblePerson", "ResponsibleOrganization", "PatientIdentityRemoved",
+    "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    # Patient Study
+    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize",
+    "PatientWeight", "PatientBodyMassIndex", "MeasuredAPDimension", "MeasuredLateralDimension",
+    "MedicalAlerts", "Allergies", "SmokingStatus", "PregnancyStatus", "LastMenstrualDate",
+    "AdditionalPatientHistory", "Occupation", "PatientState", "AdmissionID", "IssuerOfAdmissionIDSequence",
+    "ServiceEpisodeID", "ServiceEpisodeDescription", "PatientSexNeutered",
+    # General Study
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName",
+    "ConsultingPhysicianIdentificationSequence", "StudyID", "AccessionNumber",
+    "IssuerOfAccessionNumberSequence", "StudyDescription", "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence", "RequestingServiceCodeSequence",
+    "ReferencedStudySequence", "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence",
+)
+#: Transfer syntaxes that are lossy whatever the header says, and the method (PS3.3 C.7.6.1.1.5.1).
+LOSSY_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1", "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+    "1.2.840.10008.1.2.4.100": "ISO_13818_2", "1.2.840.10008.1.2.4.101": "ISO_13818_2",
+    "1.2.840.10008.1.2.4.102": "ISO_14496_10", "1.2.840.10008.1.2.4.103": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.104": "ISO_14496_10", "1.2.840.10008.1.2.4.105": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.106": "ISO_14496_10", "1.2.840.10008.1.2.4.107": "ISO_23008_2",
+    "1.2.840.10008.1.2.4.108": "ISO_23008_2",
+}
 
 NODULE_RGB = (255, 220, 0)
 GLAND_RGB = (0, 220, 255)
@@ -152,7 +197,14 @@ def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, n
     )
     sc.PatientOrientation = ""
     side = laterality(header)
-    sc.Laterality = side or ""  # Type 2C: the thyroid is paired, so state the lobe or leave it empty
+    # General Series C.7.3.1, Type 2C, required for a paired body part (the thyroid's lobes) when no Image
+    # Laterality is sent: the lobe when known, else present and empty, which the standard allows when it
+    # is unknown. Absent would be wrong (dciodvfy: "Error - Missing attribute Type 2C ... Laterality");
+    # dciodvfy's warning on the empty value says just that: "only permitted to be empty when actually unknown".
+    sc.Laterality = side or ""
+    copy_study_modules(sc, header)
+    copy_lossy_compression(sc, header)
+    sc.SourceImageSequence = Sequence([source_image_item(frame.ref)])
     sc.Modality = "US"
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = str(header.get("BurnedInAnnotation", "") or "YES")
@@ -164,3 +216,42 @@ def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, n
                             "measurement. Research use only, not for diagnosis.")[:10240]
     add_common(sc, result, "Key image")
     return sc
+
+
+def copy_study_modules(sc: Dataset, header: Dataset) -> None:
+    """Patient, Patient Study and General Study modules (PS3.3 C.7.1.1, C.7.2.2, C.7.2.1) of the source,
+    in full: each attribute of STUDY_ATTRIBUTES the source has and the key image does not yet."""
+    for keyword in STUDY_ATTRIBUTES:
+        if keyword in header and keyword not in sc:
+            sc[keyword] = copy.deepcopy(header[keyword])
+
+
+def copy_lossy_compression(sc: Dataset, header: Dataset) -> None:
+    """LossyImageCompression (General Image C.7.6.1, Type 3) "01" when the source frame was lossy, from
+    its header or its transfer syntax, with LossyImageCompressionRatio/Method copied (or the method
+    named from the transfer syntax when the header has none). A lossless source leaves it absent."""
+    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "")
+    said = str(header.get("LossyImageCompression", "") or "").strip()
+    lossy = said == "01" or (said != "00" and syntax in LOSSY_TRANSFER_SYNTAXES)
+    if syntax in {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}:
+        lossy = True  # JPEG baseline/extended is never lossless
+    if not lossy:
+        return
+    sc.LossyImageCompression = "01"
+    for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if keyword in header and header[keyword].value not in (None, ""):
+            sc[keyword] = copy.deepcopy(header[keyword])
+    if "LossyImageCompressionMethod" not in sc and syntax in LOSSY_TRANSFER_SYNTAXES:
+        sc.LossyImageCompressionMethod = LOSSY_TRANSFER_SYNTAXES[syntax]
+
+
+def source_image_item(ref: FrameRef) -> Dataset:
+    """SourceImageSequence item (General Reference C.12.4): the analysed source instance, its frame for a
+    multi-frame one, purpose DCM 121322 "Source image for image processing operation"."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = ref.sop_class_uid
+    item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    if ref.frame_number is not None and ref.number_of_frames > 1:
+        item.ReferencedFrameNumber = ref.frame_number
+    item.PurposeOfReferenceCodeSequence = Sequence([dcm_code("121322", "Source image for image processing operation")])
+    return item

@@ -14,8 +14,12 @@ multi-frame one and each DerivationImage/SourceImage item gets ReferencedFrameNu
 references exactly the frame analysed, and no extra derived image is written.
 
 OHIF needs PixelMeasuresSequence and PlaneOrientationSequence in the shared functional groups; we
-write both (spacing from the ultrasound region; 1 x 1 nominal when uncalibrated, stated in the
-ContentDescription) and an empty PatientOrientation (Type 2C, dciodvfy asks for it).
+write both and an empty PatientOrientation (Type 2C, dciodvfy asks for it). PixelSpacing is the
+ultrasound region's; when uncalibrated it is 1 x 1, a nominal value (PS3.3 C.7.6.16.2.1 has no "unknown"
+for PixelSpacing, and OHIF needs one), stated in ContentDescription, while the SR says "Uncalibrated"
+and gives sizes in {pixels}. SliceThickness and SpacingBetweenSlices are not written: a 2D ultrasound
+frame without Frame of Reference has neither (Type 1C/3 in the Pixel Measures macro, required only for
+VOLUME or SAMPLED frames), and we do not invent them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pydicom.dataset import Dataset
 
 from llnm import ALGORITHM_NAME, MANUFACTURER, __version__
 from llnm.dicom import codes
-from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, reportable, versions_key
+from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, algorithm_key, reportable, versions_key
 from llnm.dicom.reading import US_IMAGE_STORAGE
 from llnm.dicom.uids import output_instance_uid, output_series_uid
 from llnm.study import StudyResult
@@ -102,8 +106,9 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
             segmented_property_category=category, segmented_property_type=seg_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
+            # stable for the same finding of the same study and algorithm, whatever the result says
             tracking_uid=hd.UID(output_instance_uid(f"SEG-segment-{name}", study_uid, [frame.key],
-                                                     versions_key(result))),
+                                                     algorithm_key(result))),
             tracking_id=f"{label} ({ALGORITHM_NAME})",
             anatomic_regions=[codes.THYROID] if name == "nodule" else None,
             display_color=hd.color.CIELabColor.from_rgb(*colour),  # the key image's colours
@@ -128,9 +133,8 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
         device_serial_number="0",
         content_label="LLNM_SEG",
         content_description=("Research use only" if spacing
-                             else "Research use only; uncalibrated, spacing nominal"),
-        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=1.0,
-                                                spacing_between_slices=1.0),
+                             else "Research use only; uncalibrated, PixelSpacing 1 x 1 nominal"),
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=None),
         omit_empty_frames=False,
     )
     shared = seg.SharedFunctionalGroupsSequence[0]

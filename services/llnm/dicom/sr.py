@@ -2,12 +2,14 @@
 
 Tree (docs/dicom-conformance.md has it with every code):
   CONTAINER Imaging Measurement Report (DCM 126000), TID 1500
-    language, observer context (device: this algorithm), procedure reported
+    language, observer context (device: this algorithm; its UID is derived from the algorithm alone),
+    procedure reported
     CONTAINER Image Library: every analysed source image
     CONTAINER Imaging Measurements
       CONTAINER Measurement Group (TID 1410), one per view in which the index nodule was outlined
-        Tracking Identifier (readable label, also carries the risk) + Tracking Unique Identifier
-          (the same for every view of the same nodule)
+        Tracking Identifier (names the finding: "Nodule 1"; never the result) + Tracking Unique
+          Identifier (the same for every view of the nodule, and for every re-run of the study through the
+          same algorithm: derived from study, source image, finding index and algorithm, not the result)
         Finding: Nodule; Finding Site: right/left lobe of thyroid (or "lobe of thyroid")
         SCOORD POLYLINE (closed) outline on the referenced image and frame
         Algorithm identification (name, version, model hashes as parameters)
@@ -38,8 +40,8 @@ from pydicom.sr.coding import Code
 
 from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
 from llnm.dicom import codes
-from llnm.dicom.common import (SERIES_NUMBER, AnalysedFrame, add_common, laterality, outline, reportable,
-                               versions_key)
+from llnm.dicom.common import (SERIES_NUMBER, AnalysedFrame, add_common, algorithm_key, frame_key, laterality,
+                               outline, reportable, versions_key)
 from llnm.dicom.loading import FrameRef
 from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
 from llnm.quality import view_declined
@@ -57,13 +59,31 @@ def algorithm_id(result: StudyResult) -> hd.sr.AlgorithmIdentification:
                                          parameters=parameters or None)
 
 
-def tracking_label(result: StudyResult) -> str:
-    """What a viewer that shows only the tracking identifier should still tell the reader."""
-    if result.probability is None:
-        return f"Nodule 1 ({ALGORITHM_NAME}, research use only)"
-    risk = codes.RISK_NAMES.get(result.risk_level or 0, "unknown")
-    return (f"Nodule 1: LLNM risk {risk}, p={100 * result.probability:.0f}% "
-            f"({ALGORITHM_NAME}, research use only)")
+#: Tracking Identifiers (TID 1410, DCM 112039): they name the finding, never what the algorithm said
+#: about it (the result is in the group's content), so they do not change when the result does.
+NODULE_TRACKING_ID = "Nodule 1"
+GLAND_TRACKING_ID = "Thyroid gland"
+
+
+def device_observer_uid(result: StudyResult) -> str:
+    """Device Observer UID (TID 1004, DCM 121012): one UID per algorithm (name, software version, model
+    content hashes), the same for every study it reports; another model hash gives another device."""
+    return str(deterministic_uid("device", ALGORITHM_NAME, algorithm_key(result)))
+
+
+def tracking_uid(study_uid: str, source: str, finding: str, index: int, result: StudyResult) -> str:
+    """Tracking Unique Identifier (TID 1410, DCM 112040) of one finding: derived from the study, the
+    source image ("<SOPInstanceUID>:<frame>") it is reported on, the finding and its index and the
+    algorithm, never from the result, so a changed answer about the same finding keeps its UID."""
+    return str(deterministic_uid("tracking", study_uid, source, finding, index, algorithm_key(result)))
+
+
+def _index_source(frames: list[AnalysedFrame], result: StudyResult, study_uid: str) -> str:
+    """The source frame of the index view (else the first analysed frame, else the study)."""
+    for frame in frames:
+        if any(index == result.index_view for index, _, _ in frame.views):
+            return frame.key
+    return frames[0].key if frames else study_uid
 
 
 def _num(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
@@ -162,8 +182,8 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
     if profile not in ("tid1500", "ohif"):
         raise ValueError(f"LLNM_SR_PROFILE={profile!r}: expected 'tid1500' or 'ohif'")
     versions = versions_key(result)
-    nodule_uid = deterministic_uid("nodule", study_uid, 1, versions)
-    tracking = hd.sr.TrackingIdentifier(uid=str(nodule_uid), identifier=tracking_label(result))
+    nodule_uid = tracking_uid(study_uid, _index_source(frames, result, study_uid), "nodule", 1, result)
+    tracking = hd.sr.TrackingIdentifier(uid=nodule_uid, identifier=NODULE_TRACKING_ID)
     algorithm = algorithm_id(result)
     groups = []
     for frame in frames:
@@ -200,11 +220,11 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
             groups.append((not is_index, index, group))
     groups.sort(key=lambda g: (g[0], g[1]))
     if not groups and views:
-        groups.append((False, 0, _finding_group(views, result, nodule_uid)))
+        groups.append((False, 0, _finding_group(views, result, study_uid)))
     observer = hd.sr.ObserverContext(
         observer_type=DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=str(deterministic_uid("device", ALGORITHM_NAME, versions)), name=ALGORITHM_NAME,
+            uid=device_observer_uid(result), name=ALGORITHM_NAME,
             manufacturer_name=MANUFACTURER, model_name=f"{ALGORITHM_NAME} {__version__}"),
     )
     library = _library_images(views, evidence)
@@ -257,7 +277,7 @@ def _library_images(views: list[View], evidence: list[Dataset]) -> list[Dataset]
     return list(out.values())
 
 
-def _finding_group(views: list[View], result: StudyResult, uid: str
+def _finding_group(views: list[View], result: StudyResult, study_uid: str
                    ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """No nodule, or not assessable: one group saying so, outlining the gland found (else the region
     analysed) on the first view, because OHIF needs a SCOORD in every group. A gland the quality gate
@@ -271,9 +291,10 @@ def _finding_group(views: list[View], result: StudyResult, uid: str
         mask = None
     if mask is None or not mask.any():
         mask = np.ones(view.image.shape, dtype=bool)
+    source = frame_key(view.source) if isinstance(view.source, FrameRef) else study_uid
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=str(uid), identifier=f"{result.finding} ({ALGORITHM_NAME}, research use only)"),
+            uid=tracking_uid(study_uid, source, "thyroid", 1, result), identifier=GLAND_TRACKING_ID),
         referenced_region=_region(view.source, view, mask),
         finding_type=codes.THYROID,
         finding_category=codes.ANATOMICAL_STRUCTURE,

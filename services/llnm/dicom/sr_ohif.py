@@ -6,8 +6,10 @@ group that holds an outline (docs/dicom-conformance.md, "Viewer"):
 
 * Tracking Identifier (112039) becomes "Cornerstone3DTools@^0.1.0:PlanarFreehandROI": OHIF hydrates
   only groups whose tracking identifier names one of its tools (free text in DICOM, any value is
-  valid). The readable identifier we wrote moves into a Comment (DCM 121106) TEXT item placed first
-  in the group: OHIF takes the first Comment as the measurement's label.
+  valid). A readable label moves into a Comment (DCM 121106) TEXT item placed first in the group (OHIF
+  takes the first Comment as the measurement's label): the tracking identifier we wrote ("Nodule 1")
+  followed by what the report says, read from its content ("Nodule 1: LLNM risk high, p=73% (LLNM-Net,
+  research use only)"), since OHIF shows neither the CODE items nor the Finding TEXT.
 * The outline (SCOORD) moves from the group into every NUM as INFERRED FROM (TID 300 allows it; the
   group then has the TID 1501 shape): OHIF's importer looks for the outline under the first NUM.
   A group without NUM items keeps its outline where it is (the importer reads it there).
@@ -25,6 +27,8 @@ import copy
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from llnm import ALGORITHM_NAME
+from llnm.dicom import codes
 from llnm.dicom.uids import deterministic_uid
 
 #: the tracking identifier OHIF's importer maps to a closed/open polyline tool (PlanarFreehandROI)
@@ -34,6 +38,8 @@ TRACKING_UID = "112040"
 MEASUREMENT_GROUP = "125007"
 IMAGING_MEASUREMENTS = "126010"
 COMMENT = ("121106", "DCM", "Comment")
+FINDING = "121071"
+QUALITATIVE_EVALUATIONS = "C0034375"
 
 
 def _concept(item: Dataset) -> str:
@@ -65,9 +71,37 @@ def measurement_groups(sr: Dataset) -> list[Dataset]:
     return []
 
 
+def result_summary(sr: Dataset) -> str:
+    """What the report says, in one line, from its content: "LLNM risk high, p=73%" when it holds the
+    probability NUM (and the risk NUM; private codes of llnm.dicom.codes), else its Finding
+    TEXT ("no nodule found", "not assessable: <reason>"); always ending in the research-use note."""
+    probability, risk, finding = None, None, ""
+    for group in measurement_groups(sr):
+        for item in group.get("ContentSequence", []) or []:
+            if item.get("ValueType") != "NUM" or not item.get("MeasuredValueSequence"):
+                continue
+            measured = item.MeasuredValueSequence[0]
+            if _concept(item) == codes.LLNM_PROBABILITY.value and probability is None:
+                probability = float(measured.NumericValue)
+            elif _concept(item) == codes.LLNM_RISK.value and risk is None:
+                units = measured.get("MeasurementUnitsCodeSequence") or []
+                risk = str(units[0].CodeValue).strip("{}") if units else None
+    for item in sr.get("ContentSequence", []) or []:
+        if _concept(item) == QUALITATIVE_EVALUATIONS:
+            finding = next((str(i.TextValue) for i in item.get("ContentSequence", []) or []
+                            if _concept(i) == FINDING and i.get("TextValue")), "")
+    if probability is not None:
+        said = f"LLNM risk {risk or 'unknown'}, p={probability:.0f}%"
+    else:
+        said = finding
+    note = f"({ALGORITHM_NAME}, research use only)"
+    return f"{said} {note}" if said else note
+
+
 def apply(sr: Dataset) -> Dataset:
     """A copy of a TID 1500 SR in the "ohif" layout (same SOP Instance UID; the caller decides UIDs)."""
     out = copy.deepcopy(sr)
+    summary = result_summary(sr)
     for number, group in enumerate(measurement_groups(out), start=1):
         items = list(group.get("ContentSequence", []) or [])
         scoords = [i for i in items if i.get("ValueType") == "SCOORD"]
@@ -77,7 +111,7 @@ def apply(sr: Dataset) -> Dataset:
         label = ""
         for item in items:
             if _concept(item) == TRACKING_IDENTIFIER:
-                label = str(item.TextValue)
+                label = f"{item.TextValue}: {summary}"
                 item.TextValue = OHIF_POLYLINE_TRACKING_ID
             elif _concept(item) == TRACKING_UID:
                 item.UID = deterministic_uid("ohif-tracking", str(item.UID), number)

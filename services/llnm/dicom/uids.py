@@ -4,9 +4,10 @@ A result object's UID is a name-based UUID (RFC 4122 version 5) under the ISO/IE
 "2.25", derived from: the output type ("SEG", "SR", "SC" ...), the study, the source SOP Instance UIDs
 and frame numbers it describes, the software version, the model content hashes and a digest of what the
 result says (so a changed answer is never hidden behind the UIDs of the old one). The same inputs
-through the same software and models give byte-for-byte the same UIDs, so a PACS that receives the
-result again replaces the earlier copy; a new model version gives new UIDs (a different result,
-kept beside the old one). No registered root is needed and no UID is random.
+through the same software and models give the same UIDs, so a PACS that receives the result again
+holds one copy (keeping the first or overwriting it is the PACS's choice; the result is the same); a new
+model version or a changed result gives new UIDs (a different result, kept beside the old one, never
+marked as replacing it). No registered root is needed and no UID is random.
 """
 
 from __future__ import annotations
