@@ -23,6 +23,8 @@ from llnm.listener.pynetdicom_adapter.accept import check_hook_points
 from llnm.observability import metrics
 from llnm.observability.logs import JsonFormatter
 
+from .conftest import free_port
+
 VERIFICATION = "1.2.840.10008.1.1"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 #: The listener's timeouts here: the request timeout short so the tests are fast, the network timeout long
@@ -33,18 +35,13 @@ NETWORK_TIMEOUT_S = 30.0
 SERVED_WITHIN_S = 3.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def start(tmp_path: Path):
     started: list[Listener] = []
 
     def run(**overrides) -> Listener:
-        values = dict(data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
+        values = dict(data_dir=tmp_path / "data", port=free_port(), ae_title="LLNM", bind_address="127.0.0.1",
                       series_idle_s=30, study_idle_s=30, metrics_port=0, min_free_disk_mb=1,
                       network_timeout_s=NETWORK_TIMEOUT_S, association_request_timeout_s=REQUEST_TIMEOUT_S,
                       max_associations=4)

@@ -30,6 +30,8 @@ from llnm.listener.app import MAX_PDU_BYTES, Listener
 from llnm.listener.guard import LIMITS, LINES_PER_MINUTE, BadConnectionLog
 from llnm.observability import metrics
 
+from .conftest import free_port, running_listener
+
 # a thread dying with a traceback (pynetdicom's reader thread, before) fails the test
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -50,20 +52,11 @@ RSS_BOUND = 96 * 1024 * 1024
 FRAGMENT = MAX_PDU_BYTES - 12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def listener(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
-                        series_idle_s=30, study_idle_s=30, metrics_port=0, min_free_disk_mb=1,
-                        network_timeout_s=5, max_associations=8)
-    running = Listener(settings, lambda uid: "task", completion_interval_s=0.05).start()
-    yield running
-    running.stop()
+    with running_listener(tmp_path, network_timeout_s=5, max_associations=8) as running:
+        yield running
 
 
 @pytest.fixture

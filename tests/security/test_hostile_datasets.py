@@ -46,6 +46,8 @@ from llnm.phantom.study import generate_study
 from llnm.predict import predict_paths, write_output
 from llnm.study import StudyResult, ViewResult
 
+from .conftest import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 CANNOT_UNDERSTAND = 0xC000
@@ -57,15 +59,10 @@ BAD_BIRTH_DATE = "1970-01-01"
 MODELS = ("nodule_seg", "thyroid_seg", "text_encoder", "tmdl")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = dict(
-        data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
+        data_dir=tmp_path / "data", port=free_port(), ae_title="LLNM", bind_address="127.0.0.1",
         series_idle_s=0.2, study_idle_s=0.2, metrics_port=0, min_free_disk_mb=1, network_timeout_s=5)
     values.update(overrides)
     return Settings(**values)

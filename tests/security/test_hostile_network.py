@@ -27,6 +27,8 @@ from llnm.listener.spool import validate_uid
 from llnm.observability import metrics
 from llnm.observability.logs import JsonFormatter
 
+from .conftest import free_port, running_listener
+
 VERIFICATION = "1.2.840.10008.1.1"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 #: The listener's network timeout in these tests; a hostile peer must be gone well within CLOSE_WITHIN_S.
@@ -34,20 +36,11 @@ NETWORK_TIMEOUT_S = 1.0
 CLOSE_WITHIN_S = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def listener(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
-                        series_idle_s=30, study_idle_s=30, metrics_port=0, min_free_disk_mb=1,
-                        network_timeout_s=NETWORK_TIMEOUT_S, max_associations=4)
-    running = Listener(settings, lambda uid: "task", completion_interval_s=0.05).start()
-    yield running
-    running.stop()
+    with running_listener(tmp_path, network_timeout_s=NETWORK_TIMEOUT_S, max_associations=4) as running:
+        yield running
 
 
 def _echo(port: int) -> bool:
@@ -231,7 +224,7 @@ def test_hostile_uids_by_c_store_never_escape_the_spool(listener, tmp_path: Path
 
 
 def test_instance_over_the_size_limit_is_refused_and_not_spooled(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), ae_title="LLNM", bind_address="127.0.0.1",
                         series_idle_s=30, study_idle_s=30, metrics_port=0, min_free_disk_mb=1,
                         network_timeout_s=10, max_instance_mb=1)
     running = Listener(settings, lambda uid: "task", completion_interval_s=0.05).start()

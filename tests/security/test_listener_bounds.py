@@ -27,18 +27,15 @@ from llnm.listener.app import MAX_PDU_BYTES, Listener
 from llnm.listener.incoming import IncomingFile
 from llnm.observability import metrics
 
+from .conftest import free_port
+
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 VERIFICATION = "1.2.840.10008.1.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _settings(tmp_path: Path, **overrides) -> Settings:
-    values = dict(data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
+    values = dict(data_dir=tmp_path / "data", port=free_port(), ae_title="LLNM", bind_address="127.0.0.1",
                   series_idle_s=30, study_idle_s=30, metrics_port=0, min_free_disk_mb=1, network_timeout_s=10)
     values.update(overrides)
     return Settings(**values)

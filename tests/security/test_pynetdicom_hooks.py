@@ -32,24 +32,18 @@ from llnm.config import Settings
 from llnm.listener.pynetdicom_adapter import association as hooks
 from llnm.listener.app import MAX_PDU_BYTES, Listener
 
+from .conftest import free_port, running_listener
+
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 VERIFICATION = "1.2.840.10008.1.1"
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def listener(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "data", port=_free_port(), ae_title="LLNM", bind_address="127.0.0.1",
-                        series_idle_s=30, study_idle_s=30, metrics_port=0, min_free_disk_mb=1, network_timeout_s=5)
-    running = Listener(settings, lambda uid: "task", completion_interval_s=0.05).start()
-    yield running
-    running.stop()
+    with running_listener(tmp_path, network_timeout_s=5) as running:
+        yield running
 
 
 # -- the version pin --------------------------------------------------------------------------------------
