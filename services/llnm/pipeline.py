@@ -3,11 +3,14 @@
 Pure: arrays in, a result out; models run through the InferenceBackend (ONNX Runtime in-process or
 Triton); no file, DICOM or queue access (the tokenizer file is read once, beside the text encoder).
 
-Per view: segment the nodule and the gland, compute the features; the report is encoded once per
-study. TMDL runs on all analysable views in one batch, each view five times: all token groups, then
-with each group (location, morphology, report, demographics) occluded. The study's P(LLNM) and
-3-level risk are the view averages (as in the paper); a group's contribution share is its
-occlusion effect on the mean logit over the sum of the four effects.
+Steps, each a function tested alone with views that differ (tests/unit/test_pipeline_steps.py):
+`segment_views` (per view: nodule and gland, the quality gate, the features), the report encoded once
+per study, `tmdl_batch` (all analysable views in one batch, each view five times: all token groups, then
+with each group (location, morphology, report, demographics) occluded), `aggregate` (the study's P(LLNM)
+and 3-level risk are the view averages, as in the paper; a group's contribution share is its occlusion
+effect on the mean logit over the sum of the four effects), `choose_index_view` (the view whose nodule
+lies closest to the capsule, compared in mm among calibrated views, else in pixels: never mm against px);
+the reported measurements are the index view's.
 
 Missing inputs get neutral values and a warning: no report -> the report tokens are masked out;
 unknown sex -> 0 (between M = +1 and F = -1); unknown age -> 0 (= 45 years on the model's scale).
@@ -23,6 +26,7 @@ Neither is an error.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -139,19 +143,11 @@ def contribution_shares(full_logit: float, occluded_logits: dict[str, float]) ->
     return {g: e / total for g, e in effects.items()}
 
 
-def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLConfig | None = None,
-                  segmenter: Segmenter | None = None) -> StudyResult:
-    """The whole analysis of one study. `config`: the TMDL preset the exported model was built with
-    (default: Settings.preset); `segmenter`: default the nodule_seg and thyroid_seg models."""
-    if config is None:
-        from llnm.config import Settings
-
-        config = preset(Settings.from_env().preset)
-    segmenter = segmenter or default_segmenter
-    # first: a Triton backend checks here that it serves this worker's models (llnm.inference.provenance)
-    # and refuses the study before any model runs; the result names these versions
-    versions = _versions(backend)
-    warnings = list(study.warnings)
+def segment_views(study: StudyInput, backend: InferenceBackend, segmenter: Segmenter, config: TMDLConfig,
+                  warnings: list[str]) -> tuple[list[ViewResult], list[int]]:
+    """Per view: segment the nodule and the gland, run the quality gate, compute the features of views that
+    pass. Returns every view's result (in study order) and the indices of the views passing the gate; a
+    declined view adds its reason to `warnings` (a view that simply shows no nodule does not)."""
     views: list[ViewResult] = []
     analysable: list[int] = []
     for number, view in enumerate(study.views, start=1):
@@ -175,6 +171,81 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
             log.info("view declined by the quality gate", study_uid=study.study_uid, view=number,
                      reason=reason.code)
         views.append(result)
+    return views, analysable
+
+
+#: TMDL's group_keep rows per view: all four groups kept, then each group occluded in turn (GROUPS order)
+GROUP_KEEPS = np.vstack([np.ones(len(GROUPS), np.float32), 1.0 - np.eye(len(GROUPS), dtype=np.float32)])
+
+
+def tmdl_batch(features: list[Any], study: StudyInput, states: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """TMDL's one batch for the analysable views' `features`: view k fills rows k*5 .. k*5+4, first with
+    every group kept, then with each group occluded (GROUP_KEEPS); the report and demographics are the
+    study's, repeated."""
+    per_view = len(GROUP_KEEPS)
+    rows = len(features) * per_view
+    return {
+        "images": np.repeat(np.stack([f.images() for f in features]), per_view, axis=0),
+        "text_states": np.repeat(states, rows, axis=0),
+        "text_mask": np.repeat(mask, rows, axis=0),
+        "clinical": np.repeat(np.stack([clinical_vector(study.sex, study.age_years, f) for f in features]),
+                              per_view, axis=0),
+        "group_keep": np.tile(GROUP_KEEPS, (len(features), 1)),
+    }
+
+
+@dataclass
+class Fused:
+    """The study-level answer from TMDL's per-view rows."""
+
+    probability: float
+    risk_probabilities: np.ndarray  # (3,)
+    contributions: dict[str, float]  # group -> share, summing to 1
+    importance: np.ndarray  # (views, tokens): each view's token importance with all groups kept
+
+
+def aggregate(out: dict[str, np.ndarray], n_views: int) -> Fused:
+    """Average the views (as the paper does): P(LLNM) and the risk levels are the mean over views of the
+    all-groups rows; a group's share is its occlusion effect on the view-mean logit
+    (contribution_shares). `out` holds TMDL's outputs for the rows of `tmdl_batch`."""
+    per_view = len(GROUP_KEEPS)
+    prob = np.asarray(out["probability"]).reshape(n_views, per_view)
+    logit = np.asarray(out["logit"]).reshape(n_views, per_view)
+    risk = np.asarray(out["risk_probabilities"]).reshape(n_views, per_view, -1)
+    importance = np.asarray(out["token_importance"]).reshape(n_views, per_view, -1)
+    mean_logit = logit.mean(axis=0)
+    contributions = contribution_shares(float(mean_logit[0]),
+                                        {g: float(mean_logit[1 + j]) for j, g in enumerate(GROUPS)})
+    return Fused(probability=float(prob[:, 0].mean()), risk_probabilities=risk[:, 0].mean(axis=0),
+                 contributions=contributions, importance=importance[:, 0])
+
+
+def choose_index_view(views: list[ViewResult], analysable: list[int]) -> int:
+    """The view whose nodule lies closest to the capsule: its measurements are the ones reported.
+
+    Distances are compared in one unit only: in mm among the calibrated views when any is calibrated (a
+    pixel is a different length in each view, and a reported size should be in mm where one can be),
+    else in pixels among all. Ties go to the higher detection score, then to the earlier view."""
+    calibrated = [i for i in analysable if views[i].features.capsule_distance_mm is not None]
+    if calibrated:
+        return min(calibrated, key=lambda i: (views[i].features.capsule_distance_mm, -views[i].nodule_score, i))
+    return min(analysable, key=lambda i: (views[i].features.capsule_distance_px, -views[i].nodule_score, i))
+
+
+def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLConfig | None = None,
+                  segmenter: Segmenter | None = None) -> StudyResult:
+    """The whole analysis of one study. `config`: the TMDL preset the exported model was built with
+    (default: Settings.preset); `segmenter`: default the nodule_seg and thyroid_seg models."""
+    if config is None:
+        from llnm.config import Settings
+
+        config = preset(Settings.from_env().preset)
+    segmenter = segmenter or default_segmenter
+    # first: a Triton backend checks here that it serves this worker's models (llnm.inference.provenance)
+    # and refuses the study before any model runs; the result names these versions
+    versions = _versions(backend)
+    warnings = list(study.warnings)
+    views, analysable = segment_views(study, backend, segmenter, config, warnings)
 
     out_of_distribution = _drop_unlike_training(backend, study, views, analysable, warnings)
     if not analysable and out_of_distribution:
@@ -203,43 +274,13 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
         warnings.append("age unknown: neutral value used (45 years)")
     states, mask = encode_report(backend, study.report_text, config, warnings)
 
-    # one batch: per analysable view, all groups kept, then each group occluded in turn
-    keeps = np.vstack([np.ones(4, np.float32), 1.0 - np.eye(4, dtype=np.float32)])
-    per_view = len(keeps)
-    images, clinical = [], []
-    for i in analysable:
-        feats = views[i].features
-        images.append(feats.images())
-        clinical.append(clinical_vector(study.sex, study.age_years, feats))
-    rows = len(analysable) * per_view
-    feed = {
-        "images": np.repeat(np.stack(images), per_view, axis=0),
-        "text_states": np.repeat(states, rows, axis=0),
-        "text_mask": np.repeat(mask, rows, axis=0),
-        "clinical": np.repeat(np.stack(clinical), per_view, axis=0),
-        "group_keep": np.tile(keeps, (len(analysable), 1)),
-    }
+    feed = tmdl_batch([views[i].features for i in analysable], study, states, mask)
     out = backend.infer(TMDL, feed)
-    prob = out["probability"].reshape(len(analysable), per_view)
-    logit = out["logit"].reshape(len(analysable), per_view)
-    risk = out["risk_probabilities"].reshape(len(analysable), per_view, -1)
-    importance = out["token_importance"].reshape(len(analysable), per_view, -1)
-
+    fused = aggregate(out, len(analysable))
     for k, i in enumerate(analysable):
-        views[i].heatmap = tokens_to_heatmap(importance[k, 0], views[i].features, study.views[i].image.shape)
-    mean_logit = logit.mean(axis=0)
-    contributions = contribution_shares(float(mean_logit[0]),
-                                        {g: float(mean_logit[1 + j]) for j, g in enumerate(GROUPS)})
-    risk_probabilities = risk[:, 0].mean(axis=0)
-    probability = float(prob[:, 0].mean())
-
-    # measurements from the index view: the one whose nodule lies closest to the capsule
-    def closeness(i: int) -> tuple[float, float]:
-        f = views[i].features
-        distance = f.capsule_distance_mm if f.capsule_distance_mm is not None else f.capsule_distance_px
-        return distance, -views[i].nodule_score
-
-    index = min(analysable, key=closeness)
+        views[i].heatmap = tokens_to_heatmap(fused.importance[k], views[i].features, study.views[i].image.shape)
+    probability, risk_probabilities, contributions = fused.probability, fused.risk_probabilities, fused.contributions
+    index = choose_index_view(views, analysable)
     feats = views[index].features
     calibrated = study.views[index].spacing_mm is not None
     if not calibrated:
