@@ -6,8 +6,12 @@ names, IDs or dates of birth. `llnm status UID` and `llnm studies` read it; the 
 `llnm serve` is the `queued` state of this table. Failures are recorded through `error_text`, which never
 copies a library's exception message (pydicom and highdicom quote the values they choke on).
 
-States: receiving -> queued -> processing -> sending -> done; or ignored (no ultrasound image), or
-failed (dead letter: `llnm requeue` sets it to queued again).
+States: receiving -> queued -> processing -> sending -> done; or ignored (no ultrasound image, or
+discarded from the console), or failed (dead letter: `llnm requeue` sets it to queued again).
+
+For the console (llnm.console) it also keeps each study's result summary (`results`), the radiologists'
+feedback (`feedback`) and the pathology outcomes (`outcomes`); operators' actions are events naming who
+did them. Only this module writes these tables.
 """
 
 from __future__ import annotations
@@ -57,6 +61,35 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_study ON events(study_uid, id);
+CREATE INDEX IF NOT EXISTS events_kind ON events(event, id);
+CREATE INDEX IF NOT EXISTS studies_recent ON studies(updated_at, study_uid);
+CREATE INDEX IF NOT EXISTS studies_state_recent ON studies(state, updated_at, study_uid);
+CREATE INDEX IF NOT EXISTS studies_ae_recent ON studies(calling_ae, updated_at, study_uid);
+CREATE TABLE IF NOT EXISTS results (
+    study_uid TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    scanner_model TEXT,
+    summary TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    ts REAL NOT NULL,
+    user TEXT NOT NULL,
+    agree INTEGER,
+    tirads INTEGER,
+    size_mm REAL,
+    outline TEXT,
+    source TEXT NOT NULL DEFAULT 'form'
+);
+CREATE INDEX IF NOT EXISTS feedback_study ON feedback(study_uid, id);
+CREATE TABLE IF NOT EXISTS outcomes (
+    study_uid TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    user TEXT NOT NULL,
+    llnm INTEGER NOT NULL,
+    metastatic_nodes INTEGER
+);
 """
 
 _STUDY_FIELDS = ("calling_ae", "instances", "attempts", "send_attempts", "next_at", "task_id", "error",
@@ -223,3 +256,157 @@ class AuditTrail:
         with self._lock:
             rows = self._conn.execute("SELECT state, COUNT(*) AS n FROM studies GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
+
+    # -- console: kept results, actions, feedback, outcomes ---------------------------------------------
+    def page(self, states: tuple[str, ...] = (), calling_ae: str | None = None, risk_level: int | None = None,
+             after: tuple[float, str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """One page of studies, newest first, continuing after (updated_at, study_uid) of the previous page's
+        last row: keyset paging on the studies_*_recent indexes, as fast on page 2000 as on page 1."""
+        where: list[str] = []
+        params: list[Any] = []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params += list(states)
+        if calling_ae:
+            where.append("calling_ae = ?")
+            params.append(calling_ae)
+        if risk_level is not None:
+            where.append("risk_level = ?")
+            params.append(risk_level)
+        if after is not None:
+            where.append("(updated_at, study_uid) < (?, ?)")  # a row value: one index range
+            params += [after[0], after[1]]
+        sql = "SELECT * FROM studies" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY updated_at DESC, study_uid DESC LIMIT ?"
+        return [dict(r) for r in self.read(sql, (*params, int(limit)))]
+
+    def calling_aes(self, limit: int = 200) -> list[str]:
+        """The calling AE titles seen (the console's filter choices): a loose index scan of studies_ae_recent,
+        one index seek per title instead of a pass over every study."""
+        return [r[0] for r in self.read(
+            "WITH RECURSIVE aes(ae) AS (SELECT MIN(calling_ae) FROM studies UNION ALL"
+            " SELECT (SELECT MIN(calling_ae) FROM studies WHERE calling_ae > aes.ae) FROM aes WHERE aes.ae IS NOT NULL)"
+            " SELECT ae FROM aes WHERE ae IS NOT NULL LIMIT ?", (limit,))]
+
+    def latest_errors(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest failures (failed studies and retries) with their error_text: never patient data."""
+        rows = self.read("SELECT study_uid, ts, event, detail FROM events WHERE event IN"
+                         " ('dead letter', 'retry', 'send failed', 'notification failed') ORDER BY id DESC LIMIT ?",
+                         (limit,))
+        return [{"study_uid": r["study_uid"], "ts": r["ts"], "event": r["event"], **json.loads(r["detail"])}
+                for r in rows]
+
+    def put_result(self, study_uid: str, summary: dict[str, Any], scanner_model: str | None = None) -> None:
+        """Keep a study's result summary (numbers, warnings, model versions, objects: the worker's summary.json,
+        which holds no patient data) for the console, whatever the destinations."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO results(study_uid, ts, scanner_model, summary) VALUES (?, ?, ?, ?)"
+                      " ON CONFLICT(study_uid) DO UPDATE SET ts = excluded.ts, scanner_model ="
+                      " COALESCE(excluded.scanner_model, scanner_model), summary = excluded.summary",
+                      (study_uid, time.time(), scanner_model, json.dumps(summary, default=str, sort_keys=True)))
+
+    def result(self, study_uid: str) -> dict[str, Any] | None:
+        rows = self.read("SELECT ts, scanner_model, summary FROM results WHERE study_uid = ?", (study_uid,))
+        if not rows:
+            return None
+        return {"ts": rows[0]["ts"], "scanner_model": rows[0]["scanner_model"],
+                "summary": json.loads(rows[0]["summary"])}
+
+    def action(self, study_uid: str, action: str, user: str, role: str, **detail: Any) -> None:
+        """An operator's action in the study's trail, with who did it."""
+        self.event(study_uid, f"console: {action}", by=user, role=role, **detail)
+
+    def force_complete(self, study_uid: str, user: str, role: str) -> bool:
+        """Make a study still waiting for its completion timers complete at the listener's next pass (its
+        pending row marked as being queued, which the completion loop handles at once). False when the
+        study is not waiting."""
+        with self.transaction() as c:
+            try:
+                changed = c.execute("UPDATE pending_studies SET state = 'enqueuing', retry_at = 0"
+                                    " WHERE study_uid = ?", (study_uid,)).rowcount
+            except sqlite3.OperationalError:  # no listener ever ran on this database
+                return False
+            if changed:
+                self.add_event(c, study_uid, "console: force completion", {"by": user, "role": role})
+            return bool(changed)
+
+    def discard(self, study_uid: str, user: str, role: str) -> bool:
+        """Stop a study for good: forget its pending completion and mark it ignored, in one transaction.
+        A study being processed right now is refused (it would be written back); the caller removes the
+        files. A new instance of the study later opens it again, like any finished study."""
+        with self.transaction() as c:
+            row = c.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            if row is None or row["state"] in (PROCESSING, IGNORED):
+                return False
+            for table in ("pending_studies", "pending_series"):
+                try:
+                    c.execute(f"DELETE FROM {table} WHERE study_uid = ?", (study_uid,))
+                except sqlite3.OperationalError:  # no listener ever ran on this database
+                    pass
+            self.put_state(c, study_uid, IGNORED, {"error": "discarded", "next_at": 0.0})
+            self.add_event(c, study_uid, "console: discard", {"by": user, "role": role, "from": row["state"]})
+            return True
+
+    def add_feedback(self, study_uid: str, user: str, agree: bool | None, tirads: int | None = None,
+                     size_mm: float | None = None, outline: list[list[float]] | None = None,
+                     source: str = "form") -> int:
+        """A radiologist's answer to a result: agree or not, their own TI-RADS and size, a corrected nodule
+        outline (polygon of (row, column) in the key image's source frame). Returns its id."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO feedback(study_uid, ts, user, agree, tirads, size_mm, outline, source)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (study_uid, time.time(), user, None if agree is None else int(bool(agree)), tirads, size_mm,
+                 json.dumps(outline) if outline else None, source))
+            self.add_event(c, study_uid, "feedback", {"by": user, "agree": agree, "tirads": tirads,
+                                                      "size_mm": size_mm, "outline": bool(outline),
+                                                      "source": source})
+            return int(cur.lastrowid or 0)
+
+    def feedback(self, study_uid: str) -> list[dict[str, Any]]:
+        rows = self.read("SELECT * FROM feedback WHERE study_uid = ? ORDER BY id", (study_uid,))
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["outline"] = json.loads(item["outline"]) if item["outline"] else None
+            out.append(item)
+        return out
+
+    def set_outcome(self, study_uid: str, user: str, llnm: bool, metastatic_nodes: int | None = None) -> None:
+        """The pathology outcome of a study (LLNM yes/no, number of metastatic lateral nodes); a later answer
+        replaces an earlier one, both stay in the trail."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO outcomes(study_uid, ts, user, llnm, metastatic_nodes) VALUES (?, ?, ?, ?, ?)"
+                      " ON CONFLICT(study_uid) DO UPDATE SET ts = excluded.ts, user = excluded.user,"
+                      " llnm = excluded.llnm, metastatic_nodes = excluded.metastatic_nodes",
+                      (study_uid, time.time(), user, int(bool(llnm)), metastatic_nodes))
+            self.add_event(c, study_uid, "outcome", {"by": user, "llnm": bool(llnm),
+                                                     "metastatic_nodes": metastatic_nodes})
+
+    def outcome(self, study_uid: str) -> dict[str, Any] | None:
+        rows = self.read("SELECT * FROM outcomes WHERE study_uid = ?", (study_uid,))
+        return dict(rows[0]) if rows else None
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        """Every outcome with the prediction it judges and the scanner model: what the metrics and
+        `llnm cohort export` read."""
+        rows = self.read("SELECT o.study_uid, o.ts, o.llnm, o.metastatic_nodes, s.probability, s.risk_level,"
+                         " r.scanner_model FROM outcomes o LEFT JOIN studies s USING (study_uid)"
+                         " LEFT JOIN results r USING (study_uid) ORDER BY o.ts")
+        return [dict(r) for r in rows]
+
+    def agreements(self) -> list[dict[str, Any]]:
+        """Each study's latest agree/disagree with its time and scanner model."""
+        rows = self.read("SELECT f.study_uid, f.ts, f.agree, r.scanner_model FROM feedback f"
+                         " LEFT JOIN results r USING (study_uid) WHERE f.agree IS NOT NULL AND f.id ="
+                         " (SELECT MAX(id) FROM feedback g WHERE g.study_uid = f.study_uid AND g.agree IS NOT NULL)"
+                         " ORDER BY f.ts")
+        return [dict(r) for r in rows]
+
+    def last_sent(self, scan: int = 2000) -> dict[str, float]:
+        """Per destination, when it last stored a result (from the newest `scan` "sent" events)."""
+        rows = self.read("SELECT ts, detail FROM events WHERE event = 'sent' ORDER BY id DESC LIMIT ?", (scan,))
+        out: dict[str, float] = {}
+        for r in rows:
+            out.setdefault(json.loads(r["detail"]).get("destination", "?"), r["ts"])
+        return out

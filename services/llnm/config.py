@@ -75,6 +75,27 @@ class Settings:
     sr_profile: str = "tid1500"  # "tid1500" (strict) or "ohif"
     retention_hours: float = 72.0
 
+    # Console (llnm.console) and notifications (llnm.notify)
+    console_port: int = 8080  # the web console, in `llnm serve` and `llnm console` (0: off in `llnm serve`)
+    console_bind_address: str = "127.0.0.1"  # loopback unless set: put TLS (a reverse proxy) in front
+    console_users_file: str = ""  # "name role hash" lines (`llnm console add-user`); empty: <data_dir>/console-users
+    console_secret_key: str = ""  # signs session cookies; empty: a random key kept in <data_dir>/console-secret
+    console_phi_roles: str = "radiologist,admin"  # roles that see patient name, ID, birth date and key images
+    console_session_hours: float = 8.0  # a login lasts this long
+    console_secure_cookies: bool = False  # true behind HTTPS: the session cookie is sent over TLS only
+    console_oidc_issuer: str = ""  # OpenID Connect single sign-on (Authlib) when set: https://idp/realms/x
+    console_oidc_client_id: str = ""
+    console_oidc_client_secret: str = ""
+    console_oidc_role_claim: str = "groups"  # the ID token / userinfo claim listing the user's groups or roles
+    console_oidc_roles: str = ""  # "idp-group:role,...": which group gives which console role (first match)
+    notify_webhooks: str = ""  # "https://host/hook[;events=result|failed|dead_letter]", comma-separated
+    notify_email: str = ""  # "a@hospital.org,b@hospital.org[;events=dead_letter|failed]"
+    notify_smtp_url: str = ""  # smtp://host:25, smtp+starttls://user:password@host:587, smtps://...:465
+    notify_email_from: str = "llnm@localhost"
+    notify_max_retries: int = 5
+    notify_backoff_s: float = 5.0  # first delay between webhook tries (doubling)
+    notify_timeout_s: float = 10.0
+
     # Observability
     metrics_port: int = 9110
     log_level: str = "INFO"
@@ -113,6 +134,10 @@ class Settings:
     @property
     def results_path(self) -> Path:
         return Path(self.results_dir) if self.results_dir else self.data_dir / "results"
+
+    @property
+    def console_users_path(self) -> Path:
+        return Path(self.console_users_file) if self.console_users_file else self.data_dir / "console-users"
 
 
 def _parse(raw: str, type_name: object, name: str) -> object:

@@ -1,9 +1,12 @@
 """The whole pipeline on DICOM files, in-process: read -> analyse -> SEG + SR + key image + summary.
 
-Used by `llnm predict` and by the worker. Per-file problems become warnings of their study; a study
-with no usable image gets a summary saying why and no DICOM objects (nothing wrong is ever written).
-A study the quality gate declined ("not assessable") gets an SR and key images that say why, no SEG
-and no number; summary.json says so ("assessable", "not_assessable") and, per view, what the gate found.
+Used by `llnm predict` and by the worker. Per-file problems become warnings of their study. A study
+with no usable image (only Doppler or colour frames, no ultrasound image of a supported SOP class) gets
+notice objects: an SR and a key image that say "not analysed: <reason>" and name the algorithm, with
+what was received as the SR's evidence, so the absence of a result is never ambiguous; no SEG and no
+number. A study the quality gate declined ("not assessable") gets an SR and key images that say why, no
+SEG and no number; summary.json says so ("assessable", "not_assessable") and, per view, what the gate
+found, and lists every object written.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from pydicom.dataset import Dataset
 
 from llnm import ALGORITHM_NAME, RESEARCH_USE_STATEMENT, __version__
 from llnm.config import Settings
-from llnm.dicom.common import analysed_frames
-from llnm.dicom.key_image import build_key_image
-from llnm.dicom.loading import FrameRef, StudyFiles, group_by_study, load_study
+from llnm.dicom.common import analysed_frames, calibration_state
+from llnm.dicom.key_image import build_key_image, build_notice_image
+from llnm.dicom.loading import (NO_BMODE_FRAME, NO_ULTRASOUND_IMAGE, FrameRef, InstanceFile, StudyFiles,
+                                group_by_study, load_study, writer_source)
 from llnm.observability.metrics import stage
 from llnm.dicom.seg import build_seg
-from llnm.dicom.sr import build_sr, summary_numbers
-from llnm.inference.backend import InferenceBackend
-from llnm.listener.spool import validate_uid
+from llnm.dicom.sr import build_notice_sr, build_sr, summary_numbers
+from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
+                                    ModelNotFound)
+from llnm.listener.spool import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
 from llnm.quality import NO_IMAGE, NO_IMAGE_TEXT
 from llnm.study import StudyInput, StudyResult
@@ -84,9 +89,11 @@ def predict_study(files: StudyFiles, backend: InferenceBackend, settings: Settin
     with stage("decode"):
         study = load_study(files, report_dir=settings.report_dir or None)
     if not study.views:
-        summary = _summary(study, None, [], status="no usable image")
-        log.warning("study has no usable image", study_uid=study.study_uid)
-        return StudyOutput(study.study_uid, summary, [], None)
+        notice = not_analysed_result(study, model_versions(backend))
+        datasets = build_notice_datasets(files, notice, settings)
+        summary = _summary(study, notice, datasets, status="no usable image")
+        log.warning("study has no usable image", study_uid=study.study_uid, objects=len(datasets))
+        return StudyOutput(study.study_uid, summary, datasets, None)
     result = (analyse or _default_analyse())(study, backend)
     datasets = build_datasets(study, result, settings)
     for ds in datasets:  # the study read and validated is the one every object names (never another)
@@ -106,18 +113,99 @@ def build_datasets(study: StudyInput, result: StudyResult, settings: Settings) -
     with pywarnings.catch_warnings():
         # highdicom warns about odd patient names in the source; never echo those values.
         pywarnings.simplefilter("ignore", UserWarning)
+        segmentations: dict[str, Dataset] = {}  # the SR links each outlined nodule to its segment here
         for frame in frames:
             seg = build_seg(frame, result, study.study_uid)
             if seg is not None:
                 out.append(seg)
+                segmentations[frame.key] = seg
         evidence = _evidence(study)
         if evidence:
             out.append(build_sr(frames, study.views, result, study.study_uid, evidence,
-                                profile=settings.sr_profile))
+                                profile=settings.sr_profile, segmentations=segmentations))
         if settings.key_images:
             for number, frame in enumerate(frames, start=1):
                 out.append(build_key_image(frame, result, study.study_uid, number))
     return out
+
+
+#: StudyResult.finding of a study with no usable image: "not analysed: <reason>".
+NOT_ANALYSED = "not analysed"
+
+
+def model_versions(backend: InferenceBackend | None) -> dict[str, str]:
+    """The content hash of each model the backend serves: the algorithm's identity in a notice, where no
+    model ran (the same identity as in an analysed study's objects)."""
+    versions: dict[str, str] = {}
+    for name in (NODULE_SEG, THYROID_SEG, TEXT_ENCODER, TMDL):
+        try:
+            if backend is not None and backend.has_model(name):
+                versions[name] = backend.model_version(name)
+        except ModelNotFound:
+            continue
+    return versions
+
+
+def no_image_reason(study: StudyInput) -> str:
+    """Why a study gave no view, from what reading it found (llnm.dicom.loading)."""
+    if NO_ULTRASOUND_IMAGE in study.warnings:
+        return NO_ULTRASOUND_IMAGE
+    if NO_BMODE_FRAME in study.warnings:
+        colour = any("Doppler" in w or "colour" in w for w in study.warnings)
+        return f"{NO_BMODE_FRAME} (Doppler or colour only)" if colour else NO_BMODE_FRAME
+    return NO_IMAGE_TEXT
+
+
+def not_analysed_result(study: StudyInput, versions: dict[str, str]) -> StudyResult:
+    """The result of a study with no usable image: nothing analysed, no number, the reason."""
+    reason = no_image_reason(study)
+    return StudyResult(study_uid=study.study_uid, finding=f"{NOT_ANALYSED}: {reason}", probability=None,
+                       risk_level=None, model_versions=versions, not_assessable_code=NO_IMAGE,
+                       not_assessable_reason=reason)
+
+
+def build_notice_datasets(files: StudyFiles, result: StudyResult, settings: Settings) -> list[Dataset]:
+    """The notice SR and (if Settings.key_images) key image of a study with no usable image; the SR's
+    evidence is every instance received (our own outputs aside), its one group outlines the first
+    received image when there is one. Nothing when nothing usable as evidence was received."""
+    received = sorted((i for i in files.instances if i.kind != "own_output" and _valid_class(i.header)),
+                      key=lambda i: (i.kind != "image", _order(i)))
+    if not received:
+        return []
+    evidence = [writer_source(i.header, dict(files.repaired)) for i in received]
+    image = evidence[0] if received[0].kind == "image" and "Rows" in evidence[0] and "Columns" in evidence[0] else None
+    sources = sorted(str(ds.SOPInstanceUID) for ds in evidence)
+    out: list[Dataset] = []
+    try:
+        with pywarnings.catch_warnings():
+            pywarnings.simplefilter("ignore", UserWarning)  # never echo odd source names (see build_datasets)
+            out.append(build_notice_sr(result, files.study_uid, evidence, image, profile=settings.sr_profile))
+            if settings.key_images:
+                out.append(build_notice_image(evidence[0], result, files.study_uid, sources, len(received)))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # A header highdicom cannot build from (the notice copies its patient and study modules): the
+        # study keeps its summary ("no usable image"), as before notices existed, rather than failing.
+        log.warning("notice objects not written", study_uid=files.study_uid, reason=type(exc).__name__)
+        return []
+    return out
+
+
+def _valid_class(header: Dataset) -> bool:
+    try:
+        validate_uid(header.get("SOPClassUID"))
+    except InvalidUID:
+        return False
+    return True
+
+
+def _order(inst: InstanceFile) -> tuple:
+    """Series, instance number, SOP Instance UID: a stable order of the received instances."""
+    header = inst.header
+    try:
+        number = int(header.get("InstanceNumber") or 0)
+    except (TypeError, ValueError):
+        number = 0
+    return (str(header.get("SeriesInstanceUID", "")), number, str(header.get("SOPInstanceUID", "")))
 
 
 def _evidence(study: StudyInput) -> list[Dataset]:
@@ -181,7 +269,7 @@ def _summary(study: StudyInput, result: StudyResult | None, datasets: list[Datas
         **numbers,
         "risk_probabilities": [round(float(p), 4) for p in result.risk_probabilities] if assessable else [],
         "location": dict(result.location) if assessable else {},
-        "calibrated": bool(result.calibrated) if result is not None else False,
+        "calibrated": bool(calibration_state(study.views, result)) if result is not None else False,
         "index_view": result.index_view if assessable else None,
         "views": views,
         "inputs": {"sex_known": study.sex is not None, "age_known": study.age_years is not None,

@@ -1,5 +1,6 @@
 """Assembling the long-running services from Settings: `llnm listener`, `llnm worker` and the embedded
-`llnm serve` (listener + in-process queue + worker threads + ONNX Runtime + results folder).
+`llnm serve` (listener + in-process queue + worker threads + ONNX Runtime + results folder + the web
+console on LLNM_CONSOLE_PORT, llnm.console).
 
 Each process serves /metrics, /healthz and /readyz on LLNM_METRICS_PORT (0: no HTTP endpoint) and stops
 cleanly on SIGTERM/SIGINT: the listener stops accepting, the worker finishes the study in hand.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING, Callable
 
 from llnm import RESEARCH_USE_STATEMENT
 from llnm.audit import AuditTrail
@@ -23,6 +25,9 @@ from llnm.config import Settings
 from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, create_backend
 from llnm.observability.health import HealthServer, broker_check, disk_check, models_check, writable_dir_check
 from llnm.observability.logs import get_logger
+
+if TYPE_CHECKING:
+    from llnm.console.server import ConsoleServer
 
 log = get_logger(__name__)
 
@@ -63,6 +68,65 @@ def warn_about_settings(settings: Settings, receives: bool) -> list[str]:
                     variable="LLNM_ALLOWED_AES")
         warnings.append("LLNM_ALLOWED_AES")
     return warnings
+
+
+def console_checks(settings: Settings, backend: object | None = None, heartbeats: dict | None = None,
+                   worker_threads: list[threading.Thread] | None = None) -> dict:
+    """The live checks the console's health page shows: workers, models (Triton), broker, disk, and the
+    listener's loops when it runs in this process."""
+    checks = {"spool disk": disk_check(settings.data_dir, settings.min_free_disk_mb)}
+    if settings.broker_url:
+        checks["broker"] = broker_check(settings.broker_url)
+        checks["workers"] = _celery_workers_check(settings)
+    if worker_threads is not None:
+        def threads_alive() -> tuple[bool, str]:
+            alive = sum(t.is_alive() for t in worker_threads)
+            return alive == len(worker_threads) > 0, f"{alive} of {len(worker_threads)} threads alive"
+
+        checks["workers"] = threads_alive
+    if backend is not None:
+        checks["models" if settings.inference_backend != "triton" else "Triton"] = models_check(backend, MODELS)
+    elif settings.inference_backend == "triton":
+        checks["Triton"] = _lazy_models_check(settings)
+    for name, beat in (heartbeats or {}).items():
+        checks[f"listener {name}"] = lambda beat=beat: (beat.alive(), f"{beat.age():.0f} s since the last pass")
+    return checks
+
+
+def _celery_workers_check(settings: Settings) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        from llnm.worker.celery_app import create_app
+
+        replies = create_app(settings).control.ping(timeout=1.0) or []
+        return bool(replies), f"{len(replies)} answering"
+
+    return check
+
+
+def _lazy_models_check(settings: Settings) -> Callable[[], tuple[bool, str]]:
+    backends: list = []
+
+    def check() -> tuple[bool, str]:
+        if not backends:
+            backends.append(create_backend(settings))
+        return models_check(backends[0], MODELS)()
+
+    return check
+
+
+def _start_console(settings: Settings, audit: AuditTrail, checks: dict) -> "ConsoleServer | None":
+    """The web console inside `llnm serve` (LLNM_CONSOLE_PORT, 0: off); a port in use is logged, never fatal."""
+    if not settings.console_port:
+        return None
+
+    from llnm.console.server import ConsoleServer
+
+    try:
+        return ConsoleServer(settings, audit, checks).start()
+    except OSError:
+        log.error("console not started: its port is in use or not allowed", port=settings.console_port,
+                  variable="LLNM_CONSOLE_PORT")
+        return None
 
 
 def run_listener(settings: Settings) -> int:
@@ -175,11 +239,15 @@ def run_embedded(settings: Settings) -> int:
     queue.start()
     maintenance.start()
     listener.start()
+    console = _start_console(settings, audit, console_checks(settings, backend, listener.heartbeats,
+                                                             queue.worker_threads()))
     log.info(RESEARCH_USE_STATEMENT)
     log.info("ready: send studies to the listener", called_ae=settings.ae_title, port=listener.port,
              path=str(worker.settings.results_path) if worker.write_results_folder else None,
-             destination=settings.destinations or None)
+             destination=settings.destinations or None, console_port=console.port if console else None)
     stop.wait()
+    if console:
+        console.stop()
     listener.stop()
     queue.stop()
     maintenance.stop()

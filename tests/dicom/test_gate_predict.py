@@ -54,7 +54,8 @@ def test_a_doppler_only_study_is_declined_before_any_model(tmp_path, backend):
     path = tmp_path / "doppler.dcm"
     make_us(path, rows=200, cols=300, regions=[{"x0": 0, "y0": 0, "x1": 299, "y1": 199, "type": 2}])
     output = predict([path], backend)
-    assert output.result is None and output.datasets == []
+    assert output.result is None  # no model ran; the notice SR and key image say so (test_notice_objects.py)
+    assert sorted(d.Modality for d in output.datasets) == ["SR", "US"]  # the key image is Modality US
     assert_declined(output.summary, {"no_image"})
     assert any("Doppler" in w for w in output.summary["warnings"])
 

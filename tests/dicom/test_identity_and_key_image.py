@@ -106,7 +106,8 @@ def test_ohif_profile_label_still_carries_the_result(settings, us_factory, tmp_p
     us_factory("a.dcm")
     (output,) = _predict([tmp_path / "a.dcm"], dataclasses.replace(settings, sr_profile="ohif"))
     sr = _one(output, "SR")
-    assert set(_values(sr, TRACKING_IDENTIFIER)) == {OHIF_POLYLINE_TRACKING_ID}
+    # the outline group names OHIF's tool; the group linking its SEG segment keeps the finding's name
+    assert _values(sr, TRACKING_IDENTIFIER) == [OHIF_POLYLINE_TRACKING_ID, "Nodule 1"]
     comments = [str(i.TextValue) for i in _walk(sr.ContentSequence) if _concept(i) == "121106"]
     assert comments[0].startswith("Nodule 1: LLNM risk high, p=73%")
 

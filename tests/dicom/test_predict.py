@@ -130,15 +130,18 @@ def test_broken_files_are_reported_and_the_rest_of_the_study_is_processed(tmp_pa
             assert uid not in text, f"{name} leaked into {ds.Modality}"
 
 
-def test_study_without_usable_image_writes_only_a_summary(tmp_path, settings):
+def test_study_without_usable_image_writes_a_notice_and_no_seg(tmp_path, settings):
     shutil.copy(real_file("US1_UNCR.dcm"), tmp_path / "doppler.dcm")
     (output,) = predict_paths([tmp_path / "doppler.dcm"], backend=None, settings=settings,
                               analyse=lambda s, b: pytest.fail("must not analyse"))
-    assert output.result is None and output.datasets == []
+    assert output.result is None  # nothing was analysed (the worker audits it as such)
     assert output.summary["status"] == "no usable image"
+    assert output.summary["finding"].startswith("not analysed: no B-mode")
     assert any("no B-mode" in w for w in output.summary["warnings"])
     folder = write_output(output, tmp_path / "out")
-    assert [p.name for p in folder.iterdir()] == ["summary.json"]
+    assert sorted(o["type"] for o in output.summary["objects"]) == ["SC", "SR"]  # tests/dicom/test_notice_objects.py
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["summary.json"] + [o["file"] for o in output.summary["objects"]])
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.sr.codedict import codes as dcm_codes
 
 from llnm import MANUFACTURER, __version__
 from llnm.dicom import classify_instance, codes, is_own_output
@@ -24,8 +25,13 @@ from tests.dicom.conftest import (
     declined_result,
     drawn_analyse,
     drawn_result,
+    read,
     real_file,
 )
+
+
+#: the outline groups (TID 1410 Image Region); each has a second group linking its SEG segment
+IMAGE_REGION = dcm_codes.DCM.ImageRegion
 
 
 def _predict(paths, settings, analyse=drawn_analyse):
@@ -46,17 +52,21 @@ def test_real_file_predict_writes_objects_that_dciodvfy_accepts(name, settings, 
     folder = write_output(output, tmp_path / "out")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["study_uid"] == output.study_uid
-    if name not in BMODE_FILES:
-        assert summary["status"] == "no usable image" and output.datasets == [] and summary["objects"] == []
-        assert summary["warnings"]
-        return
     kinds = _by_type(output)
-    assert set(kinds) == {"SEG", "SR", "SC"}
+    if name not in BMODE_FILES:  # a notice: the SR and key image say "not analysed", no SEG, no number
+        assert summary["status"] == "no usable image" and summary["warnings"]
+        assert set(kinds) == {"SR", "SC"} and summary["probability"] is None
+        assert summary["finding"].startswith("not analysed: ")
+    else:
+        assert set(kinds) == {"SEG", "SR", "SC"}
     assert len(summary["objects"]) == len(output.datasets)
+    source = read(real_file(name))
+    theirs = [f'"{source.get(k)}"' for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
     for ds in output.datasets:
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         assert path.is_file()
-        assert dciodvfy_errors(path) == [], f"{ds.Modality} of {name}"
+        errors = [e for e in dciodvfy_errors(path) if not ("Illegal root for UID" in e and any(u in e for u in theirs))]
+        assert errors == [], f"{ds.Modality} of {name}"  # the source's own UIDs aside (color-pl: "999.999...")
 
 
 def test_seg_keeps_what_ohif_needs_and_references_the_cine_frame(settings, us_factory, tmp_path):
@@ -106,7 +116,7 @@ def test_sr_round_trip_gives_the_numbers_of_summary_json(settings, us_factory, t
     summary = json.loads((folder / "summary.json").read_text())
     (sr_ds,) = _by_type(output)["SR"]
     sr = hd.sr.srread(folder / f"{sr_ds.SOPInstanceUID}.dcm")
-    groups = sr.content.get_planar_roi_measurement_groups()
+    groups = sr.content.get_planar_roi_measurement_groups(reference_type=IMAGE_REGION)  # + its SEG link
     assert len(groups) == 1
     group = groups[0]
     values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
@@ -145,7 +155,7 @@ def test_uncalibrated_study_reports_pixels_and_says_so(settings, us_factory, tmp
     assert any("uncalibrated" in w for w in s["warnings"])
     (sr_ds,) = _by_type(output)["SR"]
     sr = hd.sr.srread(_save(sr_ds, tmp_path))
-    (group,) = sr.content.get_planar_roi_measurement_groups()
+    (group,) = sr.content.get_planar_roi_measurement_groups(reference_type=IMAGE_REGION)
     units = {m.name.meaning: m.unit.value for m in group.get_measurements()}
     assert units[codes.CAPSULE_DISTANCE.meaning] == "{pixels}"
     evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
@@ -246,7 +256,7 @@ def test_two_views_share_one_tracking_uid(settings, tmp_path):
     (output,) = _predict([real_file("gdcm-US-ALOKA-16.dcm")], settings)
     (sr_ds,) = _by_type(output)["SR"]
     sr = hd.sr.srread(_save(sr_ds, tmp_path))
-    groups = sr.content.get_planar_roi_measurement_groups()
+    groups = sr.content.get_planar_roi_measurement_groups(reference_type=IMAGE_REGION)
     assert len(groups) == 2
     assert groups[0].tracking_uid == groups[1].tracking_uid
     assert len(groups[0].get_measurements()) > 0 and groups[1].get_measurements() == []
@@ -419,7 +429,7 @@ def test_a_declined_view_of_an_assessable_study_gets_no_seg_and_no_outline(setti
     assert refs == {used_uid} and declined_uid not in refs
     (sr_ds,) = kinds["SR"]
     sr = hd.sr.srread(_save(sr_ds, tmp_path))
-    (group,) = sr.content.get_planar_roi_measurement_groups()  # the used view's outline only
+    (group,) = sr.content.get_planar_roi_measurement_groups(reference_type=IMAGE_REGION)  # the used view's only
     assert str(group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) == used_uid
     assert f"view 2 not used: {OUTSIDE_TEXT}" in sr_text(sr_ds)
     used_sc, declined_sc = sorted(kinds["SC"], key=lambda d: int(d.InstanceNumber))  # in view order

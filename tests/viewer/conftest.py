@@ -1,5 +1,6 @@
-"""Fixtures of the viewer tests: one Orthanc + OHIF stack per test (empty study list), and `walk`, which uploads a
-study and walks it through OHIF in chromium (study list, image, SR, SEG, key image)."""
+"""Fixtures of the viewer tests: one Orthanc + OHIF stack per test (empty study list); `walk`, which uploads a
+study and walks it through OHIF in chromium (study list, image, SR, SEG, key image), and `walk_many`, which
+walks several studies in one browser session."""
 
 from __future__ import annotations
 
@@ -64,6 +65,31 @@ def walk(stack: Stack) -> Callable[..., dict[str, Any]]:
             "stepTimeoutMs": 60000, "totalTimeoutMs": 170000, **job,
         }
         result = viewer_env.run_driver(spec, timeout_s=200)
+        (viewer_env.ARTIFACTS_DIR / f"{name}.json").write_text(json.dumps(result, indent=1))
+        shutil.rmtree(profile, ignore_errors=True)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def walk_many(stack: Stack) -> Callable[..., dict[str, Any]]:
+    """walk_many(files, walks, name, **job) -> what the driver saw: several studies (all of `files` uploaded
+    first) walked one after the other in one browser session; out["walks"][i] is walks[i]'s record.
+    Each walk is a dict of the driver's per-study keys (study, sr, seg, key...) with its own prefix."""
+    viewer_env.ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+
+    def run(files: list[Path], walks: list[dict[str, Any]], name: str, **job: Any) -> dict[str, Any]:
+        for f in files:
+            stack.orthanc.upload(f)
+        profile = Path(tempfile.mkdtemp(prefix="profile-", dir=stack.workdir))
+        total_s = 60 + 120 * len(walks)
+        spec = {
+            "url": stack.viewer.url, "walks": walks, "outDir": str(viewer_env.ARTIFACTS_DIR),
+            "profileDir": str(profile), "chromium": viewer_env.CHROMIUM,
+            "stepTimeoutMs": 60000, "totalTimeoutMs": total_s * 1000, **job,
+        }
+        result = viewer_env.run_driver(spec, timeout_s=total_s + 30)
         (viewer_env.ARTIFACTS_DIR / f"{name}.json").write_text(json.dumps(result, indent=1))
         shutil.rmtree(profile, ignore_errors=True)
         return result

@@ -33,11 +33,15 @@ def seg_problems(seg: Dataset) -> list[str]:
 
     Without PixelMeasuresSequence the whole viewer crashes ("SpacingBetweenSlices of PixelMeasures");
     without PlaneOrientationSequence the SEG does not load ("ImageOrientationPatient"). OHIF reads
-    both from the shared functional groups, or from every per-frame item.
+    both from the shared functional groups, or from every per-frame item. A BINARY SEG whose Columns is
+    not a multiple of 8 (1-bit rows that end mid-byte) gets 400 from Orthanc 1.10 for every
+    /dicom-web/.../frames/N, and OHIF then shows "Loading SEG..." for ever.
     """
     out: list[str] = []
     if str(seg.get("SOPClassUID", "")) != SEG_STORAGE:
         return [f"not a SEG: {seg.get('SOPClassUID')}"]
+    if str(seg.get("SegmentationType", "")) == "BINARY" and int(seg.get("Columns", 0)) % 8:
+        out.append(f"BINARY with {seg.Columns} columns (not a multiple of 8): Orthanc answers 400 to /frames/N")
     shared = next(_groups(seg), Dataset())
     frames = list(seg.get("PerFrameFunctionalGroupsSequence", []) or [])
     for keyword, attribute, n in (("PixelMeasuresSequence", "PixelSpacing", 2),
@@ -124,6 +128,19 @@ def ohif_sr_lines(sr: Dataset) -> list[list[str]]:
     return out
 
 
+def _tracking_uid(group: Dataset) -> str | None:
+    return next((str(i.UID) for i in group.get("ContentSequence", []) or [] if _code(i)[1] == "112040"), None)
+
+
+def _merged_has_scoord(groups: list[Dataset], group: Dataset) -> bool:
+    """Does the measurement OHIF 3.13 makes of `group` have an outline? Its SR handler merges the content of
+    all groups with the same Tracking UID first (_getMergedContentSequencesByTrackingUniqueIdentifiers): a
+    group linking a SEG segment (TID 1410, IMAGE 121214, no SCOORD) shares its outline group's UID."""
+    uid = _tracking_uid(group)
+    return uid is not None and any(
+        i.get("ValueType") == "SCOORD" for g in groups if _tracking_uid(g) == uid for i in g.get("ContentSequence", []) or [])
+
+
 def sr_problems(sr: Dataset) -> list[str]:
     """Why OHIF 3.13 would show nothing (or fail) for this SR (empty: none known)."""
     if str(sr.get("SOPClassUID", "")) not in SR_CLASSES:
@@ -151,8 +168,8 @@ def sr_problems(sr: Dataset) -> list[str]:
             refs = [r for c in (s.get("ContentSequence") or []) for r in (c.get("ReferencedSOPSequence") or [])]
             if not refs:
                 out.append(f"group {n}: SCOORD without a referenced image")
-        if not scoords and not nested:
-            # OHIF reads coords[0] of every group when it matches groups to images.
+        if not scoords and not nested and not _merged_has_scoord(groups, group):
+            # OHIF merges the groups of one Tracking UID, then reads coords[0] of each merged measurement.
             out.append(f"group {n}: no SCOORD: OHIF 3.13 reads coords[0] of an empty list")
         for i in items:
             if i.get("ValueType") == "NUM" and i.get("MeasuredValueSequence"):

@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("send", "send DICOM files or folders to a DICOM node (C-STORE SCU)"),
     "smoke-test": ("smoke_test", "prove an installation end to end: C-ECHO, one phantom study, wait for its result"),
     "requeue": ("requeue", "queue failed studies again"),
+    "console": ("console", "the web console for operators and radiologists (add-user: its users)"),
+    "cohort": ("cohort", "the hospital cohort from studies with outcomes, in the training layout (export)"),
     "status": ("status", "show the audit trail of one study"),
     "studies": ("studies", "list studies known to the service"),
     "predict": ("predict", "run the whole pipeline in-process on DICOM files or folders"),

@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from llnm.audit import error_text
     from llnm.config import Settings
     from llnm.dicom.loading import group_by_study
+    from llnm.dicom.supersede import succeed_output
     from llnm.inference.backend import create_backend
     from llnm.observability.logs import configure_logging
     from llnm.predict import predict_study, write_output
@@ -51,9 +52,22 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             print(f"{uid}: failed: {error_text(exc)}", file=sys.stderr)  # never a message quoting a value
             continue
+        succeed_output(output, _prior(args.out, uid))  # same result: same bytes; else supersede it
         folder = write_output(output, args.out)
         s = output.summary
         print(json.dumps({"study_uid": uid, "status": s["status"], "probability": s["probability"],
                           "risk_label": s["risk_label"], "calibrated": s["calibrated"],
                           "objects": len(s["objects"]), "folder": str(folder)}))
     return 1 if failures else 0
+
+
+def _prior(out: Path, study_uid: str):
+    """What an earlier `llnm predict` wrote for the study into `out` (its summary.json), if anything."""
+    from llnm.dicom.supersede import ResultRecord
+    from llnm.listener.spool import validate_uid
+
+    path = out / validate_uid(study_uid) / "summary.json"
+    try:
+        return ResultRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None

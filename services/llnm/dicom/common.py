@@ -73,6 +73,17 @@ class AnalysedFrame:
         return self.views[0][1].spacing_mm
 
 
+def calibration_state(views: list[View], result: StudyResult) -> bool | None:
+    """Is what the report describes calibrated? The index view's state when numbers were measured on it;
+    else (no nodule, not assessable) whether every analysed view has a spacing, so a report that measured
+    nothing never calls a calibrated view "uncalibrated"; None when no view was analysed at all."""
+    if result.assessable and result.index_view is not None:
+        return bool(result.calibrated)
+    if not views:
+        return None
+    return all(view.spacing_mm is not None for view in views)
+
+
 def frame_key(ref: FrameRef) -> str:
     return f"{ref.sop_instance_uid}:{ref.frame_number or 1}"
 

@@ -15,12 +15,16 @@ its ratio and method; SourceImageSequence (General Reference module, C.12.4) nam
 Only masks that passed the quality gate are drawn (`llnm.dicom.common.reportable`): a not-assessable
 study's key image is the frame as acquired with "not assessable: <reason>" below it and no outline,
 heat map or number; a view the gate declined in an assessable study gets no outline and a banner line
-saying why it was not used.
+saying why it was not used. With no nodule found, nothing was measured: no calibration line.
+
+A study with no usable image gets a notice instead (`build_notice_image`): the text "not analysed:
+<reason>" rendered on black, nothing of the received pixels.
 """
 
 from __future__ import annotations
 
 import copy
+import textwrap
 
 import highdicom as hd
 import numpy as np
@@ -29,7 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from scipy import ndimage
 
-from llnm import ALGORITHM_NAME, MANUFACTURER
+from llnm import ALGORITHM_NAME, MANUFACTURER, __version__
 from llnm.dicom import codes
 from llnm.dicom.common import (
     SERIES_NUMBER,
@@ -159,15 +163,19 @@ def banner_lines(result: StudyResult, frame: AnalysedFrame | None = None) -> lis
         second = f"capsule distance {result.capsule_distance_mm:.1f} mm"
     elif result.capsule_distance_px is not None:
         second = f"capsule distance {result.capsule_distance_px:.0f} px (uncalibrated)"
-    else:
-        second = "uncalibrated" if not result.calibrated else ""
+    else:  # nothing measured (no nodule found): no calibration to state
+        second = "uncalibrated" if result.index_view is not None and not result.calibrated else ""
     return [first, second, *declines, f"{SHORT_LABEL}, NOT FOR DIAGNOSIS"]
 
 
 def _banner(width: int, result: StudyResult, frame: AnalysedFrame | None = None) -> np.ndarray:
+    return _text_block(width, [t for t in banner_lines(result, frame) if t])
+
+
+def _text_block(width: int, lines: list[str]) -> np.ndarray:
+    """White lines on black (the research-use line in red), (height, width, 3) uint8."""
     size = max(10, min(28, width // 36))
     font = ImageFont.load_default(size=size)
-    lines = [t for t in banner_lines(result, frame) if t]
     height = (size + 4) * len(lines) + 8
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -215,6 +223,63 @@ def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, n
         sc.ImageComments = (f"{ALGORITHM_NAME} key image: {result.finding}; no outline, heat map or "
                             "measurement. Research use only, not for diagnosis.")[:10240]
     add_common(sc, result, "Key image")
+    return sc
+
+
+#: Width of the notice image (`build_notice_image`) and the characters per line of its text.
+NOTICE_WIDTH = 640
+NOTICE_CHARACTERS = 52
+
+
+def notice_lines(result: StudyResult, received: int) -> list[str]:
+    """The notice's text: what the algorithm says about the study and that nothing else follows."""
+    lines = textwrap.wrap(f"{ALGORITHM_NAME}: {result.finding}", NOTICE_CHARACTERS)
+    lines += [f"{received} instance{'s' if received != 1 else ''} received, no image analysed",
+              f"algorithm {ALGORITHM_NAME} {__version__}: no other result follows",
+              f"{SHORT_LABEL}, NOT FOR DIAGNOSIS"]
+    return lines
+
+
+def build_notice_image(header: Dataset, result: StudyResult, study_uid: str, sources: list[str],
+                       received: int) -> hd.sc.SCImage:
+    """A key image for a study with no usable image: the notice as rendered text (nothing of the
+    received pixels), so a PACS viewer that shows only images shows that the algorithm looked.
+    `header`: a received instance whose Patient and Study modules are copied; `sources`: the received
+    SOP Instance UIDs (its UID is derived from them and the result)."""
+    pixels = _text_block(NOTICE_WIDTH, notice_lines(result, received))
+    versions = versions_key(result)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=header,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=output_series_uid("SC", study_uid, versions),
+        series_number=SERIES_NUMBER["SC"],
+        sop_instance_uid=output_instance_uid("SC-notice", study_uid, sources, versions),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=("A", "F"),  # highdicom insists; replaced by "unknown" (empty) below
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )
+    sc.PatientOrientation = ""
+    copy_study_modules(sc, header)
+    side = laterality(header)
+    if side:
+        sc.Laterality = side
+    else:
+        # General Series C.7.3.1: Laterality (Type 2C) is required for a paired body part only. The notice
+        # shows no image of a lobe: it names the body part this service reports on (the source's when
+        # given), the thyroid, which is not paired, and leaves Laterality out.
+        sc.BodyPartExamined = str(header.get("BodyPartExamined", "") or "THYROID")
+        if "Laterality" in sc:
+            del sc.Laterality
+    sc.Modality = "US"
+    sc.ConversionType = "WSD"
+    sc.BurnedInAnnotation = "NO"  # only the algorithm's text, nothing that identifies the patient
+    sc.ImageComments = (f"{ALGORITHM_NAME} notice: {result.finding}. No image of this study was analysed. "
+                        "Research use only, not for diagnosis.")[:10240]
+    add_common(sc, result, "Notice")
     return sc
 
 

@@ -49,6 +49,9 @@ MAX_VIEWS = 8
 #: A file that does not parse is an error only when it claims to be DICOM (or has no suffix, as
 #: PACS exports often do); anything else in a folder (PNG, CSV, JSON) is skipped quietly.
 DICOM_SUFFIXES = frozenset({"", ".dcm", ".dicom", ".dic", ".ima"})
+#: Why a study gave no view (the last of its warnings says which; the notice objects quote it).
+NO_ULTRASOUND_IMAGE = "no ultrasound image in the study"
+NO_BMODE_FRAME = "no B-mode greyscale frame in the study"
 
 
 @dataclass
@@ -179,9 +182,9 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
                         sop_instance_uid=_label(inst), reason=str(exc).split(" (", 1)[0])
     views = views[:MAX_VIEWS]
     if not images:
-        warnings.append("no ultrasound image in the study")
+        warnings.append(NO_ULTRASOUND_IMAGE)
     elif not views:
-        warnings.append("no B-mode greyscale frame in the study")
+        warnings.append(NO_BMODE_FRAME)
     headers = [i.header for i in images] or [i.header for i in files.instances]
     sex, age, report = None, None, None
     if headers:
@@ -246,7 +249,7 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str],
         return []
     ds = read_full(inst.path)
     same_uids(header, ds)
-    source = _writer_source(header, repaired)
+    source = writer_source(header, repaired)
     crop_warnings: list[str] = []
     crops = tissue_crops(ds, crop_warnings)
     warnings.extend(f"instance {_label(inst)}: {w}" for w in crop_warnings)
@@ -296,7 +299,7 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str],
     return out
 
 
-def _writer_source(header: Dataset, repaired: dict[str, str] | None) -> Dataset:
+def writer_source(header: Dataset, repaired: dict[str, str] | None) -> Dataset:
     """The header the writers copy from: the header read without pixel data, its UIDs the validated ones
     (group_by_study checked them) and its missing or malformed patient/study attributes emptied;
     `repaired` collects which (a malformed value beats a missing one across instances)."""

@@ -1,4 +1,4 @@
-"""DICOM Segmentation (binary) of the nodule and the thyroid gland on one analysed source frame.
+"""DICOM Segmentation of the nodule and the thyroid gland on one analysed source frame.
 
 One SEG per analysed source frame (highdicom supports a single source frame when the image has no
 Frame of Reference, which is the rule for ultrasound). Segments: 1 nodule (SCT Morphologically
@@ -19,7 +19,22 @@ ultrasound region's; when uncalibrated it is 1 x 1, a nominal value (PS3.3 C.7.6
 for PixelSpacing, and OHIF needs one), stated in ContentDescription, while the SR says "Uncalibrated"
 and gives sizes in {pixels}. SliceThickness and SpacingBetweenSlices are not written: a 2D ultrasound
 frame without Frame of Reference has neither (Type 1C/3 in the Pixel Measures macro, required only for
-VOLUME or SAMPLED frames), and we do not invent them.
+VOLUME or SAMPLED frames), and we do not invent them. highdicom's reader (hd.seg.segread, 0.28) insists on
+SliceThickness in any PixelMeasuresSequence and so refuses this SEG as written (docs/dicom-conformance.md 2.2).
+
+FRACTIONAL, 8 bits, OCCUPANCY, values 0 or MaximumFractionalValue 255 (PS3.3 C.8.20.2), for every
+frame size. A BINARY SEG packs its 1-bit pixels without padding (PS3.5 8.1.1): a row of Columns, and a
+frame of Rows x Columns, that is not a multiple of 8 ends mid-byte. Orthanc 1.10's DICOMweb plugin answers
+every `/frames/N` of a BINARY SEG whose Columns is not a multiple of 8 with 400 ("Bad file format"; seen
+for 441 columns with 317 and with 320 rows), and OHIF 3.13, which fetches those frames when it previews the SEG,
+stays at "Loading SEG..." for ever. Ultrasound frames come in any size, and one type for all sizes keeps
+one behaviour for every receiver (8 times the bytes of BINARY: 0.96 MB for two segments of 600 x 800).
+OCCUPANCY (the share of the pixel inside the segment) is what a thresholded mask says, all or nothing;
+it is not a probability. OHIF reads a FRACTIONAL SEG holding only 0 and the maximum as a binary one.
+
+Nothing in the object is random: the Dimension Organization UID (highdicom makes a random one) is derived
+from the SEG's SOP Instance UID. The creation times (InstanceCreation, Content, ContributionDateTime) are
+the clock's here; llnm.dicom.supersede sets them to the first run's, so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -34,13 +49,15 @@ from llnm import ALGORITHM_NAME, MANUFACTURER, __version__
 from llnm.dicom import codes
 from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, algorithm_key, reportable, versions_key
 from llnm.dicom.reading import US_IMAGE_STORAGE
-from llnm.dicom.uids import output_instance_uid, output_series_uid
+from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
 from llnm.study import StudyResult
 
 SEGMENTS = (
     ("nodule", "Thyroid nodule", codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NODULE, (255, 220, 0)),
     ("gland", "Thyroid gland", codes.ANATOMICAL_STRUCTURE, codes.THYROID, (0, 220, 255)),
 )
+#: stored value of a pixel inside a segment (PS3.3 C.8.20.2.3: 8-bit FRACTIONAL, 0 = outside)
+MAX_FRACTIONAL_VALUE = 255
 
 
 def algorithm_identification(result: StudyResult) -> hd.AlgorithmIdentificationSequence:
@@ -89,6 +106,14 @@ def _point_at_source_frame(seg: Dataset, frame: AnalysedFrame) -> None:
             fix(elem.value, elem.keyword == "SourceImageSequence")
 
 
+def _fix_dimension_organization(seg: Dataset, uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID (PS3.3 C.7.6.17) everywhere it is used."""
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        item.DimensionOrganizationUID = uid
+
+
 def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Dataset | None:
     """The SEG of one analysed frame, or None when no mask that passed the quality gate has a pixel."""
     frame = AnalysedFrame(frame.ref, [v for v in frame.views if reportable(result, v[2])])
@@ -118,14 +143,17 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
     spacing = frame.spacing_mm
     pixel_spacing = [float(spacing[0]), float(spacing[1])] if spacing else [1.0, 1.0]
     versions = versions_key(result)
+    sop_instance_uid = output_instance_uid("SEG", study_uid, [frame.key], versions)
     seg = hd.seg.Segmentation(
         source_images=[_single_frame_stand_in(frame)],
         pixel_array=np.stack(masks, axis=-1).astype(np.uint8)[None],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
+        max_fractional_value=MAX_FRACTIONAL_VALUE,
         segment_descriptions=descriptions,
         series_instance_uid=output_series_uid("SEG", study_uid, versions),
         series_number=SERIES_NUMBER["SEG"],
-        sop_instance_uid=output_instance_uid("SEG", study_uid, [frame.key], versions),
+        sop_instance_uid=sop_instance_uid,
         instance_number=1 + frame.views[0][0],  # the view's place in the study
         manufacturer=MANUFACTURER,
         manufacturer_model_name=ALGORITHM_NAME,
@@ -137,6 +165,7 @@ def build_seg(frame: AnalysedFrame, result: StudyResult, study_uid: str) -> Data
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=pixel_spacing, slice_thickness=None),
         omit_empty_frames=False,
     )
+    _fix_dimension_organization(seg, deterministic_uid("SEG-dimension-organization", sop_instance_uid))
     shared = seg.SharedFunctionalGroupsSequence[0]
     if "PlaneOrientationSequence" not in shared:
         shared.PlaneOrientationSequence = hd.PlaneOrientationSequence(

@@ -25,10 +25,23 @@ Tree (docs/dicom-conformance.md has it with every code):
 Only outlines that passed the quality gate (llnm.quality) are written. A not-assessable study (no view
 passed) gets the no-nodule layout: one group outlining the region analysed (never a declined mask) with
 the finding "not assessable: <reason>", and no NUM item, risk level or location anywhere.
+
+Links (PS3.16 TID 1410): a TID 1410 group holds exactly one ROI, an Image Region (SCOORD) or a
+Referenced Segmentation Frame (IMAGE 121214, with the Source Image for Segmentation 121233). So each
+outlined view gets two groups with the same Tracking Identifier and Tracking UID (the same finding): the
+outline with the numbers, then the nodule's segment in the SEG written for that frame (its SOP Instance
+UID and segment number) with the source image and frame. Every SEG referenced is listed in
+CurrentRequestedProcedureEvidenceSequence. The document is a Comprehensive 3D SR (IHE AIR's SR class);
+its content uses no SCOORD3D.
+
+A study with no usable image (`build_notice_sr`) gets a short report: the finding "not analysed: <reason>",
+the algorithm identity, the received instances as evidence, and one group outlining the whole received
+image (TID 1410; TID 1501 without ROI when no image was received).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 
 import highdicom as hd
@@ -40,9 +53,10 @@ from pydicom.sr.coding import Code
 
 from llnm import ALGORITHM_NAME, MANUFACTURER, RESEARCH_USE_STATEMENT, __version__
 from llnm.dicom import codes
-from llnm.dicom.common import (SERIES_NUMBER, AnalysedFrame, add_common, algorithm_key, frame_key, laterality,
-                               outline, reportable, versions_key)
+from llnm.dicom.common import (SERIES_NUMBER, AnalysedFrame, add_common, algorithm_key, calibration_state, frame_key,
+                               laterality, outline, reportable, versions_key)
 from llnm.dicom.loading import FrameRef
+from llnm.dicom.reading import MULTIFRAME_SOP_CLASSES
 from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
 from llnm.quality import view_declined
 from llnm.study import StudyResult, View
@@ -176,16 +190,19 @@ def _pixel_size(result: StudyResult) -> dict | None:
 
 
 def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult, study_uid: str,
-             evidence: list[Dataset], profile: str = "tid1500") -> Dataset:
+             evidence: list[Dataset], profile: str = "tid1500",
+             segmentations: dict[str, Dataset] | None = None) -> Dataset:
     """The report; `profile` "ohif" re-lays it for OHIF's measurement panel (llnm.dicom.sr_ohif),
-    under its own UID since its content differs."""
+    under its own UID since its content differs. `segmentations`: the SEG written for each analysed
+    frame (by `AnalysedFrame.key`); each outlined nodule is linked to its segment there."""
     if profile not in ("tid1500", "ohif"):
         raise ValueError(f"LLNM_SR_PROFILE={profile!r}: expected 'tid1500' or 'ohif'")
-    versions = versions_key(result)
+    segmentations = segmentations or {}
     nodule_uid = tracking_uid(study_uid, _index_source(frames, result, study_uid), "nodule", 1, result)
     tracking = hd.sr.TrackingIdentifier(uid=nodule_uid, identifier=NODULE_TRACKING_ID)
     algorithm = algorithm_id(result)
     groups = []
+    linked: dict[str, Dataset] = {}
     for frame in frames:
         for index, view, view_result in frame.views:
             if (view_result.nodule_mask is None or not np.any(view_result.nodule_mask)
@@ -202,12 +219,13 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
             if is_index:
                 qualitative.append(hd.sr.QualitativeEvaluation(
                     codes.CALIBRATION, codes.CALIBRATED if result.calibrated else codes.UNCALIBRATED))
+            site = [hd.sr.FindingSite(codes.lobe_code(laterality(frame.ref.header)))]
             group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking,
                 referenced_region=region,
                 finding_type=codes.NODULE,
                 finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-                finding_sites=[hd.sr.FindingSite(codes.lobe_code(laterality(frame.ref.header)))],
+                finding_sites=site,
                 algorithm_id=algorithm,
                 measurements=measurements(result) if is_index else None,
                 qualitative_evaluations=qualitative or None,
@@ -217,31 +235,75 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
                 where = ", ".join(f"{k} {v}" for k, v in sorted(result.location.items()))
                 items.append(_text(codes.NODULE_LOCATION, where))
             items.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
-            groups.append((not is_index, index, group))
-    groups.sort(key=lambda g: (g[0], g[1]))
+            groups.append((not is_index, index, 0, group))
+            seg = segmentations.get(frame.key)
+            segment = _segment_group(frame, seg, tracking, algorithm, site) if seg is not None else None
+            if segment is not None:  # right after its outline: OHIF merges groups of one Tracking UID
+                groups.append((not is_index, index, 1, segment))
+                linked[str(seg.SOPInstanceUID)] = seg
+    groups.sort(key=lambda g: g[:3])
     if not groups and views:
-        groups.append((False, 0, _finding_group(views, result, study_uid)))
+        groups.append((False, 0, 0, _finding_group(views, result, study_uid)))
+    library = _library_images(views, evidence)
+    return _document([g[-1] for g in groups], library, result, study_uid, evidence + list(linked.values()),
+                     [f.key for f in frames] or [study_uid], profile, calibration_state(views, result))
+
+
+def build_notice_sr(result: StudyResult, study_uid: str, evidence: list[Dataset], image: Dataset | None,
+                    profile: str = "tid1500") -> Dataset:
+    """The report of a study with no usable image: it says "not analysed: <reason>" (`result.finding`),
+    names the algorithm, and lists what was received as its evidence, so the absence of a result is
+    never ambiguous. `image`: a received image (header) the one group outlines whole, so a viewer that
+    shows only outlined groups (OHIF) shows the report; None: a TID 1501 group without ROI."""
+    if profile not in ("tid1500", "ohif"):
+        raise ValueError(f"LLNM_SR_PROFILE={profile!r}: expected 'tid1500' or 'ohif'")
+    site = [hd.sr.FindingSite(codes.lobe_code(laterality(image) if image is not None else None))]
+    tracking = hd.sr.TrackingIdentifier(
+        uid=tracking_uid(study_uid, str(image.SOPInstanceUID) if image is not None else study_uid,
+                         "thyroid", 1, result),
+        identifier=GLAND_TRACKING_ID)
+    common = {"tracking_identifier": tracking, "finding_type": codes.THYROID,
+              "finding_category": codes.ANATOMICAL_STRUCTURE, "finding_sites": site,
+              "algorithm_id": algorithm_id(result)}
+    region = _whole_image(image) if image is not None else None
+    if region is not None:
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
+    else:
+        image = None
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+    group[0].ContentSequence.append(_text(codes.FINDING, result.finding))
+    group[0].ContentSequence.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
+    sources = sorted(str(ds.SOPInstanceUID) for ds in evidence) or [study_uid]
+    return _document([group], [image] if image is not None else [], result, study_uid, evidence, sources,
+                     profile, None)
+
+
+def _document(groups: list, library: list[Dataset], result: StudyResult, study_uid: str, evidence: list[Dataset],
+              sources: list[str], profile: str, calibrated: bool | None) -> Dataset:
+    """The TID 1500 document around `groups`: observer context (this algorithm as a device), the image
+    library, the Qualitative Evaluations container; Comprehensive 3D SR with deterministic UIDs."""
+    versions = versions_key(result)
     observer = hd.sr.ObserverContext(
         observer_type=DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=device_observer_uid(result), name=ALGORITHM_NAME,
             manufacturer_name=MANUFACTURER, model_name=f"{ALGORITHM_NAME} {__version__}"),
     )
-    library = _library_images(views, evidence)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=DIAGNOSTIC_ULTRASONOGRAPHY,
-        imaging_measurements=[g for _, _, g in groups] or None,
+        imaging_measurements=groups,
         referenced_images=library or None,
     )
-    report[0].ContentSequence.append(_qualitative_container(result))
-    sr = hd.sr.ComprehensiveSR(
-        evidence=evidence,
+    report[0].ContentSequence.append(_qualitative_container(result, calibrated))
+    stand_ins, real_classes = _current_classes(evidence)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=stand_ins,
         content=report[0],
         series_instance_uid=output_series_uid("SR", study_uid, versions),
         series_number=SERIES_NUMBER["SR"],
-        sop_instance_uid=output_instance_uid("SR" if profile == "tid1500" else "SR-ohif", study_uid,
-                                             [f.key for f in frames] or [study_uid], versions),
+        sop_instance_uid=output_instance_uid("SR" if profile == "tid1500" else "SR-ohif", study_uid, sources,
+                                             versions),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -249,6 +311,7 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
         is_verified=False,
         record_evidence=True,
     )
+    _restore_classes(sr, real_classes)
     sr.CodingSchemeIdentificationSequence = Sequence([codes.coding_scheme_identification()])
     add_common(sr, result, "Measurement Report")
     if profile == "ohif":
@@ -256,6 +319,105 @@ def build_sr(frames: list[AnalysedFrame], views: list[View], result: StudyResult
 
         sr = sr_ohif.apply(_plain(sr))
     return sr
+
+
+#: Retired ultrasound SOP classes (PS3.4) and their current equivalents: highdicom knows only current IODs.
+CURRENT_CLASS = {"1.2.840.10008.5.1.4.1.1.6": "1.2.840.10008.5.1.4.1.1.6.1",
+                 "1.2.840.10008.5.1.4.1.1.3": "1.2.840.10008.5.1.4.1.1.3.1"}
+
+
+def _current_classes(evidence: list[Dataset]) -> tuple[list[Dataset], dict[str, str]]:
+    """The evidence with retired SOP classes replaced by their current equivalents (shallow copies), and
+    {SOP Instance UID: real SOP class} to put back (`_restore_classes`) once highdicom has built the SR."""
+    out, real = [], {}
+    for ds in evidence:
+        sop_class = str(ds.get("SOPClassUID", ""))
+        if sop_class in CURRENT_CLASS:
+            ds = copy.copy(ds)
+            ds.SOPClassUID = CURRENT_CLASS[sop_class]
+            real[str(ds.SOPInstanceUID)] = sop_class
+        out.append(ds)
+    return out, real
+
+
+def _restore_classes(ds: Dataset, real: dict[str, str]) -> None:
+    """Every reference (evidence, image library, regions) to an instance of `real` names its real class."""
+    if not real:
+        return
+    for elem in ds:
+        if elem.VR != "SQ":
+            continue
+        for item in elem.value:
+            uid = str(item.get("ReferencedSOPInstanceUID", ""))
+            if uid in real and "ReferencedSOPClassUID" in item:
+                item.ReferencedSOPClassUID = real[uid]
+            _restore_classes(item, real)
+
+
+def nodule_segment(seg: Dataset) -> tuple[int, list[int]] | None:
+    """(segment number, SEG frame numbers) of the nodule in a SEG as written (whatever the numbering or
+    segmentation type), from its SegmentSequence and per-frame Segment Identification; a SEG whose
+    frames carry no Segment Identification (a label map) holds every segment in every frame."""
+    nodule = (codes.NODULE.value, codes.NODULE.scheme_designator)
+    number = next((int(s.SegmentNumber) for s in seg.get("SegmentSequence", []) or []
+                   if any((c.CodeValue, c.CodingSchemeDesignator) == nodule
+                          for c in s.get("SegmentedPropertyTypeCodeSequence", []) or [])), None)
+    if number is None:
+        return None
+    per_frame = list(seg.get("PerFrameFunctionalGroupsSequence", []) or [])
+    frames = [i for i, item in enumerate(per_frame, start=1)
+              if any(int(s.ReferencedSegmentNumber) == number
+                     for s in item.get("SegmentIdentificationSequence", []) or [])]
+    if not frames:
+        frames = list(range(1, int(seg.get("NumberOfFrames", 1) or 1) + 1))
+    return number, frames
+
+
+def _segment_group(frame: AnalysedFrame, seg: Dataset, tracking: hd.sr.TrackingIdentifier,
+                   algorithm: hd.sr.AlgorithmIdentification, site: list[hd.sr.FindingSite]
+                   ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    """TID 1410 group whose ROI is the nodule's segment in `seg` (Referenced Segmentation Frame, DCM
+    121214: the SEG instance and segment number) on the analysed source image and frame (Source Image
+    for Segmentation, DCM 121233)."""
+    found = nodule_segment(seg)
+    if found is None:
+        return None
+    number, seg_frames = found
+    ref = frame.ref
+    source = hd.sr.SourceImageForSegmentation(
+        referenced_sop_class_uid=ref.sop_class_uid, referenced_sop_instance_uid=ref.sop_instance_uid,
+        referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None)
+    segment = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+        frame_number=seg_frames[0], segment_number=number, source_image=source)
+    for item in segment:
+        # Image Reference Macro (PS3.3 C.18.3.1): Referenced Segment Number only where no Referenced Frame
+        # Number is given (dciodvfy: an Error with both). The segment names its frame(s) in the SEG.
+        for reference in item.get("ReferencedSOPSequence", []) or []:
+            if "ReferencedSegmentNumber" in reference and "ReferencedFrameNumber" in reference:
+                del reference.ReferencedFrameNumber
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_segment=segment, finding_type=codes.NODULE,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, finding_sites=site, algorithm_id=algorithm)
+    group[0].ContentSequence.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
+    return group
+
+
+def _whole_image(header: Dataset) -> hd.sr.ImageRegion | None:
+    """Closed outline around a whole image (pixel corners; DICOM 2D coordinates, PS3.3 C.18.6.1.2); None
+    for a SOP class highdicom has no IOD for (the retired ultrasound classes): no region then."""
+    rows, cols = float(header.Rows), float(header.Columns)
+    graphic = np.array([[0.5, 0.5], [cols - 0.5, 0.5], [cols - 0.5, rows - 0.5], [0.5, rows - 0.5], [0.5, 0.5]],
+                       dtype=np.float32)
+    multi = str(header.SOPClassUID) in MULTIFRAME_SOP_CLASSES and int(header.get("NumberOfFrames", 1) or 1) > 1
+    source = hd.sr.SourceImageForRegion(  # a single-frame class's frames cannot be referenced (loading.py)
+        referenced_sop_class_uid=str(header.SOPClassUID), referenced_sop_instance_uid=str(header.SOPInstanceUID),
+        referenced_frame_numbers=[1] if multi else None)
+    try:
+        return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=graphic,
+                                 source_image=source)
+    except KeyError:  # highdicom looks the SOP class up in the current standard's IODs
+        return None
 
 
 def _plain(ds: Dataset) -> Dataset:
@@ -306,15 +468,16 @@ def _finding_group(views: list[View], result: StudyResult, study_uid: str
     return group
 
 
-def _qualitative_container(result: StudyResult) -> hd.sr.ContainerContentItem:
+def _qualitative_container(result: StudyResult, calibrated: bool | None) -> hd.sr.ContainerContentItem:
+    """Finding, spatial calibration (`calibrated`, llnm.dicom.common.calibration_state; absent when no
+    view was analysed) and the research-use statement, then the quality gate's declines."""
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=CONTAINS)
-    items = [
-        _text(codes.FINDING, result.finding),
-        hd.sr.CodeContentItem(name=codes.CALIBRATION,
-                              value=codes.CALIBRATED if result.calibrated else codes.UNCALIBRATED,
-                              relationship_type=CONTAINS),
-        _text(codes.COMMENT, RESEARCH_USE_STATEMENT),
-    ]
+    items = [_text(codes.FINDING, result.finding)]
+    if calibrated is not None:
+        items.append(hd.sr.CodeContentItem(name=codes.CALIBRATION,
+                                           value=codes.CALIBRATED if calibrated else codes.UNCALIBRATED,
+                                           relationship_type=CONTAINS))
+    items.append(_text(codes.COMMENT, RESEARCH_USE_STATEMENT))
     for number, view_result in enumerate(result.views, start=1):  # the quality gate's declines
         reason = view_declined(view_result)
         if reason is not None:

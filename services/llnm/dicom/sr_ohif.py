@@ -1,21 +1,26 @@
 """The "ohif" SR profile (Settings.sr_profile = "ohif"): the strict TID 1500 report re-laid so that
-OHIF 3.x imports each nodule outline as a tracked measurement (measurement panel, editable outline).
+OHIF 3.x imports each nodule outline as a tracked measurement (measurement panel, editable outline),
+while every group stays a valid TID 1410 group (docs/dicom-conformance.md, "Viewer").
 
-Still a TID 1500 Imaging Measurement Report that dciodvfy accepts; what changes, per measurement
-group that holds an outline (docs/dicom-conformance.md, "Viewer"):
+What OHIF 3.13's importer reads (@cornerstonejs/adapters MeasurementReport.getSetupMeasurementData):
+the tool from the Tracking Identifier, the outline from the ContentSequence of the group's *first* NUM
+(only a group without NUM items is read from its own SCOORD), the label from the group's first Comment
+(DCM 121106). What changes, per measurement group that holds an outline:
 
 * Tracking Identifier (112039) becomes "Cornerstone3DTools@^0.1.0:PlanarFreehandROI": OHIF hydrates
   only groups whose tracking identifier names one of its tools (free text in DICOM, any value is
-  valid). A readable label moves into a Comment (DCM 121106) TEXT item placed first in the group (OHIF
-  takes the first Comment as the measurement's label): the tracking identifier we wrote ("Nodule 1")
-  followed by what the report says, read from its content ("Nodule 1: LLNM risk high, p=73% (LLNM-Net,
-  research use only)"), since OHIF shows neither the CODE items nor the Finding TEXT.
-* The outline (SCOORD) moves from the group into every NUM as INFERRED FROM (TID 300 allows it; the
-  group then has the TID 1501 shape): OHIF's importer looks for the outline under the first NUM.
-  A group without NUM items keeps its outline where it is (the importer reads it there).
+  valid). A readable label moves into a Comment TEXT item placed first in the group: the tracking
+  identifier we wrote ("Nodule 1") followed by what the report says, read from its content ("Nodule 1:
+  LLNM risk high, p=73% (LLNM-Net, research use only)"), since OHIF shows neither the CODE items nor
+  the Finding TEXT.
+* The outline (SCOORD, Image Region) stays in the group: it is the group's ROI (TID 1410). The NUM items
+  measured on it (long and short axis, capsule distance) come first and each carries a copy as INFERRED
+  FROM (TID 300), so the first NUM holds the outline the importer needs; the probability, the risk and
+  the contribution shares are not inferred from the outline and carry no such item.
 * Each group gets its own Tracking Unique Identifier, derived from the shared one: OHIF merges groups
   with the same UID into one measurement with one outline, so per-view outlines of one nodule would
-  be lost. The shared identity stays readable in the label ("Nodule 1 ...").
+  be lost. The group that links the outline to its SEG segment (no SCOORD: TID 1410 allows one ROI per
+  group) gets the UID of the outline group before it, so OHIF merges the two.
 
 Pure pydicom on a finished Dataset: the strict writer (llnm.dicom.sr.build_sr) calls `apply` last.
 """
@@ -40,6 +45,8 @@ IMAGING_MEASUREMENTS = "126010"
 COMMENT = ("121106", "DCM", "Comment")
 FINDING = "121071"
 QUALITATIVE_EVALUATIONS = "C0034375"
+#: NUM concepts measured on the nodule outline (INFERRED FROM it): long and short axis, capsule distance
+OUTLINE_MEASUREMENTS = frozenset({codes.LENGTH.value, codes.WIDTH.value, codes.CAPSULE_DISTANCE.value})
 
 
 def _concept(item: Dataset) -> str:
@@ -102,27 +109,42 @@ def apply(sr: Dataset) -> Dataset:
     """A copy of a TID 1500 SR in the "ohif" layout (same SOP Instance UID; the caller decides UIDs)."""
     out = copy.deepcopy(sr)
     summary = result_summary(sr)
+    outline_uids: dict[str, str] = {}  # shared tracking UID -> the UID given to its last outline group
     for number, group in enumerate(measurement_groups(out), start=1):
         items = list(group.get("ContentSequence", []) or [])
         scoords = [i for i in items if i.get("ValueType") == "SCOORD"]
         if not scoords:
-            continue  # a group without an outline: nothing for OHIF to track
-        nums = [i for i in items if i.get("ValueType") == "NUM"]
+            for item in items:  # the SEG link of the outline before it: the same measurement for OHIF
+                if _concept(item) == TRACKING_UID and str(item.UID) in outline_uids:
+                    item.UID = outline_uids[str(item.UID)]
+            continue
         label = ""
         for item in items:
             if _concept(item) == TRACKING_IDENTIFIER:
                 label = f"{item.TextValue}: {summary}"
                 item.TextValue = OHIF_POLYLINE_TRACKING_ID
             elif _concept(item) == TRACKING_UID:
-                item.UID = deterministic_uid("ohif-tracking", str(item.UID), number)
-        if nums:
-            for num in nums:
-                children = list(num.get("ContentSequence", []) or [])
-                num.ContentSequence = Sequence(children + [_inferred_from(s) for s in scoords])
-            items = [i for i in items if i.get("ValueType") != "SCOORD"]
+                shared = str(item.UID)
+                item.UID = deterministic_uid("ohif-tracking", shared, number)
+                outline_uids[shared] = str(item.UID)
+        items = _outline_numbers_first(items, scoords[0])
         position = 1 + max((k for k, i in enumerate(items) if _concept(i) in {TRACKING_IDENTIFIER, TRACKING_UID}),
                            default=-1)
         if label:
             items.insert(position, _comment(label))
         group.ContentSequence = Sequence(items)
     return out
+
+
+def _outline_numbers_first(items: list[Dataset], scoord: Dataset) -> list[Dataset]:
+    """The NUM items in their place, those measured on the outline first and each INFERRED FROM it."""
+    nums = [i for i in items if i.get("ValueType") == "NUM"]
+    if not nums:
+        return items
+    derived = [n for n in nums if _concept(n) in OUTLINE_MEASUREMENTS]
+    others = [n for n in nums if _concept(n) not in OUTLINE_MEASUREMENTS]
+    for num in derived:
+        num.ContentSequence = Sequence(list(num.get("ContentSequence", []) or []) + [_inferred_from(scoord)])
+    first = next(k for k, i in enumerate(items) if i.get("ValueType") == "NUM")
+    rest = [i for i in items if i.get("ValueType") != "NUM"]
+    return rest[:first] + derived + others + rest[first:]

@@ -5,9 +5,10 @@ A result object's UID is a name-based UUID (RFC 4122 version 5) under the ISO/IE
 and frame numbers it describes, the software version, the model content hashes and a digest of what the
 result says (so a changed answer is never hidden behind the UIDs of the old one). The same inputs
 through the same software and models give the same UIDs, so a PACS that receives the result again
-holds one copy (keeping the first or overwriting it is the PACS's choice; the result is the same); a new
-model version or a changed result gives new UIDs (a different result, kept beside the old one, never
-marked as replacing it). No registered root is needed and no UID is random.
+holds one copy (keeping the first or overwriting it is the PACS's choice: llnm.dicom.supersede makes the
+bytes identical too); a new model version or a changed result gives new UIDs, and llnm.dicom.supersede
+marks the old result as replaced (predecessor reference, IOCM rejection note). No registered root is
+needed and no UID is random.
 """
 
 from __future__ import annotations

@@ -67,6 +67,10 @@ class LocalQueue:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()  # a wake-up set after this still meets the run_once that follows
 
+    def worker_threads(self) -> list[threading.Thread]:
+        """The worker threads (the console's health page shows how many are alive)."""
+        return list(self._workers)
+
     def depth(self) -> int:
         return self.audit.count_by_state().get(A.QUEUED, 0)
 

@@ -25,9 +25,11 @@ import numpy as np
 from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
+from llnm.dicom.supersede import ResultRecord, is_rejection_note, succeed_output
 from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
                                     ModelMismatch, ModelNotFound)
 from llnm.listener.spool import Spool
+from llnm.notify import WorkerHooks
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
 from llnm.quality import CODES as QUALITY_CODES
@@ -135,6 +137,7 @@ class StudyWorker:
         self.nodes: list[Destination] = parse_destinations(settings.destinations)
         metrics.init_worker_series([n.label for n in self.nodes], settings.inference_backend)
         self.sender = Sender(settings)
+        self.hooks = WorkerHooks(settings, self.audit)  # result kept for the console; webhooks
         if predict is None or write_output is None:
             default_predict, default_write = _default_predict()
             predict = predict or default_predict
@@ -166,8 +169,11 @@ class StudyWorker:
                 raise PermanentError("a result object names another study than the spooled one")
         objects = 0
         probability = risk = None
+        record: ResultRecord | None = None
         with metrics.stage("dicom_write"):
             for output in outputs:
+                # the same result again: the same bytes; a new one: predecessor + rejection note
+                record = succeed_output(output, self.prior_result(study_uid))
                 if self.write_results_folder:
                     self._write_output(output, self.settings.results_path)
                 if self.nodes:
@@ -179,7 +185,8 @@ class StudyWorker:
         for output in outputs:  # after writing: a write that fails and is retried counts nothing twice
             self._record_gate(study_uid, getattr(output, "result", None))
         state = A.SENDING if self.nodes else A.DONE
-        detail = {"objects": objects, "probability": probability, "risk_level": risk, "task_id": task_id}
+        detail = {"objects": objects, "probability": probability, "risk_level": risk, "task_id": task_id,
+                  "result_record": record.as_dict() if record is not None else None}
         # Only from PROCESSING: if new instances re-queued the study meanwhile, it stays queued.
         if not self.audit.transition(study_uid, (A.PROCESSING,), state, event="result", detail=detail,
                                      probability=probability, risk_level=risk, error=None,
@@ -187,9 +194,19 @@ class StudyWorker:
             self.audit.event(study_uid, "result", **detail)
         log.info("study processed", study_uid=study_uid, task_id=task_id, objects=objects,
                  probability=probability, risk_level=risk)
+        self.hooks.result(study_uid, outputs, paths, state)
         if not self.nodes:
             metrics.STUDIES_PROCESSED.inc()
         return Processed(study_uid, objects, probability, risk)
+
+    def prior_result(self, study_uid: str) -> ResultRecord | None:
+        """What the last run of this study wrote (its "result" event in the audit trail), if any: the audit
+        trail outlives the outbox and the spool (retention), so a report arriving weeks later still
+        supersedes the result that was sent."""
+        for event in reversed(self.audit.events(study_uid)):
+            if event["event"] == "result" and event.get("result_record"):
+                return ResultRecord.from_dict(event["result_record"])
+        return None
 
     def _record_gate(self, study_uid: str, result: Any) -> None:
         """Audit and count what the quality gate declined: each view not used, and the study when no view
@@ -229,6 +246,7 @@ class StudyWorker:
                 continue
             with metrics.stage("send"):
                 report = self.sender.send(pending, node)
+            self._skip_refused_notes(study_uid, node, report)
             for path in report.sent:
                 self.outbox.mark_sent(study_uid, node, path.stem)
             metrics.OBJECTS_SENT.labels(destination=node.label, outcome="stored").inc(len(report.sent))
@@ -248,6 +266,18 @@ class StudyWorker:
         if self.audit.transition(study_uid, (A.SENDING, A.PROCESSING, A.FAILED), A.DONE, event="delivered"):
             metrics.STUDIES_PROCESSED.inc()
 
+    def _skip_refused_notes(self, study_uid: str, node: Destination, report: Any) -> None:
+        """An IOCM rejection note goes only where the destination accepts Key Object Selection documents:
+        one it refuses is marked done for that destination (audited), never retried for ever. Any other
+        refused object stays a failure."""
+        for path in list(getattr(report, "refused", [])):
+            if not is_rejection_note(path):
+                continue
+            report.failed.pop(path, None)
+            self.outbox.mark_sent(study_uid, node, path.stem)
+            self.audit.event(study_uid, "rejection note not accepted", destination=node.label)
+            log.info("destination does not accept the rejection note", study_uid=study_uid, destination=node.label)
+
     # -- faults ---------------------------------------------------------------------------------------------
     def dead_letter(self, study_uid: str, exc: BaseException, stage: str, attempts: int) -> None:
         error = A.error_text(exc)  # never a library's message: those quote header values
@@ -257,6 +287,7 @@ class StudyWorker:
         metrics.STUDIES_DEAD_LETTERED.inc()
         log.error("study failed for good (dead letter)", study_uid=study_uid, stage=stage, attempt=attempts,
                   error=type(exc).__name__)
+        self.hooks.failure(study_uid, stage, error, dead=True)
 
     def will_retry(self, study_uid: str, exc: BaseException, stage: str, attempt: int, delay_s: float) -> None:
         error = A.error_text(exc)
@@ -265,6 +296,7 @@ class StudyWorker:
             metrics.STUDIES_FAILED.labels(kind="transient").inc()
         log.warning("transient failure, will retry", study_uid=study_uid, stage=stage, attempt=attempt,
                     seconds=round(delay_s, 1), error=type(exc).__name__)
+        self.hooks.failure(study_uid, stage, error, dead=False)
 
 
 @dataclass

@@ -27,6 +27,9 @@ class SendReport:
     sent: list[Path] = field(default_factory=list)
     failed: dict[Path, str] = field(default_factory=dict)  # path -> reason
     skipped: list[Path] = field(default_factory=list)  # not DICOM
+    #: the destination accepted no presentation context for the file's SOP class (also in `failed`): the
+    #: worker decides whether that object may be left out there (an IOCM rejection note may)
+    refused: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -93,10 +96,16 @@ def _send_batch(batch: list[Path], headers: dict[Path, tuple[str, str, str]], no
         for p in batch:
             report.failed[p] = f"association {reason}"
         return
+    accepted = {(str(cx.abstract_syntax), str(ts)) for cx in assoc.accepted_contexts
+                for ts in (cx.transfer_syntax or [])}
     try:
         for p in batch:
             if not assoc.is_established:
                 report.failed[p] = "association lost"
+                continue
+            if (headers[p][0], headers[p][2]) not in accepted:
+                report.failed[p] = "SOP class not accepted"
+                report.refused.append(p)
                 continue
             try:
                 status = assoc.send_c_store(p)
