@@ -12,8 +12,6 @@ found, and lists every object written.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings as pywarnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +30,9 @@ from llnm.dicom.seg import build_seg
 from llnm.dicom.sr import build_notice_sr, build_sr, summary_numbers
 from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
                                     ModelNotFound)
-from llnm.listener.spool import InvalidUID, validate_uid
+from llnm.storage.durable import write_durably
+from llnm.storage.outbox import encode
+from llnm.storage.names import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
 from llnm.quality import NO_IMAGE, NO_IMAGE_TEXT
 from llnm.study import StudyInput, StudyResult
@@ -302,20 +302,7 @@ def write_output(output: StudyOutput, out_dir: Path) -> Path:
         if stale.name not in current:
             stale.unlink()
     for ds in output.datasets:
-        _atomic_write(folder / f"{ds.SOPInstanceUID}.dcm", lambda f, ds=ds: ds.save_as(f, enforce_file_format=True))
+        write_durably(folder / f"{ds.SOPInstanceUID}.dcm", encode(ds))
     text = json.dumps(output.summary, indent=2, sort_keys=False) + "\n"
-    _atomic_write(folder / "summary.json", lambda f: f.write(text.encode("utf-8")))
+    write_durably(folder / "summary.json", text.encode("utf-8"))
     return folder
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

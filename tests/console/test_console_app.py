@@ -16,7 +16,7 @@ from llnm.console.auth import Users
 from llnm.listener.access import parse_access
 from llnm.listener.completion import CompletionTracker
 from llnm.worker.destinations import parse_destinations
-from llnm.worker.outbox import Outbox
+from llnm.storage.outbox import Outbox
 
 
 def test_no_login_no_data(client_for, seeded):

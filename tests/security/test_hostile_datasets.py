@@ -482,7 +482,7 @@ def test_worker_failure_is_recorded_without_the_header_value_it_quotes(tmp_path:
     settings = _settings(tmp_path)
     paths = _phantom(tmp_path, index=3)
     uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
-    from llnm.listener.spool import Spool
+    from llnm.storage.spool import Spool
 
     spool = Spool(settings.spool_dir, 0)
     for p in paths:

@@ -23,7 +23,7 @@ from pynetdicom import AE
 
 from llnm.config import Settings
 from llnm.listener.app import Listener
-from llnm.listener.spool import validate_uid
+from llnm.storage.names import validate_uid
 from llnm.observability import metrics
 from llnm.observability.logs import JsonFormatter
 

@@ -10,7 +10,8 @@ from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.listener.access import parse_access
 from llnm.listener.completion import CompletionTracker
-from llnm.listener.spool import InvalidUID, OutOfResources, Spool, validate_uid
+from llnm.storage.names import InvalidUID, validate_uid
+from llnm.storage.spool import OutOfResources, Spool
 
 STUDY, SERIES, SOP = "1.2.3.4", "1.2.3.4.5", "1.2.3.4.5.6"
 

@@ -53,7 +53,7 @@ class NoBackend:
 def _spool_study(settings, tmp_path: Path, per_series: int = 2) -> str:
     """Put a study in the spool as the listener would (and the audit row it makes)."""
     study_uid, paths = write_study(tmp_path / "src", per_series=per_series)
-    from llnm.listener.spool import Spool
+    from llnm.storage.spool import Spool
 
     spool = Spool(settings.spool_dir, 0)
     import pydicom

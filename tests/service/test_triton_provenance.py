@@ -20,7 +20,7 @@ from llnm.config import REPO_ROOT, Settings
 from llnm.inference import provenance
 from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL
 from llnm.inference.triton_backend import TritonBackend
-from llnm.listener.spool import Spool
+from llnm.storage.spool import Spool
 from llnm.observability import metrics
 from llnm.worker.process import StudyWorker, run_process
 

@@ -446,7 +446,7 @@ def drain_and_check(cfg: Config, workdir: Path, studies: list[Study], ledger: Le
     from llnm.config import Settings
     from llnm.worker.destinations import parse_destinations
     from llnm.worker.maintenance import apply_retention
-    from llnm.worker.outbox import Outbox
+    from llnm.storage.outbox import Outbox
 
     settings = Settings.from_env(env)
     audit = AuditTrail.for_data_dir(settings.data_dir)

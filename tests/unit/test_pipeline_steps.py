@@ -15,7 +15,7 @@ from llnm.features import extract_features
 from llnm.inference.backend import TMDL
 from llnm.model.config import GROUPS, preset
 from llnm.pipeline import GROUP_KEEPS, aggregate, analyse_study, choose_index_view, tmdl_batch
-from llnm.study import StudyInput, View, ViewResult
+from llnm.study import StudyInput, View
 
 CONFIG = preset("tiny")
 SHAPE = (90, 120)

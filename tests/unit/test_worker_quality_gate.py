@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
-from llnm.listener.spool import Spool
+from llnm.storage.spool import Spool
 from llnm.observability import metrics
 from llnm.predict import predict_paths
 from llnm.quality import CODES

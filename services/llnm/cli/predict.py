@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def _prior(out: Path, study_uid: str):
     """What an earlier `llnm predict` wrote for the study into `out` (its summary.json), if anything."""
     from llnm.dicom.supersede import ResultRecord
-    from llnm.listener.spool import validate_uid
+    from llnm.storage.names import validate_uid
 
     path = out / validate_uid(study_uid) / "summary.json"
     try:

@@ -31,7 +31,7 @@ from llnm.audit import AuditTrail
 from llnm.config import Settings
 from llnm.console import actions, cohort, quality, studypage
 from llnm.console.auth import ACT, FEEDBACK, READ, User, Users, new_csrf_token, same_token, secret_key
-from llnm.listener.spool import InvalidUID, validate_uid
+from llnm.storage.names import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
 from llnm.worker.destinations import parse_destinations
 

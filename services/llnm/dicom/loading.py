@@ -7,7 +7,7 @@ tissue region of the chosen frame to a view (without regions: the ultrasound ima
 pixels, the scanner's interface cut away); read sex, age and the report.
 
 One reading of each file: a file is grouped, and its outputs are written, under the UIDs of its header
-read, validated as the listener validates them (`llnm.listener.spool.validate_uid`); a file whose full
+read, validated as the listener validates them (`llnm.storage.names.validate_uid`); a file whose full
 read (with pixel data) carries other top-level UIDs is skipped, never half-trusted. The header the
 writers copy patient and study attributes from is that header read, with missing or malformed Type 2
 attributes emptied (`patient.writer_header`).
@@ -36,7 +36,7 @@ from llnm.dicom.reading import (
     rgb_to_grey,
 )
 from llnm.dicom.regions import Crop, has_doppler_region, tissue_crops
-from llnm.listener.spool import InvalidUID, validate_uid
+from llnm.storage.names import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
 from llnm.segmentation.region import find_image_region
 from llnm.study import StudyInput, View

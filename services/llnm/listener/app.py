@@ -31,7 +31,9 @@ from llnm.listener.completion import CompletionTracker, Enqueue
 from llnm.listener.dataset_check import MalformedDataSet, scan_top_level
 from llnm.listener.guard import BadConnectionLog, PeerGuard
 from llnm.listener.incoming import IncomingFiles
-from llnm.listener.spool import InvalidUID, OutOfResources, Spool, remove_stale_temp_files, validate_uid
+from llnm.storage.durable import remove_stale_temp_files
+from llnm.storage.names import InvalidUID, validate_uid
+from llnm.storage.spool import OutOfResources, Spool
 from llnm.observability import metrics
 from llnm.observability.health import Heartbeat
 from llnm.observability.logs import get_logger

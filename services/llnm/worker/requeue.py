@@ -1,7 +1,7 @@
 """Putting studies back on the queue (`llnm requeue`): the dead letter's way out.
 
 The study runs from the start (its spooled instances must still be there); outputs already delivered
-are not sent again (see llnm.worker.outbox).
+are not sent again (see llnm.storage.outbox).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
-from llnm.listener.spool import InvalidUID, Spool, validate_uid
+from llnm.storage.names import InvalidUID, validate_uid
+from llnm.storage.spool import Spool
 
 
 def requeue(settings: Settings, study_uids: list[str], all_failed: bool = False,

@@ -14,34 +14,17 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-class InvalidUID(ValueError):
-    """A UID that is not a valid DICOM UI value (and so never becomes a file name)."""
+from llnm.storage.durable import fsync_dir, fsync_path, write_durably
+from llnm.storage.names import is_uid, validate_uid
 
 
 class OutOfResources(OSError):
     """The spool cannot take the instance: disk below the watermark, full, or a write error."""
-
-
-def validate_uid(uid: object) -> str:
-    """Return `uid` stripped if it is a valid DICOM UID (digits and dots, at most 64 chars).
-
-    The error names no value: what a peer put in a UID field (a path, a name) must not reach a log, the
-    audit trail or the CLI through an exception message."""
-    text = str(uid or "").strip().rstrip("\x00").strip()
-    if not text or len(text) > 64 or not _UID.match(text):
-        raise InvalidUID(f"not a valid DICOM UID ({len(text)} characters)" if text else "no UID (empty)")
-    return text
 
 
 @dataclass(frozen=True)
@@ -130,7 +113,7 @@ class Spool:
     def studies(self) -> list[str]:
         out = []
         for p in self.root.iterdir() if self.root.is_dir() else []:
-            if p.is_dir() and _UID.match(p.name):
+            if p.is_dir() and is_uid(p.name):
                 out.append(p.name)
         return sorted(out)
 
@@ -145,52 +128,3 @@ class Spool:
 
     def usage_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*.dcm") if p.is_file())
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """tmp file in the same folder, write, fsync, rename over `path`, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temp_files(root: Path, older_than_s: float = 3600.0) -> int:
-    """Temp files left by a crash mid-write (never answered Success): a write takes seconds, so the
-    listener removes those older than a few network timeouts, at start-up and then periodically."""
-    now = time.time()
-    count = 0
-    for p in Path(root).rglob(".tmp-*.part"):
-        try:
-            if now - p.stat().st_mtime > older_than_s:
-                p.unlink()
-                count += 1
-        except FileNotFoundError:
-            pass
-    return count

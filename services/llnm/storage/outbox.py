@@ -20,13 +20,20 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 
-from llnm.worker.destinations import Destination
-from llnm.listener.spool import fsync_dir, validate_uid, write_durably
+from llnm.storage.durable import fsync_dir, write_durably
+from llnm.storage.names import validate_uid
 
 _KEY = re.compile(r"[^A-Za-z0-9.\-]")
+
+
+class Destination(Protocol):
+    """Where objects go, as far as the outbox cares: a stable label (llnm.worker.destinations)."""
+
+    label: str
 
 
 def destination_key(node: Destination) -> str:
