@@ -157,13 +157,44 @@ def test_default_install_has_every_component(rendered):
     assert {"llnm-listener", "llnm-redis"} <= set(by_kind(docs, "StatefulSet"))
     # the listener and its workers: one pod (tests/deploy/test_helm_topology.py checks the rest)
     containers = [c["name"] for c in pod_specs(docs)["llnm-listener"]["containers"]]
-    assert containers == ["listener", "worker-0", "worker-1"]
+    assert containers == ["listener", "worker-0", "worker-1", "console"]
     assert not {"llnm-worker"} & set(by_kind(docs, "Deployment"))
     pvc = by_kind(docs, "PersistentVolumeClaim")["llnm-spool"]
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert set(by_kind(docs, "PodDisruptionBudget")) == {"llnm-triton"}
     for kind in ("ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "NetworkPolicy"):
         assert not by_kind(docs, kind), f"{kind} is optional and off by default"
+
+
+def test_the_console_runs_beside_the_listener_on_its_volume_and_only_behind_what_the_values_say(rendered):
+    """The console reads the audit database and the spool: a container of the listener pod on the same
+    volume, reached through its own Service (and an Ingress with TLS where configured), never the
+    DICOM Service; the NetworkPolicy lets only consoleFrom reach it."""
+    for name, docs in rendered.items():
+        console = next((c for c in pod_specs(docs)["llnm-listener"]["containers"] if c["name"] == "console"), None)
+        assert console is not None, name
+        listener = _container(docs, "listener")
+        assert {m["name"]: m["mountPath"] for m in console["volumeMounts"]}["spool"] == \
+            {m["name"]: m["mountPath"] for m in listener["volumeMounts"]}["spool"]
+        env = {e["name"]: e.get("value") for e in console["env"]}
+        assert env["LLNM_CONSOLE_BIND_ADDRESS"] == "0.0.0.0" and env["LLNM_CONSOLE_SECURE_COOKIES"] == "true"
+        assert console["readinessProbe"]["httpGet"]["port"] == "console"
+        svc = by_kind(docs, "Service")["llnm-console"]
+        assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["console"] and svc["spec"]["type"] == "ClusterIP"
+        assert "console" not in [p["targetPort"] for p in by_kind(docs, "Service")["llnm-listener"]["spec"]["ports"]]
+    docs = rendered["all-values.yaml"]
+    ingress = by_kind(docs, "Ingress")["llnm-console"]
+    assert ingress["spec"]["tls"] == [{"hosts": ["llnm.example.org"], "secretName": "llnm-console-tls"}]
+    console = _container(docs, "console")
+    users = {m["name"]: m["mountPath"] for m in console["volumeMounts"]}["console-users"]
+    env = {e["name"]: e for e in console["env"]}
+    assert env["LLNM_CONSOLE_USERS_FILE"]["value"].startswith(users)
+    assert env["LLNM_CONSOLE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "llnm-console"
+    rules = by_kind(docs, "NetworkPolicy")["llnm-listener"]["spec"]["ingress"]
+    console_rules = [r for r in rules if any(p["port"] == "console" for p in r.get("ports", []))]
+    assert [r["from"] for r in console_rules] == [[{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "ingress-nginx"}}}]]
+    assert not by_kind(rendered["default"], "Ingress")
 
 
 def test_listener_exposes_dicom_and_can_be_a_load_balancer(rendered):
@@ -318,7 +349,8 @@ def test_secrets_stay_in_secrets(rendered):
             text = json.dumps(doc)
             assert "s3cret" not in text and "BEGIN PRIVATE KEY" not in text, doc["metadata"]["name"]
             assert "pacs.example.org" not in text, doc["metadata"]["name"]  # LLNM_DESTINATIONS
-    # LLNM_DESTINATIONS (a STOW URL may hold credentials) reaches the workers from a Secret, never the listener
+    # LLNM_DESTINATIONS (a STOW URL may hold credentials) reaches the workers and the console from a Secret,
+    # never the listener
     docs = rendered["all-values.yaml"]
     for c in pod_specs(docs)["llnm-listener"]["containers"]:
         env = {e["name"]: e for e in c["env"]}

@@ -101,15 +101,22 @@ def test_each_process_has_its_own_metrics_port_and_probes(rendered, values_set):
     for c in spec["containers"]:
         env = {e["name"]: e.get("value") for e in c["env"]}
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        name = "metrics" if c["name"] == "listener" else f"metrics-w{c['name'].split('-')[1]}"
+        name = {"listener": "metrics", "console": "metrics-console"}.get(c["name"]) or \
+            f"metrics-w{c['name'].split('-')[1]}"
         assert int(env["LLNM_METRICS_PORT"]) == ports[name]
         seen.add(ports[name])
+        if c["name"] == "console":  # probed on the web server itself (its metrics server is another thread)
+            assert c["livenessProbe"]["httpGet"] == c["readinessProbe"]["httpGet"] == {"path": "/login",
+                                                                                     "port": "console"}
+            continue
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": name}
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": name}
     assert len(seen) == len(spec["containers"])
+    console = by_kind(docs, "Service")["llnm-console-metrics"]
+    assert [p["targetPort"] for p in console["spec"]["ports"]] == ["metrics-console"]
     # the worker metrics Service exposes every worker process; its ServiceMonitor scrapes each
     svc = by_kind(docs, "Service")["llnm-worker-metrics"]
-    workers = [c for c in spec["containers"] if c["name"] != "listener"]
+    workers = [c for c in spec["containers"] if c["name"].startswith("worker-")]
     assert [p["targetPort"] for p in svc["spec"]["ports"]] == [c["ports"][0]["name"] for c in workers]
     monitor = by_kind(docs, "ServiceMonitor").get("llnm-worker")
     if monitor:

@@ -201,3 +201,27 @@ def _qualitative_codes(sr: Dataset) -> dict[str, str]:
     container = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375")
     return {str(i.ConceptNameCodeSequence[0].CodeValue): str(i.ConceptCodeSequence[0].CodeValue)
             for i in container.ContentSequence if i.ValueType == "CODE"}
+
+
+@pytest.mark.parametrize("nodule", [False])
+def test_ohif_profile_leaves_a_report_without_measurements_as_tid1500(settings, tmp_path, nodule):
+    """A report without any NUM (no nodule; notices alike) has outlines and no measurement: claiming OHIF's
+    freehand tool for them makes OHIF fail to load the whole report, so it stays exactly TID 1500."""
+    import dataclasses as dc
+
+    from llnm.dicom import sr_ohif
+    from llnm.predict import predict_paths
+    from tests.dicom.conftest import drawn_result, real_file
+
+    def analyse(study, backend):
+        return drawn_result(study, nodule=nodule)
+
+    ohif = dc.replace(settings, sr_profile="ohif")
+    (strict_out,) = predict_paths([real_file("examples_palette.dcm")], backend=None, settings=settings, analyse=analyse)
+    (ohif_out,) = predict_paths([real_file("examples_palette.dcm")], backend=None, settings=ohif, analyse=analyse)
+    (strict,) = [d for d in strict_out.datasets if d.Modality == "SR"]
+    (laid,) = [d for d in ohif_out.datasets if d.Modality == "SR"]
+    groups, strict_groups = sr_ohif.measurement_groups(laid), sr_ohif.measurement_groups(strict)
+    assert groups and all(not any(i.ValueType == "NUM" for i in g.ContentSequence) for g in groups)
+    assert [g.to_json_dict() for g in groups] == [g.to_json_dict() for g in strict_groups]
+    assert sr_ohif.OHIF_POLYLINE_TRACKING_ID not in str(laid)

@@ -303,7 +303,18 @@ async function walkStudy(w) {
       await openSeries(w.key);
       await page.waitForTimeout(2500);
       await skipTour();
-      return { ...(await visibleText()), ...(await viewportState()) };
+      const seen = { ...(await visibleText()), ...(await viewportState()) };
+      if (w.keyColours) {
+        // Drawn means the first colour (e.g. the red research-use line) shows on the canvas.
+        const t0 = Date.now();
+        for (;;) {
+          seen.colourBoxes = await segmentBoxes(w.keyColours);
+          if (seen.colourBoxes[0].pixels > 0 || Date.now() - t0 > stepTimeout / 2) break;
+          await page.waitForTimeout(1000);
+        }
+        Object.assign(seen, await viewportState());
+      }
+      return seen;
     });
   }
 

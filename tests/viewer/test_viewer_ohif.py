@@ -345,3 +345,76 @@ def test_no_nodule_report_opens_and_a_seg_without_pixel_measures_breaks_ohif(wal
     assert not steps["seg"]["ok"], "OHIF loaded a SEG without PixelMeasuresSequence"
     complaints = " ".join(_errors(seen))
     assert "PixelMeasures" in complaints, complaints
+
+
+#: the research-use line of a notice key image (llnm.dicom.key_image._text_block), found on screen by its hue
+NOTICE_RED = [255, 80, 80]
+
+
+def _notice_walk(study: results.StudyOnDisk, prefix: str, **job: Any) -> dict[str, Any]:
+    """What the driver must do with a notice: open its SR (the outline it draws, if any) and its key image."""
+    objs = _by_modality(study.outputs)
+    (sr,), (key,) = objs["SR"], objs["SC"]
+    lines = contract.ohif_sr_lines(sr) if _outlined(sr) else []
+    return {"prefix": prefix, "study": study.study_uid, "expectListText": "SR", "sr": str(sr.SeriesDescription),
+            "srExpect": lines[0][0] if lines else None, "key": str(key.SeriesDescription),
+            "keyColours": [NOTICE_RED], **job}
+
+
+def _outlined(sr: pydicom.Dataset) -> bool:
+    """Does the SR hold an outline (a SCOORD), the only thing OHIF draws of it?"""
+    def walk(items: Any) -> bool:
+        return any(i.ValueType == "SCOORD" or walk(i.get("ContentSequence")) for i in items or [])
+    return walk(sr.get("ContentSequence"))
+
+
+def _assert_notice_key_image(study: results.StudyOnDisk, seen: dict[str, Any]) -> None:
+    """The notice key image is the one shown, whole: its red research-use line lies across the bottom of
+    where the image lands on screen."""
+    (key,) = _by_modality(study.outputs)["SC"]
+    step = seen["steps"]["key"]
+    assert step["ok"], step.get("error")
+    red = step["colourBoxes"][0]
+    assert red["pixels"] > 0, f"the notice key image is not drawn: {step['colourBoxes']}"
+    rows, cols = int(key.Rows), int(key.Columns)
+    image = _screen_box(step["canvases"][0], rows, cols, (0, 0, rows, cols))
+    bottom = _screen_box(step["canvases"][0], rows, cols, (rows * 2 // 3, 0, rows, cols))
+    assert image[0] - 2 <= red["x0"] < red["x1"] <= image[2] + 2, (red, image)
+    assert bottom[1] - 2 <= red["y0"] < red["y1"] <= bottom[3] + 2, (red, bottom)
+
+
+def test_notice_of_a_study_with_no_usable_image_in_ohif(walk_many, tmp_path: Path) -> None:
+    """Issue 17: a radiologist sees that the AI looked. Written by the real no-usable-image path of
+    predict_paths, two studies in one browser session: a real Doppler-only file, whose notice SR outlines the
+    whole received image (OHIF draws the outline and its finding site), and a study holding only an unsupported
+    SOP class (a real US frame as Enhanced US Volume), whose notice SR has no outline and opens with nothing
+    to draw. In both the notice key image, which carries "not analysed: <reason>", shows whole, and the viewer
+    logs no error. (OHIF 3.13 draws no TEXT item of an SR, so the reason is read from the key image.)"""
+    doppler = [Path(get_testdata_file("examples_rgb_color.dcm", download=False))]
+    strict = results.notice_output(doppler, tmp_path / "doppler")
+    assert strict.summary["finding"] == "not analysed: no B-mode greyscale frame in the study (Doppler or colour only)"
+    volume = [objects.relabelled(objects.REAL_US, objects.ENHANCED_US_VOLUME, tmp_path / "volume.dcm")]
+    unsupported = results.notice_output(volume, tmp_path / "volume")
+    assert unsupported.summary["finding"] == "not analysed: no ultrasound image in the study"
+    for study in (strict, unsupported):
+        (sc,) = _by_modality(study.outputs)["SC"]
+        assert study.summary["finding"] in sc.ImageComments
+    assert _outlined(sr := _by_modality(strict.outputs)["SR"][0]) and contract.sr_problems(sr) == []
+    assert not _outlined(_by_modality(unsupported.outputs)["SR"][0])  # TID 1501: nothing to draw
+
+    walks = [_notice_walk(strict, "notice-doppler"), _notice_walk(unsupported, "notice-unsupported")]
+    seen = walk_many([*strict.inputs, *strict.outputs, *unsupported.inputs, *unsupported.outputs], walks, "notice")
+    assert not seen.get("aborted"), seen.get("aborted")
+    doppler_seen, unsupported_seen = seen["walks"]
+
+    steps = doppler_seen["steps"]
+    assert all(steps[s]["ok"] for s in ("list", "image", "sr")), {k: v.get("error") for k, v in steps.items()}
+    assert [walks[0]["srExpect"]] in [a["lines"] for a in steps["sr"]["annotations"]], steps["sr"]["annotations"]
+    _assert_notice_key_image(strict, doppler_seen)
+    assert _errors(seen, "notice-doppler") == []
+
+    steps = unsupported_seen["steps"]
+    assert steps["image"]["ok"] and steps["sr"]["ok"], (steps["image"].get("error"), steps["sr"].get("error"))
+    assert steps["sr"]["annotations"] == []
+    _assert_notice_key_image(unsupported, unsupported_seen)
+    assert _errors(seen, "notice-unsupported") == []

@@ -147,3 +147,18 @@ def write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+#: Enhanced US Volume: an ultrasound SOP class the worker does not analyse (docs/dicom-conformance.md 1.1)
+ENHANCED_US_VOLUME = "1.2.840.10008.5.1.4.1.1.6.2"
+
+
+def relabelled(name: str, sop_class: str, path: Path) -> Path:
+    """A real pydicom US file as an instance of another SOP class, in a study of its own (new UIDs)."""
+    source = get_testdata_file(name, download=False)
+    assert source, f"pydicom test file {name} missing"
+    ds = pydicom.dcmread(source)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    return write(ds, path)

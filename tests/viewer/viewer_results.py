@@ -140,3 +140,19 @@ def llnm_predict(inputs: list[Path], out_dir: Path) -> StudyOnDisk:
     written = sorted(study_dirs[0].glob("*.dcm"))
     summary = json.loads((study_dirs[0] / "summary.json").read_text())
     return StudyOnDisk(study_dirs[0].name, inputs, written, summary, _boxes(study_dirs[0], written))
+
+
+def notice_output(inputs: list[Path], out_dir: Path, profile: str = "tid1500") -> StudyOnDisk:
+    """The real no-usable-image path of predict_paths (no model, no analysis): the notice SR and key image
+    of a study none of whose instances can be analysed, written as `llnm predict` writes them."""
+    import dataclasses
+
+    def analyse(study: StudyInput, backend: object) -> StudyResult:
+        raise AssertionError("a study with no usable image reached the analysis")
+
+    settings = dataclasses.replace(Settings.from_env({}, data_dir=out_dir / "var"), sr_profile=profile)
+    outputs = predict_paths(inputs, backend=None, settings=settings, analyse=analyse)  # type: ignore[arg-type]
+    assert len(outputs) == 1 and outputs[0].summary["status"] == "no usable image", outputs[0].summary
+    study_dir = write_output(outputs[0], out_dir)
+    written = sorted(study_dir.glob("*.dcm"))
+    return StudyOnDisk(outputs[0].study_uid, inputs, written, outputs[0].summary, {})

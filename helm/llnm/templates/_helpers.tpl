@@ -85,6 +85,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.destinations.value .Values.destinations.existingSecret -}}
 {{- $names = append $names (include "llnm.destinationsSecret" .) -}}
 {{- end -}}
+{{- if and .Values.console.enabled .Values.console.existingSecret -}}
+{{- $names = append $names .Values.console.existingSecret -}}
+{{- end -}}
 {{- join "," $names -}}
 {{- end -}}
 
@@ -99,6 +102,10 @@ app.kubernetes.io/component: {{ .component }}
   protocol: TCP
 {{- range $i, $_ := until (int .Values.worker.processes) }}
 - port: metrics-w{{ $i }}
+  protocol: TCP
+{{- end }}
+{{- if .Values.console.enabled }}
+- port: metrics-console
   protocol: TCP
 {{- end }}
 {{- end -}}

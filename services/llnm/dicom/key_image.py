@@ -8,7 +8,8 @@ below the frame a banner with the probability, the risk level, the capsule dista
 from the source (the frame keeps whatever the scanner burned in) and defaults to YES.
 
 Header (PS3.3 A.8.1 Secondary Capture Image IOD): the Patient, Patient Study and General Study modules
-are copied from the source in full; Laterality is the lobe when known, else empty (Type 2C: unknown);
+are copied from the source in full; Laterality is the lobe when known, else absent with BodyPartExamined
+THYROID (an unpaired body part, for which General Series Laterality, Type 2C, is not required: `body_part`);
 LossyImageCompression "01" when the source was lossy (PS3.3 C.7.6.1.1.5: once lossy, always lossy), with
 its ratio and method; SourceImageSequence (General Reference module, C.12.4) names the source frame.
 
@@ -204,12 +205,7 @@ def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, n
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
     sc.PatientOrientation = ""
-    side = laterality(header)
-    # General Series C.7.3.1, Type 2C, required for a paired body part (the thyroid's lobes) when no Image
-    # Laterality is sent: the lobe when known, else present and empty, which the standard allows when it
-    # is unknown. Absent would be wrong (dciodvfy: "Error - Missing attribute Type 2C ... Laterality");
-    # dciodvfy's warning on the empty value says just that: "only permitted to be empty when actually unknown".
-    sc.Laterality = side or ""
+    body_part(sc, header)
     copy_study_modules(sc, header)
     copy_lossy_compression(sc, header)
     sc.SourceImageSequence = Sequence([source_image_item(frame.ref)])
@@ -264,16 +260,7 @@ def build_notice_image(header: Dataset, result: StudyResult, study_uid: str, sou
     )
     sc.PatientOrientation = ""
     copy_study_modules(sc, header)
-    side = laterality(header)
-    if side:
-        sc.Laterality = side
-    else:
-        # General Series C.7.3.1: Laterality (Type 2C) is required for a paired body part only. The notice
-        # shows no image of a lobe: it names the body part this service reports on (the source's when
-        # given), the thyroid, which is not paired, and leaves Laterality out.
-        sc.BodyPartExamined = str(header.get("BodyPartExamined", "") or "THYROID")
-        if "Laterality" in sc:
-            del sc.Laterality
+    body_part(sc, header)
     sc.Modality = "US"
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "NO"  # only the algorithm's text, nothing that identifies the patient
@@ -281,6 +268,34 @@ def build_notice_image(header: Dataset, result: StudyResult, study_uid: str, sou
                         "Research use only, not for diagnosis.")[:10240]
     add_common(sc, result, "Notice")
     return sc
+
+
+#: Body Part Examined defined terms (PS3.16 Annex L) of the unpaired regions a thyroid study names, for which
+#: General Series Laterality must be absent (dciodvfy: "should be absent (not empty) if an unpaired body part").
+UNPAIRED_BODY_PARTS = frozenset({"THYROID", "NECK", "HEADNECK"})
+
+
+def body_part(sc: Dataset, header: Dataset) -> None:
+    """Laterality and BodyPartExamined of a key image (General Series, PS3.3 C.7.3.1).
+
+    Laterality (Type 2C) is required only for a paired body part when no Image Laterality is sent.
+    The lobe when the source names it (R/L), and then BodyPartExamined is not added (with THYROID, an
+    unpaired region, a Laterality would be "present when condition unsatisfied"). Otherwise the body part
+    this service reports on, the source's BodyPartExamined when it names the thyroid or neck, else THYROID,
+    and no Laterality: an empty one is only for a paired part whose side is unknown. A source that names
+    another body part (one that may be paired) keeps it, with Laterality present and empty (Type 2C: unknown)."""
+    side = laterality(header)
+    if "Laterality" in sc:
+        del sc.Laterality
+    if side:
+        sc.Laterality = side
+        return
+    given = str(header.get("BodyPartExamined", "") or "").strip().upper()
+    if given and given not in UNPAIRED_BODY_PARTS:
+        sc.BodyPartExamined = given
+        sc.Laterality = ""
+        return
+    sc.BodyPartExamined = given or "THYROID"
 
 
 def copy_study_modules(sc: Dataset, header: Dataset) -> None:

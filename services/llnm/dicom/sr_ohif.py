@@ -5,7 +5,10 @@ while every group stays a valid TID 1410 group (docs/dicom-conformance.md, "View
 What OHIF 3.13's importer reads (@cornerstonejs/adapters MeasurementReport.getSetupMeasurementData):
 the tool from the Tracking Identifier, the outline from the ContentSequence of the group's *first* NUM
 (only a group without NUM items is read from its own SCOORD), the label from the group's first Comment
-(DCM 121106). What changes, per measurement group that holds an outline:
+(DCM 121106). A report without any NUM item (no nodule, not assessable, a notice) stays exactly as in
+TID 1500: OHIF fails to load a report whose tracked tools carry no measurement at all ("Cannot read
+properties of undefined (reading 'NumericValue')"). Otherwise, what changes, per measurement group that
+holds an outline:
 
 * Tracking Identifier (112039) becomes "Cornerstone3DTools@^0.1.0:PlanarFreehandROI": OHIF hydrates
   only groups whose tracking identifier names one of its tools (free text in DICOM, any value is
@@ -108,6 +111,8 @@ def result_summary(sr: Dataset) -> str:
 def apply(sr: Dataset) -> Dataset:
     """A copy of a TID 1500 SR in the "ohif" layout (same SOP Instance UID; the caller decides UIDs)."""
     out = copy.deepcopy(sr)
+    if not any(i.get("ValueType") == "NUM" for g in measurement_groups(out) for i in g.get("ContentSequence", []) or []):
+        return out  # no measurement at all (no nodule, not assessable, a notice): left as TID 1500
     summary = result_summary(sr)
     outline_uids: dict[str, str] = {}  # shared tracking UID -> the UID given to its last outline group
     for number, group in enumerate(measurement_groups(out), start=1):
