@@ -1,13 +1,20 @@
 """How often the shipped TMDL abstains, in and out of its training distribution (llnm.model.ood).
 
-    .venv/bin/python bench/ood_abstention.py --data ../shared/data --phantom /tmp/ph-ood-test
+    .venv/bin/python bench/ood_abstention.py --data ../shared/data --phantom data/ph-ood-test --real-split val
 
+Every view goes the product's way (segmentation models, quality gate, OOD check: `product_descriptor`).
 - In distribution: the views of an `llnm phantom` folder made with a seed used neither for training
-  nor for the OOD fit or its threshold, through the product (segmentation, quality gate, OOD check).
-- Out of distribution for the phantom-trained model: every real whole frame of ddti_frames (all case
-  splits: none was used to fit the OOD statistics), through the same path.
-Reported: views the gate used, and of those the share the OOD check declines, with 95 % CIs
-(bootstrap over studies / cases).
+  nor for the OOD fit or its threshold; and the real whole frames of ddti_frames of `--real-split`
+  (case splits: `val` was used for nothing else; `train` frames are what TMDL was trained on).
+- Clearly different (on by default, `--no-altered` skips): the same phantom views and real frames made
+  into images no thyroid scanner gives: `mr_like` (smoothed, sigma 4 px, plus light Gaussian noise:
+  another modality's texture, no speckle), `posterized` (4 grey levels), `inverted` (grey levels
+  reversed: bright nodules in a dark gland) and `noise` (uniform noise of the image's mean and spread).
+- Mildly altered, reported for what they are (a scanner's smoothing or a blown-up image can look like
+  this): `blurred` (Gaussian blur, sigma 3 px) and `coarse` (every 4 x 4 block one grey value).
+Reported per set: views seen, the share the gate declined, views scored, and of those the share the
+OOD check declines (95 % CI by bootstrap over studies / cases); and the share of all views that end
+"not assessable" (gate or OOD): what a user sees.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from llnm.cli.ood_fit import product_descriptor
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -25,6 +34,41 @@ from llnm.model.config import preset
 from llnm.model.ood import load_for_repository
 from llnm.segmentation.data import ddti_case, ddti_frame_pairs, read_grey
 from llnm.segmentation.region import find_image_region
+
+
+def blurred(img: np.ndarray) -> np.ndarray:
+    return np.clip(ndimage.gaussian_filter(img.astype(np.float64), 3.0), 0, 255).astype(np.uint8)
+
+
+def inverted(img: np.ndarray) -> np.ndarray:
+    return (255 - img.astype(np.int16)).astype(np.uint8)
+
+
+def coarse(img: np.ndarray) -> np.ndarray:
+    small = img[::4, ::4]
+    return np.kron(small, np.ones((4, 4), dtype=np.uint8))[:img.shape[0], :img.shape[1]]
+
+
+def noise(img: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = img.astype(np.float64)
+    half = np.sqrt(3.0) * values.std()
+    return np.clip(rng.uniform(values.mean() - half, values.mean() + half, img.shape), 0, 255).astype(np.uint8)
+
+
+def mr_like(img: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(img.astype(np.float64), 4.0)
+    return np.clip(smooth + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def posterized(img: np.ndarray) -> np.ndarray:
+    return ((img // 64) * 64 + 32).astype(np.uint8)
+
+
+CLEARLY_DIFFERENT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mr_like": mr_like, "posterized": posterized, "inverted": inverted, "noise": noise}
+MILD: dict[str, Callable[[np.ndarray], np.ndarray]] = {"blurred": blurred, "coarse": coarse}
 
 
 def judge(backend, ood, image: np.ndarray, spacing, size: int) -> dict:
@@ -50,10 +94,30 @@ def rate_ci(groups: dict[str, list[bool]], rounds: int = 1000, seed: int = 0) ->
             round(float(np.percentile(boots, 97.5)), 3)]
 
 
+def measure(views: Iterable[tuple[str, np.ndarray, object]], backend, ood, size: int) -> dict:
+    """views: (group: a study or case, image, spacing)."""
+    ood_by_group: dict[str, list[bool]] = {}
+    declined_by_group: dict[str, list[bool]] = {}
+    gate = []
+    for group, image, spacing in views:
+        r = judge(backend, ood, image, spacing, size)
+        gate.append(bool(r["gate"]))
+        if r["ood"] is not None:
+            ood_by_group.setdefault(group, []).append(r["ood"])
+        declined_by_group.setdefault(group, []).append(bool(r["gate"]) or bool(r["ood"]))
+    return {"views": len(gate), "gate_declined": round(float(np.mean(gate)), 3) if gate else None,
+            "views_scored": sum(len(v) for v in ood_by_group.values()),
+            "ood_abstained": rate_ci(ood_by_group), "not_assessable": rate_ci(declined_by_group)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--phantom", type=Path, required=True)
+    parser.add_argument("--phantom", type=Path, required=True, help="held-out `llnm phantom` folder")
+    parser.add_argument("--real-split", nargs="+", default=["val"], choices=["train", "select", "val"])
+    parser.add_argument("--no-altered", action="store_true", help="skip the altered (out of distribution) sets")
+    parser.add_argument("--altered-phantom-studies", type=int, default=30,
+                        help="phantom studies (the first ones) altered for the out-of-distribution sets")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--preset", default="compact")
     args = parser.parse_args(argv)
@@ -64,32 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     size = preset(args.preset).image_size
     from llnm.model.data import read_layout, read_png
 
-    inside: dict[str, list[bool]] = {}
-    gate_ph = []
-    for study in read_layout(args.phantom):
-        for v in study.views:
-            r = judge(backend, ood, read_png(v.image), v.spacing_mm, size)
-            gate_ph.append(bool(r["gate"]))
-            if r["ood"] is not None:
-                inside.setdefault(study.study_uid, []).append(r["ood"])
-    outside: dict[str, list[bool]] = {}
-    gate_real = []
-    for image_path, _ in ddti_frame_pairs(args.data / "ddti_frames", ("train", "select", "val")):
+    phantom = [(s.study_uid, read_png(v.image), v.spacing_mm) for s in read_layout(args.phantom) for v in s.views]
+    real = []
+    for image_path, _ in ddti_frame_pairs(args.data / "ddti_frames", tuple(args.real_split)):
         image = read_grey(image_path)
-        view = find_image_region(image).crop(image)
-        r = judge(backend, ood, view, None, size)
-        gate_real.append(bool(r["gate"]))
-        if r["ood"] is not None:
-            outside.setdefault(ddti_case(image_path.name), []).append(r["ood"])
-    report = {
-        "phantom_views": len(gate_ph), "phantom_gate_declined": round(float(np.mean(gate_ph)), 3),
-        "phantom_views_scored": sum(len(v) for v in inside.values()),
-        "phantom_ood_abstained": rate_ci(inside),
-        "real_frames": len(gate_real), "real_gate_declined": round(float(np.mean(gate_real)), 3),
-        "real_frames_scored": sum(len(v) for v in outside.values()),
-        "real_ood_abstained": rate_ci(outside),
-        "threshold": round(ood.threshold, 3), "ood_source": ood.source,
+        real.append((ddti_case(image_path.name), find_image_region(image).crop(image), None))
+    report: dict[str, object] = {
+        "in_distribution": {"phantom": measure(phantom, backend, ood, size),
+                            f"real_frames_{'+'.join(args.real_split)}": measure(real, backend, ood, size)},
+        "threshold": ood.threshold, "ood_components": [c.name for c in ood.components], "ood_source": ood.source,
     }
+    if not args.no_altered:
+        some = {g for g, _, _ in phantom[:2 * args.altered_phantom_studies]}
+        for title, alterations in (("clearly_different", CLEARLY_DIFFERENT), ("mildly_altered", MILD)):
+            altered = {}
+            for name, alter in alterations.items():
+                views = [(f"p-{g}", alter(img), sp) for g, img, sp in phantom if g in some] + \
+                        [(f"r-{g}", alter(img), sp) for g, img, sp in real]
+                altered[name] = measure(views, backend, ood, size)
+            report[title] = altered
     print(json.dumps(report, indent=1))
     return 0
 

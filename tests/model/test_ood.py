@@ -97,3 +97,42 @@ def test_only_the_unlike_view_of_a_study_is_dropped(backend, ood):  # noqa: F811
     assert result.assessable and result.views[1].used is False and result.views[0].used is True
     assert result.probability == pytest.approx(single.probability, abs=1e-6)
     assert any("view 2 not used" in w for w in result.warnings)
+
+
+def test_each_training_source_keeps_its_share_and_what_lies_between_or_beyond_is_out():
+    """Two sources far apart (the phantom, real frames): one Gaussian each, so held-out views of either
+    pass at the chosen rate, while a view like neither (between them, or far off) is out."""
+    from llnm.model.ood import fit_sources
+
+    rng = np.random.default_rng(2)
+    a, b = np.zeros(5), np.full(5, 12.0)
+    sources = {name: (centre + rng.normal(size=(300, 5)), centre + rng.normal(size=(2000, 5)))
+               for name, centre in (("phantom", a), ("real_frames", b))}
+    model = fit_sources(sources, quantile=0.96)
+    for name, (_, held_out) in sources.items():
+        passed = np.mean([not model.is_out(v) for v in held_out])
+        assert passed == pytest.approx(0.96, abs=0.01), name
+    assert model.is_out((a + b) / 2) and model.is_out(np.full(5, -10.0))
+    near_real = b + 0.1
+    assert min(model.distances(near_real), key=model.distances(near_real).get) == "real_frames"
+    assert model.score(near_real) == pytest.approx(model.distances(near_real)["real_frames"])
+
+
+def test_sources_survive_a_round_trip_and_a_single_source_file_still_loads(tmp_path):
+    from llnm.model.ood import fit_sources
+
+    rng = np.random.default_rng(3)
+    n = len(DESCRIPTOR)
+    model = fit_sources({"phantom": (rng.normal(size=(60, n)), rng.normal(size=(30, n))),
+                         "real_frames": (5 + rng.normal(size=(60, n)), 5 + rng.normal(size=(30, n)))})
+    model.save(tmp_path / "ood.json")
+    again = OodModel.load(tmp_path / "ood.json")
+    assert [c.name for c in again.components] == ["phantom", "real_frames"]
+    v = 5 + rng.normal(size=n)
+    assert again.score(v) == pytest.approx(model.score(v)) and again.threshold == 1.0
+    single = fit(rng.normal(size=(60, n)), rng.normal(size=(30, n)))
+    (part,) = single.components
+    legacy = {"descriptor": list(DESCRIPTOR), "mean": part.mean.tolist(), "precision": part.precision.tolist(),
+              "threshold": part.threshold, "quantile": 0.96, "source": "v1"}
+    (tmp_path / "v1.json").write_text(json.dumps(legacy))
+    assert OodModel.load(tmp_path / "v1.json").score(v) == pytest.approx(single.score(v))

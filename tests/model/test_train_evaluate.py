@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from .conftest import fake_text_encoder
 from llnm.model.config import preset
@@ -92,3 +93,54 @@ def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path):
     np.testing.assert_allclose([r["probability"] for r in a], [r["probability"] for r in b], atol=1e-4)
     assert runtime["no_finding"] == 0 and runtime["scored_by"].startswith("runtime")
     assert abs(runtime["metrics"]["auc"] - checkpoint["metrics"]["auc"]) < 1e-3
+
+
+def test_a_separate_validation_folder_and_the_provenance_in_model_json(tiny_layout, tmp_path):
+    """--val-data: every training study is trained on, early stopping and the threshold come from the
+    other folder (patients apart); model.json names the code commit, the generator's record and a
+    sha256 of the training set that follows its content, not its place."""
+    import shutil
+
+    from PIL import Image
+
+    from .conftest import write_layout
+    from llnm.model.data import layout_sha256
+
+    val = write_layout(tmp_path / "val", studies=12, seed=7)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_layout, data, ignore=shutil.ignore_patterns(".cache"))
+    (data / "generator.json").write_text(json.dumps({"seed": 1, "generator_commit": "abc"}))
+    meta = train(data, tmp_path / "m", preset("tiny"), encode_text=fake_text_encoder, epochs=2, progress=False,
+                 seed=0, val_dir=val, command="llnm train ...")
+    assert meta["train_studies"] == 40 and meta["val_studies"] == 12 and meta["val_data"] == str(val)
+    assert meta["data_sha256"] == layout_sha256(tiny_layout) == layout_sha256(data)
+    assert meta["val_data_sha256"] == layout_sha256(val) != meta["data_sha256"]
+    assert meta["data_generator"] == {"seed": 1, "generator_commit": "abc"} and meta["command"] == "llnm train ..."
+    assert meta["code_commit"] is None or len(meta["code_commit"].split("+")[0]) == 40
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["data_sha256"] == meta["data_sha256"]
+    first = read_layout(data)[0].views[0].image
+    pixels = np.asarray(Image.open(first)).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(first)
+    assert layout_sha256(data) != meta["data_sha256"]
+
+
+def test_repeated_studies_of_a_patient_do_not_narrow_the_confidence_interval():
+    """`llnm real-studies` writes several studies per patient; resampling patients (groups), not
+    studies, keeps the CI as wide as the patients allow: 8 copies of 30 patients are 30 patients."""
+    from llnm.model.evaluate import tirads_sanity
+    from llnm.model.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    p, y = rng.random(30), (rng.random(30) < 0.4).astype(int)
+    p8, y8, groups = np.repeat(p, 8), np.repeat(y, 8), np.repeat(np.arange(30), 8)
+    by_study = bootstrap_ci(p8, y8, 0.5, n=300, seed=1)["auc"]
+    by_patient = bootstrap_ci(p8, y8, 0.5, n=300, seed=1, groups=groups)["auc"]
+    once = bootstrap_ci(p, y, 0.5, n=300, seed=1)["auc"]
+    assert by_patient[1] - by_patient[0] > 2 * (by_study[1] - by_study[0])
+    assert by_patient[1] - by_patient[0] == pytest.approx(once[1] - once[0], rel=0.35)
+    grades = list(np.repeat(rng.choice(["2", "3", "4a", "5"], 30), 8))
+    wide = tirads_sanity(p8, grades, 0.5, n=300, groups=[str(g) for g in groups])
+    narrow = tirads_sanity(p8, grades, 0.5, n=300)
+    assert wide["patients"] == 30 and narrow["patients"] is None
+    assert np.ptp(wide["spearman_ci95"]) > 2 * np.ptp(narrow["spearman_ci95"])

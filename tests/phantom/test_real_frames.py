@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -101,3 +102,17 @@ def test_the_label_model_rises_with_the_grade_and_with_the_papers_factors():
 ])
 def test_ddti_margin_words_map_onto_the_models_vocabulary(raw, expected):
     assert rf.normalise(raw)["margin"] == expected
+
+
+def test_the_command_records_what_made_the_folder(tmp_path):
+    """generator.json names the command and the code commit (`git rev-parse HEAD`, "+dirty" when the
+    generator's code differs from it), so model.json can say which data a model was trained on."""
+    from llnm.cli import main
+
+    root = frames_dir(tmp_path, {c: "4b" for c in cases_in("train", 1)})
+    assert main(["real-studies", "--frames", str(root), "--out", str(tmp_path / "out"), "--split", "train",
+                 "--studies-per-case", "1", "--seed", "4"]) == 0
+    record = json.loads((tmp_path / "out" / "generator.json").read_text())
+    assert record["command"].startswith("llnm real-studies --frames") and record["seed"] == 4
+    commit = record["generator_commit"]
+    assert commit is None or len(commit.split("+")[0]) == 40

@@ -52,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
                       jittered_masks=args.jittered_masks, runtime=args.runtime, backend=backend)
     summary = {"studies": report["studies"], "positives": report["positives"],
                **{k: round(v, 4) for k, v in report["metrics"].items()},
-               "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()}}
+               "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
+               "bootstrap_over": report["bootstrap_over"]}
     if report["bayes_auc"] is not None:
         summary["bayes_auc"] = round(report["bayes_auc"], 4)
         summary["auc_ratio_to_bayes"] = round(report["auc_ratio_to_bayes"], 4)
+        if report.get("auc_ratio_to_bayes_ci95"):
+            summary["auc_ratio_to_bayes_ci95"] = [round(v, 4) for v in report["auc_ratio_to_bayes_ci95"]]
         print(f"Bayes-optimal AUC of this set (p_true vs llnm): {report['bayes_auc']:.4f}")
     if report["no_finding"] is not None:
         summary["no_finding"] = report["no_finding"]

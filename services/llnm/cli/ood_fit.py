@@ -1,9 +1,11 @@
-"""`llnm ood-fit --train DIR --calibrate DIR`: fit the out-of-distribution check of the shipped TMDL.
+"""`llnm ood-fit --source NAME TRAIN_DIR CALIBRATE_DIR ...`: fit the out-of-distribution check of the
+shipped TMDL (`--train DIR --calibrate DIR`: one source).
 
-The training descriptors come from the training layout's views with their ground-truth masks (what
-TMDL was trained on); the threshold from HELD-OUT studies of the same distribution run through the
-product (segmentation models and the quality gate), so that at most 1 - quantile of such views
-abstain at run time. Writes `model_repository/tmdl/1/ood.json` (llnm.model.ood). Numpy and the
+Per training source (e.g. the phantom and real frames, each a training layout): the training
+descriptors come from its views with their ground-truth masks (what TMDL was trained on; each distinct
+image once, spread over the whole folder); the threshold from HELD-OUT studies of the same source run
+through the product (segmentation models and the quality gate), so that at most 1 - quantile of such
+views abstain at run time. Writes `model_repository/tmdl/1/ood.json` (llnm.model.ood). Numpy and the
 ONNX segmentation models only.
 """
 
@@ -19,9 +21,11 @@ from llnm.config import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", type=Path, required=True, help="the training layout TMDL was trained on")
-    parser.add_argument("--calibrate", type=Path, required=True,
-                        help="held-out studies of the training distribution (same layout), never trained on")
+    parser.add_argument("--source", nargs=3, action="append", default=[], metavar=("NAME", "TRAIN", "CALIBRATE"),
+                        help="a training source: its name, the training layout TMDL was trained on and "
+                             "held-out studies of it (same layout, never trained on); repeat per source")
+    parser.add_argument("--train", type=Path, default=None, help="one source: the training layout")
+    parser.add_argument("--calibrate", type=Path, default=None, help="one source: its held-out studies")
     parser.add_argument("--quantile", type=float, default=0.96,
                         help="share of held-out views that must pass (default %(default)s)")
     parser.add_argument("--max-train-views", type=int, default=600)
@@ -29,22 +33,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="default: LLNM_MODEL_REPOSITORY; the result goes to <it>/tmdl/1/ood.json")
 
 
+def distinct_views(data_dir: Path, limit: int | None = None) -> list:
+    """The folder's views, each distinct image (and masks) once (`llnm real-studies` reuses a frame in
+    several studies), at most `limit` of them spread evenly over the folder."""
+    import hashlib
+
+    from llnm.model.data import read_layout
+
+    seen, views = set(), []
+    for study in read_layout(data_dir):
+        for view in study.views:
+            key = hashlib.sha256(b"".join(Path(p).read_bytes() for p in (view.image, view.nodule_mask))).digest()
+            if key not in seen:
+                seen.add(key)
+                views.append(view)
+    if limit is not None and len(views) > limit:
+        views = [views[int(i)] for i in np.linspace(0, len(views) - 1, limit)]
+    return views
+
+
 def train_descriptors(data_dir: Path, size: int, limit: int) -> np.ndarray:
     from llnm.features import extract_features
-    from llnm.model.data import read_layout, read_png
+    from llnm.model.data import read_png
     from llnm.model.ood import features_descriptor
 
     out = []
-    for study in read_layout(data_dir):
-        for view in study.views:
-            nodule, gland = read_png(view.nodule_mask) > 127, read_png(view.gland_mask) > 127
-            if not nodule.any() or not gland.any():
-                continue
-            image = read_png(view.image)
-            feats = extract_features(image, gland, nodule, view.spacing_mm, size=size)
-            out.append(features_descriptor(feats, image, gland))
-            if len(out) >= limit:
-                return np.array(out)
+    for view in distinct_views(data_dir, limit):
+        nodule, gland = read_png(view.nodule_mask) > 127, read_png(view.gland_mask) > 127
+        if not nodule.any() or not gland.any():
+            continue
+        image = read_png(view.image)
+        feats = extract_features(image, gland, nodule, view.spacing_mm, size=size)
+        out.append(features_descriptor(feats, image, gland))
     return np.array(out)
 
 
@@ -67,34 +87,46 @@ def product_descriptor(backend, image: np.ndarray, spacing_mm, size: int):
 
 def runtime_descriptors(data_dir: Path, backend, size: int) -> tuple[np.ndarray, int]:
     """Descriptors of the views the product would use (segmentation + gate); and the views seen."""
-    from llnm.model.data import read_layout, read_png
+    from llnm.model.data import read_png
 
     out, seen = [], 0
-    for study in read_layout(data_dir):
-        for view in study.views:
-            seen += 1
-            _, descriptor = product_descriptor(backend, read_png(view.image), view.spacing_mm, size)
-            if descriptor is not None:
-                out.append(descriptor)
+    for view in distinct_views(data_dir):
+        seen += 1
+        _, descriptor = product_descriptor(backend, read_png(view.image), view.spacing_mm, size)
+        if descriptor is not None:
+            out.append(descriptor)
     return np.array(out), seen
 
 
 def run(args: argparse.Namespace) -> int:
     from llnm.inference.backend import create_backend
     from llnm.model.config import preset
-    from llnm.model.ood import OOD_FILE, fit
+    from llnm.model.ood import OOD_FILE, fit_sources
 
+    sources = [(name, Path(train), Path(cal)) for name, train, cal in args.source]
+    if args.train is not None or args.calibrate is not None:
+        if args.train is None or args.calibrate is None:
+            raise SystemExit("--train and --calibrate go together (or use --source NAME TRAIN CALIBRATE)")
+        sources.append(("train", args.train, args.calibrate))
+    if not sources:
+        raise SystemExit("give at least one --source NAME TRAIN CALIBRATE (or --train and --calibrate)")
     overrides = {"model_repository": args.model_repository} if args.model_repository else {}
     settings = Settings.from_env(**overrides)
     size = preset(settings.preset).image_size
     backend = create_backend(settings)
-    train = train_descriptors(args.train, size, args.max_train_views)
-    calibration, seen = runtime_descriptors(args.calibrate, backend, size)
-    source = (f"train: {args.train.name} ({len(train)} views, ground-truth masks); calibration: "
-              f"{args.calibrate.name} ({len(calibration)} of {seen} views passed the gate, runtime segmentation)")
-    model = fit(train, calibration, args.quantile, source)
+    fitted, summary, notes = {}, {}, []
+    for name, train_dir, cal_dir in sources:
+        train = train_descriptors(train_dir, size, args.max_train_views)
+        calibration, seen = runtime_descriptors(cal_dir, backend, size)
+        fitted[name] = (train, calibration)
+        summary[name] = {"train_views": len(train), "calibration_views": len(calibration), "views_seen": seen}
+        notes.append(f"{name}: train {train_dir.name} ({len(train)} distinct views, ground-truth masks), "
+                     f"calibration {cal_dir.name} ({len(calibration)} of {seen} distinct views passed the gate, "
+                     "runtime segmentation)")
+    model = fit_sources(fitted, args.quantile, "; ".join(notes))
+    for part in model.components:
+        summary[part.name]["threshold"] = round(part.threshold, 3)
     target = Path(settings.model_repository) / "tmdl" / "1" / OOD_FILE
     model.save(target)
-    print(json.dumps({"written": str(target), "threshold": round(model.threshold, 3), "train_views": len(train),
-                      "calibration_views": len(calibration), "views_seen": seen, "quantile": args.quantile}))
+    print(json.dumps({"written": str(target), "quantile": args.quantile, "sources": summary}))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 from pathlib import Path
 
 from llnm.config import Settings
@@ -52,9 +53,21 @@ def merge_layout(source: Path, out: Path) -> int:
     return count
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that makes this folder again (from the parsed arguments, however it was called)."""
+    words = ["llnm", "real-studies", "--frames", str(args.frames), "--out", str(args.out), "--split", *args.split,
+             "--studies-per-case", str(args.studies_per_case), "--seed", str(args.seed)]
+    if args.merge:
+        words += ["--merge", *map(str, args.merge)]
+    if args.model_repository:
+        words += ["--model-repository", str(args.model_repository)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     from llnm.inference.backend import create_backend
     from llnm.model.config import preset
+    from llnm.model.data import git_commit
     from llnm.phantom.real_frames import generate
 
     overrides = {"model_repository": args.model_repository} if args.model_repository else {}
@@ -63,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     summary = generate(args.frames, args.out, tuple(args.split), backend, args.studies_per_case, args.seed,
                        preset(settings.preset).image_size)
     summary["merged"] = {str(m): merge_layout(m, args.out) for m in args.merge}
+    summary["generator_commit"] = git_commit("phantom", "features", "segmentation")
+    summary["command"] = command_line(args)
     (args.out / "generator.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0

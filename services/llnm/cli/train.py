@@ -18,7 +18,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--patience", type=int, default=8, help="early stopping on the validation AUC")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--val-fraction", type=float, default=0.15,
+                        help="share of --data held out for early stopping and the threshold (without --val-data)")
+    parser.add_argument("--val-data", type=Path, default=None,
+                        help="a separate folder for early stopping and the threshold (patients apart from "
+                             "--data); then all of --data is trained on")
     parser.add_argument("--jitters", type=int, default=2, help="perturbed mask copies per view")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
@@ -41,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     meta = train(args.data, args.out, preset(args.preset), encode_text=onnx_text_encoder(settings.model_repository),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
-                 progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]))
+                 progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
+                 val_dir=args.val_data)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

@@ -89,17 +89,18 @@ def location_risk(atlas: LocationAtlas, gland: np.ndarray, nodule: np.ndarray, s
 
 
 def atlas_from_layout(data_dir: Path, max_views: int = 300, size: int = 64, seed: int = 0) -> LocationAtlas:
-    """The atlas of the first `max_views` views of a folder in the training layout."""
+    """The atlas of `max_views` views spread evenly over a folder in the training layout (a folder
+    that holds several sources or several studies per patient in blocks is sampled across them)."""
     from llnm.model.data import read_layout, read_png
 
+    listed = [(view, study.llnm) for study in read_layout(data_dir) for view in study.views]
+    if len(listed) > max_views:
+        listed = [listed[int(i)] for i in np.linspace(0, len(listed) - 1, max_views)]
     views = []
-    for study in read_layout(data_dir):
-        for view in study.views:
-            if len(views) >= max_views:
-                break
-            gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
-            if gland.any() and nodule.any():
-                views.append((gland, nodule, study.llnm))
+    for view, llnm in listed:
+        gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
+        if gland.any() and nodule.any():
+            views.append((gland, nodule, llnm))
     return build_atlas(views, size=size, seed=seed)
 
 

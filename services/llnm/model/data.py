@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,3 +205,38 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
     except OSError as exc:  # a read-only data folder: work without the cache
         log.warning("feature cache not written", path=str(path), error=str(exc))
     return cache
+
+
+def layout_sha256(data_dir: Path) -> str:
+    """sha256 of a training folder's content, independent of where it lies: per study (labels.csv
+    order) its label, risk level, p_true, age, sex and report, then per view its spacing and the bytes
+    of its image and masks. Two folders with the same hash train the same model (same seed)."""
+    h = hashlib.sha256()
+    for study in read_layout(data_dir):
+        h.update(json.dumps([study.study_uid, study.llnm, study.risk_level, study.p_true, study.age,
+                             study.sex, study.report]).encode())
+        for view in study.views:
+            h.update(json.dumps(view.spacing_mm).encode())
+            for path in (view.image, view.gland_mask, view.nodule_mask):
+                h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def git_commit(*paths: str) -> str | None:
+    """The code's git commit (`git rev-parse HEAD`; None outside a checkout), with "+dirty" when tracked
+    files differ from it (only `paths`, relative to the package's llnm/ folder, when given)."""
+    cwd = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=cwd,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def generator_record(data_dir: Path) -> dict | None:
+    """What made a training folder, as its generator wrote it (`generator.json`), if it did."""
+    path = Path(data_dir) / "generator.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -15,7 +15,7 @@ import numpy as np
 
 from llnm.model.data import build_cache
 from llnm.model.metrics import (all_metrics, auc, bootstrap_ci, calibration_curve, decision_curve,
-                                risk_auc)
+                                resample, risk_auc)
 from llnm.model.train import load_model, predict_studies
 
 
@@ -166,7 +166,7 @@ def _html(report: dict, images: list[str]) -> str:
             f"<p>model: {html.escape(report['model'])}<br>data: {html.escape(report['data'])}<br>"
             f"studies: {report['studies']} (positives {report['positives']}); threshold "
             f"{report['threshold']:.3f} (fixed on the validation split)</p>{extra}"
-            f"<table><tr><th>metric</th><th>value</th><th>95% CI (bootstrap, {report['bootstrap']})</th></tr>"
+            f"<table><tr><th>metric</th><th>value</th><th>95% CI (bootstrap, {report['bootstrap']} over {report['bootstrap_over']})</th></tr>"
             f"{rows}</table>{figures}</body></html>")
 
 
@@ -229,20 +229,23 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def tirads_sanity(p: np.ndarray, grades: list[str], threshold: float, n: int = 1000, seed: int = 0) -> dict | None:
+def tirads_sanity(p: np.ndarray, grades: list[str], threshold: float, n: int = 1000, seed: int = 0,
+                  groups: list[str] | None = None) -> dict | None:
     """The only real labels near the question: P(LLNM) must rise with the TI-RADS grade (Spearman) and
     TI-RADS 2-3 nodules must fall below the decision threshold. Point values and 95 % bootstrap CIs
-    over the studies given (those not declined). A sanity check, not a validation."""
+    over the studies given (those not declined; over patients when `groups` names each study's).
+    A sanity check, not a validation."""
     keep = [i for i, g in enumerate(grades) if g in TIRADS_RANK]
     if len(keep) < 3:
         return None
     pk = np.asarray(p, dtype=float)[keep]
     rk = np.array([TIRADS_RANK[grades[i]] for i in keep])
+    gk = None if groups is None else np.array([groups[i] for i in keep])
     low = rk <= 3.0
     rng = np.random.default_rng(seed)
     rhos, shares = [], []
     for _ in range(n):
-        idx = rng.integers(0, len(pk), len(pk))
+        idx = resample(rng, len(pk), gk)
         rhos.append(spearman(pk[idx], rk[idx]))
         if low[idx].any():
             shares.append(float((pk[idx][low[idx]] < threshold).mean()))
@@ -250,7 +253,8 @@ def tirads_sanity(p: np.ndarray, grades: list[str], threshold: float, n: int = 1
         v = np.asarray(v, dtype=float)
         v = v[np.isfinite(v)]
         return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [None, None]
-    return {"studies": int(len(pk)), "spearman": spearman(pk, rk), "spearman_ci95": ci(rhos),
+    return {"studies": int(len(pk)), "patients": None if gk is None else int(len(np.unique(gk))),
+            "spearman": spearman(pk, rk), "spearman_ci95": ci(rhos),
             "tirads_2_3": int(low.sum()),
             "tirads_2_3_below_threshold": float((pk[low] < threshold).mean()) if low.any() else None,
             "tirads_2_3_below_threshold_ci95": ci(shares),
@@ -258,11 +262,25 @@ def tirads_sanity(p: np.ndarray, grades: list[str], threshold: float, n: int = 1
                                           for g in TIRADS_RANK if (rk == TIRADS_RANK[g]).any()}}
 
 
-def _grades(data_dir: Path) -> dict[str, str]:
+def _label_column(data_dir: Path, column: str) -> dict[str, str]:
+    """{study_uid: the labels.csv column's value} ("" where the column or the value is missing)."""
     import csv
 
     with open(Path(data_dir) / "labels.csv", newline="", encoding="utf-8") as fh:
-        return {r["study_uid"]: (r.get("tirads") or "").strip().lower() for r in csv.DictReader(fh)}
+        return {r["study_uid"]: (r.get(column) or "").strip().lower() for r in csv.DictReader(fh)}
+
+
+def _ratio_ci(p: np.ndarray, p_true: np.ndarray, y: np.ndarray, n: int, seed: int,
+              groups: np.ndarray | None) -> list[float] | None:
+    """95 % CI of AUC / Bayes-optimal AUC, both on the same bootstrap samples."""
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(n):
+        idx = resample(rng, len(y), groups)
+        a, b = auc(p[idx], y[idx]), auc(p_true[idx], y[idx])
+        if np.isfinite(a) and np.isfinite(b) and b > 0:
+            ratios.append(a / b)
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios else None
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
@@ -288,6 +306,10 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     y = cache.llnm[present]
     levels = cache.risk_level[present]
     threshold = float(meta.get("threshold", 0.5))
+    # several studies of one patient (llnm real-studies writes `case`): resample patients for the CIs
+    cases = _label_column(data_dir, "case")
+    uids = [cache.study_uids[s] for s in present]
+    groups = np.array([cases.get(u) or u for u in uids]) if any(cases.values()) else None
     metrics = all_metrics(p, y, threshold)
     metrics["risk_auc"] = risk_auc(risk, levels)
     p_true = cache.p_true[present]
@@ -302,18 +324,21 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
         "mean_contributions": contributions,
         "studies": int(len(y)), "positives": int(y.sum()), "threshold": threshold,
         "metrics": metrics,
-        "ci95": bootstrap_ci(p, y, threshold, n=bootstrap, seed=seed, extra=(risk, levels)),
+        "ci95": bootstrap_ci(p, y, threshold, n=bootstrap, seed=seed, extra=(risk, levels), groups=groups),
         "bootstrap": bootstrap, "calibration": calibration, "decision_curve": decision,
+        "bootstrap_over": "studies" if groups is None else f"patients ({len(set(groups))})",
         "bayes_auc": auc(p_true, y) if has_truth else None,
     }
     report["auc_ratio_to_bayes"] = (metrics["auc"] / report["bayes_auc"]) if has_truth else None
+    report["auc_ratio_to_bayes_ci95"] = _ratio_ci(p, p_true, y, bootstrap, seed, groups) if has_truth else None
     abstained = set(abstained_uids)
     report["abstained"] = len(abstained) if runtime else None
-    grades = _grades(data_dir)
+    grades = _label_column(data_dir, "tirads")
     if any(grades.values()):
         answered = [k for k, s in enumerate(present) if cache.study_uids[s] not in abstained]
-        report["tirads_sanity"] = tirads_sanity(p[answered], [grades.get(cache.study_uids[present[k]], "")
-                                                              for k in answered], threshold, seed=seed)
+        report["tirads_sanity"] = tirads_sanity(
+            p[answered], [grades.get(cache.study_uids[present[k]], "") for k in answered], threshold, seed=seed,
+            groups=None if groups is None else [str(groups[k]) for k in answered])
     report["atlas"] = atlas_auc(model_dir, data_dir, atlas_studies)
     images = _plots(out_dir, p, y, p_true if has_truth else None, calibration, decision)
     if examples:

@@ -2,7 +2,8 @@
 
 AUC is computed from probabilities (Mann-Whitney), never from thresholded labels. Sensitivity,
 specificity, accuracy, PPV and NPV use a threshold fixed beforehand (chosen on the validation split
-by Youden's J during training). 95 % CIs: percentile bootstrap over studies.
+by Youden's J during training). 95 % CIs: percentile bootstrap over studies, or over patients when
+a set holds several studies per patient (`groups`), so that repeated images do not narrow the CI.
 """
 
 from __future__ import annotations
@@ -65,14 +66,26 @@ def all_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dic
     return {"auc": auc(scores, labels), **threshold_metrics(scores, labels, threshold)}
 
 
+def resample(rng: np.random.Generator, m: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Indices of one bootstrap sample of m items: items drawn with replacement, or whole groups
+    (a group id per item) drawn with replacement."""
+    if groups is None:
+        return rng.integers(0, m, m)
+    ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(ids))]
+    return np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
+
+
 def bootstrap_ci(scores: np.ndarray, labels: np.ndarray, threshold: float, n: int = 1000,
-                 seed: int = 0, extra: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
-    """95 % percentile CIs of every metric (and of the risk AUC when `extra` = (risk_probs, levels))."""
+                 seed: int = 0, extra: tuple[np.ndarray, np.ndarray] | None = None,
+                 groups: np.ndarray | None = None) -> dict[str, list[float]]:
+    """95 % percentile CIs of every metric (and of the risk AUC when `extra` = (risk_probs, levels));
+    `groups` (one id per study, e.g. the patient): resample patients, not studies."""
     rng = np.random.default_rng(seed)
     m = len(labels)
     samples: dict[str, list[float]] = {}
     for _ in range(n):
-        idx = rng.integers(0, m, m)
+        idx = resample(rng, m, groups)
         values = all_metrics(scores[idx], labels[idx], threshold)
         if extra is not None:
             values["risk_auc"] = risk_auc(extra[0][idx], extra[1][idx])

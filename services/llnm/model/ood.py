@@ -6,10 +6,12 @@ by the statistics of what TMDL actually sees (the texture crop x_t and the margi
 images: brightness, contrast, speckle grain, gradient energy, saturation; and the scalar inputs x_e,
 x_s) and of the tissue it comes from (the grey levels inside the gland: skewness, coefficient of
 variation, speckle correlation at 1 and 3 pixels along rows and columns: a scanner's and a
-simulator's speckle differ most there) and scored by its Mahalanobis distance to the training views' descriptors (mean and a shrunk
-covariance fitted once, `fit`). The threshold is the `quantile` of the scores of HELD-OUT views of the
-training distribution run through the product (segmentation masks, not ground truth), so at most
-1 - quantile of such views abstain. A study abstains when every analysed view is beyond the threshold.
+simulator's speckle differ most there) and scored by its Mahalanobis distance to the training views'
+descriptors, one Gaussian per training source (the phantom, real frames: a mean and a shrunk covariance
+each, `fit_sources`). Each source's threshold is the `quantile` of the distances of HELD-OUT views of
+that source run through the product (segmentation masks, not ground truth), so at most 1 - quantile of
+such views abstain; the score is the smallest distance relative to its source's threshold (1.0: the
+boundary). A study abstains when every analysed view is beyond it.
 
 The fitted statistics live beside the model (`model_repository/tmdl/1/ood.json`), written by
 `llnm ood-fit`; numpy only at run time, so the worker, `llnm predict` and a Triton-backed worker
@@ -96,25 +98,48 @@ def features_descriptor(features, image: np.ndarray, gland: np.ndarray) -> np.nd
 
 
 @dataclass(frozen=True)
-class OodModel:
-    """Mean, inverse covariance and threshold of the training distribution's descriptors."""
+class Component:
+    """One training source (e.g. the phantom, real frames): mean, inverse covariance and the distance
+    that `quantile` of its held-out views stay within."""
 
+    name: str
     mean: np.ndarray
     precision: np.ndarray
     threshold: float
+
+    def distance(self, vector: np.ndarray) -> float:
+        d = np.asarray(vector, dtype=np.float64) - self.mean
+        return float(np.sqrt(max(d @ self.precision @ d, 0.0)))
+
+
+@dataclass(frozen=True)
+class OodModel:
+    """The training distribution as one Gaussian per training source. A view's score is its smallest
+    Mahalanobis distance to a source relative to that source's threshold, so 1.0 is the boundary for
+    every source (`threshold`): a view like any one source TMDL was trained on is in."""
+
+    components: tuple[Component, ...]
     quantile: float
     source: str  # what it was fitted and calibrated on (data, seeds, counts)
 
+    @property
+    def threshold(self) -> float:
+        return 1.0
+
+    def distances(self, vector: np.ndarray) -> dict[str, float]:
+        """Per source: the Mahalanobis distance relative to its threshold."""
+        return {c.name: c.distance(vector) / c.threshold for c in self.components}
+
     def score(self, vector: np.ndarray) -> float:
-        d = np.asarray(vector, dtype=np.float64) - self.mean
-        return float(np.sqrt(max(d @ self.precision @ d, 0.0)))
+        return min(self.distances(vector).values())
 
     def is_out(self, vector: np.ndarray) -> bool:
         return self.score(vector) > self.threshold
 
     def to_json(self) -> dict:
-        return {"descriptor": list(DESCRIPTOR), "mean": self.mean.tolist(), "precision": self.precision.tolist(),
-                "threshold": self.threshold, "quantile": self.quantile, "source": self.source}
+        return {"descriptor": list(DESCRIPTOR), "quantile": self.quantile, "source": self.source,
+                "components": [{"name": c.name, "mean": c.mean.tolist(), "precision": c.precision.tolist(),
+                                "threshold": c.threshold} for c in self.components]}
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
@@ -124,22 +149,40 @@ class OodModel:
         raw = json.loads(Path(path).read_text())
         if raw.get("descriptor") != list(DESCRIPTOR):
             raise ValueError(f"{path}: descriptor {raw.get('descriptor')} is not this version's {list(DESCRIPTOR)}")
-        return cls(np.asarray(raw["mean"]), np.asarray(raw["precision"]), float(raw["threshold"]),
+        parts = raw.get("components") or [{"name": "train", **{k: raw[k] for k in ("mean", "precision", "threshold")}}]
+        return cls(tuple(Component(str(c["name"]), np.asarray(c["mean"]), np.asarray(c["precision"]),
+                                   float(c["threshold"])) for c in parts),
                    float(raw["quantile"]), str(raw.get("source", "")))
 
 
-def fit(train: np.ndarray, calibration: np.ndarray, quantile: float = 0.96, source: str = "") -> OodModel:
-    """Fit on training descriptors (n, d); set the threshold at `quantile` of held-out calibration scores."""
+def fit_component(name: str, train: np.ndarray, calibration: np.ndarray, quantile: float) -> Component:
+    """Mean and shrunk covariance of `train` (n, d); threshold at `quantile` of held-out calibration
+    distances."""
     train = np.asarray(train, dtype=np.float64)
     if train.ndim != 2 or train.shape[0] <= train.shape[1]:
-        raise ValueError(f"need more training views than descriptor entries, got {train.shape}")
-    mean = train.mean(axis=0)
+        raise ValueError(f"{name}: need more training views than descriptor entries, got {train.shape}")
+    calibration = np.asarray(calibration, dtype=np.float64)
+    if calibration.ndim != 2 or not len(calibration):
+        raise ValueError(f"{name}: no held-out calibration views")
     cov = np.cov(train, rowvar=False)
     cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.diag(np.diag(cov)) + 1e-9 * np.eye(cov.shape[0])
-    precision = np.linalg.inv(cov)
-    model = OodModel(mean, precision, 0.0, quantile, source)
-    scores = np.array([model.score(v) for v in np.asarray(calibration, dtype=np.float64)])
-    return OodModel(mean, precision, float(np.quantile(scores, quantile)), quantile, source)
+    part = Component(name, train.mean(axis=0), np.linalg.inv(cov), 1.0)
+    distances = np.array([part.distance(v) for v in calibration])
+    return Component(name, part.mean, part.precision, float(np.quantile(distances, quantile)))
+
+
+def fit(train: np.ndarray, calibration: np.ndarray, quantile: float = 0.96, source: str = "") -> OodModel:
+    """One training source: fit on training descriptors (n, d); the threshold at `quantile` of held-out
+    calibration scores."""
+    return OodModel((fit_component("train", train, calibration, quantile),), quantile, source)
+
+
+def fit_sources(sources: dict[str, tuple[np.ndarray, np.ndarray]], quantile: float = 0.96,
+                source: str = "") -> OodModel:
+    """Several training sources, {name: (training descriptors, held-out calibration descriptors)}:
+    one Gaussian and threshold each, so at most 1 - quantile of each source's held-out views abstain."""
+    return OodModel(tuple(fit_component(name, train, cal, quantile) for name, (train, cal) in sources.items()),
+                    quantile, source)
 
 
 def load_for_repository(model_repository: Path) -> OodModel | None:

@@ -1,8 +1,14 @@
 """Training TMDL on a folder in the training layout (see data.py): seeded, early stopping on the
 validation AUC (study level, views averaged as at run time), JSON-lines log, tqdm progress.
 
+The validation studies are a seeded share of the training folder, or a separate folder (`val_dir`):
+when a folder holds several studies per patient (`llnm real-studies --studies-per-case`), a random
+share would put the same patient's images on both sides, and early stopping and the threshold would
+reward memorising them.
+
 A model folder holds: model.pt (state dict), preset.json (the TMDLConfig), model.json (threshold,
-validation AUC, epochs, seed, the command that made it) and train_log.jsonl.
+validation AUC, epochs, seed, the command that made it, the training set's sha256, the code commit
+and the data generator's record) and train_log.jsonl.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from llnm.model.config import TMDLConfig
-from llnm.model.data import FeatureCache, build_cache
+from llnm.model.data import FeatureCache, build_cache, generator_record, git_commit, layout_sha256
 from llnm.model.metrics import auc, youden_threshold
 from llnm.model.tmdl import TMDL
 from llnm.observability.logs import get_logger
@@ -98,8 +104,11 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple[TMDL, dict]:
 def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 40,
           batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
-          progress: bool = True, command: str = "") -> dict:
-    """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json)."""
+          progress: bool = True, command: str = "", val_dir: Path | None = None) -> dict:
+    """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
+
+    `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
+    is trained on); else a seeded `val_fraction` of data_dir's studies."""
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
@@ -110,8 +119,13 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     cache = build_cache(data_dir, config, encode_text, jitters=jitters, seed=seed, progress=progress)
     n_studies = len(cache.llnm)
     order = rng.permutation(n_studies)
-    n_val = max(2, int(round(val_fraction * n_studies)))
-    val_studies, train_studies = np.sort(order[:n_val]), np.sort(order[n_val:])
+    if val_dir is not None:
+        val_cache = build_cache(val_dir, config, encode_text, jitters=0, seed=seed, progress=progress)
+        val_studies, train_studies = np.arange(len(val_cache.llnm)), np.arange(n_studies)
+    else:
+        val_cache = cache
+        n_val = max(2, int(round(val_fraction * n_studies)))
+        val_studies, train_studies = np.sort(order[:n_val]), np.sort(order[n_val:])
     train_views = np.flatnonzero(np.isin(cache.view_study, train_studies))
     device = torch.device("cpu")
     model = TMDL(config).to(device)
@@ -154,8 +168,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                 optimizer.step()
                 losses.append(loss.item())
                 step += 1
-            present, p, _ = predict_studies(model, cache, val_studies)
-            val_auc = auc(p, cache.llnm[present])
+            present, p, _ = predict_studies(model, val_cache, val_studies)
+            val_auc = auc(p, val_cache.llnm[present])
             train_loss = float(np.mean(losses))
             entry = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_auc": round(val_auc, 5),
                      "lr": lr_at(step - 1), "seconds": round(time.time() - started, 1)}
@@ -170,13 +184,17 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                 if stale >= patience:
                     break
     model.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True))
-    present, p, _ = predict_studies(model, cache, val_studies)
+    present, p, _ = predict_studies(model, val_cache, val_studies)
     meta = {
-        "preset": config.name, "config": asdict(config), "threshold": youden_threshold(p, cache.llnm[present]),
+        "preset": config.name, "config": asdict(config), "threshold": youden_threshold(p, val_cache.llnm[present]),
         "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
-        "jitters": jitters, "data": str(data_dir), "command": command,
-        "seconds": round(time.time() - started, 1),
+        "jitters": jitters, "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
+        "command": command, "seconds": round(time.time() - started, 1),
+        "code_commit": git_commit(), "data_sha256": layout_sha256(data_dir),
+        "val_data_sha256": layout_sha256(val_dir) if val_dir is not None else None,
+        "data_generator": generator_record(data_dir),
+        "val_data_generator": generator_record(val_dir) if val_dir is not None else None,
     }
     save_model(model, out_dir, meta)
     log.info("training finished", preset=config.name, value=best_auc, epoch=best_epoch)
