@@ -46,6 +46,18 @@ def test_train_then_evaluate(tiny_layout, tmp_path):
     for name in ("metrics.json", "report.html", "roc.png", "calibration.png", "decision_curve.png",
                  "explanations.png"):
         assert (tmp_path / "eval" / name).is_file()
+    # the baseline beside it, fitted on the model's own training folder (recorded in model.json), on the
+    # same studies, with the paired CI of the difference; and the model's ablations
+    baseline = report["baseline"]
+    assert baseline["train"] == str(tiny_layout) and baseline["train_studies"] == 40
+    assert baseline["ci_low"] <= baseline["difference"] <= baseline["ci_high"]
+    assert baseline["difference"] == pytest.approx(report["metrics"]["auc"] - baseline["baseline_auc"])
+    assert baseline["image_only_auc"] > 0.7  # the layout's signal is the capsule distance (image)
+    assert set(report["ablations"]) == {"report_only", "image_only", "without_report"}
+    assert report["ablations"]["image_only"] != report["metrics"]["auc"]  # the occlusion reached the model
+    elsewhere = evaluate(out, tiny_layout, tmp_path / "eval2", encode_text=fake_text_encoder, bootstrap=20,
+                         progress=False, examples=0, baseline_train=tmp_path / "nowhere")
+    assert "skipped" in elsewhere["baseline"]
 
 
 def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
@@ -61,6 +73,7 @@ def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
                  "--bootstrap", "20", "--examples", "1", "--atlas-studies", "3", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "Bayes-optimal AUC" in printed and "atlas_location_auc" in printed
+    assert '"baseline_auc"' in printed and '"ablations_auc"' in printed
     assert main(["model-info", "--preset", "tiny"]) == 0
     assert '"parameters": 48964' in capsys.readouterr().out
 

@@ -27,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("truth", "segmentation"), default=None,
                         help="score through the runtime pipeline (ONNX in model_repository/) with the "
                              "folder's masks or the segmentation models, instead of the PyTorch checkpoint")
+    parser.add_argument("--baseline-train", type=Path, default=None,
+                        help="training folder of the logistic-regression baseline reported beside the model "
+                             "(default: the model's own training folder, recorded in model.json, when present)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
                       encode_text=onnx_text_encoder(settings.model_repository),
                       bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
                       examples=args.examples, atlas_studies=args.atlas_studies,
-                      jittered_masks=args.jittered_masks, runtime=args.runtime, backend=backend)
+                      jittered_masks=args.jittered_masks, runtime=args.runtime, backend=backend,
+                      baseline_train=args.baseline_train)
     summary = {"studies": report["studies"], "positives": report["positives"],
                **{k: round(v, 4) for k, v in report["metrics"].items()},
                "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
@@ -69,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         summary["abstained"] = report["abstained"]
     if report["atlas"] is not None:
         summary["atlas_location_auc"] = round(report["atlas"]["auc"], 4)
+    baseline = report["baseline"]
+    summary["baseline"] = baseline if "skipped" in baseline else {
+        k: round(baseline[k], 4) for k in ("baseline_auc", "difference", "ci_low", "ci_high", "report_only_auc",
+                                           "image_only_auc")}
+    if report.get("ablations"):
+        summary["ablations_auc"] = {k: round(v, 4) for k, v in report["ablations"].items()}
     print(json.dumps(summary, indent=2))
     print(f"report: {args.out / 'report.html'}")
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from llnm.features import extract_features
 from llnm.model.data import StudyRecord, read_layout, read_png
-from llnm.model.metrics import auc
+from llnm.model.metrics import auc, resample
 
 #: report fields: name -> pattern (case-insensitive) whose presence sets the field to 1
 REPORT_PATTERNS: dict[str, str] = {
@@ -144,17 +144,33 @@ def fit(train: list[StudyRecord] | Path, inputs: tuple[str, ...] = ("report", "i
 
 
 def paired_bootstrap(p_model: np.ndarray, p_baseline: np.ndarray, y: np.ndarray, n: int = 1000,
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0, groups: np.ndarray | None = None) -> dict[str, float]:
     """AUC(model) - AUC(baseline) on the same studies, with a 95 % percentile CI from resampling the
-    studies once for both (paired), so the CI is of the difference, not of two separate AUCs."""
+    studies once for both (paired), so the CI is of the difference, not of two separate AUCs.
+    `groups` (one id per study, e.g. the patient): resample patients, not studies."""
     p_model, p_baseline, y = np.asarray(p_model), np.asarray(p_baseline), np.asarray(y)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n):
-        i = rng.integers(0, len(y), len(y))
+        i = resample(rng, len(y), groups)
         if y[i].min() == y[i].max():
             continue
         diffs.append(auc(p_model[i], y[i]) - auc(p_baseline[i], y[i]))
     lo, hi = (np.percentile(diffs, [2.5, 97.5]) if diffs else (float("nan"), float("nan")))
     return {"difference": float(auc(p_model, y) - auc(p_baseline, y)), "ci_low": float(lo), "ci_high": float(hi),
             "model_auc": float(auc(p_model, y)), "baseline_auc": float(auc(p_baseline, y))}
+
+
+def compare(train_dir: Path, data_dir: Path, uids: list[str], p_model: np.ndarray, y: np.ndarray, n: int = 1000,
+            seed: int = 0, groups: np.ndarray | None = None) -> dict:
+    """The baseline fitted on `train_dir` beside a model's study probabilities `p_model` for the studies
+    `uids` of `data_dir` (labels `y`): the full baseline's paired difference, and its report-only and
+    image-only fits (what each source alone carries for a linear reader)."""
+    train = read_layout(train_dir)
+    by_uid = {s.study_uid: s for s in read_layout(data_dir)}
+    studies = [by_uid[u] for u in uids]
+    out: dict = {"train": str(train_dir), "train_studies": len(train), "inputs": list(SOURCES)}
+    out.update(paired_bootstrap(p_model, fit(train).predict(studies), y, n=n, seed=seed, groups=groups))
+    for name, inputs in (("report_only_auc", ("report",)), ("image_only_auc", ("image",))):
+        out[name] = float(auc(fit(train, inputs=inputs).predict(studies), y))
+    return out

@@ -283,12 +283,30 @@ def _ratio_ci(p: np.ndarray, p_true: np.ndarray, y: np.ndarray, n: int, seed: in
     return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios else None
 
 
+def _baseline(model_dir: Path, meta: dict, train: Path | None, data_dir: Path, uids: list[str], p: np.ndarray,
+              y: np.ndarray, bootstrap: int, seed: int, groups: np.ndarray | None) -> dict:
+    """The baseline beside the model on the same studies, or why there is none."""
+    from llnm.model.baseline import compare
+
+    if train is None and meta.get("data"):
+        recorded = Path(meta["data"])
+        train = next((c for c in (recorded, model_dir.parent.parent / recorded) if (c / "labels.csv").is_file()),
+                     None)
+    if train is None or not (Path(train) / "labels.csv").is_file():
+        return {"skipped": "no baseline training folder (--baseline-train DIR; the model's own "
+                           f"{meta.get('data')!r} is not here)"}
+    return compare(Path(train), data_dir, uids, p, y, n=bootstrap, seed=seed, groups=groups)
+
+
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
              seed: int = 0, progress: bool = True, examples: int = 4, atlas_studies: int = 100,
-             jittered_masks: bool = False, runtime: str | None = None, backend=None) -> dict:
+             jittered_masks: bool = False, runtime: str | None = None, backend=None,
+             baseline_train: Path | None = None) -> dict:
     """`jittered_masks`: score on perturbed masks (as from a segmentation model) instead of the given ones.
     `runtime` ("truth" or "segmentation"): score through the runtime pipeline on `backend` instead of
-    the PyTorch checkpoint (the threshold still comes from the model folder)."""
+    the PyTorch checkpoint (the threshold still comes from the model folder). `baseline_train`: the
+    training folder of the logistic-regression baseline (llnm.model.baseline; default: the model's own
+    training folder from model.json, when it is there)."""
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(model_dir)
@@ -340,6 +358,12 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
             p[answered], [grades.get(cache.study_uids[present[k]], "") for k in answered], threshold, seed=seed,
             groups=None if groups is None else [str(groups[k]) for k in answered])
     report["atlas"] = atlas_auc(model_dir, data_dir, atlas_studies)
+    report["baseline"] = _baseline(model_dir, meta, baseline_train, data_dir, uids, p, y, bootstrap, seed, groups)
+    if not runtime:  # the model's own ablations: groups occluded at inference (GROUPS order)
+        report["ablations"] = {
+            name: auc(predict_studies(model, cache, present, variant=int(jittered_masks), group_keep=keep)[1], y)
+            for name, keep in (("report_only", (0.0, 0.0, 1.0, 0.0)), ("image_only", (1.0, 1.0, 0.0, 0.0)),
+                               ("without_report", (1.0, 1.0, 0.0, 1.0)))}
     images = _plots(out_dir, p, y, p_true if has_truth else None, calibration, decision)
     if examples:
         explain_examples(model, data_dir, out_dir / "explanations.png", examples, encode_text)

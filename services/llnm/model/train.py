@@ -61,9 +61,11 @@ def _batch(cache: FeatureCache, views: np.ndarray, variants: np.ndarray, device:
 
 @torch.no_grad()
 def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None = None,
-                    batch_size: int = 64, variant: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    batch_size: int = 64, variant: int = 0,
+                    group_keep: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Study-level P(LLNM) and risk probabilities (views averaged, as at run time) on one mask
-    variant (0: the given masks). Returns (study indices, probabilities (N,), risk probabilities (N, 3))."""
+    variant (0: the given masks), with the token groups of `group_keep` (GROUPS order; None: all).
+    Returns (study indices, probabilities (N,), risk probabilities (N, 3))."""
     model.eval()
     device = next(model.parameters()).device
     if studies is None:
@@ -74,7 +76,9 @@ def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None
     for start in range(0, len(views), batch_size):
         sel = views[start:start + batch_size]
         images, states, mask, clinical, _ = _batch(cache, sel, np.full(len(sel), variant, dtype=np.int64), device)
-        logit, risk, _, _ = model(images, states, mask, clinical)
+        keep = None if group_keep is None else torch.tensor(group_keep, dtype=images.dtype,
+                                                                 device=device).expand(len(sel), -1)
+        logit, risk, _, _ = model(images, states, mask, clinical, keep)
         probs[start:start + len(sel)] = torch.sigmoid(logit).cpu().numpy()
         risks[start:start + len(sel)] = risk.softmax(-1).cpu().numpy()
     owner = cache.view_study[views]
