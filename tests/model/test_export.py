@@ -30,3 +30,29 @@ def test_triton_configs_name_every_tensor():
     enc = text_encoder_pbtxt()
     assert 'name: "input_ids" data_type: TYPE_INT64 dims: [ 50 ]' in enc
     assert 'name: "token_states" data_type: TYPE_FP32 dims: [ 50, 384 ]' in enc
+
+
+def test_the_shipped_onnx_computes_what_the_shipped_checkpoint_computes():
+    """What Triton and ONNX Runtime serve (model_repository/tmdl/1/model.onnx) is the checkpoint in
+    models/tmdl-compact, not a stale export: the same outputs on inputs with an occluded group and a
+    missing report (a fresh export's parity says nothing about the file that ships)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from llnm.config import REPO_ROOT
+    from llnm.model.export import dummy_inputs
+    from llnm.model.train import load_model
+
+    model, _ = load_model(REPO_ROOT / "models" / "tmdl-compact")
+    model.eval()
+    inputs = dummy_inputs(model.config, batch=4, seed=7)
+    inputs["group_keep"][1, 2] = 0.0  # the report occluded
+    inputs["text_mask"][2] = 0.0  # no report
+    with torch.no_grad():
+        logit, risk, _, _ = model(*(inputs[k] for k in TMDL_INPUTS))
+    session = ort.InferenceSession(str(REPO_ROOT / "model_repository" / "tmdl" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    got = dict(zip(TMDL_OUTPUTS, session.run(list(TMDL_OUTPUTS), {k: v.numpy() for k, v in inputs.items()})))
+    assert np.abs(got["logit"][:, 0] - logit.numpy()).max() < 1e-4
+    assert np.abs(got["risk_probabilities"] - risk.softmax(-1).numpy()).max() < 1e-4
+    assert len(set(np.round(got["logit"][:, 0], 3))) > 1  # the rows differ: the comparison has teeth
