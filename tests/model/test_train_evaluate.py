@@ -54,6 +54,11 @@ def test_train_then_evaluate(tiny_layout, tmp_path):
     assert baseline["difference"] == pytest.approx(report["metrics"]["auc"] - baseline["baseline_auc"])
     assert baseline["image_only_auc"] > 0.7  # the layout's signal is the capsule distance (image)
     assert set(report["ablations"]) == {"report_only", "image_only", "without_report"}
+    # the paper's operating point beside the model's own threshold
+    lower, higher = sorted([report["metrics_at_0_5"], report["metrics"]],
+                           key=lambda m: 0.5 if m is report["metrics_at_0_5"] else report["threshold"])
+    assert lower["sensitivity"] >= higher["sensitivity"] and lower["specificity"] <= higher["specificity"]
+    assert "auc" not in report["metrics_at_0_5"] and "specificity" in report["metrics_at_0_5"]
     assert report["ablations"]["image_only"] != report["metrics"]["auc"]  # the occlusion reached the model
     elsewhere = evaluate(out, tiny_layout, tmp_path / "eval2", encode_text=fake_text_encoder, bootstrap=20,
                          progress=False, examples=0, baseline_train=tmp_path / "nowhere")

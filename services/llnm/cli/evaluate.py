@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {"studies": report["studies"], "positives": report["positives"],
                **{k: round(v, 4) for k, v in report["metrics"].items()},
                "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},
-               "bootstrap_over": report["bootstrap_over"]}
+               "bootstrap_over": report["bootstrap_over"],
+               "at_threshold_0.5": {k: round(v, 4) for k, v in report["metrics_at_0_5"].items()}}
     if report["bayes_auc"] is not None:
         summary["bayes_auc"] = round(report["bayes_auc"], 4)
         summary["auc_ratio_to_bayes"] = round(report["auc_ratio_to_bayes"], 4)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from llnm.model.data import build_cache
-from llnm.model.metrics import (all_metrics, auc, bootstrap_ci, calibration_curve, decision_curve,
-                                resample, risk_auc)
+from llnm.model.metrics import (all_metrics, auc, bootstrap_ci, calibration_curve, decision_curve, resample,
+                                risk_auc, threshold_metrics)
 from llnm.model.train import load_model, predict_studies
 
 
@@ -330,6 +330,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     groups = np.array([cases.get(u) or u for u in uids]) if any(cases.values()) else None
     metrics = all_metrics(p, y, threshold)
     metrics["risk_auc"] = risk_auc(risk, levels)
+    at_half = threshold_metrics(p, y, 0.5)  # the paper reports at 0.5; the model's threshold is its own
     p_true = cache.p_true[present]
     has_truth = bool(np.isfinite(p_true).all())
     calibration = calibration_curve(p, y)
@@ -342,6 +343,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
         "mean_contributions": contributions,
         "studies": int(len(y)), "positives": int(y.sum()), "threshold": threshold,
         "metrics": metrics,
+        "metrics_at_0_5": at_half,
         "ci95": bootstrap_ci(p, y, threshold, n=bootstrap, seed=seed, extra=(risk, levels), groups=groups),
         "bootstrap": bootstrap, "calibration": calibration, "decision_curve": decision,
         "bootstrap_over": "studies" if groups is None else f"patients ({len(set(groups))})",
