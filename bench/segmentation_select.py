@@ -1,9 +1,9 @@
 """Choose the nodule post-processing on the SELECT cases (never the held-out ones): the mask threshold,
-the box margin and the index nodule's relative score.
+the box margin, the index nodule's relative score and the opening that removes the box artefact.
 
     .venv/bin/python bench/segmentation_select.py --data ../shared/data --repo model_repository
 
-For each (MASK_THRESHOLD, BOX_MARGIN, RELATIVE_SCORE) of llnm.segmentation.nodule: mean nodule Dice on the whole
+For each (MASK_THRESHOLD, BOX_MARGIN, RELATIVE_SCORE, OPEN_FRACTION) of llnm.segmentation.nodule: mean nodule Dice on the whole
 frames of the "select" cases (product path: ultrasound image found) and on the DDTI crops of the same
 cases; the rule is the best mean of the two (whole frames are where the product runs, crops keep
 small-field views honest).
@@ -30,17 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.15, 0.3])
     parser.add_argument("--relative", type=float, nargs="+", default=[0.5, 0.8, 1.0])
+    parser.add_argument("--opening", type=float, nargs="+", default=[0.0, 0.2, 0.35])
     args = parser.parse_args(argv)
     backend = OnnxRuntimeBackend(args.repo, threads=1)
     frames = ddti_frame_pairs(args.data / "ddti_frames", ("select",))
     crops = [p for p in paired_files(args.data / "ddti" / "cropped", args.data / "ddti" / "mask")
              if case_split(p[0].name) == "select"]
     rows = []
-    for threshold, margin, relative in itertools.product(args.thresholds, args.margins, args.relative):
+    for threshold, margin, relative, opening in itertools.product(args.thresholds, args.margins, args.relative,
+                                                                  args.opening):
         nodule.MASK_THRESHOLD, nodule.BOX_MARGIN, nodule.RELATIVE_SCORE = threshold, margin, relative
+        nodule.OPEN_FRACTION = opening
         f = summarise("nodule", evaluate_pairs(backend, "nodule", frames))
         c = summarise("nodule", evaluate_pairs(backend, "nodule", crops))
         rows.append({"threshold": threshold, "margin": margin, "relative_score": relative,
+                     "open_fraction": opening,
                      "frames_dice": round(f["mean_dice"], 4), "frames_iou50": round(f["detection_rate_iou50"], 4),
                      "crops_dice": round(c["mean_dice"], 4), "mean": round((f["mean_dice"] + c["mean_dice"]) / 2, 4)})
         print(json.dumps(rows[-1]), flush=True)

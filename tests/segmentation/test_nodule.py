@@ -1,6 +1,6 @@
 import numpy as np
 
-from llnm.segmentation import NoduleDetection, segment_nodule
+from llnm.segmentation import NoduleDetection, nodule, segment_nodule
 from llnm.segmentation.nodule import select_index
 
 from .conftest import FakeBackend, yolo_outputs
@@ -48,3 +48,18 @@ def test_the_mirror_image_refines_the_index_nodule_only_where_it_sees_the_same_n
     assert refined.score == alone.score and refined.mask.sum() < alone.mask.sum()
     assert alone.mask[100, 84] and not refined.mask[100, 84]  # seen by one of the two: averaged below 0.5
     assert refined.mask[100, 100] and refined.mask[100, 116]
+
+
+def test_a_tongue_the_box_cuts_straight_is_removed_from_the_index_nodule():
+    from llnm.segmentation.nodule import nodule_from_outputs, nodule_input
+
+    _, box = nodule_input(np.zeros((nodule.INPUT_SIZE, nodule.INPUT_SIZE), dtype=np.uint8))
+    out0, protos = yolo_outputs([((140, 128, 120, 64), 0.9, 0)])
+    grid = protos.shape[-1]
+    yy, xx = np.mgrid[:grid, :grid] * (nodule.INPUT_SIZE / grid)
+    disc = (yy - 128) ** 2 + (xx - 128) ** 2 <= 32 ** 2
+    tongue = (abs(yy - 128) <= 8) & (xx >= 128)  # the prototype leaks right, beyond the (widened) box
+    protos[0, 0] = np.where(disc | tongue, 10.0, -10.0)
+    found = nodule_from_outputs(out0, protos, box)
+    assert found.mask[128, 128] and found.mask[128, 155]
+    assert not found.mask[:, 175:].any()  # without the opening it runs on to the cut at x = 218

@@ -2,7 +2,7 @@ import numpy as np
 
 from llnm.segmentation import nodule
 from llnm.segmentation.postprocess import (
-    assemble_mask, decode_yolo_seg, largest_component, nms, plausible_components,
+    assemble_mask, decode_yolo_seg, largest_component, nms, open_mask, plausible_components,
 )
 
 from .conftest import yolo_outputs
@@ -53,3 +53,16 @@ def test_plausible_components_keep_both_lobes_but_drop_small_islands():
     mask[2:5, 55:58] = True  # island, 9 px
     out = plausible_components(mask, 0.2)
     assert out[30, 20] and out[30, 90] and not out[3, 56]
+
+
+def test_opening_cuts_the_straight_edged_tongue_a_box_cut_leaves_and_keeps_a_compact_nodule():
+    yy, xx = np.mgrid[:120, :160]
+    nodule_disc = (yy - 60) ** 2 + (xx - 60) ** 2 <= 30 ** 2
+    tongue = (yy >= 52) & (yy < 66) & (xx >= 60) & (xx < 130)  # leak cut straight by the box at x = 130
+    out = open_mask(nodule_disc | tongue, 0.35)
+    assert not out[:, 100:].any()  # the tongue is gone, up to the box edge
+    assert out[nodule_disc].mean() > 0.97 and not (out & ~(nodule_disc | tongue)).any()
+    compact = open_mask(nodule_disc, 0.35)  # a compact mask stays as it is (up to the digital discs' corners)
+    assert not (compact & ~nodule_disc).any() and compact.sum() >= 0.99 * nodule_disc.sum()
+    np.testing.assert_array_equal(open_mask(nodule_disc | tongue, 0.0), nodule_disc | tongue)
+    assert not open_mask(np.zeros((10, 10), dtype=bool), 0.35).any()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llnm.inference.backend import NODULE_SEG, InferenceBackend
-from llnm.segmentation.postprocess import assemble_mask, decode_yolo_seg, largest_component
+from llnm.segmentation.postprocess import assemble_mask, decode_yolo_seg, largest_component, open_mask
 from llnm.segmentation.preprocess import letterbox, unletterbox
 
 INPUT_SIZE = 256  # model input side (pixels); fixed in the ONNX graph
@@ -33,10 +33,13 @@ IOU_THRESHOLD = 0.5
 RELATIVE_SCORE = 0.8  # chosen on the select cases' whole frames (bench/segmentation_select.py)
 MASK_THRESHOLD = 0.8  # chosen on training data only (bench/segmentation_threshold.py; the model card)
 BOX_MARGIN = 0.15  # the mask is cut to its box widened by this share per side (the box artefact; model card)
-MATCH_IOU = 0.3
+#: the index nodule's mask is opened with a disc of this share of its equivalent radius: cuts off the
+#: straight-edged tongues the box cut leaves where the mask leaks (postprocess.open_mask; select cases)
+OPEN_FRACTION = 0.35
+MATCH_IOU = 0.3  # a mirror-image detection this close to the index nodule is the same nodule
 #: a frame with less grey-level variation than this holds no nodule: the detector, trained on textured
 #: frames, can answer anything on a blank one (the stage-5 model boxes the whole of a uniform frame)
-MIN_TEXTURE_STD = 4.0  # a mirror-image detection this close to the index nodule is the same nodule
+MIN_TEXTURE_STD = 4.0
 
 
 @dataclass
@@ -97,6 +100,7 @@ def nodule_from_outputs(output0: np.ndarray, protos: np.ndarray, box) -> NoduleD
         if mirrored is not None:
             averaged = largest_component(unletterbox((grids[chosen] + mirrored) / 2, box) > MASK_THRESHOLD)
             mask = averaged if averaged.any() else mask
+    mask = open_mask(mask, OPEN_FRACTION)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return NoduleDetection(
         mask=mask,
