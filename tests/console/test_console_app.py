@@ -44,6 +44,42 @@ def test_wrong_password_is_refused_and_logs_nothing_secret(client_for, seeded, c
     assert "wrong" not in capfd.readouterr().err.replace("wrong user name or password", "")
 
 
+def test_repeated_failed_logins_lock_that_user_without_checking_passwords(client_for, seeded):
+    """Five wrong passwords for one user lock its login for minutes (429, the right password refused too,
+    no argon2 check spent); another user is not locked; the lock ends after its time."""
+    from llnm.console.auth import LoginThrottle
+
+    client = client_for(None)
+    now = [1000.0]
+    con_throttle = LoginThrottle(clock=lambda: now[0])
+    client.app.state.console.throttle = con_throttle
+    for _ in range(5):
+        assert client.post("/api/login", json={"username": "operator1", "password": "wrong"}).status_code == 401
+    locked = client.post("/api/login", json={"username": "operator1", "password": PASSWORD})
+    assert locked.status_code == 429 and "try again in 5 minute" in locked.json()["error"]
+    page = client.get("/login")
+    form = client.post("/login", data={"username": "operator1", "password": PASSWORD, "csrf": csrf_of(page.text)})
+    assert form.status_code == 429 and 'id="login-locked"' in form.text
+    assert client.post("/api/login", json={"username": "viewer1", "password": PASSWORD}).status_code == 200
+    now[0] += 301
+    assert client.post("/api/login", json={"username": "operator1", "password": PASSWORD}).status_code == 200
+
+
+def test_one_client_guessing_many_user_names_is_locked_too():
+    from llnm.console.auth import LoginThrottle
+
+    now = [0.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+    for k in range(20):
+        assert throttle.retry_after(f"user{k}", "10.0.0.9") == 0
+        throttle.failed(f"user{k}", "10.0.0.9")
+    assert throttle.retry_after("someone-else", "10.0.0.9") == pytest.approx(300)
+    assert throttle.retry_after("someone-else", "10.0.0.10") == 0
+    now[0] += 700  # failures older than the window do not add up
+    throttle.failed("user0", "10.0.0.10")
+    assert throttle.retry_after("user0", "10.0.0.10") == 0
+
+
 def test_login_form_needs_its_csrf_token(client_for):
     client = client_for(None)
     client.get("/login")

@@ -30,7 +30,8 @@ from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
 from llnm.console import actions, cohort, quality, studypage
-from llnm.console.auth import ACT, FEEDBACK, READ, User, Users, new_csrf_token, same_token, secret_key
+from llnm.console.auth import (ACT, FEEDBACK, READ, LoginThrottle, User, Users, new_csrf_token, same_token,
+                               secret_key)
 from llnm.storage.names import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
 from llnm.worker.destinations import parse_destinations
@@ -86,6 +87,7 @@ class Console:
     checks: dict[str, Check] = field(default_factory=dict)
     phi_roles: frozenset[str] = frozenset()
     oidc: Any = None  # llnm.console.oidc.Oidc when single sign-on is configured
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
     templates: Jinja2Templates = field(init=False)
     _cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
@@ -244,12 +246,35 @@ async def login_page(request: Request) -> Response:
     form = dict(await request.form())
     if not same_token(request.session.get("csrf"), form.get("csrf")):
         raise HTTPException(403, "missing or wrong CSRF token: reload the login page")
-    user = _console(request).users.authenticate(str(form.get("username", "")), str(form.get("password", "")))
+    wait = _throttled(request, str(form.get("username", "")))
+    if wait:
+        return _render(request, "login.html", None, status=429, locked_minutes=wait)
+    user = _authenticate(request, str(form.get("username", "")), str(form.get("password", "")))
     if user is None:
-        log.warning("console login refused", reason="wrong user name or password")
         return _render(request, "login.html", None, status=401, failed=True)
     _start_session(request, user)
     return RedirectResponse("/studies", status_code=303)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _throttled(request: Request, name: str) -> int:
+    """Minutes (rounded up) the login of `name` from this client stays locked; 0: it may be tried."""
+    seconds = _console(request).throttle.retry_after(name, _client(request))
+    return int(-(-seconds // 60)) if seconds > 0 else 0
+
+
+def _authenticate(request: Request, name: str, password: str) -> User | None:
+    con = _console(request)
+    user = con.users.authenticate(name, password)
+    if user is None:
+        con.throttle.failed(name, _client(request))
+        log.warning("console login refused", reason="wrong user name or password")
+    else:
+        con.throttle.succeeded(name)
+    return user
 
 
 async def api_login(request: Request) -> Response:
@@ -257,9 +282,11 @@ async def api_login(request: Request) -> Response:
     if not request.headers.get("content-type", "").startswith("application/json"):
         raise HTTPException(415, "send a JSON object {username, password}")
     body = await _json_object(request)
-    user = _console(request).users.authenticate(str(body.get("username", "")), str(body.get("password", "")))
+    wait = _throttled(request, str(body.get("username", "")))
+    if wait:
+        raise HTTPException(429, f"too many failed logins: try again in {wait} minute(s)")
+    user = _authenticate(request, str(body.get("username", "")), str(body.get("password", "")))
     if user is None:
-        log.warning("console login refused", reason="wrong user name or password")
         raise HTTPException(401, "wrong user name or password")
     return JSONResponse({"user": user.name, "role": user.role, "csrf": _start_session(request, user)})
 

@@ -8,6 +8,10 @@ change needs the session's CSRF token (a form field, or the X-CSRF-Token header 
 
 Users of an OpenID Connect provider (llnm.console.oidc) get their role from its group claim instead.
 
+Failed logins are throttled (`LoginThrottle`): after 5 failures for one user name, or 20 from one client
+address, within 10 minutes, further tries are refused for 5 minutes without checking the password (each
+check costs an argon2 verification, and a password must not be guessable at network speed).
+
 Roles: viewer (read), operator (read, act), radiologist (read, feedback), admin (all). Patient name, ID,
 birth date and the key images (pixels as acquired, burned-in text included) are shown only to the roles
 in `LLNM_CONSOLE_PHI_ROLES`.
@@ -19,8 +23,11 @@ import os
 import re
 import secrets
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -163,3 +170,43 @@ def new_csrf_token() -> str:
 
 def same_token(expected: str | None, given: str | None) -> bool:
     return bool(expected) and bool(given) and secrets.compare_digest(str(expected), str(given))
+
+
+class LoginThrottle:
+    """Failed logins per user name and per client address in a sliding window; over the limit, the key is
+    locked for `lock_s` (in memory: a restart forgets, which costs an attacker a restart per 5 tries)."""
+
+    def __init__(self, per_user: int = 5, per_client: int = 20, window_s: float = 600.0, lock_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = {"user": per_user, "client": per_client}
+        self.window_s, self.lock_s, self.clock = window_s, lock_s, clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._locked_until: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def _keys(self, name: str, client: str) -> list[tuple[str, str]]:
+        return [("user", name.lower()), ("client", client)]
+
+    def retry_after(self, name: str, client: str) -> float:
+        """Seconds until a login for `name` from `client` may be tried again (0: now)."""
+        now = self.clock()
+        with self._lock:
+            return max([self._locked_until.get(k, 0.0) - now for k in self._keys(name, client)] + [0.0])
+
+    def failed(self, name: str, client: str) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in self._keys(name, client):
+                times = self._failures.setdefault(key, deque())
+                times.append(now)
+                while times and now - times[0] > self.window_s:
+                    times.popleft()
+                if len(times) >= self.limits[key[0]]:
+                    self._locked_until[key] = now + self.lock_s
+                    times.clear()
+                    log.warning("console logins locked after repeated failures", kind=key[0],
+                                seconds=int(self.lock_s))
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(("user", name.lower()), None)
