@@ -49,8 +49,9 @@ def real_file(name: str) -> Path:
 ALL_REAL = PYDICOM_FILES + PYDICOM_DATA_FILES
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """Error lines of dciodvfy on one file (skips when dciodvfy is absent, except in CI)."""
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """(Error lines, Warning lines) of dciodvfy on one file; a missing dciodvfy fails in CI, skips elsewhere.
+    A non-zero exit without an Error line counts as an error (with the output's last lines)."""
     exe = shutil.which("dciodvfy")
     if exe is None:
         if os.environ.get("CI", "").lower() == "true":
@@ -61,7 +62,12 @@ def dciodvfy_errors(path: Path) -> list[str]:
     errors = [line for line in lines if line.startswith("Error")]
     if proc.returncode != 0 and not errors:
         errors = [f"dciodvfy exit {proc.returncode}"] + lines[-5:]
-    return errors
+    return errors, [line for line in lines if line.startswith("Warning")]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Error lines of dciodvfy on one file (skips when dciodvfy is absent, except in CI)."""
+    return dciodvfy(path)[0]
 
 
 def drawn_result(study: StudyInput, probability: float = 0.7312345, risk_level: int = 3,

@@ -6,10 +6,7 @@ dciodvfy on what we write from the real ultrasound files."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pydicom
@@ -20,7 +17,7 @@ from llnm.dicom import codes
 from llnm.dicom.sr_ohif import OHIF_POLYLINE_TRACKING_ID
 from llnm.dicom.supersede import ObjectRef, ResultRecord, succeed
 from llnm.predict import predict_paths
-from tests.dicom.conftest import ALL_REAL, BMODE_FILES, drawn_analyse, drawn_result, real_file
+from tests.dicom.conftest import ALL_REAL, BMODE_FILES, dciodvfy, drawn_analyse, drawn_result, real_file
 
 DEVICE_OBSERVER_UID = "121012"
 TRACKING_IDENTIFIER = "112039"
@@ -159,7 +156,7 @@ def test_key_image_body_part_and_laterality_when_the_lobe_is_unknown(given, body
     assert sc.get("Laterality") == side and (side is not None) == ("Laterality" in sc)
     path = tmp_path / "sc.dcm"
     sc.save_as(path, enforce_file_format=True)
-    errors, warnings = _dciodvfy(path)
+    errors, warnings = dciodvfy(path)
     assert errors == [] and not [w for w in warnings if "Laterality" in w and side is None], (errors, warnings)
 
 
@@ -182,17 +179,6 @@ def test_uncalibrated_seg_invents_no_thickness_and_says_spacing_is_nominal(setti
 
 
 # -- dciodvfy on the real files ------------------------------------------------------------------------
-def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """(Error lines, Warning lines) of dciodvfy on one file; a missing dciodvfy fails in CI, skips elsewhere."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("dciodvfy is not installed (scripts/test-services.sh installs dicom3tools)")
-        pytest.skip("dciodvfy not installed")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return ([line for line in lines if line.startswith("Error")],
-            [line for line in lines if line.startswith("Warning")])
 
 
 def _kind(ds: Dataset, profile: str) -> str:
@@ -275,7 +261,7 @@ def test_dciodvfy_on_every_object_written_from_real_files(name, settings, tmp_pa
     for kind, ds in sorted(written.items()):
         path = tmp_path / f"{kind}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        errors, warnings = _dciodvfy(path)
+        errors, warnings = dciodvfy(path)
         problems += [f"{kind}: {line}" for line in errors + warnings if not _from_source(line, ds, source)]
         pydicom.dcmread(path)
     assert problems == []

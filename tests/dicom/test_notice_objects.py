@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -24,7 +21,7 @@ from llnm.dicom import codes
 from llnm.dicom.key_image import banner_lines
 from llnm.dicom.patient import sr_text
 from llnm.predict import predict_paths, write_output
-from tests.dicom.conftest import declined_result, drawn_result
+from tests.dicom.conftest import dciodvfy, declined_result, drawn_result
 
 CALIBRATED_REGION = {"x0": 5, "y0": 4, "x1": 154, "y1": 115, "dx": 0.005, "dy": 0.005}
 DOPPLER_REGION = {"x0": 5, "y0": 4, "x1": 154, "y1": 115, "type": 2}  # RegionDataType 2: colour flow
@@ -44,16 +41,6 @@ class ServedModels:
         return MODELS[name]
 
 
-def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """(Error lines, Warning lines) of dciodvfy; a missing dciodvfy fails in CI and skips elsewhere."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("dciodvfy is not installed (scripts/test-services.sh installs dicom3tools)")
-        pytest.skip("dciodvfy not installed")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
 
 
 def _run(tmp_path: Path, settings, files: list[Path], analyse=None, backend=ServedModels()):
@@ -72,7 +59,7 @@ def _clean(folder: Path, summary: dict) -> None:
     """Every object written: no dciodvfy Error, no Warning but the declared private scheme."""
     assert {p.name for p in folder.glob("*.dcm")} == {o["file"] for o in summary["objects"]}
     for obj in summary["objects"]:
-        errors, warnings = _dciodvfy(folder / obj["file"])
+        errors, warnings = dciodvfy(folder / obj["file"])
         assert errors == [], (obj["type"], errors)
         assert [w for w in warnings if DECLARED not in w] == [], (obj["type"], warnings)
 

@@ -9,9 +9,6 @@ shows them in the real viewer; here: the header, dciodvfy, highdicom's reader, t
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -23,7 +20,7 @@ from pydicom.dataset import Dataset
 from llnm.dicom.seg import MAX_FRACTIONAL_VALUE
 from llnm.dicom.uids import deterministic_uid
 from llnm.predict import predict_paths
-from tests.dicom.conftest import drawn_analyse, make_us
+from tests.dicom.conftest import dciodvfy, drawn_analyse, make_us
 
 #: (rows, columns): the usual sizes, sizes whose Rows x Columns is not a multiple of 8 (a 1-bit frame of those
 #: would not end on a byte), and an odd width with a product that is (Orthanc refuses BINARY frames of that too)
@@ -50,16 +47,6 @@ def _save(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """(Error lines, Warning lines) of dciodvfy; in CI a missing dciodvfy fails."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("dciodvfy is not installed (scripts/test-services.sh installs dicom3tools)")
-        pytest.skip("dciodvfy not installed")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
 
 
 @pytest.mark.parametrize("rows,cols", SIZES)
@@ -85,7 +72,7 @@ def test_seg_of_any_frame_size_is_fractional_byte_aligned_and_valid(rows, cols, 
         assert np.array_equal(frame == MAX_FRACTIONAL_VALUE, mask)
 
     path = _save(seg, tmp_path / "seg.dcm")
-    errors, warnings = _dciodvfy(path)
+    errors, warnings = dciodvfy(path)
     assert errors == [] and warnings == [], (errors, warnings)
 
 

@@ -12,8 +12,8 @@ import shutil
 import pydicom
 import pytest
 from pynetdicom import AE, StoragePresentationContexts, evt
-from support import Orthanc, free_port, standin_write_output
-from test_service_worker import NoBackend, _spool_study
+from support import free_port, standin_write_output
+from test_service_worker import NoBackend, _spool_study, orthanc  # noqa: F401  (the module's Orthanc)
 
 from llnm import audit as A
 from llnm.dicom.supersede import KEY_OBJECT_SELECTION
@@ -22,13 +22,6 @@ from llnm.worker.process import StudyWorker, run_process
 from tests.dicom.conftest import drawn_result
 
 pytestmark = pytest.mark.skipif(not shutil.which("Orthanc"), reason="needs Orthanc (scripts/test-services.sh)")
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    pacs = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
-    yield pacs
-    pacs.stop()
 
 
 def _predicting(probability: float):
