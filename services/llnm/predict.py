@@ -25,16 +25,16 @@ from llnm.dicom.common import analysed_frames, calibration_state
 from llnm.dicom.key_image import build_key_image, build_notice_image
 from llnm.dicom.loading import (NO_BMODE_FRAME, NO_ULTRASOUND_IMAGE, FrameRef, InstanceFile, StudyFiles,
                                 group_by_study, load_study, writer_source)
-from llnm.observability.metrics import stage
 from llnm.dicom.seg import build_seg
 from llnm.dicom.sr import build_notice_sr, build_sr, summary_numbers
 from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
                                     ModelNotFound)
-from llnm.storage.durable import write_durably
-from llnm.storage.outbox import encode
-from llnm.storage.names import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
+from llnm.observability.metrics import stage
 from llnm.quality import NO_IMAGE, NO_IMAGE_TEXT
+from llnm.storage.durable import write_durably
+from llnm.storage.names import InvalidUID, validate_uid
+from llnm.storage.outbox import encode
 from llnm.study import StudyInput, StudyResult
 
 log = get_logger(__name__)

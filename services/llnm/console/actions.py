@@ -17,10 +17,10 @@ from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
 from llnm.console.auth import User
-from llnm.storage.spool import Spool
 from llnm.observability.logs import get_logger
-from llnm.worker.destinations import parse_destinations
 from llnm.storage.outbox import Outbox, destination_key
+from llnm.storage.spool import Spool
+from llnm.worker.destinations import parse_destinations
 
 log = get_logger(__name__)
 

@@ -32,8 +32,8 @@ from llnm.config import Settings
 from llnm.console import actions, cohort, quality, studypage
 from llnm.console.auth import (ACT, FEEDBACK, READ, LoginThrottle, User, Users, new_csrf_token, same_token,
                                secret_key)
-from llnm.storage.names import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
+from llnm.storage.names import InvalidUID, validate_uid
 from llnm.worker.destinations import parse_destinations
 
 log = get_logger(__name__)

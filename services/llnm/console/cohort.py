@@ -27,9 +27,9 @@ import numpy as np
 
 from llnm.audit import AuditTrail
 from llnm.config import Settings
+from llnm.observability.logs import get_logger
 from llnm.storage.names import validate_uid
 from llnm.storage.spool import Spool
-from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
 

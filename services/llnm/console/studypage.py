@@ -15,8 +15,8 @@ from typing import Any
 
 from llnm.audit import AuditTrail
 from llnm.config import Settings
-from llnm.storage.spool import Spool
 from llnm.storage.outbox import Outbox
+from llnm.storage.spool import Spool
 
 SC_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.7",)
 

@@ -36,9 +36,9 @@ from llnm.dicom.reading import (
     rgb_to_grey,
 )
 from llnm.dicom.regions import Crop, has_doppler_region, tissue_crops
-from llnm.storage.names import InvalidUID, validate_uid
 from llnm.observability.logs import get_logger
 from llnm.segmentation.region import find_image_region
+from llnm.storage.names import InvalidUID, validate_uid
 from llnm.study import StudyInput, View
 
 log = get_logger(__name__)

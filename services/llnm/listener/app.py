@@ -31,12 +31,12 @@ from llnm.listener.completion import CompletionTracker, Enqueue
 from llnm.listener.dataset_check import MalformedDataSet, scan_top_level
 from llnm.listener.guard import BadConnectionLog, PeerGuard
 from llnm.listener.incoming import IncomingFiles
-from llnm.storage.durable import remove_stale_temp_files
-from llnm.storage.names import InvalidUID, validate_uid
-from llnm.storage.spool import OutOfResources, Spool
 from llnm.observability import metrics
 from llnm.observability.health import Heartbeat
 from llnm.observability.logs import get_logger
+from llnm.storage.durable import remove_stale_temp_files
+from llnm.storage.names import InvalidUID, validate_uid
+from llnm.storage.spool import OutOfResources, Spool
 
 log = get_logger(__name__)
 

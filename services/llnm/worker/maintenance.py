@@ -14,10 +14,10 @@ import time
 from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
-from llnm.storage.spool import Spool
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
 from llnm.storage.outbox import Outbox
+from llnm.storage.spool import Spool
 
 log = get_logger(__name__)
 

@@ -28,14 +28,14 @@ from llnm.config import Settings
 from llnm.dicom.supersede import ResultRecord, is_rejection_note, succeed_output
 from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend,
                                     ModelMismatch, ModelNotFound)
-from llnm.storage.spool import Spool
 from llnm.notify import WorkerHooks
 from llnm.observability import metrics
 from llnm.observability.logs import get_logger
 from llnm.quality import CODES as QUALITY_CODES
 from llnm.quality import NO_IMAGE, NO_IMAGE_TEXT, view_declined
-from llnm.worker.destinations import Destination, Sender, parse_destinations
 from llnm.storage.outbox import Outbox
+from llnm.storage.spool import Spool
+from llnm.worker.destinations import Destination, Sender, parse_destinations
 
 log = get_logger(__name__)
 
