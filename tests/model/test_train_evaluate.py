@@ -162,3 +162,32 @@ def test_repeated_studies_of_a_patient_do_not_narrow_the_confidence_interval():
     narrow = tirads_sanity(p8, grades, 0.5, n=300)
     assert wide["patients"] == 30 and narrow["patients"] is None
     assert np.ptp(wide["spearman_ci95"]) > 2 * np.ptp(narrow["spearman_ci95"])
+
+
+def test_group_dropout_occludes_at_most_one_group_per_view_at_the_asked_rate():
+    from llnm.model.train import group_dropout_keep
+
+    keep = group_dropout_keep(np.random.default_rng(0), 20000, 0.3)
+    dropped = (keep == 0).sum(axis=1)
+    assert set(np.unique(dropped)) == {0, 1}
+    assert abs(dropped.mean() - 0.3) < 0.02
+    assert np.allclose((keep == 0).sum(axis=0) / (keep == 0).sum(), 0.25, atol=0.02)  # each group alike
+    assert (group_dropout_keep(np.random.default_rng(0), 100, 0.0) == 1).all()
+
+
+def test_group_dropout_changes_training_and_zero_keeps_it_as_before(tiny_layout, tmp_path):
+    """A model trained without the option is the model trained with 0 (same random stream, same weights);
+    with group dropout the training sees occluded views (other weights), and model.json says so."""
+    import torch
+
+    def weights(out, **kw):
+        meta = train(tiny_layout, tmp_path / out, preset("tiny"), encode_text=fake_text_encoder, epochs=2,
+                     patience=5, progress=False, seed=0, **kw)
+        return meta, torch.load(tmp_path / out / "model.pt", weights_only=True)
+
+    _, plain = weights("plain")
+    zero_meta, zero = weights("zero", group_dropout=0.0)
+    dropped_meta, dropped = weights("dropped", group_dropout=0.5)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert not all(torch.equal(plain[k], dropped[k]) for k in plain)
+    assert zero_meta["group_dropout"] == 0.0 and dropped_meta["group_dropout"] == 0.5

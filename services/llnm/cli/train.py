@@ -24,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a separate folder for early stopping and the threshold (patients apart from "
                              "--data); then all of --data is trained on")
     parser.add_argument("--jitters", type=int, default=2, help="perturbed mask copies per view")
+    parser.add_argument("--group-dropout", type=float, default=0.0,
+                        help="share of training views with one token group occluded (contribution shares and "
+                             "ablations then occlude what the model has seen; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority")
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
-                 val_dir=args.val_data)
+                 val_dir=args.val_data, group_dropout=args.group_dropout)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

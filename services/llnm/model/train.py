@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llnm.model.config import TMDLConfig
+from llnm.model.config import GROUPS, TMDLConfig
 from llnm.model.data import FeatureCache, build_cache, generator_record, git_commit, layout_sha256
 from llnm.model.metrics import auc, youden_threshold
 from llnm.model.tmdl import TMDL
@@ -105,14 +105,25 @@ def load_model(model_dir: Path, device: str = "cpu") -> tuple[TMDL, dict]:
     return model.to(device).eval(), meta
 
 
+def group_dropout_keep(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
+    """(n, 4) group_keep rows (GROUPS order): each row, with probability `p`, has one group occluded,
+    chosen uniformly; never more than one, so every view keeps most of its evidence."""
+    keep = np.ones((n, len(GROUPS)), dtype=np.float32)
+    dropped = np.flatnonzero(rng.random(n) < p)
+    keep[dropped, rng.integers(0, len(GROUPS), len(dropped))] = 0.0
+    return keep
+
+
 def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 40,
           batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
-          progress: bool = True, command: str = "", val_dir: Path | None = None) -> dict:
+          progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
-    is trained on); else a seeded `val_fraction` of data_dir's studies."""
+    is trained on); else a seeded `val_fraction` of data_dir's studies. `group_dropout`: the share of
+    training views with one token group occluded (`group_dropout_keep`), so that the occlusions behind
+    the contribution shares and the ablations are inputs the model has seen (0: none, as before)."""
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
@@ -164,7 +175,10 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                 level = torch.from_numpy(cache.risk_level[studies] - 1)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
-                logit, risk, _, _ = model(images, states, mask, clinical)
+                keep = None
+                if group_dropout > 0:  # no draw at 0: the random stream (and a model trained without) unchanged
+                    keep = torch.from_numpy(group_dropout_keep(rng, len(views), group_dropout))
+                logit, risk, _, _ = model(images, states, mask, clinical, keep)
                 loss = F.binary_cross_entropy_with_logits(logit, y) + 0.5 * F.cross_entropy(risk, level)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -193,7 +207,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "preset": config.name, "config": asdict(config), "threshold": youden_threshold(p, val_cache.llnm[present]),
         "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
-        "jitters": jitters, "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
+        "jitters": jitters, "group_dropout": group_dropout, "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": git_commit(), "data_sha256": layout_sha256(data_dir),
         "val_data_sha256": layout_sha256(val_dir) if val_dir is not None else None,
