@@ -8,14 +8,13 @@ import csv
 import http.cookiejar
 import json
 import os
-import signal
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 from console_support import PASSWORD, write_users
-from support import VENV_BIN, free_port, wait_for
+from support import VENV_BIN, Service, free_port, wait_for
 
 from llnm import audit as A
 from llnm.audit import AuditTrail
@@ -69,13 +68,11 @@ def test_outcomes_become_a_cohort_that_trains_and_evaluates(tmp_path: Path):
         truth = {r["study_uid"]: int(r["llnm"]) for r in csv.DictReader(fh)}
     assert len(truth) == STUDIES and 0 < sum(truth.values()) < STUDIES
 
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(VENV_BIN / "llnm"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    serve = Service("serve", [str(VENV_BIN / "llnm"), "serve"], env, tmp_path).start()
     url = f"http://127.0.0.1:{console_port}"
     try:
         def up() -> bool:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert serve.process.poll() is None, serve.log_tail(3000)
             try:
                 return urllib.request.urlopen(f"{url}/login", timeout=1).status == 200
             except OSError:
@@ -100,13 +97,7 @@ def test_outcomes_become_a_cohort_that_trains_and_evaluates(tmp_path: Path):
         quality = api.get("/api/quality")["overall"]["outcomes"]
         assert quality["studies"] + sum(1 for uid in truth if audit.study(uid)["probability"] is None) == STUDIES
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
+        serve.stop()
 
     cohort = tmp_path / "cohort"
     exported = _llnm("cohort", "export", "--out", str(cohort), "--json", env=env)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from console_support import PASSWORD, write_users
-from support import VENV_BIN, Orthanc, free_port, make_us, orthanc_available, wait_for
+from support import VENV_BIN, Orthanc, Service, free_port, make_us, orthanc_available, wait_for
 
 from llnm import audit as A
 from llnm.audit import AuditTrail
@@ -67,30 +66,22 @@ def served(tmp_path: Path):
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     for key in ("LLNM_BROKER_URL", "LLNM_INFERENCE_BACKEND", "LLNM_CONSOLE_USERS_FILE", "LLNM_NOTIFY_WEBHOOKS"):
         env.pop(key, None)
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(VENV_BIN / "llnm"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    serve = Service("serve", [str(VENV_BIN / "llnm"), "serve"], env, tmp_path).start()
     url = f"http://127.0.0.1:{console_port}"
 
     def up() -> bool:
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        assert serve.process.poll() is None, serve.log_tail(3000)
         try:
             return urllib.request.urlopen(f"{url}/login", timeout=1).status == 200
         except OSError:
             return False
 
     try:
-        assert wait_for(up, 90, 0.2), (tmp_path / "serve.log").read_text()[-3000:]
+        assert wait_for(up, 90, 0.2), serve.log_tail(3000)
         yield env, url, AuditTrail.for_data_dir(data), tmp_path
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
-            orthanc.stop()
+        serve.stop()
+        orthanc.stop()
 
 
 def _state(audit: AuditTrail, uid: str, states: tuple[str, ...], timeout_s: float = 180) -> str:
