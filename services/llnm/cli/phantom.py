@@ -10,6 +10,8 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from llnm.phantom.profiles import PROFILES
+
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--studies", type=int, default=10, help="number of studies (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, identical files")
@@ -22,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--textures", type=Path, default=None,
                         help="optional folder of real nodule crops (DDTI layout: cropped/*.png, mask/*.gif) "
                              "whose internal texture is added inside the synthetic nodules")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="standard",
+                        help="generator preset (default standard); fusion: pixel-only risk factors, noisy "
+                             "reports, risk on the latent anatomy (a benchmark that needs image and report)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = write_phantom_set(args.out, args.studies, args.seed, rows=args.rows, cols=args.cols,
                             rgb_fraction=args.rgb_fraction, jobs=args.jobs, start=args.start,
-                            textures=args.textures, progress=sys.stderr.isatty())
+                            textures=args.textures, progress=sys.stderr.isatty(), profile=args.profile)
     labels = read_labels(out / "labels.csv")
     n = len(labels)
     positives = sum(int(r["llnm"]) for r in labels)
     auc = bayes_auc(out / "labels.csv")
-    print(json.dumps({"out": str(out), "n": n, "prevalence": round(positives / n, 4),
+    print(json.dumps({"out": str(out), "profile": args.profile, "n": n, "prevalence": round(positives / n, 4),
                       "bayes_auc": None if auc != auc else round(auc, 4),
                       "seconds": round(time.perf_counter() - t0, 1)}))
     return 0

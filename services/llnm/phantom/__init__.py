@@ -37,6 +37,14 @@ trachea is medial, the carotid lateral), longitudinal with cranial to the left; 
 third, size, margin, echogenicity, calcifications, composition, sex, age, and two facts seen only in
 the report: a suspicious central node and internal vascularity); labels are drawn from p_true.
 
+Profiles (`profiles.PROFILES`, `llnm phantom --profile NAME`, `profile=` of generate_study and
+write_phantom_set): `standard` (the default) is all of the above, byte-identical to the generator before
+profiles existed. `fusion` is a benchmark that needs image AND report: pixel-only factors (spiculation
+amplitude of the outline, density of punctate foci, internal heterogeneity) enter the true risk, reports
+omit and contradict, and the risk reads the LATENT anatomy (`risk.fusion_p_true`), not the masks; its
+labels.csv has a last column `profile`, params.jsonl lines carry "profile", and truth/profile.json holds
+its settings. `information.information_aucs` measures what report and image each carry.
+
 Only DICOM lies outside DIR/truth and the two CSV files, so `storescu +sd DIR +sp '*.dcm'` sends
 exactly the studies. Capsule distance (params.jsonl) is measured on the masks as llnm.features does:
 min over nodule pixels of the gland's Euclidean distance transform x spacing (one pixel when
@@ -44,6 +52,7 @@ touching, 0 when the nodule extends beyond the gland).
 """
 
 from .layout import write_phantom_set
+from .profiles import PROFILES, PhantomProfile
 from .study import PhantomStudy, PhantomView, generate_study
 
-__all__ = ["PhantomStudy", "PhantomView", "generate_study", "write_phantom_set"]
+__all__ = ["PROFILES", "PhantomProfile", "PhantomStudy", "PhantomView", "generate_study", "write_phantom_set"]

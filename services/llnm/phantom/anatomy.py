@@ -73,7 +73,7 @@ def _blob(y: np.ndarray, x: np.ndarray, cy: float, cx: float, ry: float, rx: flo
 def nodule_template(f: Findings, horizontal_mm: float, sp: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean nodule shape (rows = AP) with the drawn margin; smooth, lobulated or spiculated outline."""
     ry, rx = f.ap_mm / 2.0 / sp, horizontal_mm / 2.0 / sp
-    half = int(np.ceil(max(ry, rx) * 1.35)) + 2
+    half = int(np.ceil(max(ry, rx) * (1.35 if f.spiculation is None else 1.7))) + 2
     yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
     tilt = rng.uniform(-0.25, 0.25)
     c, s = np.cos(tilt), np.sin(tilt)
@@ -89,6 +89,11 @@ def nodule_template(f: Findings, horizontal_mm: float, sp: float, rng: np.random
             r += rng.uniform(0.12, 0.3) * np.maximum(0.0, np.cos(theta - phi)) ** 40
     else:
         r = _wobble(theta, rng, range(2, 5), 0.03)
+    if f.spiculation is not None:  # fusion profile: a continuous spiculation amplitude on any margin
+        r = r + _wobble(theta, rng, range(8, 17), 0.04 * f.spiculation) - 1.0
+        for _ in range(int(rng.integers(6, 13))):
+            phi = rng.uniform(0, 2 * np.pi)
+            r += f.spiculation * rng.uniform(0.2, 0.45) * np.maximum(0.0, np.cos(theta - phi)) ** 60
     mask = rho < r
     return mask if mask.any() else rho < 1.0
 

@@ -122,7 +122,8 @@ def us_image_dataset(study: PhantomStudy, view: PhantomView, number: int, rgb: b
 
 def report_sr_dataset(study: PhantomStudy) -> Dataset:
     """Basic Text SR: root CONTAINER "Diagnostic Imaging Report" holding a Findings CONTAINER with one
-    TEXT "Finding" and an Impressions CONTAINER with one TEXT "Impression"."""
+    TEXT "Finding" and an Impressions CONTAINER with one TEXT "Impression" (left out when the report has
+    no impression)."""
     when = study_datetime(study) + dt.timedelta(minutes=20)
     ds = _common(study, BASIC_TEXT_SR, study.sr_sop_instance_uid, when)
     ds.StudyDate, ds.StudyTime = study_datetime(study).strftime("%Y%m%d"), study_datetime(study).strftime("%H%M%S")
@@ -157,10 +158,11 @@ def report_sr_dataset(study: PhantomStudy) -> Dataset:
         container.ContentSequence = Sequence([item])
         return container
 
-    ds.ContentSequence = Sequence([
-        section(("121070", "DCM", "Findings"), ("121071", "DCM", "Finding"), study.report.findings),
-        section(("121072", "DCM", "Impressions"), ("121073", "DCM", "Impression"), study.report.impression),
-    ])
+    sections = [section(("121070", "DCM", "Findings"), ("121071", "DCM", "Finding"), study.report.findings)]
+    if study.report.impression:  # a fusion-profile report may have none
+        sections.append(section(("121072", "DCM", "Impressions"), ("121073", "DCM", "Impression"),
+                                study.report.impression))
+    ds.ContentSequence = Sequence(sections)
     return ds
 
 

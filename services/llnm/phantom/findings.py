@@ -7,7 +7,7 @@ correlated but each still carries its own weight in the true risk model (`risk.p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,13 +54,21 @@ class Findings:
     lobe_width_mm: float
     lobe_ap_mm: float
     parenchyma: str = "homogeneous"  # or "heterogeneous" (thyroiditis-like background)
+    # Pixel factors of the fusion profile (None in the standard profile: nothing drawn, nothing recorded)
+    spiculation: float | None = None  # 0..1, amplitude of the spikes added to the drawn outline
+    foci_per_cm2: float | None = None  # punctate echogenic foci per cm2 of nodule section (0 = none)
+    heterogeneity: float | None = None  # 0..1, amplitude of the coarse internal echo texture
 
     @property
     def size_mm(self) -> float:
         return max(self.length_mm, self.width_mm, self.ap_mm)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """All fields; the pixel factors only when drawn (so standard params.jsonl stay as they were)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in PIXEL_FACTORS}
+
+
+PIXEL_FACTORS = ("spiculation", "foci_per_cm2", "heterogeneity")
 
 
 def draw_findings(rng: np.random.Generator) -> Findings:
@@ -137,3 +145,22 @@ def draw_findings(rng: np.random.Generator) -> Findings:
         lobe_ap_mm=float(lobe_ap),
         parenchyma="heterogeneous" if rng.random() < 0.12 else "homogeneous",
     )
+
+
+def draw_fusion_findings(f: Findings, rng: np.random.Generator) -> Findings:
+    """The fusion profile's extra latent draws: the pixel-only factors, tied loosely to the
+    aggressiveness z (each has its own noise, so the image holds risk the categorical descriptors do
+    not), and the two report-only facts drawn again almost independently of z, so the image cannot
+    stand in for them."""
+    z = f.aggressiveness
+    spiculation = _sigmoid(-1.2 + 0.7 * z + 1.3 * float(rng.normal()))
+    heterogeneity = _sigmoid(-0.6 + 0.6 * z + 1.3 * float(rng.normal()))
+    foci = 0.0
+    if f.calcification == "micro":
+        foci = float(np.clip(np.exp(rng.normal(np.log(6.0) + 0.3 * z, 0.8)), 1.0, 60.0))
+    central_node = bool(rng.random() < _sigmoid(-1.5 + 0.3 * z))
+    v = rng.random()
+    p_internal = _sigmoid(-1.0 + 0.3 * z)
+    vascularity = "internal" if v < p_internal else ("peripheral" if v < p_internal + 0.3 else "none")
+    return replace(f, spiculation=spiculation, foci_per_cm2=foci, heterogeneity=heterogeneity,
+                   central_node=central_node, vascularity=vascularity)

@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .dicom import write_study_dicom
+from .profiles import PROFILES, STANDARD, PhantomProfile, get_profile
 from .study import generate_study
 
 LABEL_COLUMNS = ["study_uid", "llnm", "risk_level", "p_true", "age", "sex", "report"]
@@ -29,8 +30,8 @@ def _png(path: Path, array: np.ndarray) -> None:
 
 
 def _write_one(out: Path, seed: int, index: int, rows: int, cols: int, rgb_fraction: float,
-               textures: str | None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    study = generate_study(seed, index, rows=rows, cols=cols, textures=textures)
+               textures: str | None, profile: str = "standard") -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    study = generate_study(seed, index, rows=rows, cols=cols, textures=textures, profile=profile)
     pick = np.random.default_rng([seed, index, 7]).random(len(study.views))
     rgb_views = {k + 1 for k in range(len(study.views)) if pick[k] < rgb_fraction}
     write_study_dicom(study, out / study.study_uid, rgb_views)
@@ -51,20 +52,28 @@ def _write_one(out: Path, seed: int, index: int, rows: int, cols: int, rgb_fract
             "region_x1": x1, "region_y1": y1, "view": view.name})
     label = {"study_uid": study.study_uid, "llnm": study.llnm, "risk_level": study.risk_level,
              "p_true": f"{study.p_true:.6f}", "age": study.age, "sex": study.sex, "report": study.report.text}
+    if study.profile != STANDARD:
+        label["profile"] = study.profile.name
     return label, view_rows, json.dumps(study.params(), sort_keys=True)
 
 
 def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols: int = 800,
                       rgb_fraction: float = 0.0, jobs: int = 1, start: int = 0,
-                      textures: str | Path | None = None, progress: bool = False) -> Path:
+                      textures: str | Path | None = None, progress: bool = False,
+                      profile: str | PhantomProfile | None = None) -> Path:
     """Write studies start .. start+studies-1 of this seed under `out`; return `out`. Files of the
-    same names are overwritten; other files already in `out` are left alone."""
+    same names are overwritten; other files already in `out` are left alone. A non-standard
+    `profile` is recorded in a last labels.csv column `profile`, in params.jsonl and, with all its
+    settings, in truth/profile.json (a standard set is written exactly as before profiles existed)."""
+    prof = get_profile(profile)
+    if prof.name not in PROFILES or PROFILES[prof.name] != prof:
+        raise ValueError("write_phantom_set takes a named profile (profiles.PROFILES): worker processes get the name")
     out = Path(out)
     (out / "truth" / "images").mkdir(parents=True, exist_ok=True)
     (out / "truth" / "masks").mkdir(parents=True, exist_ok=True)
     indices = range(start, start + studies)
     tex = str(textures) if textures else None
-    args = [(out, seed, i, rows, cols, rgb_fraction, tex) for i in indices]
+    args = [(out, seed, i, rows, cols, rgb_fraction, tex, prof.name) for i in indices]
     if jobs > 1 and studies > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             results = list(tqdm(pool.map(_write_one, *zip(*args), chunksize=4), total=studies,
@@ -72,7 +81,8 @@ def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols:
     else:
         results = [_write_one(*a) for a in tqdm(args, unit="study", disable=not progress)]
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, LABEL_COLUMNS, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        columns = LABEL_COLUMNS if prof == STANDARD else [*LABEL_COLUMNS, "profile"]
+        writer = csv.DictWriter(fh, columns, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         writer.writeheader()
         writer.writerows(label for label, _, _ in results)
     with open(out / "views.csv", "w", newline="", encoding="utf-8") as fh:
@@ -82,5 +92,7 @@ def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols:
             writer.writerows(view_rows)
     with open(out / "truth" / "params.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(line + "\n" for _, _, line in results)
+    if prof != STANDARD:
+        (out / "truth" / "profile.json").write_text(json.dumps(prof.to_dict(), indent=2, sort_keys=True) + "\n")
     return out
 

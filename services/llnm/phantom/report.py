@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .findings import NEAR_CAPSULE_MM, Findings
+from .profiles import ReportNoise
 
 
 @dataclass
@@ -24,8 +25,9 @@ class Report:
 
     @property
     def text(self) -> str:
-        """The report as one string: the TEXT items of the SR in document order, joined by a newline."""
-        return f"{self.findings}\n{self.impression}"
+        """The report as one string: the TEXT items of the SR in document order, joined by a newline
+        (no impression item when the reader left it out: fusion profile)."""
+        return f"{self.findings}\n{self.impression}" if self.impression else self.findings
 
 
 def _pick(rng: np.random.Generator, options: list[str]) -> str:
@@ -43,32 +45,38 @@ def _tirads(comp: str, echo: str, taller: bool, margin: str, ete: bool, foci: st
 
 
 def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, horizontal: str,
-                 rng: np.random.Generator) -> Report:
-    """`capsule_mm`, `ete_seen`, `vertical`, `horizontal`: as realised on the images."""
+                 rng: np.random.Generator, noise: ReportNoise | None = None) -> Report:
+    """`capsule_mm`, `ete_seen`, `vertical`, `horizontal`: as realised on the images. `noise`: the
+    profile's error rates (default: the standard profile's; its draws are exactly those of before)."""
+    noise = noise or ReportNoise()
+    extended = noise != ReportNoise()  # a non-standard profile also records what it left out
     side = f.side
-    dims = [max(2.0, d + rng.normal(0.0, 0.6)) for d in (f.length_mm, f.width_mm, f.ap_mm)]
+    dims = [max(2.0, d + rng.normal(0.0, noise.size_sd_mm)) for d in (f.length_mm, f.width_mm, f.ap_mm)]
     length, width, ap = (f"{d:.0f}" if d >= 10 else f"{d:.1f}" for d in dims)
 
     def seen(present: bool, sensitivity: float, false_rate: float) -> bool:
         return bool(rng.random() < (sensitivity if present else false_rate))
 
     echo = f.echogenicity
-    if rng.random() < 0.15:  # echo graded one step off
+    if rng.random() < noise.echo_off:  # echo graded one step off
         order = ["hyper", "iso", "hypo", "marked-hypo"]
         echo = order[int(np.clip(order.index(echo) + rng.choice([-1, 1]), 0, 3))]
-    margin = f.margin if seen(f.margin != "smooth", 0.8, 0.0) else "smooth"
-    if margin == "smooth" and rng.random() < 0.06:  # over-called
+    margin = f.margin if seen(f.margin != "smooth", noise.margin_sensitivity, 0.0) else "smooth"
+    if margin == "smooth" and rng.random() < noise.margin_overcall:  # over-called
         margin = "ill-defined"
-    micro = seen(f.calcification == "micro", 0.75, 0.05)
+    micro = seen(f.calcification == "micro", noise.micro_sensitivity, noise.micro_false)
     macro = f.calcification in ("macro", "rim") and rng.random() < 0.85
     comet = f.comet_tail and rng.random() < 0.7
-    ete = seen(ete_seen, 0.7, 0.03 if capsule_mm < 0.5 else 0.0)
+    ete = seen(ete_seen, noise.ete_sensitivity, 0.03 if capsule_mm < 0.5 else 0.0)
     abut = capsule_mm < 0.5 and not ete and rng.random() < 0.6
     near = (not ete and not abut and capsule_mm < NEAR_CAPSULE_MM and rng.random() < 0.45)
     taller = f.ap_mm > f.width_mm * 1.02 and rng.random() < 0.8
     central = f.central_node and rng.random() < 0.85
     vasc = f.vascularity if rng.random() < 0.9 else "none"
-    third = vertical if rng.random() < 0.9 else str(rng.choice(["upper", "middle", "lower"]))
+    third = vertical if rng.random() < noise.third_correct else str(rng.choice(["upper", "middle", "lower"]))
+    omitted = [name for name, rate in (("calcification", noise.omit_calcification),
+                                       ("vascularity", noise.omit_vascularity),
+                                       ("impression", noise.omit_impression)) if rate > 0 and rng.random() < rate]
 
     lobe = (f"The {side} lobe measures {f.lobe_length_mm:.0f} x {f.lobe_width_mm:.0f} x "
             f"{f.lobe_ap_mm:.0f} mm.")
@@ -101,20 +109,31 @@ def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, 
     if f.halo and rng.random() < 0.6:
         parts.append("A thin hypoechoic halo surrounds the nodule.")
     foci = "none"
+    calc_parts: list[str] = []
     if micro:
         foci = "micro"
-        parts.append(_pick(rng, ["Multiple punctate echogenic foci consistent with microcalcifications are seen.",
-                                 "Microcalcifications are present.",
-                                 "There are punctate echogenic foci (microcalcifications)."]))
+        density = f.foci_per_cm2 or 0.0
+        if noise.foci_words and density > 0 and rng.random() < 0.5:  # the one, coarse, word on density
+            calc_parts.append("Innumerable punctate echogenic foci (microcalcifications)." if density >= 15 else
+                              "A few punctate echogenic foci, possibly microcalcifications." if density < 4 else
+                              "Several punctate echogenic foci (microcalcifications).")
+        else:
+            calc_parts.append(_pick(rng, ["Multiple punctate echogenic foci consistent with microcalcifications "
+                                          "are seen.", "Microcalcifications are present.",
+                                          "There are punctate echogenic foci (microcalcifications)."]))
     elif macro:
         foci = "rim" if f.calcification == "rim" else "macro"
-        parts.append("Peripheral rim calcification is noted." if foci == "rim"
-                     else "A coarse macrocalcification with posterior acoustic shadowing is seen.")
+        calc_parts.append("Peripheral rim calcification is noted." if foci == "rim"
+                          else "A coarse macrocalcification with posterior acoustic shadowing is seen.")
     elif comet:
         foci = "comet"
-        parts.append("Comet-tail artifacts suggest colloid.")
+        calc_parts.append("Comet-tail artifacts suggest colloid.")
     else:
-        parts.append(_pick(rng, ["No calcifications.", "No echogenic foci.", "No calcifications are identified."]))
+        calc_parts.append(_pick(rng, ["No calcifications.", "No echogenic foci.", "No calcifications are identified."]))
+    if "calcification" in omitted:  # not stated: TI-RADS and the impression count no foci
+        micro, foci = False, "none"
+    else:
+        parts += calc_parts
     if ete:
         parts.append(_pick(rng, ["The nodule bulges through the capsule, suspicious for extrathyroidal extension.",
                                  "Findings are suspicious for extrathyroidal extension."]))
@@ -123,9 +142,13 @@ def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, 
                                  "clear extrathyroidal extension."]))
     elif near:
         parts.append("The nodule lies close to the capsule.")
-    parts.append({"internal": "Color Doppler shows internal vascularity.",
-                  "peripheral": "Color Doppler shows peripheral vascularity.",
-                  "none": _pick(rng, ["No significant vascularity on color Doppler.", ""])}[vasc])
+    vasc_text = {"internal": "Color Doppler shows internal vascularity.",
+                 "peripheral": "Color Doppler shows peripheral vascularity.",
+                 "none": _pick(rng, ["No significant vascularity on color Doppler.", ""])}[vasc]
+    if "vascularity" in omitted:
+        vasc = "not stated"
+    else:
+        parts.append(vasc_text)
     if central:
         parts.append(_pick(rng, ["A rounded hypoechoic lymph node without fatty hilum is seen in the central "
                                  "compartment (level VI).", "Suspicious central compartment lymph node."]))
@@ -154,8 +177,12 @@ def write_report(f: Findings, capsule_mm: float, ete_seen: bool, vertical: str, 
         impression += " Suspicious central neck lymph node."
     impression += (" Fine-needle aspiration is recommended." if fna else
                    " Follow-up ultrasound is recommended." if tr >= 3 else " No further follow-up needed.")
+    if "impression" in omitted:
+        impression = ""
     reported = {"echogenicity": echo, "margin": margin, "microcalcification": micro, "foci": foci,
                 "ete": ete, "abuts_capsule": abut, "near_capsule": near, "taller_than_wide": taller,
                 "central_node": central, "vascularity": vasc, "third": third, "tirads": tr,
                 "tirads_points": points}
+    if extended:
+        reported.update(size_mm=round(size_mm, 1), omitted=omitted)
     return Report(findings=findings, impression=impression, reported=reported)

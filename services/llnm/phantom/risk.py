@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .findings import NEAR_CAPSULE_MM
+from .findings import NEAR_CAPSULE_MM, Findings
 
 INTERCEPT = -3.45
 WEIGHTS: dict[str, float] = {
@@ -91,6 +91,73 @@ def logit(f: RiskFactors) -> float:
 
 def p_true(f: RiskFactors) -> float:
     return 1.0 / (1.0 + math.exp(-logit(f)))
+
+
+#: The fusion profile's true model (profiles.FUSION): over the LATENT findings, with three pixel-only
+#: factors and two report-only ones weighted so that neither source alone reaches the Bayes AUC.
+FUSION_INTERCEPT = -6.3
+FUSION_WEIGHTS: dict[str, float] = {
+    "near_capsule": 1.3,  # target capsule distance < 2.5 mm
+    "touching_capsule": 0.4,
+    "extrathyroidal_extension": 0.8,
+    "upper_third": 0.9,
+    "middle_third": 0.45,
+    "log2_size_per_10mm": 0.7,
+    "margin_ill-defined": 0.3,
+    "margin_lobulated": 0.3,
+    "margin_irregular": 0.4,
+    "spiculation": 2.2,  # pixel-only: continuous outline irregularity
+    "echo_hyper": -0.4,
+    "echo_hypo": 0.3,
+    "echo_marked-hypo": 0.5,
+    "calc_macro": 0.3,
+    "calc_rim": 0.2,
+    "log2_1p_foci_per_cm2": 0.45,  # pixel-only beyond presence: density of punctate foci
+    "heterogeneity": 2.2,  # pixel-only: coarse internal texture
+    "composition_mostly-solid": -0.3,
+    "composition_mixed": -0.9,
+    "male": 0.7,
+    "age_per_10y_over_45": -0.35,
+    "central_node": 2.8,  # report-only
+    "internal_vascularity": 2.0,  # report-only
+}
+
+
+def fusion_design(f: Findings) -> dict[str, float]:
+    """The fusion model's covariates from the latent findings (pixel factors drawn), named as in
+    FUSION_WEIGHTS. Nothing here is measured on a mask: the anatomy is what was intended."""
+    if f.spiculation is None or f.foci_per_cm2 is None or f.heterogeneity is None:
+        raise ValueError("the fusion risk needs the pixel factors (findings.draw_fusion_findings)")
+    x = {
+        "near_capsule": float(f.ete or f.capsule_target_mm < NEAR_CAPSULE_MM),
+        "touching_capsule": float(f.ete or f.capsule_target_mm < 0.5),
+        "extrathyroidal_extension": float(f.ete),
+        "upper_third": float(f.vertical == "upper"),
+        "middle_third": float(f.vertical == "middle"),
+        "log2_size_per_10mm": math.log2(max(f.size_mm, 1.0) / 10.0),
+        "spiculation": f.spiculation,
+        "log2_1p_foci_per_cm2": math.log2(1.0 + f.foci_per_cm2),
+        "heterogeneity": f.heterogeneity,
+        "male": float(f.sex == "M"),
+        "age_per_10y_over_45": (f.age - 45.0) / 10.0,
+        "central_node": float(f.central_node),
+        "internal_vascularity": float(f.vascularity == "internal"),
+    }
+    for prefix, value in (("margin_", f.margin), ("echo_", f.echogenicity), ("calc_", f.calcification),
+                          ("composition_", f.composition)):
+        for key in FUSION_WEIGHTS:
+            if key.startswith(prefix):
+                x[key] = float(key == prefix + value)
+    return x
+
+
+def fusion_logit(f: Findings) -> float:
+    x = fusion_design(f)
+    return FUSION_INTERCEPT + sum(FUSION_WEIGHTS[k] * x[k] for k in FUSION_WEIGHTS)
+
+
+def fusion_p_true(f: Findings) -> float:
+    return 1.0 / (1.0 + math.exp(-fusion_logit(f)))
 
 
 def draw_outcome(p: float, rng: np.random.Generator) -> tuple[int, int]:

@@ -162,6 +162,8 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
     bshape = nod.shape
     lo, hi = NODULE_DB[f.echogenicity]
     coarse = 2.8 if f.echogenicity in ("iso", "hyper") else 1.8  # iso nodules show by their texture
+    if f.heterogeneity is not None:  # fusion profile: internal heterogeneity is a risk factor of its own
+        coarse = 0.8 + 5.5 * f.heterogeneity
     level = rng.uniform(lo, hi) * (rng.choice([-1.0, 1.0]) if f.echogenicity == "iso" else 1.0)
     nodule_db = np.float32(level) + coarse * _field(bshape, (0.8 * px, 0.8 * px), rng)
     cyst = np.zeros(bshape, dtype=bool)
@@ -185,7 +187,11 @@ def form_image(anat: Anatomy, f: Findings, rng: np.random.Generator) -> tuple[np
     ys, xs = np.nonzero(ndimage.minimum_filter(nod, size=2 * max(1, int(0.5 * px)) + 1) & ~cyst)
     n_calc = 0
     if f.calcification == "micro" and len(ys):
-        n_calc = int(rng.integers(4, 16))
+        if f.foci_per_cm2 is None:
+            n_calc = int(rng.integers(4, 16))
+        else:  # fusion profile: the count follows the latent density over this section's area
+            area_cm2 = float(nod.sum()) * sp * sp / 100.0
+            n_calc = int(np.clip(rng.poisson(f.foci_per_cm2 * area_cm2), 1, 120))
         idx = rng.choice(len(ys), n_calc)
         points += list(zip(ys[idx] + box[0].start, xs[idx] + box[1].start))
         sig += list(rng.uniform(0.1, 0.22, n_calc) * px)

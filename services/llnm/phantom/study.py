@@ -17,7 +17,8 @@ from pydicom.uid import generate_uid
 from llnm.study import StudyInput, View
 
 from . import anatomy, risk
-from .findings import Findings, draw_findings
+from .findings import Findings, draw_findings, draw_fusion_findings
+from .profiles import STANDARD, PhantomProfile, get_profile
 from .report import Report, write_report
 from .speckle import form_image
 from .textures import apply_texture, load_textures
@@ -65,6 +66,7 @@ class PhantomStudy:
     views: list[PhantomView]
     findings: Findings
     factors: risk.RiskFactors
+    profile: PhantomProfile = STANDARD
 
     @property
     def patient_id(self) -> str:
@@ -98,7 +100,17 @@ class PhantomStudy:
                        "spacing_mm": v.spacing_mm[0], **v.imaging} for v in self.views],
             "reported": self.report.reported,
             "latent": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()},
-        }
+        } | self._profile_params()
+
+    def _profile_params(self) -> dict[str, Any]:
+        """A non-standard profile names itself; with a latent risk its logit is the latent one (the
+        realised values above are then what the images show, not what the risk reads)."""
+        if self.profile == STANDARD:
+            return {}
+        out: dict[str, Any] = {"profile": self.profile.name}
+        if self.profile.latent_risk:
+            out.update(logit=round(risk.fusion_logit(self.findings), 6), risk_inputs="latent")
+        return out
 
 
 def frame_geometry(rows: int, cols: int, rng: np.random.Generator) -> tuple[tuple[int, int, int, int], float]:
@@ -114,11 +126,20 @@ def frame_geometry(rows: int, cols: int, rng: np.random.Generator) -> tuple[tupl
 
 
 def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800,
-                   textures: str | Path | None = None) -> PhantomStudy:
+                   textures: str | Path | None = None,
+                   profile: str | PhantomProfile | None = None) -> PhantomStudy:
     """Study `index` of the set with this seed, in memory (no files). `textures`: an optional folder
-    of real nodule crops (see textures.py) whose internal texture is added inside the nodule."""
+    of real nodule crops (see textures.py) whose internal texture is added inside the nodule.
+    `profile`: a name of profiles.PROFILES (default "standard", the generator as it always was)."""
+    prof = get_profile(profile)
+
+    def uid(*parts: object) -> str:  # another profile, other UIDs: sets of both can share a PACS
+        return phantom_uid(seed, index, *parts) if prof == STANDARD else phantom_uid(seed, index, prof.name, *parts)
+
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(index)]).spawn(8)]
     f = draw_findings(streams[0])
+    if prof.pixel_factors:  # own stream: the standard draws stay as they are
+        f = draw_fusion_findings(f, np.random.default_rng([int(seed), int(index), 23]))
     region, sp = frame_geometry(rows, cols, streams[1])
     x0, y0, x1, y1 = region
     shape = (y1 - y0 + 1, x1 - x0 + 1)
@@ -134,7 +155,7 @@ def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800,
             image, gland, nodule = image[:, ::-1].copy(), gland[:, ::-1].copy(), nodule[:, ::-1].copy()
         views.append(PhantomView(
             name=name, image=image, gland=gland, nodule=nodule, spacing_mm=(sp, sp), region=region,
-            frame_shape=(rows, cols), sop_instance_uid=phantom_uid(seed, index, "image", k + 1),
+            frame_shape=(rows, cols), sop_instance_uid=uid("image", k + 1),
             capsule_mm=anat.capsule_mm, position=anat.position, imaging=imaging))
     capsule = min(v.capsule_mm for v in views)
     ete = any(bool((v.nodule & ~v.gland).any()) for v in views)  # visible: nodule beyond the capsule
@@ -143,11 +164,10 @@ def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800,
         capsule_mm=capsule, vertical=vertical, size_mm=f.size_mm, margin=f.margin,
         echogenicity=f.echogenicity, calcification=f.calcification, composition=f.composition,
         sex=f.sex, age=float(f.age), ete=ete, central_node=f.central_node, vascularity=f.vascularity)
-    report = write_report(f, capsule, ete, vertical, views[0].position, streams[6])
-    p = risk.p_true(factors)
+    report = write_report(f, capsule, ete, vertical, views[0].position, streams[6], prof.report)
+    p = risk.fusion_p_true(f) if prof.latent_risk else risk.p_true(factors)
     llnm, level = risk.draw_outcome(p, streams[7])
     return PhantomStudy(
-        seed=seed, index=index, study_uid=phantom_uid(seed, index, "study"),
-        series_uid=phantom_uid(seed, index, "series", "US"), sr_series_uid=phantom_uid(seed, index, "series", "SR"),
-        sr_sop_instance_uid=phantom_uid(seed, index, "sr"), age=f.age, sex=f.sex, report=report, p_true=p,
-        llnm=llnm, risk_level=level, views=views, findings=f, factors=factors)
+        seed=seed, index=index, study_uid=uid("study"), series_uid=uid("series", "US"),
+        sr_series_uid=uid("series", "SR"), sr_sop_instance_uid=uid("sr"), age=f.age, sex=f.sex, report=report,
+        p_true=p, llnm=llnm, risk_level=level, views=views, findings=f, factors=factors, profile=prof)
