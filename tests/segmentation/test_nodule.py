@@ -1,5 +1,6 @@
 import numpy as np
 
+from llnm import quality
 from llnm.segmentation import NoduleDetection, nodule, segment_nodule
 from llnm.segmentation.nodule import select_index
 
@@ -30,8 +31,22 @@ def test_segment_nodule_reports_the_index_nodule_in_frame_pixels():
 
 def test_no_detection_is_none_not_an_exception():
     assert segment_nodule(FakeBackend(), np.zeros((200, 300), dtype=np.uint8)) is None
-    low = yolo_outputs([((100, 100, 30, 30), 0.1, 0)])
-    assert segment_nodule(FakeBackend(nodule_outputs=low), np.zeros((200, 300), dtype=np.uint8)) is None
+    textured = np.random.default_rng(0).integers(60, 100, (256, 256)).astype(np.uint8)
+    noise = yolo_outputs([((100, 100, 30, 30), 0.05, 0)])  # below even the fallback threshold
+    assert segment_nodule(FakeBackend(nodule_outputs=noise), textured) is None
+
+
+def test_an_unsure_detection_is_still_the_index_nodule_when_nothing_is_confident():
+    """Not "no nodule found" when the detector saw one weakly: its low score lets the gate decline the
+    view as low confidence instead; beside a confident detection an unsure one is never a candidate."""
+    textured = np.random.default_rng(0).integers(60, 100, (256, 256)).astype(np.uint8)
+    weak = yolo_outputs([((100, 100, 30, 30), 0.15, 0)])
+    found = segment_nodule(FakeBackend(nodule_outputs=weak), textured)
+    assert found is not None and found.score == np.float32(0.15) and found.candidates == 1
+    assert found.score < quality.MIN_NODULE_SCORE  # the gate will not use it
+    both = yolo_outputs([((60, 60, 20, 20), 0.5, 0), ((170, 170, 80, 80), 0.2, 1)])
+    found = segment_nodule(FakeBackend(nodule_outputs=both), textured)
+    assert found.score == np.float32(0.5) and found.candidates == 1 and found.mask[60, 60]
 
 
 def test_the_mirror_image_refines_the_index_nodule_only_where_it_sees_the_same_nodule():

@@ -27,6 +27,10 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def subset(self, keep: np.ndarray) -> "Detections":
+        """The instances where the boolean `keep` is true, order kept."""
+        return Detections(self.boxes[keep], self.scores[keep], self.coefficients[keep])
+
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0)))
