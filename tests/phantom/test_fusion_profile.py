@@ -179,6 +179,12 @@ def test_cli_writes_a_fusion_set_that_records_its_profile(tmp_path: Path,
     params = [json.loads(line) for line in (out / "truth" / "params.jsonl").read_text().splitlines()]
     assert [p["profile"] for p in params] == ["fusion", "fusion"]
     assert json.loads((out / "truth" / "profile.json").read_text()) == FUSION.to_dict()
+    record = json.loads((out / "generator.json").read_text())  # what llnm train copies into model.json
+    assert record["command"].startswith("llnm phantom --out") and "--profile fusion" in record["command"]
+    assert (record["seed"], record["studies"], record["profile"]) == (4, 2, "fusion")
+    assert record["bayes_auc"] == summary["bayes_auc"]
+    commit = record["generator_commit"]
+    assert commit is None or len(commit.split("+")[0]) == 40
     for row, p in zip(labels, params):
         study = generate_study(4, p["index"], rows=160, cols=200, profile="fusion")
         assert float(row["p_true"]) == pytest.approx(study.p_true, abs=1e-6)

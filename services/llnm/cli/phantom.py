@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "reports, risk on the latent anatomy (a benchmark that needs image and report)")
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that writes this folder again (from the parsed arguments, however it was called)."""
+    words = ["llnm", "phantom", "--out", str(args.out), "--studies", str(args.studies), "--seed", str(args.seed),
+             "--start", str(args.start), "--rows", str(args.rows), "--cols", str(args.cols),
+             "--rgb-fraction", str(args.rgb_fraction), "--profile", args.profile]
+    if args.textures:
+        words += ["--textures", str(args.textures)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
+    from llnm.model.data import git_commit
     from llnm.phantom import write_phantom_set
     from llnm.phantom.risk import bayes_auc, read_labels
 
@@ -44,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
     n = len(labels)
     positives = sum(int(r["llnm"]) for r in labels)
     auc = bayes_auc(out / "labels.csv")
-    print(json.dumps({"out": str(out), "profile": args.profile, "n": n, "prevalence": round(positives / n, 4),
-                      "bayes_auc": None if auc != auc else round(auc, 4),
-                      "seconds": round(time.perf_counter() - t0, 1)}))
+    summary = {"out": str(out), "profile": args.profile, "n": n, "prevalence": round(positives / n, 4),
+               "bayes_auc": None if auc != auc else round(auc, 4), "seconds": round(time.perf_counter() - t0, 1)}
+    # what made the folder, for model.json (llnm.model.data.generator_record); not a DICOM file, so
+    # `storescu +sp '*.dcm'` still sends exactly the studies
+    record = {"generator": "llnm phantom", "command": command_line(args), "seed": args.seed, "start": args.start,
+              "studies": n, "positives": positives, "profile": args.profile, "prevalence": summary["prevalence"],
+              "bayes_auc": summary["bayes_auc"], "generator_commit": git_commit("phantom")}
+    (out / "generator.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps(summary))
     return 0

@@ -29,6 +29,8 @@ provide the same files, with `truth/params.jsonl` optional)::
                      INCLUSIVE bounds as in SequenceOfUltrasoundRegions; view = transverse/longitudinal
     DIR/truth/params.jsonl   one JSON object per study: the latent and realised parameters
                      (capsule_distance_mm, size_mm, lobe_position, margin, echogenicity, ...)
+    DIR/generator.json       (written by `llnm phantom`) the command, seed, profile, counts, Bayes-optimal
+                     AUC and code commit; `llnm train` copies it into model.json
 
 Views follow scanner conventions: transverse with the patient's right on the image left (so the
 trachea is medial, the carotid lateral), longitudinal with cranial to the left; the lobe third
