@@ -76,7 +76,12 @@ def design(f: RiskFactors) -> dict[str, float]:
         "central_node": float(f.central_node),
         "internal_vascularity": float(f.vascularity == "internal"),
     }
-    for key in WEIGHTS:
+    return _with_categories(x, WEIGHTS, f)
+
+
+def _with_categories(x: dict[str, float], weights: dict[str, float], f: RiskFactors | Findings) -> dict[str, float]:
+    """`x` plus the one-hot margin, echogenicity, calcification and composition covariates `weights` names."""
+    for key in weights:
         for prefix, value in (("margin_", f.margin), ("echo_", f.echogenicity), ("calc_", f.calcification),
                               ("composition_", f.composition)):
             if key.startswith(prefix):
@@ -84,9 +89,12 @@ def design(f: RiskFactors) -> dict[str, float]:
     return x
 
 
+def _linear(intercept: float, weights: dict[str, float], x: dict[str, float]) -> float:
+    return intercept + sum(weights[k] * x[k] for k in weights)
+
+
 def logit(f: RiskFactors) -> float:
-    x = design(f)
-    return INTERCEPT + sum(WEIGHTS[k] * x[k] for k in WEIGHTS)
+    return _linear(INTERCEPT, WEIGHTS, design(f))
 
 
 def p_true(f: RiskFactors) -> float:
@@ -143,17 +151,11 @@ def fusion_design(f: Findings) -> dict[str, float]:
         "central_node": float(f.central_node),
         "internal_vascularity": float(f.vascularity == "internal"),
     }
-    for prefix, value in (("margin_", f.margin), ("echo_", f.echogenicity), ("calc_", f.calcification),
-                          ("composition_", f.composition)):
-        for key in FUSION_WEIGHTS:
-            if key.startswith(prefix):
-                x[key] = float(key == prefix + value)
-    return x
+    return _with_categories(x, FUSION_WEIGHTS, f)
 
 
 def fusion_logit(f: Findings) -> float:
-    x = fusion_design(f)
-    return FUSION_INTERCEPT + sum(FUSION_WEIGHTS[k] * x[k] for k in FUSION_WEIGHTS)
+    return _linear(FUSION_INTERCEPT, FUSION_WEIGHTS, fusion_design(f))
 
 
 def fusion_p_true(f: Findings) -> float:
