@@ -20,7 +20,8 @@ provide the same files, with `truth/params.jsonl` optional)::
                                     except a part bulging through the capsule = extrathyroidal extension)
     DIR/truth/masks/<sop_instance_uid>_nodule.png   0/255 index-nodule mask on that crop grid
     DIR/labels.csv   study_uid,llnm,risk_level,p_true,age,sex,report
-                     llnm 0/1; risk_level 1 (no LLNM), 2, 3; p_true = the generator's true
+                     llnm 0/1; risk_level 1 (no LLNM), 2, 3 (the fusion profile: the paper's
+                     stages by metastatic node count and size, risk.node_stage); p_true = the generator's true
                      probability (empty for a real cohort); age in years; sex M/F; report = the
                      report text, the SR's TEXT values in document order joined by "\\n"
     DIR/views.csv    study_uid,sop_instance_uid,image,gland_mask,nodule_mask,spacing_row_mm,

@@ -10,7 +10,9 @@ tests depend on it). `fusion` is a benchmark that needs image AND report to reac
   vascularity sentences or the impression left out; TI-RADS from the REPORTED descriptors; the central
   node and Doppler vascularity stay report-only factors;
 - the true risk reads the latent anatomy (target capsule distance, true size, drawn lobe third, latent
-  pixel factors), never values measured on the generated masks.
+  pixel factors), never values measured on the generated masks;
+- risk levels are the paper's stages from a drawn number and largest size of metastatic nodes
+  (risk.node_stage), recorded in params.jsonl.
 """
 
 from __future__ import annotations
@@ -40,12 +42,19 @@ class ReportNoise:
 @dataclass(frozen=True)
 class PhantomProfile:
     """One preset of the generator. `latent_risk`: the true risk reads latent findings (risk.fusion_*)
-    instead of the realised ones; `pixel_factors`: draw and render the pixel-only factors."""
+    instead of the realised ones; `pixel_factors`: draw and render the pixel-only factors;
+    `risk_stages`: "p_split" (level 1 = no LLNM, positives split 2/3 by the true probability) or
+    "nodes" (the paper's stages from drawn metastatic nodes, risk.draw_outcome_nodes)."""
 
     name: str
     latent_risk: bool = False
     pixel_factors: bool = False
     report: ReportNoise = field(default_factory=ReportNoise)
+    risk_stages: str = "p_split"
+
+    def __post_init__(self) -> None:
+        if self.risk_stages not in ("p_split", "nodes"):
+            raise ValueError(f"risk_stages must be 'p_split' or 'nodes', not {self.risk_stages!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +65,8 @@ FUSION = PhantomProfile(
     name="fusion", latent_risk=True, pixel_factors=True,
     report=ReportNoise(size_sd_mm=1.0, echo_off=0.25, margin_sensitivity=0.6, margin_overcall=0.08,
                        micro_sensitivity=0.6, micro_false=0.08, ete_sensitivity=0.6, third_correct=0.85,
-                       omit_calcification=0.3, omit_vascularity=0.2, omit_impression=0.15, foci_words=True))
+                       omit_calcification=0.3, omit_vascularity=0.2, omit_impression=0.15, foci_words=True),
+    risk_stages="nodes")
 PROFILES: dict[str, PhantomProfile] = {p.name: p for p in (STANDARD, FUSION)}
 
 

@@ -163,12 +163,54 @@ def fusion_p_true(f: Findings) -> float:
 
 
 def draw_outcome(p: float, rng: np.random.Generator) -> tuple[int, int]:
-    """(llnm, risk_level). Level 1 = no LLNM; among positives level 3 (many/large nodes) is likelier
-    the higher the true probability."""
+    """(llnm, risk_level) of the standard profile. Level 1 = no LLNM; among positives level 3 is
+    likelier the higher the true probability (a split of positives by p, not the paper's stages:
+    profiles with risk_stages="nodes" use draw_outcome_nodes)."""
     llnm = int(rng.random() < p)
     if not llnm:
         return 0, 1
     return 1, 3 if rng.random() < p**1.5 else 2
+
+
+#: The paper's stages of lymph node metastasis (Results, "Predicting high-risk lymph node metastasis
+#: patients", after the ATA guideline): 1 low risk, five or fewer micro-metastases (< 0.2 cm);
+#: 2 medium, more than five metastatic nodes, all < 3 cm; 3 high, any metastatic node > 3 cm.
+STAGE_MAX_LOW_NODES = 5
+STAGE_HIGH_NODE_MM = 30.0
+
+
+def node_stage(metastatic_nodes: int, largest_node_mm: float | None) -> int:
+    """The paper's stage (1..3) from the number of metastatic lateral nodes and the largest one's
+    size. No metastatic node (no LLNM) is stage 1. The paper's three stages leave one case open: five
+    or fewer nodes of which one reaches 0.2 cm but none 3 cm; it goes to stage 1, as the paper counts
+    nodes in the bins 1-5 / 6-10 / > 10 (its Table 1) and stage 2 begins at six."""
+    if metastatic_nodes <= 0:
+        return 1
+    if largest_node_mm is not None and largest_node_mm > STAGE_HIGH_NODE_MM:
+        return 3
+    return 2 if metastatic_nodes > STAGE_MAX_LOW_NODES else 1
+
+
+def draw_nodes(p: float, rng: np.random.Generator) -> tuple[int, float]:
+    """(metastatic node count >= 1, largest node in mm) of an LLNM-positive patient. A latent burden,
+    half the true logit plus unit noise, raises both; calibrated so that among positives the counts
+    1-5 / 6-10 / > 10 come out near the paper's 85 / 10 / 5 % (its Table 1) and about 5 % have a
+    node over 3 cm."""
+    q = min(max(p, 1e-6), 1.0 - 1e-6)
+    burden = 0.5 * math.log(q / (1.0 - q)) + float(rng.normal())
+    count = 1 + int(rng.poisson(0.9 * math.exp(0.7 * burden)))
+    largest = 10.0 * math.exp(0.25 * burden + 0.45 * float(rng.normal()))
+    return count, round(largest, 1)
+
+
+def draw_outcome_nodes(p: float, rng: np.random.Generator) -> tuple[int, int, int, float | None]:
+    """(llnm, stage, metastatic nodes, largest node mm or None): the label drawn exactly as in
+    draw_outcome (same first draw), then for positives the nodes and the paper's stage."""
+    llnm = int(rng.random() < p)
+    if not llnm:
+        return 0, 1, 0, None
+    count, largest = draw_nodes(p, rng)
+    return 1, node_stage(count, largest), count, largest
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -67,6 +67,8 @@ class PhantomStudy:
     findings: Findings
     factors: risk.RiskFactors
     profile: PhantomProfile = STANDARD
+    metastatic_nodes: int | None = None  # drawn with risk_stages="nodes": 0 without LLNM
+    largest_node_mm: float | None = None  # the largest metastatic node; None without LLNM
 
     @property
     def patient_id(self) -> str:
@@ -110,6 +112,9 @@ class PhantomStudy:
         out: dict[str, Any] = {"profile": self.profile.name}
         if self.profile.latent_risk:
             out.update(logit=round(risk.fusion_logit(self.findings), 6), risk_inputs="latent")
+        if self.profile.risk_stages == "nodes":
+            out.update(risk_stages="nodes", metastatic_nodes=self.metastatic_nodes,
+                       largest_node_mm=self.largest_node_mm)
         return out
 
 
@@ -166,8 +171,14 @@ def generate_study(seed: int, index: int, rows: int = 600, cols: int = 800,
         sex=f.sex, age=float(f.age), ete=ete, central_node=f.central_node, vascularity=f.vascularity)
     report = write_report(f, capsule, ete, vertical, views[0].position, streams[6], prof.report)
     p = risk.fusion_p_true(f) if prof.latent_risk else risk.p_true(factors)
-    llnm, level = risk.draw_outcome(p, streams[7])
+    nodes: int | None = None
+    largest: float | None = None
+    if prof.risk_stages == "nodes":
+        llnm, level, nodes, largest = risk.draw_outcome_nodes(p, streams[7])
+    else:
+        llnm, level = risk.draw_outcome(p, streams[7])
     return PhantomStudy(
         seed=seed, index=index, study_uid=uid("study"), series_uid=uid("series", "US"),
         sr_series_uid=uid("series", "SR"), sr_sop_instance_uid=uid("sr"), age=f.age, sex=f.sex, report=report,
-        p_true=p, llnm=llnm, risk_level=level, views=views, findings=f, factors=factors, profile=prof)
+        p_true=p, llnm=llnm, risk_level=level, views=views, findings=f, factors=factors, profile=prof,
+        metastatic_nodes=nodes, largest_node_mm=largest)
