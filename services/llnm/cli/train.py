@@ -27,6 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-dropout", type=float, default=0.0,
                         help="share of training views with one token group occluded (contribution shares and "
                              "ablations then occlude what the model has seen; 0: none)")
+    parser.add_argument("--view-fusion", choices=("probability", "pooled"), default="probability",
+                        help="probability: each view scored alone, the study = the mean of the views' "
+                             "probabilities (what the runtime runs); pooled: the views' pooled "
+                             "representations averaged before the head, as in the paper (no ONNX export yet)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority")
@@ -45,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from llnm.model.train import onnx_text_encoder, train
 
     settings = Settings.from_env()
-    meta = train(args.data, args.out, preset(args.preset), encode_text=onnx_text_encoder(settings.model_repository),
+    config = preset(args.preset, view_fusion=args.view_fusion)
+    meta = train(args.data, args.out, config, encode_text=onnx_text_encoder(settings.model_repository),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
@@ -56,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
         atlas = atlas_from_layout(args.data, max_views=args.atlas_views, seed=args.seed)
         atlas.save(args.out / "atlas.npz")
         atlas_png(atlas, args.out / "atlas.png")
-    print(json.dumps({k: meta[k] for k in ("preset", "val_auc", "best_epoch", "epochs_run", "threshold")}))
+    print(json.dumps({**{k: meta[k] for k in ("preset", "val_auc", "best_epoch", "epochs_run", "threshold")},
+                      "view_fusion": config.view_fusion}))
     return 0

@@ -4,6 +4,13 @@
            self-attention blocks, 224 x 224 feature images in 16 x 16 patches); for a GPU.
 - compact: fast on 2 CPU cores; what the worker ships (model_repository/tmdl/1/model.onnx).
 - tiny:    for tests only (seconds to train).
+
+`view_fusion` says where the two views of a study (transverse, longitudinal) meet:
+- "probability" (default, what the shipped model and the runtime do): each view is scored alone and
+  the study probability is the mean of the per-view probabilities;
+- "pooled" (the paper): each view runs through the backbone with a learned orientation embedding on
+  its image tokens, the pooled per-view representations are averaged over the views present, and
+  the one two-layer head scores the study (no ONNX export yet).
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ GROUPS = ("location", "morphology", "report", "demographics")
 IMAGE_FEATURES = ("x_l", "x_t", "x_m")
 #: order of the scalar tokens
 CLINICAL_FEATURES = ("sex", "age", "x_e", "x_s")
+#: how the views of a study are combined (see the module docstring)
+VIEW_FUSIONS = ("probability", "pooled")
+#: view orientations, in the order of the orientation embedding's rows (pooled fusion)
+ORIENTATIONS = ("transverse", "longitudinal", "unknown")
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,11 @@ class TMDLConfig:
     alpha: float = 1.0  # weight a of the cross-attention terms
     dropout: float = 0.1
     risk_levels: int = 3
+    view_fusion: str = "probability"  # VIEW_FUSIONS; absent from older preset.json files
+
+    def __post_init__(self) -> None:
+        if self.view_fusion not in VIEW_FUSIONS:
+            raise ValueError(f"view_fusion {self.view_fusion!r}: choose from {VIEW_FUSIONS}")
 
     @property
     def tokens_per_image(self) -> int:
@@ -53,6 +69,7 @@ class TMDLConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TMDLConfig":
+        """Fields missing from older files take their defaults (view_fusion: "probability")."""
         return cls(**json.loads(text))
 
     @classmethod

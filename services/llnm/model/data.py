@@ -7,7 +7,8 @@ A training folder DIR holds (paths relative to DIR):
 - views.csv: study_uid,sop_instance_uid,image,gland_mask,nodule_mask,spacing_row_mm,spacing_col_mm,
   region_x0,region_y0,region_x1,region_y1
   (image: uint8 greyscale PNG of the B-mode tissue crop; masks: 0/255 PNG on the same grid;
-  spacing empty when uncalibrated; region_* where the crop sits in the source frame, informative)
+  spacing empty when uncalibrated; region_* where the crop sits in the source frame, informative;
+  an optional last column `view` = transverse / longitudinal, read by the pooled view fusion)
 `llnm phantom` writes this layout; docs/model-card.md says how to convert a hospital cohort.
 
 Features are deterministic per (view, mask variant), so they are computed once and cached in
@@ -28,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from llnm.features import clinical_vector, extract_features
-from llnm.model.config import TMDLConfig
+from llnm.model.config import ORIENTATIONS, TMDLConfig
 from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
@@ -42,6 +43,7 @@ class ViewRecord:
     gland_mask: Path
     nodule_mask: Path
     spacing_mm: tuple[float, float] | None
+    orientation: str | None = None  # views.csv `view`: transverse / longitudinal; None when not given
 
 
 @dataclass
@@ -85,7 +87,8 @@ def read_layout(data_dir: Path) -> list[StudyRecord]:
             study.views.append(ViewRecord(
                 image=data_dir / row["image"], gland_mask=data_dir / row["gland_mask"],
                 nodule_mask=data_dir / row["nodule_mask"],
-                spacing_mm=(sr, sc) if sr is not None and sc is not None else None))
+                spacing_mm=(sr, sc) if sr is not None and sc is not None else None,
+                orientation=(row.get("view") or "").strip().lower() or None))
     return [s for s in studies.values() if s.views]
 
 
@@ -125,12 +128,34 @@ class FeatureCache:
     images: np.ndarray  # (V, J + 1, 3, S, S) float16; variant 0 = the given masks
     clinical: np.ndarray  # (V, J + 1, 4) float32
     view_study: np.ndarray  # (V,) index into the study arrays
+    view_orientation: np.ndarray  # (V,) int64 index into ORIENTATIONS (unknown when views.csv does not say)
     text_states: np.ndarray  # (N, 50, width) float16
     text_mask: np.ndarray  # (N, 50) float32
     llnm: np.ndarray  # (N,) int64
     risk_level: np.ndarray  # (N,) int64, 1..3
     p_true: np.ndarray  # (N,) float64, NaN when unknown
     study_uids: list[str]
+
+
+def orientation_code(name: str | None) -> int:
+    """Row of the orientation embedding for a views.csv `view` value (anything else: unknown)."""
+    return ORIENTATIONS.index(name) if name in ORIENTATIONS[:2] else ORIENTATIONS.index("unknown")
+
+
+def _usable(view: ViewRecord) -> bool:
+    """A view is featurised when both of its masks are non-empty (else build_cache skips it)."""
+    return bool((read_png(view.gland_mask) > 127).any() and (read_png(view.nodule_mask) > 127).any())
+
+
+def _view_orientations(studies: list[StudyRecord], view_study: np.ndarray) -> np.ndarray:
+    """Orientation codes of the cached views, for caches written before they were stored: a study whose
+    views were all kept maps one to one; otherwise its masks are read again to find the kept ones."""
+    codes = []
+    counts = np.bincount(view_study, minlength=len(studies))
+    for si, study in enumerate(studies):
+        kept = study.views if counts[si] == len(study.views) else [v for v in study.views if _usable(v)]
+        codes.extend(orientation_code(v.orientation) for v in kept)
+    return np.array(codes, dtype=np.int64)
 
 
 def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, encode_text) -> str:
@@ -159,11 +184,14 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
     studies = read_layout(data_dir)
     if path.is_file():
         z = np.load(path)
+        orientation = (z["view_orientation"] if "view_orientation" in z.files
+                       else _view_orientations(studies, z["view_study"]))
         return FeatureCache(images=z["images"], clinical=z["clinical"], view_study=z["view_study"],
+                            view_orientation=orientation,
                             text_states=z["text_states"], text_mask=z["text_mask"], llnm=z["llnm"],
                             risk_level=z["risk_level"], p_true=z["p_true"],
                             study_uids=[s.study_uid for s in studies])
-    images, clinical, view_study = [], [], []
+    images, clinical, view_study, view_orientation = [], [], [], []
     for si, study in enumerate(tqdm(studies, desc="features", unit="study", disable=not progress)):
         for vi, view in enumerate(study.views):
             image = read_png(view.image)
@@ -181,6 +209,7 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
             images.append(np.stack(variants_i).astype(np.float16))
             clinical.append(np.stack(variants_c))
             view_study.append(si)
+            view_orientation.append(orientation_code(view.orientation))
     states, masks = [], []
     reports = [s.report for s in studies]
     for start in tqdm(range(0, len(reports), 32), desc="reports", unit="batch", disable=not progress):
@@ -189,7 +218,8 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
         masks.append(mk.astype(np.float32))
     cache = FeatureCache(
         images=np.stack(images), clinical=np.stack(clinical).astype(np.float32),
-        view_study=np.array(view_study, dtype=np.int64), text_states=np.concatenate(states),
+        view_study=np.array(view_study, dtype=np.int64),
+        view_orientation=np.array(view_orientation, dtype=np.int64), text_states=np.concatenate(states),
         text_mask=np.concatenate(masks), llnm=np.array([s.llnm for s in studies], dtype=np.int64),
         risk_level=np.array([s.risk_level for s in studies], dtype=np.int64),
         p_true=np.array([np.nan if s.p_true is None else s.p_true for s in studies], dtype=np.float64),
@@ -198,6 +228,7 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, images=cache.images, clinical=cache.clinical, view_study=cache.view_study,
+                 view_orientation=cache.view_orientation,
                  text_states=cache.text_states, text_mask=cache.text_mask, llnm=cache.llnm,
                  risk_level=cache.risk_level, p_true=cache.p_true)
         tmp.replace(path)

@@ -1,8 +1,9 @@
 """Evaluation of a trained TMDL on a folder in the training layout, with the paper's protocol:
-study-level predictions (views averaged), AUC from probabilities, sensitivity / specificity /
-accuracy / PPV / NPV at the threshold fixed on the validation split, 95 % bootstrap CIs, the
-3-level risk AUC, a calibration curve and a decision curve; JSON + PNG plots in an HTML report.
-When labels.csv has p_true (phantom studies) the Bayes-optimal AUC of the set is reported too.
+study-level predictions (views averaged, or fused before the head for view_fusion="pooled"), AUC
+from probabilities, sensitivity / specificity / accuracy / PPV / NPV at the threshold fixed on the
+validation split, 95 % bootstrap CIs, the 3-level risk AUC, a calibration curve and a decision
+curve; JSON + PNG plots in an HTML report. When labels.csv has p_true (phantom studies) the
+Bayes-optimal AUC of the set is reported too.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, enco
 
     from llnm.features import clinical_vector, extract_features
     from llnm.features.heatmap import tokens_to_heatmap
-    from llnm.model.data import read_layout, read_png
+    from llnm.model.data import orientation_code, read_layout, read_png
     from llnm.model.explain import grad_cam_pp
     from llnm.model.tmdl import attention_rollout
 
@@ -106,8 +107,10 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, enco
         feats = extract_features(image, gland, nodule, view.spacing_mm, size=model.config.image_size)
         images = torch.from_numpy(feats.images())[None]
         clinical = torch.from_numpy(clinical_vector(study.sex, study.age, feats))[None]
+        orientation = torch.tensor([orientation_code(view.orientation)])  # read by pooled fusion only
         with torch.no_grad():
-            _, _, attentions, token_mask = model(images, states, mask, clinical, return_attention=True)
+            _, _, attentions, token_mask = model(images, states, mask, clinical, return_attention=True,
+                                                 orientation=orientation)
         rollout = attention_rollout(attentions, token_mask, model.config.image_tokens)[0].numpy()
         cam = grad_cam_pp(model, images, states, mask, clinical)[0].numpy()
         outline = (gland ^ ndimage.binary_erosion(gland)) | (nodule ^ ndimage.binary_erosion(nodule))
@@ -137,7 +140,7 @@ def atlas_auc(model_dir: Path, data_dir: Path, max_studies: int) -> dict | None:
     atlas = LocationAtlas.load(path)
     scores, labels = [], []
     for study in read_layout(data_dir)[:max_studies]:
-        risks = [location_risk(atlas, read_png(v.gland_mask) > 127, read_png(v.nodule_mask) > 127)
+        risks = [location_risk(atlas, read_png(v.gland_mask) > 127, read_png(v.nodule_mask) > 127, v.orientation)
                  for v in study.views]
         scores.append(float(np.mean(risks)))
         labels.append(study.llnm)
@@ -310,6 +313,9 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(model_dir)
+    if runtime and model.config.view_fusion != "probability":
+        raise ValueError(f"view_fusion={model.config.view_fusion} has no ONNX export yet, so the runtime "
+                         "cannot score this model; evaluate the checkpoint (without runtime)")
     cache = build_cache(data_dir, model.config, encode_text, jitters=int(jittered_masks), seed=seed,
                         progress=progress)
     no_finding, contributions, abstained_uids = None, None, []
@@ -337,6 +343,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
     decision = decision_curve(p, y)
     report = {
         "model": str(model_dir), "data": str(data_dir), "preset": model.config.name,
+        "view_fusion": model.config.view_fusion,
         "masks": runtime or ("jittered" if jittered_masks else "as given"),
         "scored_by": "runtime pipeline (ONNX)" if runtime else "PyTorch checkpoint",
         "no_finding": no_finding,

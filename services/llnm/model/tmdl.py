@@ -19,6 +19,14 @@ pooling. `group_keep` (B, 4) occludes whole groups (location, morphology, report
 contributions can be measured by re-running the exported graph. With `return_attention=True` the
 attention probabilities are computed explicitly (for attention rollout, also in the ONNX graph);
 otherwise F.scaled_dot_product_attention (fused) is used. Both give the same outputs.
+
+View fusion (config.view_fusion): "probability" scores each view alone (`forward`; the study is the
+mean of the per-view probabilities, outside the model). "pooled" adds a learned orientation
+embedding (transverse, longitudinal, unknown) to each view's image tokens, so that the backbone
+reads a view knowing its orientation (the upper third is seen along the longitudinal view only), and
+`forward_studies` averages the pooled per-view vectors over the views of each study before the one
+two-layer head. The embedding goes on the tokens, not on the pooled vectors: added after the
+backbone, it would average to the same constant for every two-view study and tell the head nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llnm.model.config import CLINICAL_FEATURES, TMDLConfig
+from llnm.model.config import CLINICAL_FEATURES, ORIENTATIONS, TMDLConfig
 
 
 def key_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -149,6 +157,9 @@ class TMDL(nn.Module):
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(c.dropout),
                                   nn.Linear(d, 1 + c.risk_levels))
         self._init_weights()
+        if c.view_fusion == "pooled":  # created last: the probability mode's weights and random stream unchanged
+            self.orientation_embed = nn.Parameter(torch.zeros(len(ORIENTATIONS), d))
+            nn.init.trunc_normal_(self.orientation_embed, std=0.02)
 
     def _init_weights(self) -> None:
         for p in (self.image_pos, self.text_pos, self.clinical_weight):
@@ -172,19 +183,24 @@ class TMDL(nn.Module):
         """(B, 3, S, S) -> the three patch-embedding maps (B, hidden, g, g) (Grad-CAM++ hooks here)."""
         return [embed(images[:, k:k + 1]) for k, embed in enumerate(self.patch_embed)]
 
-    def forward(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
-                clinical: torch.Tensor, group_keep: torch.Tensor | None = None,
-                return_attention: bool = False):
-        """images (B, 3, S, S) in [0, 1]; text_states (B, m, text_dim); text_mask (B, m) 1 = token;
-        clinical (B, 4); group_keep (B, 4) or None (all kept).
+    def encode(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
+               clinical: torch.Tensor, group_keep: torch.Tensor | None = None,
+               orientation: torch.Tensor | None = None, return_attention: bool = False):
+        """The backbone on a batch of views: (pooled (B, hidden), attentions or None, token keep-mask).
 
-        Returns (llnm_logit (B,), risk_logits (B, 3), attentions or None)."""
+        `orientation` (B,) indexes ORIENTATIONS (pooled fusion only; None: unknown)."""
         b = images.shape[0]
         if group_keep is None:
             group_keep = images.new_ones(b, 4)
         maps = self.embed_images(images)
         x_i = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
-        x_i = self.drop(x_i + self.image_pos)
+        x_i = x_i + self.image_pos
+        if self.config.view_fusion == "pooled":
+            if orientation is None:
+                orientation = torch.full((b,), ORIENTATIONS.index("unknown"), dtype=torch.long,
+                                         device=images.device)
+            x_i = x_i + self.orientation_embed[orientation][:, None, :]
+        x_i = self.drop(x_i)
         report = self.text_proj(text_states)
         scalars = clinical[:, :, None] * self.clinical_weight + self.clinical_bias
         x_t = self.drop(torch.cat([report, scalars], dim=1) + self.text_pos)
@@ -203,8 +219,35 @@ class TMDL(nn.Module):
             attentions.append(a)
         x = self.norm(x)
         pooled = (x * mask[:, :, None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return pooled, (attentions if return_attention else None), mask
+
+    def forward(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
+                clinical: torch.Tensor, group_keep: torch.Tensor | None = None,
+                return_attention: bool = False, orientation: torch.Tensor | None = None):
+        """images (B, 3, S, S) in [0, 1]; text_states (B, m, text_dim); text_mask (B, m) 1 = token;
+        clinical (B, 4); group_keep (B, 4) or None (all kept); orientation (B,) or None (pooled only).
+
+        Each row scored alone (in pooled fusion: as a study of that one view).
+        Returns (llnm_logit (B,), risk_logits (B, 3), attentions or None, token keep-mask)."""
+        pooled, attentions, mask = self.encode(images, text_states, text_mask, clinical, group_keep,
+                                               orientation, return_attention)
         out = self.head(pooled)
-        return out[:, 0], out[:, 1:], (attentions if return_attention else None), mask
+        return out[:, 0], out[:, 1:], attentions, mask
+
+    def forward_studies(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
+                        clinical: torch.Tensor, group_keep: torch.Tensor | None, orientation: torch.Tensor | None,
+                        study_index: torch.Tensor, n_studies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled fusion: views (rows as in `forward`) of `n_studies` studies, `study_index` (B,) naming
+        each row's study in [0, n_studies); the pooled vectors are averaged over each study's views
+        (any number >= 1) before the head. Returns (llnm_logit (n_studies,), risk_logits (n_studies, 3))."""
+        if self.config.view_fusion != "pooled":
+            raise ValueError("forward_studies needs view_fusion='pooled'; probability fusion averages "
+                             "per-view probabilities outside the model")
+        pooled, _, _ = self.encode(images, text_states, text_mask, clinical, group_keep, orientation)
+        total = pooled.new_zeros(n_studies, pooled.shape[1]).index_add(0, study_index, pooled)
+        count = pooled.new_zeros(n_studies).index_add(0, study_index, pooled.new_ones(len(study_index)))
+        out = self.head(total / count.clamp(min=1.0)[:, None])
+        return out[:, 0], out[:, 1:]
 
 
 def attention_rollout(attentions: list[torch.Tensor], mask: torch.Tensor, image_tokens: int) -> torch.Tensor:
@@ -228,6 +271,9 @@ class TMDLForExport(nn.Module):
 
     def __init__(self, model: TMDL) -> None:
         super().__init__()
+        if model.config.view_fusion != "probability":
+            raise ValueError(f"view_fusion={model.config.view_fusion} has no ONNX export yet: the runtime "
+                             "scores views one by one and averages their probabilities")
         self.model = model
 
     def forward(self, images, text_states, text_mask, clinical, group_keep):

@@ -1,5 +1,10 @@
 """Training TMDL on a folder in the training layout (see data.py): seeded, early stopping on the
-validation AUC (study level, views averaged as at run time), JSON-lines log, tqdm progress.
+validation AUC (study level: views averaged as at run time, or fused before the head with
+view_fusion="pooled"), JSON-lines log, tqdm progress.
+
+Probability fusion trains on views (each view a sample with its study's label); pooled fusion trains
+on studies (all usable views of a study in the same batch, one loss per study), with about as many
+views per step as the probability mode (`batch_size` counts views in both).
 
 The validation studies are a seeded share of the training folder, or a separate folder (`val_dir`):
 when a folder holds several studies per patient (`llnm real-studies --studies-per-case`), a random
@@ -59,17 +64,28 @@ def _batch(cache: FeatureCache, views: np.ndarray, variants: np.ndarray, device:
             studies)
 
 
+def study_views(cache: FeatureCache, studies: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The usable views of `studies`: (the studies that have any, sorted; their views; each view's
+    index into that sorted list), for one pooled forward over whole studies."""
+    views = np.flatnonzero(np.isin(cache.view_study, studies))
+    present = np.unique(cache.view_study[views])
+    return present, views, np.searchsorted(present, cache.view_study[views])
+
+
 @torch.no_grad()
 def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None = None,
                     batch_size: int = 64, variant: int = 0,
                     group_keep: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Study-level P(LLNM) and risk probabilities (views averaged, as at run time) on one mask
-    variant (0: the given masks), with the token groups of `group_keep` (GROUPS order; None: all).
-    Returns (study indices, probabilities (N,), risk probabilities (N, 3))."""
+    """Study-level P(LLNM) and risk probabilities on one mask variant (0: the given masks), with the
+    token groups of `group_keep` (GROUPS order; None: all) occluded in every view. Probability fusion:
+    the mean of the per-view probabilities, as at run time; pooled fusion: the model's study output
+    (`batch_size` / 2 studies a batch). Returns (study indices, probabilities (N,), risk probabilities (N, 3))."""
     model.eval()
     device = next(model.parameters()).device
     if studies is None:
         studies = np.arange(len(cache.llnm))
+    if model.config.view_fusion == "pooled":
+        return _predict_pooled(model, cache, studies, max(1, batch_size // 2), variant, group_keep, device)
     views = np.flatnonzero(np.isin(cache.view_study, studies))
     probs = np.zeros(len(views))
     risks = np.zeros((len(views), model.config.risk_levels))
@@ -86,6 +102,24 @@ def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None
     p = np.array([probs[owner == s].mean() for s in present])
     r = np.stack([risks[owner == s].mean(axis=0) for s in present])
     return present, p, r
+
+
+def _predict_pooled(model: TMDL, cache: FeatureCache, studies: np.ndarray, batch_studies: int, variant: int,
+                    group_keep: tuple[float, ...] | None, device: torch.device):
+    present, _, _ = study_views(cache, studies)
+    probs = np.zeros(len(present))
+    risks = np.zeros((len(present), model.config.risk_levels))
+    for start in range(0, len(present), batch_studies):
+        chunk, views, local = study_views(cache, present[start:start + batch_studies])
+        images, states, mask, clinical, _ = _batch(cache, views, np.full(len(views), variant, dtype=np.int64), device)
+        keep = None if group_keep is None else torch.tensor(group_keep, dtype=images.dtype,
+                                                                 device=device).expand(len(views), -1)
+        logit, risk = model.forward_studies(images, states, mask, clinical, keep,
+                                            torch.from_numpy(cache.view_orientation[views]).to(device),
+                                            torch.from_numpy(local).to(device), len(chunk))
+        probs[start:start + len(chunk)] = torch.sigmoid(logit).cpu().numpy()
+        risks[start:start + len(chunk)] = risk.softmax(-1).cpu().numpy()
+    return present, probs, risks
 
 
 def save_model(model: TMDL, out_dir: Path, meta: dict) -> None:
@@ -123,7 +157,13 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
     is trained on); else a seeded `val_fraction` of data_dir's studies. `group_dropout`: the share of
     training views with one token group occluded (`group_dropout_keep`), so that the occlusions behind
-    the contribution shares and the ablations are inputs the model has seen (0: none, as before)."""
+    the contribution shares and the ablations are inputs the model has seen (0: none, as before).
+
+    config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
+    the simulated missing report / demographics and the group dropout are drawn once per study and
+    apply to all its views (the report and demographics are the study's; an ablation occludes a group
+    in every view, so that is the occlusion to train on). The probability mode's random stream is
+    unchanged."""
     from tqdm import tqdm
 
     torch.set_num_threads(threads)
@@ -142,10 +182,14 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         n_val = max(2, int(round(val_fraction * n_studies)))
         val_studies, train_studies = np.sort(order[:n_val]), np.sort(order[n_val:])
     train_views = np.flatnonzero(np.isin(cache.view_study, train_studies))
+    pooled = config.view_fusion == "pooled"
+    # what one permutation orders: views, or (pooled) the studies with a usable view, about as many views a step
+    units = np.unique(cache.view_study[train_views]) if pooled else train_views
+    unit_batch = max(1, round(batch_size * len(units) / len(train_views))) if pooled else batch_size
     device = torch.device("cpu")
     model = TMDL(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    steps_per_epoch = math.ceil(len(train_views) / batch_size)
+    steps_per_epoch = math.ceil(len(units) / unit_batch)
     total, warmup = epochs * steps_per_epoch, 3 * steps_per_epoch
 
     def lr_at(step: int) -> float:
@@ -160,25 +204,36 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         bar = tqdm(range(epochs), desc=f"train {config.name}", unit="epoch", disable=not progress)
         for epoch in bar:
             model.train()
-            perm = rng.permutation(train_views)
+            perm = rng.permutation(units)
             losses = []
-            for start in range(0, len(perm), batch_size):
-                views = perm[start:start + batch_size]
+            for start in range(0, len(perm), unit_batch):
+                if pooled:
+                    batch_studies, views, local = study_views(cache, perm[start:start + unit_batch])
+                    per = len(batch_studies)  # draws per study, spread over its views by `local`
+                else:
+                    views = perm[start:start + unit_batch]
+                    per, local = len(views), np.arange(len(views))
                 variants = rng.integers(0, cache.images.shape[1], len(views))
                 images, states, mask, clinical, studies = _batch(cache, views, variants, device)
                 # simulate missing inputs at run time: no report (10 %), unknown sex and age (5 %)
-                mask = mask * torch.from_numpy((rng.random(len(views)) >= 0.1).astype(np.float32))[:, None]
-                unknown = torch.from_numpy((rng.random(len(views)) < 0.05).astype(np.float32))
+                mask = mask * torch.from_numpy((rng.random(per) >= 0.1).astype(np.float32)[local])[:, None]
+                unknown = torch.from_numpy((rng.random(per) < 0.05).astype(np.float32)[local])
                 clinical = clinical.clone()
                 clinical[:, :2] *= (1.0 - unknown)[:, None]
-                y = torch.from_numpy(cache.llnm[studies].astype(np.float32))
-                level = torch.from_numpy(cache.risk_level[studies] - 1)
+                targets = batch_studies if pooled else studies
+                y = torch.from_numpy(cache.llnm[targets].astype(np.float32))
+                level = torch.from_numpy(cache.risk_level[targets] - 1)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
                 keep = None
                 if group_dropout > 0:  # no draw at 0: the random stream (and a model trained without) unchanged
-                    keep = torch.from_numpy(group_dropout_keep(rng, len(views), group_dropout))
-                logit, risk, _, _ = model(images, states, mask, clinical, keep)
+                    keep = torch.from_numpy(group_dropout_keep(rng, per, group_dropout)[local])
+                if pooled:
+                    logit, risk = model.forward_studies(images, states, mask, clinical, keep,
+                                                        torch.from_numpy(cache.view_orientation[views]),
+                                                        torch.from_numpy(local), per)
+                else:
+                    logit, risk, _, _ = model(images, states, mask, clinical, keep)
                 loss = F.binary_cross_entropy_with_logits(logit, y) + 0.5 * F.cross_entropy(risk, level)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
