@@ -174,7 +174,7 @@ def atlas_from_layout(data_dir: Path, max_views: int = 300, size: int = 64, seed
     groups: dict[str, list] = {}
     for study in read_layout(data_dir):
         for view in study.views:
-            groups.setdefault(getattr(view, "orientation", None) or UNKNOWN, []).append((view, study.llnm))
+            groups.setdefault(view.orientation or UNKNOWN, []).append((view, study.llnm))
     share = max(1, max_views // max(1, len(groups)))
     listed = []
     for group in groups.values():
@@ -184,7 +184,7 @@ def atlas_from_layout(data_dir: Path, max_views: int = 300, size: int = 64, seed
     for view, llnm in listed:
         gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
         if gland.any() and nodule.any():
-            views.append((gland, nodule, llnm, getattr(view, "orientation", None)))
+            views.append((gland, nodule, llnm, view.orientation))
     return build_atlas(views, size=size, seed=seed)
 
 

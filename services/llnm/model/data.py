@@ -34,7 +34,7 @@ from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -142,22 +142,6 @@ def orientation_code(name: str | None) -> int:
     return ORIENTATIONS.index(name) if name in ORIENTATIONS[:2] else ORIENTATIONS.index("unknown")
 
 
-def _usable(view: ViewRecord) -> bool:
-    """A view is featurised when both of its masks are non-empty (else build_cache skips it)."""
-    return bool((read_png(view.gland_mask) > 127).any() and (read_png(view.nodule_mask) > 127).any())
-
-
-def _view_orientations(studies: list[StudyRecord], view_study: np.ndarray) -> np.ndarray:
-    """Orientation codes of the cached views, for caches written before they were stored: a study whose
-    views were all kept maps one to one; otherwise its masks are read again to find the kept ones."""
-    codes = []
-    counts = np.bincount(view_study, minlength=len(studies))
-    for si, study in enumerate(studies):
-        kept = study.views if counts[si] == len(study.views) else [v for v in study.views if _usable(v)]
-        codes.extend(orientation_code(v.orientation) for v in kept)
-    return np.array(codes, dtype=np.int64)
-
-
 def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, encode_text) -> str:
     """Changes with the data, the feature settings and the text encoder (fingerprinted by its
     output on a fixed sentence)."""
@@ -184,10 +168,8 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
     studies = read_layout(data_dir)
     if path.is_file():
         z = np.load(path)
-        orientation = (z["view_orientation"] if "view_orientation" in z.files
-                       else _view_orientations(studies, z["view_study"]))
         return FeatureCache(images=z["images"], clinical=z["clinical"], view_study=z["view_study"],
-                            view_orientation=orientation,
+                            view_orientation=z["view_orientation"],
                             text_states=z["text_states"], text_mask=z["text_mask"], llnm=z["llnm"],
                             risk_level=z["risk_level"], p_true=z["p_true"],
                             study_uids=[s.study_uid for s in studies])
