@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     ts REAL NOT NULL,
     user TEXT NOT NULL,
     llnm INTEGER NOT NULL,
-    metastatic_nodes INTEGER
+    metastatic_nodes INTEGER,
+    largest_node_mm REAL
 );
 """
 
@@ -131,6 +132,15 @@ class AuditTrail:
         self._lock = threading.RLock()
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a table first shipped (CREATE TABLE IF NOT EXISTS leaves an existing
+        table as it was): outcomes.largest_node_mm."""
+        for table, column, kind in (("outcomes", "largest_node_mm", "REAL"),):
+            have = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> "AuditTrail":
@@ -372,16 +382,21 @@ class AuditTrail:
             out.append(item)
         return out
 
-    def set_outcome(self, study_uid: str, user: str, llnm: bool, metastatic_nodes: int | None = None) -> None:
-        """The pathology outcome of a study (LLNM yes/no, number of metastatic lateral nodes); a later answer
-        replaces an earlier one, both stay in the trail."""
+    def set_outcome(self, study_uid: str, user: str, llnm: bool, metastatic_nodes: int | None = None,
+                    largest_node_mm: float | None = None) -> None:
+        """The pathology outcome of a study (LLNM yes/no, number of metastatic lateral nodes, the largest
+        one's size in mm: the paper's stage needs both); a later answer replaces an earlier one, both stay
+        in the trail."""
         with self.transaction() as c:
-            c.execute("INSERT INTO outcomes(study_uid, ts, user, llnm, metastatic_nodes) VALUES (?, ?, ?, ?, ?)"
+            c.execute("INSERT INTO outcomes(study_uid, ts, user, llnm, metastatic_nodes, largest_node_mm)"
+                      " VALUES (?, ?, ?, ?, ?, ?)"
                       " ON CONFLICT(study_uid) DO UPDATE SET ts = excluded.ts, user = excluded.user,"
-                      " llnm = excluded.llnm, metastatic_nodes = excluded.metastatic_nodes",
-                      (study_uid, time.time(), user, int(bool(llnm)), metastatic_nodes))
+                      " llnm = excluded.llnm, metastatic_nodes = excluded.metastatic_nodes,"
+                      " largest_node_mm = excluded.largest_node_mm",
+                      (study_uid, time.time(), user, int(bool(llnm)), metastatic_nodes, largest_node_mm))
             self.add_event(c, study_uid, "outcome", {"by": user, "llnm": bool(llnm),
-                                                     "metastatic_nodes": metastatic_nodes})
+                                                     "metastatic_nodes": metastatic_nodes,
+                                                     "largest_node_mm": largest_node_mm})
 
     def outcome(self, study_uid: str) -> dict[str, Any] | None:
         rows = self.read("SELECT * FROM outcomes WHERE study_uid = ?", (study_uid,))
@@ -390,7 +405,8 @@ class AuditTrail:
     def outcomes(self) -> list[dict[str, Any]]:
         """Every outcome with the prediction it judges and the scanner model: what the metrics and
         `llnm cohort export` read."""
-        rows = self.read("SELECT o.study_uid, o.ts, o.llnm, o.metastatic_nodes, s.probability, s.risk_level,"
+        rows = self.read("SELECT o.study_uid, o.ts, o.llnm, o.metastatic_nodes, o.largest_node_mm,"
+                         " s.probability, s.risk_level,"
                          " r.scanner_model FROM outcomes o LEFT JOIN studies s USING (study_uid)"
                          " LEFT JOIN results r USING (study_uid) ORDER BY o.ts")
         return [dict(r) for r in rows]

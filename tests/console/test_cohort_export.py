@@ -44,7 +44,7 @@ def test_export_is_the_training_layout(seeded, tmp_path):
     audit = seeded.audit
     for uid in uids:
         audit.set_state(uid, A.DONE, probability=0.5, risk_level=2)
-    audit.set_outcome(uids[0], "path1", True, 8)
+    audit.set_outcome(uids[0], "path1", True, 8, 35.0)  # a node > 3 cm: the paper's stage 3
     audit.set_outcome(uids[1], "path1", False, 0)
     audit.set_outcome(seeded.uids["ignored"], "path1", True, None)  # nothing spooled: left out, said why
     first_view = sorted((seeded.settings.spool_dir / uids[1]).glob("*/*.dcm"))[0]
@@ -71,6 +71,21 @@ def test_export_is_the_training_layout(seeded, tmp_path):
     assert not (read_png(studies[uids[1]].views[1].nodule_mask) > 127).all()
 
 
-def test_risk_level_from_the_outcome():
-    assert cohort.risk_level(0, None) == 1 and cohort.risk_level(1, None) == 2
-    assert cohort.risk_level(1, 5) == 2 and cohort.risk_level(1, 6) == 3
+def test_an_audit_trail_from_before_the_node_size_gains_the_column(tmp_path):
+    """Outcomes recorded before largest_node_mm existed stay readable and new ones can carry it."""
+    import sqlite3
+
+    from llnm.audit import AuditTrail
+
+    path = tmp_path / "audit.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE outcomes (study_uid TEXT PRIMARY KEY, ts REAL NOT NULL, user TEXT NOT NULL,"
+                " llnm INTEGER NOT NULL, metastatic_nodes INTEGER)")
+    old.execute("INSERT INTO outcomes VALUES ('1.2.3', 1.0, 'path1', 1, 7)")
+    old.commit()
+    old.close()
+    audit = AuditTrail(path)
+    assert audit.outcome("1.2.3")["largest_node_mm"] is None and audit.outcome("1.2.3")["metastatic_nodes"] == 7
+    audit.set_outcome("1.2.4", "path1", True, 2, 31.5)
+    assert audit.outcome("1.2.4")["largest_node_mm"] == 31.5
+    audit.close()

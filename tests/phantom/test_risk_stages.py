@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from llnm.model.stages import node_stage, outcome_stage
 from llnm.phantom import risk
 from llnm.phantom.findings import draw_findings, draw_fusion_findings
 from llnm.phantom.layout import write_phantom_set
@@ -26,7 +27,19 @@ from llnm.phantom.study import generate_study
     (20, 45.0, 3),
 ])
 def test_the_papers_stage_rule(nodes, largest_mm, stage):
-    assert risk.node_stage(nodes, largest_mm) == stage
+    assert node_stage(nodes, largest_mm) == stage
+
+
+@pytest.mark.parametrize(("llnm", "nodes", "largest_mm", "stage"), [
+    (False, None, None, 1), (False, 7, 40.0, 1),  # no LLNM: 1 whatever else was typed
+    (True, None, None, 2),  # positive, nothing counted: the layout's default
+    (True, None, 31.0, 3),  # a node > 3 cm needs no count
+    (True, 3, None, 1), (True, 0, None, 1),  # five or fewer (0 with LLNM counts as one)
+    (True, 6, None, 2), (True, 6, 25.0, 2),  # more than five, none known > 3 cm
+    (True, 2, 35.0, 3),
+])
+def test_a_recorded_outcome_gets_the_papers_stage(llnm, nodes, largest_mm, stage):
+    assert outcome_stage(llnm, nodes, largest_mm) == stage
 
 
 def test_the_label_is_drawn_as_before_and_negatives_have_no_nodes():
@@ -36,7 +49,7 @@ def test_the_label_is_drawn_as_before_and_negatives_have_no_nodes():
         llnm, stage, nodes, largest = risk.draw_outcome_nodes(p, np.random.default_rng(k))
         assert llnm == old[0]
         if llnm:
-            assert nodes >= 1 and largest > 0 and stage == risk.node_stage(nodes, largest)
+            assert nodes >= 1 and largest > 0 and stage == node_stage(nodes, largest)
         else:
             assert (stage, nodes, largest) == (1, 0, None)
 
@@ -48,7 +61,7 @@ def test_node_burden_grows_with_the_true_probability():
 
     low, high = draws(0.2), draws(0.95)
     assert np.median(high[:, 0]) > np.median(low[:, 0]) and np.median(high[:, 1]) > np.median(low[:, 1])
-    stages = [np.array([risk.node_stage(int(c), s) for c, s in d]) for d in (low, high)]
+    stages = [np.array([node_stage(int(c), s) for c, s in d]) for d in (low, high)]
     assert (stages[1] > 1).mean() > 5 * (stages[0] > 1).mean()
 
 
@@ -89,7 +102,7 @@ def test_fusion_studies_carry_nodes_and_stage_without_changing_labels():
         assert params["risk_stages"] == "nodes"
         assert params["metastatic_nodes"] == study.metastatic_nodes
         assert params["largest_node_mm"] == study.largest_node_mm
-        assert params["risk_level"] == risk.node_stage(study.metastatic_nodes, study.largest_node_mm)
+        assert params["risk_level"] == node_stage(study.metastatic_nodes, study.largest_node_mm)
         assert (study.metastatic_nodes > 0) == bool(study.llnm)
         seen.add(study.llnm)
     assert seen == {0, 1}
@@ -100,5 +113,5 @@ def test_a_written_fusion_set_records_nodes_in_params(tmp_path):
     rows = [json.loads(line) for line in (out / "truth" / "params.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for row in rows:
-        assert row["risk_level"] == risk.node_stage(row["metastatic_nodes"], row["largest_node_mm"])
+        assert row["risk_level"] == node_stage(row["metastatic_nodes"], row["largest_node_mm"])
     assert json.loads((out / "truth" / "profile.json").read_text())["risk_stages"] == "nodes"

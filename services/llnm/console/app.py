@@ -531,7 +531,8 @@ async def outcome(request: Request) -> Response:
     if llnm is None:
         raise HTTPException(400, "llnm (yes/no) is required")
     nodes = _int(data.get("metastatic_nodes"), 0, 200, "metastatic nodes")
-    con.audit.set_outcome(uid, user.name, llnm, nodes)
+    largest = _float(data.get("largest_node_mm"), "largest metastatic node (mm)")
+    con.audit.set_outcome(uid, user.name, llnm, nodes, largest)
     cohort.keep_sources(con.settings, uid)
     log.info("outcome recorded", study_uid=uid, user=user.name)
     return _done(request, uid, True, "outcome recorded")

@@ -1,8 +1,10 @@
 """The hospital's own cohort, in the layout `llnm train` reads (llnm.model.data, docs/model-card.md).
 
 `export(settings, audit, out)` writes, for every study with a pathology outcome:
-- labels.csv `study_uid,llnm,risk_level,p_true,age,sex,report`: llnm from the outcome; risk_level 1 without
-  LLNM, 3 with more than HIGH_BURDEN_NODES metastatic nodes (high volume), else 2 (empty count: 2);
+- labels.csv `study_uid,llnm,risk_level,p_true,age,sex,report`: llnm from the outcome; risk_level the
+  paper's stage from the recorded node count and largest node (`llnm.model.stages.outcome_stage`: 1
+  without LLNM or with five or fewer nodes, 2 more than five, 3 any node > 3 cm; a positive without a
+  count 2);
   p_true empty (a real label); age, sex and the report text read from the study as the worker reads them.
 - views.csv and `images/<uid>/<n>.png`, `masks/<uid>/<n>-gland.png`, `masks/<uid>/<n>-nodule.png`: each
   B-mode view cropped to its ultrasound region as the worker analyses it; masks from the segmentation
@@ -27,13 +29,13 @@ import numpy as np
 
 from llnm.audit import AuditTrail
 from llnm.config import Settings
+from llnm.model.stages import outcome_stage
 from llnm.observability.logs import get_logger
 from llnm.storage.names import validate_uid
 from llnm.storage.spool import Spool
 
 log = get_logger(__name__)
 
-HIGH_BURDEN_NODES = 5  # more than five metastatic nodes: high volume (ATA), the paper's high risk
 LABEL_COLUMNS = ["study_uid", "llnm", "risk_level", "p_true", "age", "sex", "report"]
 VIEW_COLUMNS = ["study_uid", "sop_instance_uid", "image", "gland_mask", "nodule_mask", "spacing_row_mm",
                 "spacing_col_mm", "region_x0", "region_y0", "region_x1", "region_y1"]
@@ -71,12 +73,6 @@ def study_files(settings: Settings, study_uid: str) -> list[Path]:
         return paths
     folder = sources_dir(settings, study_uid)
     return sorted(folder.glob("*/*.dcm")) if folder.is_dir() else []
-
-
-def risk_level(llnm: int, nodes: int | None) -> int:
-    if not llnm:
-        return 1
-    return 3 if nodes is not None and nodes > HIGH_BURDEN_NODES else 2
 
 
 def outline_mask(points: list[list[float]], shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
@@ -165,7 +161,8 @@ def export(settings: Settings, audit: AuditTrail, out: Path, backend: Any = None
             skipped[uid] = "no view with both a gland and a nodule mask"
             continue
         labels.append({"study_uid": uid, "llnm": int(row["llnm"]),
-                       "risk_level": risk_level(int(row["llnm"]), row["metastatic_nodes"]), "p_true": "",
+                       "risk_level": outcome_stage(bool(row["llnm"]), row["metastatic_nodes"],
+                                                   row["largest_node_mm"]), "p_true": "",
                        "age": "" if study.age_years is None else f"{study.age_years:g}",
                        "sex": study.sex or "", "report": study.report_text or ""})
     for name, columns, rows in (("labels.csv", LABEL_COLUMNS, labels), ("views.csv", VIEW_COLUMNS, views)):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llnm.model.stages import node_stage
+
 from .findings import NEAR_CAPSULE_MM, Findings
 
 INTERCEPT = -3.45
@@ -170,25 +172,6 @@ def draw_outcome(p: float, rng: np.random.Generator) -> tuple[int, int]:
     if not llnm:
         return 0, 1
     return 1, 3 if rng.random() < p**1.5 else 2
-
-
-#: The paper's stages of lymph node metastasis (Results, "Predicting high-risk lymph node metastasis
-#: patients", after the ATA guideline): 1 low risk, five or fewer micro-metastases (< 0.2 cm);
-#: 2 medium, more than five metastatic nodes, all < 3 cm; 3 high, any metastatic node > 3 cm.
-STAGE_MAX_LOW_NODES = 5
-STAGE_HIGH_NODE_MM = 30.0
-
-
-def node_stage(metastatic_nodes: int, largest_node_mm: float | None) -> int:
-    """The paper's stage (1..3) from the number of metastatic lateral nodes and the largest one's
-    size. No metastatic node (no LLNM) is stage 1. The paper's three stages leave one case open: five
-    or fewer nodes of which one reaches 0.2 cm but none 3 cm; it goes to stage 1, as the paper counts
-    nodes in the bins 1-5 / 6-10 / > 10 (its Table 1) and stage 2 begins at six."""
-    if metastatic_nodes <= 0:
-        return 1
-    if largest_node_mm is not None and largest_node_mm > STAGE_HIGH_NODE_MM:
-        return 3
-    return 2 if metastatic_nodes > STAGE_MAX_LOW_NODES else 1
 
 
 def draw_nodes(p: float, rng: np.random.Generator) -> tuple[int, float]:
