@@ -71,8 +71,8 @@ CLEARLY_DIFFERENT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 MILD: dict[str, Callable[[np.ndarray], np.ndarray]] = {"blurred": blurred, "coarse": coarse}
 
 
-def judge(backend, ood, image: np.ndarray, spacing, size: int) -> dict:
-    quality, descriptor = product_descriptor(backend, image, spacing, size)
+def judge(backend, ood, image: np.ndarray, spacing, config) -> dict:
+    quality, descriptor = product_descriptor(backend, image, spacing, config)
     if descriptor is None:
         return {"gate": [r.code for r in quality.reasons], "ood": None, "score": None}
     score = ood.score(descriptor)
@@ -94,13 +94,13 @@ def rate_ci(groups: dict[str, list[bool]], rounds: int = 1000, seed: int = 0) ->
             round(float(np.percentile(boots, 97.5)), 3)]
 
 
-def measure(views: Iterable[tuple[str, np.ndarray, object]], backend, ood, size: int) -> dict:
+def measure(views: Iterable[tuple[str, np.ndarray, object]], backend, ood, config) -> dict:
     """views: (group: a study or case, image, spacing)."""
     ood_by_group: dict[str, list[bool]] = {}
     declined_by_group: dict[str, list[bool]] = {}
     gate = []
     for group, image, spacing in views:
-        r = judge(backend, ood, image, spacing, size)
+        r = judge(backend, ood, image, spacing, config)
         gate.append(bool(r["gate"]))
         if r["ood"] is not None:
             ood_by_group.setdefault(group, []).append(r["ood"])
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ood = load_for_repository(args.repo)
     if ood is None:
         raise SystemExit(f"{args.repo}/tmdl/1/ood.json is missing: run llnm ood-fit")
-    size = preset(args.preset).image_size
+    config = preset(args.preset)
     from llnm.model.data import read_layout, read_png
 
     phantom = [(s.study_uid, read_png(v.image), v.spacing_mm) for s in read_layout(args.phantom) for v in s.views]
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         image = read_grey(image_path)
         real.append((ddti_case(image_path.name), find_image_region(image).crop(image), None))
     report: dict[str, object] = {
-        "in_distribution": {"phantom": measure(phantom, backend, ood, size),
-                            f"real_frames_{'+'.join(args.real_split)}": measure(real, backend, ood, size)},
+        "in_distribution": {"phantom": measure(phantom, backend, ood, config),
+                            f"real_frames_{'+'.join(args.real_split)}": measure(real, backend, ood, config)},
         "threshold": ood.threshold, "ood_components": [c.name for c in ood.components], "ood_source": ood.source,
     }
     if not args.no_altered:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, alter in alterations.items():
                 views = [(f"p-{g}", alter(img), sp) for g, img, sp in phantom if g in some] + \
                         [(f"r-{g}", alter(img), sp) for g, img, sp in real]
-                altered[name] = measure(views, backend, ood, size)
+                altered[name] = measure(views, backend, ood, config)
             report[title] = altered
     print(json.dumps(report, indent=1))
     return 0

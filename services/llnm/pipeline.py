@@ -162,7 +162,7 @@ def segment_views(study: StudyInput, backend: InferenceBackend, segmenter: Segme
         if result.quality.passed:
             with stage("features"):
                 result.features = extract_features(view.image, gland, nodule, view.spacing_mm,
-                                                   size=config.image_size)
+                                                   size=config.image_size, sampling=config.image_sampling)
             result.used = True
             analysable.append(len(views))
         elif not only_no_nodule([result.quality]):
@@ -178,17 +178,19 @@ def segment_views(study: StudyInput, backend: InferenceBackend, segmenter: Segme
 GROUP_KEEPS = np.vstack([np.ones(len(GROUPS), np.float32), 1.0 - np.eye(len(GROUPS), dtype=np.float32)])
 
 
-def tmdl_batch(features: list[Any], study: StudyInput, states: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def tmdl_batch(features: list[Any], study: StudyInput, states: np.ndarray, mask: np.ndarray,
+               shape_input: str = "ratio") -> dict[str, np.ndarray]:
     """TMDL's one batch for the analysable views' `features`: view k fills rows k*5 .. k*5+4, first with
     every group kept, then with each group occluded (GROUP_KEEPS); the report and demographics are the
-    study's, repeated."""
+    study's, repeated. `shape_input`: the model's TMDLConfig.shape_input."""
     per_view = len(GROUP_KEEPS)
     rows = len(features) * per_view
     return {
         "images": np.repeat(np.stack([f.images() for f in features]), per_view, axis=0),
         "text_states": np.repeat(states, rows, axis=0),
         "text_mask": np.repeat(mask, rows, axis=0),
-        "clinical": np.repeat(np.stack([clinical_vector(study.sex, study.age_years, f) for f in features]),
+        "clinical": np.repeat(np.stack([clinical_vector(study.sex, study.age_years, f, shape_input)
+                                        for f in features]),
                               per_view, axis=0),
         "group_keep": np.tile(GROUP_KEEPS, (len(features), 1)),
     }
@@ -274,7 +276,7 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
         warnings.append("age unknown: neutral value used (45 years)")
     states, mask = encode_report(backend, study.report_text, config, warnings)
 
-    feed = tmdl_batch([views[i].features for i in analysable], study, states, mask)
+    feed = tmdl_batch([views[i].features for i in analysable], study, states, mask, config.shape_input)
     out = backend.infer(TMDL, feed)
     fused = aggregate(out, len(analysable))
     for k, i in enumerate(analysable):

@@ -167,3 +167,51 @@ def test_an_all_zero_importance_gives_an_all_zero_map():
     f = extract_features(image, gland, nodule, None, size=32)
     heat = tokens_to_heatmap(np.zeros(48, np.float32), f, image.shape)
     assert heat.dtype == np.float32 and not heat.any()
+
+
+def test_length_width_shape_input_is_the_nodule_size_in_mm():
+    image, gland, nodule = view()  # 10 rows x 20 columns: 2.0 x 1.0 mm at 0.1 mm, 4.0 x 2.0 mm at 0.2 mm
+    small = clinical_vector("F", 50, extract_features(image, gland, nodule, (0.1, 0.1)), "length_width")
+    large = clinical_vector("F", 50, extract_features(image, gland, nodule, (0.2, 0.2)), "length_width")
+    ratio_small = clinical_vector("F", 50, extract_features(image, gland, nodule, (0.1, 0.1)))
+    ratio_large = clinical_vector("F", 50, extract_features(image, gland, nodule, (0.2, 0.2)))
+    assert small.shape == (5,) and ratio_small.shape == (4,)
+    np.testing.assert_allclose(small[:3], ratio_small[:3])
+    assert small[3] == pytest.approx(2 * np.log(2.0 / 10), abs=0.06)  # length 2 mm
+    assert small[4] == pytest.approx(2 * np.log(1.0 / 10), abs=0.1)  # width 1 mm
+    np.testing.assert_allclose(large[3:] - small[3:], 2 * np.log(2.0), atol=1e-4)  # twice the size
+    np.testing.assert_allclose(ratio_large, ratio_small)  # the ratio alone cannot tell them apart
+    uncalibrated = clinical_vector("F", 50, extract_features(image, gland, nodule, None), "length_width")
+    np.testing.assert_array_equal(uncalibrated[3:], [0.0, 0.0])  # no size without a spacing: neutral
+    with pytest.raises(ValueError):
+        clinical_vector("F", 50, extract_features(image, gland, nodule, None), "area")
+
+
+def test_area_sampling_averages_detail_finer_than_a_pixel_instead_of_aliasing_it():
+    rows, cols = np.mgrid[0:384, 0:384]
+    fine = np.random.default_rng(0).normal(0.0, 1.0, (384, 384)).astype(np.float32)  # pixel-scale speckle
+    coarse = (rows // 96 % 2).astype(np.float32)  # bands 96 px wide
+    box = (0, 0, 384, 384)
+    point = crop_resize(fine, box, 48)  # 8 px per output pixel: each sample sees 4 input pixels
+    area = crop_resize(fine, box, 48, antialias=True)
+    assert point.std() > 0.4
+    assert area.std() < 0.15 and area.mean() == pytest.approx(0.0, abs=0.05)
+    # coarse structure survives: the bands' interiors keep their values
+    banded = crop_resize(coarse, box, 48, antialias=True)
+    assert banded[6, 24] == pytest.approx(0.0, abs=0.02) and banded[18, 24] == pytest.approx(1.0, abs=0.02)
+    # not reduced (a box no larger than the output): no filtering at all
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(crop_resize(a, (0, 0, 4, 4), 4, antialias=True), a, atol=1e-5)
+
+
+def test_area_sampling_changes_only_the_texture_and_margin_images():
+    rng = np.random.default_rng(0)
+    image, gland, nodule = view(nodule_rows=(25, 65), nodule_cols=(20, 100))
+    image = np.clip(image.astype(float) + rng.normal(0, 30, image.shape), 0, 255).astype(np.uint8)
+    point = extract_features(image, gland, nodule, (0.1, 0.1), size=16)
+    area = extract_features(image, gland, nodule, (0.1, 0.1), size=16, sampling="area")
+    np.testing.assert_array_equal(point.x_l, area.x_l)
+    assert point.echogenicity == area.echogenicity and point.length_mm == area.length_mm
+    assert area.x_t.std() < point.x_t.std() and area.x_m.std() < point.x_m.std()  # speckle averaged out
+    with pytest.raises(ValueError):
+        extract_features(image, gland, nodule, (0.1, 0.1), sampling="nearest")

@@ -27,6 +27,8 @@ def test_triton_configs_name_every_tensor():
         assert f'name: "{name}"' in text
     assert f"dims: [ 3, {config.image_size}, {config.image_size} ]" in text
     assert f"dims: [ {config.image_tokens} ]" in text
+    assert 'name: "clinical" data_type: TYPE_FP32 dims: [ 4 ]' in text
+    assert 'name: "clinical" data_type: TYPE_FP32 dims: [ 5 ]' in tmdl_pbtxt(preset("compact", shape_input="length_width"))
     enc = text_encoder_pbtxt()
     assert 'name: "input_ids" data_type: TYPE_INT64 dims: [ 50 ]' in enc
     assert 'name: "token_states" data_type: TYPE_FP32 dims: [ 50, 384 ]' in enc

@@ -100,3 +100,46 @@ def test_paper_preset_forward_on_cpu():
     with torch.no_grad():
         logit, risk, _, _ = model(**dummy_inputs(model.config, batch=1))
     assert logit.shape == (1,) and risk.shape == (1, 3) and torch.isfinite(logit).all()
+
+
+def test_length_and_width_project_onto_the_one_shape_token():
+    """shape_input "length_width" (the paper's x_s): two numbers, one linear projection, still m + 4
+    text-side tokens; both numbers reach the output and move only the x_s token."""
+    torch.manual_seed(0)
+    model = TMDL(preset("tiny", shape_input="length_width")).eval()
+    assert model.config.clinical_inputs == ("sex", "age", "x_e", "x_s_length", "x_s_width")
+    assert model.clinical_weight.shape == (5, model.config.hidden)
+    assert model.clinical_bias.shape == (4, model.config.hidden) and model.text_pos.shape[1] == model.config.text_side_tokens
+    x = dummy_inputs(model.config, batch=1)
+    assert x["clinical"].shape == (1, 5)
+    with torch.no_grad():
+        base = model(**x)[0]
+        for k in (3, 4):
+            moved = {**x, "clinical": x["clinical"].clone()}
+            moved["clinical"][0, k] += 1.0
+            assert not torch.allclose(model(**moved)[0], base)
+        # occluding the morphology group removes both numbers with the x_s token
+        keep = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+        occluded = model(**{**x, "group_keep": keep})[0]
+        moved = {**x, "clinical": x["clinical"].clone(), "group_keep": keep}
+        moved["clinical"][0, 3:] += 5.0
+        torch.testing.assert_close(model(**moved)[0], occluded)
+
+
+def test_older_preset_files_keep_the_ratio_and_point_sampling():
+    """A preset.json written before these fields existed (the shipped model's) loads as it was trained."""
+    import json
+    from dataclasses import asdict
+
+    from llnm.model.config import TMDLConfig
+
+    old = {k: v for k, v in asdict(preset("compact")).items() if k not in ("shape_input", "image_sampling")}
+    config = TMDLConfig.from_json(json.dumps(old))
+    assert (config.shape_input, config.image_sampling) == ("ratio", "point")
+    assert config.clinical_inputs == ("sex", "age", "x_e", "x_s")
+    torch.manual_seed(0)
+    assert TMDL(config).clinical_weight.shape == (4, config.hidden)
+    with pytest.raises(ValueError):
+        preset("tiny", shape_input="volume")
+    with pytest.raises(ValueError):
+        preset("tiny", image_sampling="cubic")

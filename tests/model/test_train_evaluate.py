@@ -83,9 +83,12 @@ def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
     assert '"parameters": 48964' in capsys.readouterr().out
 
 
-def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"shape_input": "length_width", "image_sampling": "area"}],
+                         ids=["shipped-inputs", "length-width-area"])
+def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path, options):
     """`llnm evaluate --runtime truth` (ONNX graphs through analyse_study) gives the checkpoint's
-    probabilities: the exported model and the runtime feature path match training."""
+    probabilities: the exported model and the runtime feature path match training, for the shape
+    input and image sampling the model was trained with."""
     from llnm.config import REPO_ROOT
     from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
     from llnm.model.export import export_tmdl
@@ -98,8 +101,10 @@ def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path):
         (repo / "text_encoder").symlink_to(shipped)
     encode = onnx_text_encoder(repo)  # exports the text encoder when it is not there
     out = tmp_path / "model"
-    train(tiny_layout, out, preset("tiny"), encode_text=encode, epochs=2, progress=False)
+    train(tiny_layout, out, preset("tiny", **options), encode_text=encode, epochs=2, progress=False)
     model, _ = load_model(out)
+    assert (model.config.shape_input, model.config.image_sampling) == (
+        options.get("shape_input", "ratio"), options.get("image_sampling", "point"))
     export_tmdl(model, repo / "tmdl" / "1" / "model.onnx")
     checkpoint = evaluate(out, tiny_layout, tmp_path / "a", encode_text=encode, bootstrap=10, progress=False,
                           examples=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llnm.features import extract_features
+from llnm.features import clinical_vector, extract_features
 from llnm.inference.backend import TMDL
 from llnm.model.config import GROUPS, preset
 from llnm.pipeline import GROUP_KEEPS, aggregate, analyse_study, choose_index_view, tmdl_batch
@@ -64,6 +64,18 @@ def test_the_batch_holds_each_view_in_its_own_five_rows_with_the_group_masks():
         assert np.array_equal(feed["group_keep"][rows], GROUP_KEEPS)
     assert not np.array_equal(feed["images"][0], feed["images"][5])  # the views really differ
     assert not np.array_equal(feed["clinical"][0], feed["clinical"][5])  # x_e and x_s are per view
+
+
+def test_the_batch_carries_the_shape_input_the_model_was_trained_with():
+    f = [features(0), features(1)]
+    states = np.zeros((1, CONFIG.text_tokens, CONFIG.text_dim), np.float32)
+    mask = np.zeros((1, CONFIG.text_tokens), np.float32)
+    feed = tmdl_batch(f, study(), states, mask, "length_width")
+    assert feed["clinical"].shape == (10, 5)
+    for k in range(2):  # each view's own length and width in mm, in its own rows
+        np.testing.assert_allclose(feed["clinical"][5 * k:5 * k + 5],
+                                   np.repeat(clinical_vector("M", 52, f[k], "length_width")[None], 5, axis=0))
+    assert tmdl_batch(f, study(), states, mask)["clinical"].shape == (10, 4)  # the shipped model: the ratio
 
 
 def outputs(view_probabilities: list[float], group_effects: dict[str, float], tokens: int = 48) -> dict[str, np.ndarray]:

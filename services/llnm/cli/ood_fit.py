@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llnm.config import Settings
+
+if TYPE_CHECKING:
+    from llnm.model.config import TMDLConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +56,7 @@ def distinct_views(data_dir: Path, limit: int | None = None) -> list:
     return views
 
 
-def train_descriptors(data_dir: Path, size: int, limit: int) -> np.ndarray:
+def train_descriptors(data_dir: Path, config: "TMDLConfig", limit: int) -> np.ndarray:
     from llnm.features import extract_features
     from llnm.model.data import read_png
     from llnm.model.ood import features_descriptor
@@ -63,12 +67,13 @@ def train_descriptors(data_dir: Path, size: int, limit: int) -> np.ndarray:
         if not nodule.any() or not gland.any():
             continue
         image = read_png(view.image)
-        feats = extract_features(image, gland, nodule, view.spacing_mm, size=size)
+        feats = extract_features(image, gland, nodule, view.spacing_mm, size=config.image_size,
+                                 sampling=config.image_sampling)
         out.append(features_descriptor(feats, image, gland))
     return np.array(out)
 
 
-def product_descriptor(backend, image: np.ndarray, spacing_mm, size: int):
+def product_descriptor(backend, image: np.ndarray, spacing_mm, config: "TMDLConfig"):
     """(the quality gate's verdict, the view's OOD descriptor or None when the gate declines it): what
     llnm.pipeline computes for one view before TMDL, with the shipped segmentation models."""
     from llnm.features import extract_features
@@ -81,18 +86,19 @@ def product_descriptor(backend, image: np.ndarray, spacing_mm, size: int):
     quality = assess_view(image, nodule, gland, 0.0 if detection is None else detection.score, spacing_mm)
     if not quality.passed:
         return quality, None
-    feats = extract_features(image, gland, nodule, spacing_mm, size=size)
+    feats = extract_features(image, gland, nodule, spacing_mm, size=config.image_size,
+                             sampling=config.image_sampling)
     return quality, features_descriptor(feats, image, gland)
 
 
-def runtime_descriptors(data_dir: Path, backend, size: int) -> tuple[np.ndarray, int]:
+def runtime_descriptors(data_dir: Path, backend, config: "TMDLConfig") -> tuple[np.ndarray, int]:
     """Descriptors of the views the product would use (segmentation + gate); and the views seen."""
     from llnm.model.data import read_png
 
     out, seen = [], 0
     for view in distinct_views(data_dir):
         seen += 1
-        _, descriptor = product_descriptor(backend, read_png(view.image), view.spacing_mm, size)
+        _, descriptor = product_descriptor(backend, read_png(view.image), view.spacing_mm, config)
         if descriptor is not None:
             out.append(descriptor)
     return np.array(out), seen
@@ -112,12 +118,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("give at least one --source NAME TRAIN CALIBRATE (or --train and --calibrate)")
     overrides = {"model_repository": args.model_repository} if args.model_repository else {}
     settings = Settings.from_env(**overrides)
-    size = preset(settings.preset).image_size
+    config = preset(settings.preset)
     backend = create_backend(settings)
     fitted, summary, notes = {}, {}, []
     for name, train_dir, cal_dir in sources:
-        train = train_descriptors(train_dir, size, args.max_train_views)
-        calibration, seen = runtime_descriptors(cal_dir, backend, size)
+        train = train_descriptors(train_dir, config, args.max_train_views)
+        calibration, seen = runtime_descriptors(cal_dir, backend, config)
         fitted[name] = (train, calibration)
         summary[name] = {"train_views": len(train), "calibration_views": len(calibration), "views_seen": seen}
         notes.append(f"{name}: train {train_dir.name} ({len(train)} distinct views, ground-truth masks), "

@@ -31,6 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="probability: each view scored alone, the study = the mean of the views' "
                              "probabilities (what the runtime runs); pooled: the views' pooled "
                              "representations averaged before the head, as in the paper (no ONNX export yet)")
+    parser.add_argument("--shape-input", choices=("ratio", "length_width"), default=None,
+                        help="what the shape token x_s reads: the aspect ratio (compact: the shipped model) or the "
+                             "nodule's length and width in mm (the paper); default: the preset's")
+    parser.add_argument("--image-sampling", choices=("point", "area"), default=None,
+                        help="texture and margin images sampled at pixel centres (compact) or low-passed to "
+                             "their pixel size first (area); default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority")
@@ -49,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from llnm.model.train import onnx_text_encoder, train
 
     settings = Settings.from_env()
-    config = preset(args.preset, view_fusion=args.view_fusion)
+    overrides = {"view_fusion": args.view_fusion}
+    overrides.update({k: v for k, v in (("shape_input", args.shape_input),
+                                        ("image_sampling", args.image_sampling)) if v is not None})
+    config = preset(args.preset, **overrides)
     meta = train(args.data, args.out, config, encode_text=onnx_text_encoder(settings.model_repository),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
@@ -62,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
         atlas.save(args.out / "atlas.npz")
         atlas_png(atlas, args.out / "atlas.png")
     print(json.dumps({**{k: meta[k] for k in ("preset", "val_auc", "best_epoch", "epochs_run", "threshold")},
-                      "view_fusion": config.view_fusion}))
+                      "view_fusion": config.view_fusion, "shape_input": config.shape_input,
+                      "image_sampling": config.image_sampling}))
     return 0

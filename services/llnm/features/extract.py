@@ -62,11 +62,27 @@ class NoduleFeatures:
 
 
 def crop_resize(arr: np.ndarray, box: tuple[float, float, float, float], size: int,
-                order: int = 1) -> np.ndarray:
-    """Resample the box (r0, c0, r1, c1) of a 2D array onto size x size pixel centres (0 outside)."""
+                order: int = 1, antialias: bool = False) -> np.ndarray:
+    """Resample the box (r0, c0, r1, c1) of a 2D array onto size x size pixel centres (0 outside).
+
+    antialias: low-pass the box's neighbourhood to the output pixel size first (Gaussian, sigma
+    (zoom - 1) / 2 per axis, as skimage's resize does), so detail finer than an output pixel
+    averages out instead of aliasing into it."""
     r0, c0, r1, c1 = box
     rows = r0 + (np.arange(size) + 0.5) * (r1 - r0) / size - 0.5
     cols = c0 + (np.arange(size) + 0.5) * (c1 - c0) / size - 0.5
+    sigma = (max(0.0, ((r1 - r0) / size - 1) / 2), max(0.0, ((c1 - c0) / size - 1) / 2))
+    if antialias and max(sigma) > 0:
+        # filter only the part of the array around the box (4 sigma beyond it), then sample there
+        lo_r = max(int(np.floor(r0 - 4 * sigma[0])) - 1, 0)
+        lo_c = max(int(np.floor(c0 - 4 * sigma[1])) - 1, 0)
+        hi_r = min(int(np.ceil(r1 + 4 * sigma[0])) + 2, arr.shape[0])
+        hi_c = min(int(np.ceil(c1 + 4 * sigma[1])) + 2, arr.shape[1])
+        if lo_r < hi_r and lo_c < hi_c:
+            part = ndimage.gaussian_filter(arr[lo_r:hi_r, lo_c:hi_c].astype(np.float32), sigma, mode="nearest")
+            rr, cc = np.meshgrid(rows - lo_r, cols - lo_c, indexing="ij")
+            out = ndimage.map_coordinates(part, [rr, cc], order=order, mode="constant", cval=0.0)
+            return out.astype(np.float32)
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     out = ndimage.map_coordinates(arr.astype(np.float32), [rr, cc], order=order, mode="constant", cval=0.0)
     return out.astype(np.float32)
@@ -124,12 +140,16 @@ def margin_points(nodule: np.ndarray, seed: int, count: int = MOSAIC_GRID * MOSA
 
 def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
                      spacing_mm: tuple[float, float] | None, size: int = 64,
-                     seed: int = 0) -> NoduleFeatures:
+                     seed: int = 0, sampling: str = "point") -> NoduleFeatures:
     """All TMDL inputs and the reported measurements of one view.
 
     image: (H, W) uint8 greyscale; gland, nodule: (H, W) bool (non-empty); spacing_mm: (row, col)
-    mm per pixel or None. `seed` fixes the margin sampling jitter.
+    mm per pixel or None. `seed` fixes the margin sampling jitter. `sampling`: "point" or "area"
+    (x_t and x_m low-passed to their pixel size first; TMDLConfig.image_sampling).
     """
+    if sampling not in ("point", "area"):
+        raise ValueError(f"sampling {sampling!r}: choose point or area")
+    antialias = sampling == "area"
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"expected a (H, W) greyscale image, got shape {image.shape}")
@@ -149,7 +169,7 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
     half = 0.7 * max(nr1 - nr0, nc1 - nc0, 4)
     ncy, ncx = (nr0 + nr1) / 2, (nc0 + nc1) / 2
     texture_box = (ncy - half, ncx - half, ncy + half, ncx + half)
-    x_t = crop_resize(grey, texture_box, size)
+    x_t = crop_resize(grey, texture_box, size, antialias=antialias)
 
     # x_m: mosaic of boundary patches
     points = margin_points(nodule, seed, box=(nr0, nc0, nr1, nc1))
@@ -158,7 +178,8 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
     cell = size // MOSAIC_GRID
     x_m = np.zeros((size, size), dtype=np.float32)
     for k, (pr_, pc_) in enumerate(points):
-        tile = crop_resize(grey, (pr_ - patch / 2, pc_ - patch / 2, pr_ + patch / 2, pc_ + patch / 2), cell)
+        tile = crop_resize(grey, (pr_ - patch / 2, pc_ - patch / 2, pr_ + patch / 2, pc_ + patch / 2), cell,
+                           antialias=antialias)
         i, j = divmod(k, MOSAIC_GRID)
         x_m[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell] = tile
 
@@ -201,12 +222,23 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
     )
 
 
-def clinical_vector(sex: str | None, age_years: float | None, features: NoduleFeatures) -> np.ndarray:
-    """The four scalar tokens' inputs (sex, age, x_e, x_s), scaled to about unit range.
+def clinical_vector(sex: str | None, age_years: float | None, features: NoduleFeatures,
+                    shape_input: str = "ratio") -> np.ndarray:
+    """The scalar tokens' inputs, scaled to about unit range: (sex, age, x_e, x_s) with x_s the
+    log aspect ratio, or with shape_input "length_width" (sex, age, x_e, length, width), the log of
+    the nodule's length and width in mm centred on 10 mm (TMDLConfig.clinical_inputs).
 
     Neutral values for missing inputs: sex unknown -> 0 (M = +1, F = -1); age unknown -> 0 (the
-    scale centres age 45 at 0). The pipeline adds a warning when it uses them."""
+    scale centres age 45 at 0); length and width of an uncalibrated view -> 0 (10 mm: no size is
+    known without a spacing). The pipeline adds a warning when it uses them."""
     sex_value = {"M": 1.0, "F": -1.0}.get((sex or "").upper()[:1], 0.0)
     age_value = 0.0 if age_years is None else (float(age_years) - 45.0) / 15.0
-    return np.array([sex_value, age_value, features.echogenicity * 5.0,
-                     np.log(max(features.aspect_ratio, 1e-3)) * 2.0], dtype=np.float32)
+    common = [sex_value, age_value, features.echogenicity * 5.0]
+    if shape_input == "ratio":
+        return np.array(common + [np.log(max(features.aspect_ratio, 1e-3)) * 2.0], dtype=np.float32)
+    if shape_input != "length_width":
+        raise ValueError(f"shape_input {shape_input!r}: choose ratio or length_width")
+    if features.length_mm is None or features.width_mm is None:
+        return np.array(common + [0.0, 0.0], dtype=np.float32)
+    return np.array(common + [np.log(max(features.length_mm, 0.1) / 10.0) * 2.0,
+                              np.log(max(features.width_mm, 0.1) / 10.0) * 2.0], dtype=np.float32)

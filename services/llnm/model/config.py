@@ -11,6 +11,18 @@
 - "pooled" (the paper): each view runs through the backbone with a learned orientation embedding on
   its image tokens, the pooled per-view representations are averaged over the views present, and
   the one two-layer head scores the study (no ONNX export yet).
+
+`shape_input` says what the shape token x_s projects (both: one token, as the paper's Tokens_s):
+- "ratio" (default, the shipped model): log of the anteroposterior / transverse extent, the
+  taller-than-wide ratio; absolute size is then not an input at all (x_t is rescaled to the nodule);
+- "length_width" (the paper: "calculated the length and width to obtain the shape feature x_s"):
+  log of the nodule's length and width in mm, two numbers projected linearly onto the one token.
+
+`image_sampling` says how the texture and margin images are resampled from the frame:
+- "point" (default, the shipped model): bilinear interpolation at the output pixel centres; a 48 px
+  image taken from a 300-500 px nodule then aliases the speckle;
+- "area": the frame low-pass filtered to the output pixel size first (Gaussian, sigma (zoom - 1) / 2),
+  so coarse internal texture survives and speckle averages out.
 """
 
 from __future__ import annotations
@@ -29,6 +41,10 @@ CLINICAL_FEATURES = ("sex", "age", "x_e", "x_s")
 VIEW_FUSIONS = ("probability", "pooled")
 #: view orientations, in the order of the orientation embedding's rows (pooled fusion)
 ORIENTATIONS = ("transverse", "longitudinal", "unknown")
+#: what the shape token x_s reads (see the module docstring)
+SHAPE_INPUTS = ("ratio", "length_width")
+#: how x_t and x_m are resampled (see the module docstring)
+IMAGE_SAMPLINGS = ("point", "area")
 
 
 @dataclass(frozen=True)
@@ -47,10 +63,21 @@ class TMDLConfig:
     dropout: float = 0.1
     risk_levels: int = 3
     view_fusion: str = "probability"  # VIEW_FUSIONS; absent from older preset.json files
+    shape_input: str = "ratio"  # SHAPE_INPUTS; absent from older preset.json files
+    image_sampling: str = "point"  # IMAGE_SAMPLINGS; absent from older preset.json files
 
     def __post_init__(self) -> None:
-        if self.view_fusion not in VIEW_FUSIONS:
-            raise ValueError(f"view_fusion {self.view_fusion!r}: choose from {VIEW_FUSIONS}")
+        for name, allowed in (("view_fusion", VIEW_FUSIONS), ("shape_input", SHAPE_INPUTS),
+                              ("image_sampling", IMAGE_SAMPLINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r}: choose from {allowed}")
+
+    @property
+    def clinical_inputs(self) -> tuple[str, ...]:
+        """The numbers of the `clinical` input, in order; the last one or two project onto the x_s token."""
+        if self.shape_input == "length_width":
+            return ("sex", "age", "x_e", "x_s_length", "x_s_width")
+        return CLINICAL_FEATURES
 
     @property
     def tokens_per_image(self) -> int:
@@ -69,7 +96,8 @@ class TMDLConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TMDLConfig":
-        """Fields missing from older files take their defaults (view_fusion: "probability")."""
+        """Fields missing from older files take their defaults (view_fusion "probability", shape_input
+        "ratio", image_sampling "point": what those models were trained with)."""
         return cls(**json.loads(text))
 
     @classmethod

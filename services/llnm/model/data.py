@@ -118,15 +118,15 @@ def jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def view_arrays(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
                 spacing: tuple[float, float] | None, age: float | None, sex: str | None,
                 config: TMDLConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(3, S, S) images and (4,) clinical vector of one view: what TMDL sees besides the report."""
-    feats = extract_features(image, gland, nodule, spacing, size=config.image_size)
-    return feats.images(), clinical_vector(sex, age, feats)
+    """(3, S, S) images and the clinical vector of one view: what TMDL sees besides the report."""
+    feats = extract_features(image, gland, nodule, spacing, size=config.image_size, sampling=config.image_sampling)
+    return feats.images(), clinical_vector(sex, age, feats, config.shape_input)
 
 
 @dataclass
 class FeatureCache:
     images: np.ndarray  # (V, J + 1, 3, S, S) float16; variant 0 = the given masks
-    clinical: np.ndarray  # (V, J + 1, 4) float32
+    clinical: np.ndarray  # (V, J + 1, len(config.clinical_inputs)) float32
     view_study: np.ndarray  # (V,) index into the study arrays
     view_orientation: np.ndarray  # (V,) int64 index into ORIENTATIONS (unknown when views.csv does not say)
     text_states: np.ndarray  # (N, 50, width) float16
@@ -152,6 +152,7 @@ def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, enco
     for name in ("labels.csv", "views.csv"):
         h.update((Path(data_dir) / name).read_bytes())
     h.update(f"{CACHE_VERSION}:{config.image_size}:{config.text_tokens}:{jitters}:{seed}".encode())
+    h.update(f"{config.shape_input}:{config.image_sampling}".encode())
     return h.hexdigest()[:16]
 
 

@@ -76,7 +76,7 @@ def tmdl_pbtxt(config: TMDLConfig, max_batch: int = 32) -> str:
         ("images", "TYPE_FP32", [3, s, s]),
         ("text_states", "TYPE_FP32", [config.text_tokens, config.text_dim]),
         ("text_mask", "TYPE_FP32", [config.text_tokens]),
-        ("clinical", "TYPE_FP32", [4]),
+        ("clinical", "TYPE_FP32", [len(config.clinical_inputs)]),
         ("group_keep", "TYPE_FP32", [4]),
     ], [
         ("probability", "TYPE_FP32", [1]),

@@ -4,7 +4,7 @@ Image side: the three feature images x_l, x_t, x_m each go through their own con
 (n tokens each, 3n in all), plus learned 1D position embeddings and dropout.
 Text side: m = 50 token states of the report (projected from the text encoder's width to hidden,
 with the encoder's attention mask) plus four scalar tokens (sex, age, x_e, x_s; one linear
-projection each), plus learned position embeddings: m + 4 tokens.
+projection each, x_s of its one or two numbers), plus learned position embeddings: m + 4 tokens.
 Then `bi_blocks` bidirectional blocks
 
     T_I = Attn(Q_I, K_I, V_I) + a * Attn(Q_I, K_T, V_T)
@@ -146,8 +146,9 @@ class TMDL(nn.Module):
             nn.Conv2d(1, d, kernel_size=c.patch_size, stride=c.patch_size) for _ in range(3))
         self.image_pos = nn.Parameter(torch.zeros(1, c.image_tokens, d))
         # text side: report token states -> hidden; sex, age, x_e, x_s: one linear projection each
+        # (x_s from one number, the ratio, or two, length and width: config.shape_input)
         self.text_proj = nn.Linear(c.text_dim, d)
-        self.clinical_weight = nn.Parameter(torch.zeros(len(CLINICAL_FEATURES), d))
+        self.clinical_weight = nn.Parameter(torch.zeros(len(c.clinical_inputs), d))
         self.clinical_bias = nn.Parameter(torch.zeros(len(CLINICAL_FEATURES), d))
         self.text_pos = nn.Parameter(torch.zeros(1, c.text_side_tokens, d))
         self.drop = nn.Dropout(c.dropout)
@@ -202,7 +203,10 @@ class TMDL(nn.Module):
             x_i = x_i + self.orientation_embed[orientation][:, None, :]
         x_i = self.drop(x_i)
         report = self.text_proj(text_states)
-        scalars = clinical[:, :, None] * self.clinical_weight + self.clinical_bias
+        projected = clinical[:, :, None] * self.clinical_weight
+        if self.config.shape_input == "length_width":  # length and width onto the one x_s token
+            projected = torch.cat([projected[:, :3], projected[:, 3:].sum(dim=1, keepdim=True)], dim=1)
+        scalars = projected + self.clinical_bias
         x_t = self.drop(torch.cat([report, scalars], dim=1) + self.text_pos)
 
         mask_i, mask_t = self.token_masks(text_mask.to(images.dtype), group_keep.to(images.dtype))
@@ -225,7 +229,7 @@ class TMDL(nn.Module):
                 clinical: torch.Tensor, group_keep: torch.Tensor | None = None,
                 return_attention: bool = False, orientation: torch.Tensor | None = None):
         """images (B, 3, S, S) in [0, 1]; text_states (B, m, text_dim); text_mask (B, m) 1 = token;
-        clinical (B, 4); group_keep (B, 4) or None (all kept); orientation (B,) or None (pooled only).
+        clinical (B, len(config.clinical_inputs)); group_keep (B, 4) or None (all kept); orientation (B,) or None (pooled only).
 
         Each row scored alone (in pooled fusion: as a study of that one view).
         Returns (llnm_logit (B,), risk_logits (B, 3), attentions or None, token keep-mask)."""
@@ -295,6 +299,6 @@ def dummy_inputs(config: TMDLConfig, batch: int = 1, seed: int = 0) -> dict[str,
         "images": torch.rand(batch, 3, config.image_size, config.image_size, generator=g),
         "text_states": torch.randn(batch, config.text_tokens, config.text_dim, generator=g),
         "text_mask": text_mask,
-        "clinical": torch.randn(batch, len(CLINICAL_FEATURES), generator=g),
+        "clinical": torch.randn(batch, len(config.clinical_inputs), generator=g),
         "group_keep": torch.ones(batch, 4),
     }
