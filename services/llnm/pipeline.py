@@ -86,7 +86,7 @@ def encode_report(backend: InferenceBackend, text: str | None, config: TMDLConfi
     if not backend.has_model(TEXT_ENCODER) or not path.is_file():
         warnings.append("text encoder not available: the report was not used")
         return empty
-    return encode_reports(backend, _tokenizer(str(path)), [text])
+    return encode_reports(backend, _tokenizer(str(path)), [text], config.text_tokens)
 
 
 def _versions(backend: InferenceBackend) -> dict[str, str]:

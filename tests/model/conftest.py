@@ -63,12 +63,12 @@ def tiny_layout(tmp_path_factory) -> Path:
     return write_layout(tmp_path_factory.mktemp("layout"), studies=40, seed=1)
 
 
-def fake_text_encoder(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def fake_text_encoder(texts: list[str], tokens: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic stand-in with the real encoder's shapes (for training-loop tests only)."""
-    states = np.zeros((len(texts), 50, 384), dtype=np.float32)
-    mask = np.zeros((len(texts), 50), dtype=np.float32)
+    states = np.zeros((len(texts), tokens, 384), dtype=np.float32)
+    mask = np.zeros((len(texts), tokens), dtype=np.float32)
     for i, text in enumerate(texts):
-        for j, word in enumerate((text or "").split()[:50]):
+        for j, word in enumerate((text or "").split()[:tokens]):
             states[i, j, sum(map(ord, word)) % 384] = 1.0
             mask[i, j] = 1.0
     return states, mask

@@ -83,12 +83,12 @@ def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
     assert '"parameters": 48964' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("options", [{}, {"shape_input": "length_width", "image_sampling": "area"}],
-                         ids=["shipped-inputs", "length-width-area"])
+@pytest.mark.parametrize("options", [{}, {"shape_input": "length_width", "image_sampling": "area", "text_tokens": 100}],
+                         ids=["shipped-inputs", "length-width-area-two-windows"])
 def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path, options):
     """`llnm evaluate --runtime truth` (ONNX graphs through analyse_study) gives the checkpoint's
     probabilities: the exported model and the runtime feature path match training, for the shape
-    input and image sampling the model was trained with."""
+    input, image sampling and report windows the model was trained with."""
     from llnm.config import REPO_ROOT
     from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
     from llnm.model.export import export_tmdl

@@ -37,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-sampling", choices=("point", "area"), default=None,
                         help="texture and margin images sampled at pixel centres (compact) or low-passed to "
                              "their pixel size first (area); default: the preset's")
+    parser.add_argument("--text-tokens", type=int, choices=(50, 100, 150, 200), default=None,
+                        help="report tokens TMDL reads (the paper's m = 50, the shipped model's); more are read as "
+                             "consecutive 50-token windows of the report; default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     overrides = {"view_fusion": args.view_fusion}
     overrides.update({k: v for k, v in (("shape_input", args.shape_input),
-                                        ("image_sampling", args.image_sampling)) if v is not None})
+                                        ("image_sampling", args.image_sampling),
+                                        ("text_tokens", args.text_tokens)) if v is not None})
     config = preset(args.preset, **overrides)
     meta = train(args.data, args.out, config, encode_text=onnx_text_encoder(settings.model_repository),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
@@ -72,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
         atlas_png(atlas, args.out / "atlas.png")
     print(json.dumps({**{k: meta[k] for k in ("preset", "val_auc", "best_epoch", "epochs_run", "threshold")},
                       "view_fusion": config.view_fusion, "shape_input": config.shape_input,
-                      "image_sampling": config.image_sampling}))
+                      "image_sampling": config.image_sampling, "text_tokens": config.text_tokens}))
     return 0

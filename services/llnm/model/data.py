@@ -129,8 +129,8 @@ class FeatureCache:
     clinical: np.ndarray  # (V, J + 1, len(config.clinical_inputs)) float32
     view_study: np.ndarray  # (V,) index into the study arrays
     view_orientation: np.ndarray  # (V,) int64 index into ORIENTATIONS (unknown when views.csv does not say)
-    text_states: np.ndarray  # (N, 50, width) float16
-    text_mask: np.ndarray  # (N, 50) float32
+    text_states: np.ndarray  # (N, text_tokens, width) float16
+    text_mask: np.ndarray  # (N, text_tokens) float32
     llnm: np.ndarray  # (N,) int64
     risk_level: np.ndarray  # (N,) int64, 1..3
     p_true: np.ndarray  # (N,) float64, NaN when unknown
@@ -160,7 +160,8 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
                 progress: bool = True) -> FeatureCache:
     """Features of every view (plus `jitters` mask variants) and the report encodings, cached on disk.
 
-    encode_text(list[str]) -> (states (B, 50, width), mask (B, 50)): the text encoder."""
+    encode_text(list[str], tokens) -> (states (B, tokens, width), mask (B, tokens)): the text encoder,
+    asked for config.text_tokens."""
     from tqdm import tqdm
 
     data_dir = Path(data_dir)
@@ -196,7 +197,7 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
     states, masks = [], []
     reports = [s.report for s in studies]
     for start in tqdm(range(0, len(reports), 32), desc="reports", unit="batch", disable=not progress):
-        st, mk = encode_text(reports[start:start + 32])
+        st, mk = encode_text(reports[start:start + 32], config.text_tokens)
         states.append(st.astype(np.float16))
         masks.append(mk.astype(np.float32))
     cache = FeatureCache(

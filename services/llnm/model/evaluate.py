@@ -97,7 +97,7 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, enco
     fig, axes = plt.subplots(len(studies), 3, figsize=(9, 2.6 * len(studies)), squeeze=False)
     for row, study in enumerate(studies):
         if encode_text is not None:
-            states, mask = (torch.from_numpy(a) for a in encode_text([study.report]))
+            states, mask = (torch.from_numpy(a) for a in encode_text([study.report], model.config.text_tokens))
         else:
             states = torch.zeros(1, model.config.text_tokens, model.config.text_dim)
             mask = torch.zeros(1, model.config.text_tokens)

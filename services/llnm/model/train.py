@@ -38,12 +38,12 @@ log = get_logger(__name__)
 
 
 def onnx_text_encoder(model_repository: Path):
-    """encode(list[str]) through the exported ONNX text encoder (exported first if missing), so
-    training sees exactly the token states the runtime computes."""
+    """encode(list[str], tokens=50) through the exported ONNX text encoder (exported first if missing),
+    so training sees exactly the token states the runtime computes (`tokens`: TMDLConfig.text_tokens)."""
     from llnm.inference.backend import TEXT_ENCODER
     from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
     from llnm.text.encoder import encode_reports, tokenizer_path
-    from llnm.text.tokenize import ReportTokenizer
+    from llnm.text.tokenize import MAX_TOKENS, ReportTokenizer
 
     model_repository = Path(model_repository)
     backend = OnnxRuntimeBackend(model_repository, threads=1)
@@ -52,7 +52,7 @@ def onnx_text_encoder(model_repository: Path):
 
         export_text_encoder(model_repository / TEXT_ENCODER / "1")
     tokenizer = ReportTokenizer(tokenizer_path(model_repository))
-    return lambda texts: encode_reports(backend, tokenizer, texts)
+    return lambda texts, tokens=MAX_TOKENS: encode_reports(backend, tokenizer, texts, tokens)
 
 
 def _batch(cache: FeatureCache, views: np.ndarray, variants: np.ndarray, device: torch.device):
