@@ -90,6 +90,7 @@ def test_paper_preset_size():
     c = PRESETS["paper"]
     assert (c.hidden, c.heads, c.hidden // c.heads, c.bi_blocks, c.self_blocks, c.text_tokens) == (768, 12, 64, 4, 12, 50)
     assert c.text_side_tokens == 54
+    assert c.shape_input == "length_width"  # "calculated the length and width to obtain the shape feature x_s"
 
 
 @pytest.mark.slow

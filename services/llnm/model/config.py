@@ -1,7 +1,8 @@
 """TMDL sizes: one dataclass, presets by name. The same code runs every preset.
 
 - paper:   the sizes of Shen et al. 2025 (hidden 768, 12 heads of d_k 64, 4 bidirectional + 12
-           self-attention blocks, 224 x 224 feature images in 16 x 16 patches); for a GPU.
+           self-attention blocks, 224 x 224 feature images in 16 x 16 patches) and its x_s (length and
+           width); for a GPU.
 - compact: fast on 2 CPU cores; what the worker ships (model_repository/tmdl/1/model.onnx).
 - tiny:    for tests only (seconds to train).
 
@@ -107,7 +108,7 @@ class TMDLConfig:
 
 PRESETS: dict[str, TMDLConfig] = {
     "paper": TMDLConfig(name="paper", image_size=224, patch_size=16, hidden=768, heads=12,
-                        bi_blocks=4, self_blocks=12),
+                        bi_blocks=4, self_blocks=12, shape_input="length_width"),
     "compact": TMDLConfig(name="compact"),
     "tiny": TMDLConfig(name="tiny", image_size=32, patch_size=8, hidden=32, heads=2, bi_blocks=1,
                        self_blocks=1, mlp_ratio=2.0),
