@@ -162,7 +162,7 @@ def segment_views(study: StudyInput, backend: InferenceBackend, segmenter: Segme
         if result.quality.passed:
             with stage("features"):
                 result.features = extract_features(view.image, gland, nodule, view.spacing_mm,
-                                                   size=config.image_size, sampling=config.image_sampling)
+                                                   **config.feature_options())
             result.used = True
             analysable.append(len(views))
         elif not only_no_nodule([result.quality]):

@@ -215,3 +215,30 @@ def test_area_sampling_changes_only_the_texture_and_margin_images():
     assert area.x_t.std() < point.x_t.std() and area.x_m.std() < point.x_m.std()  # speckle averaged out
     with pytest.raises(ValueError):
         extract_features(image, gland, nodule, (0.1, 0.1), sampling="nearest")
+
+
+def test_keeping_the_aspect_frames_the_gland_in_a_square_at_one_scale():
+    """location_aspect "keep" (the paper keeps the aspect ratio): a round nodule stays round in x_l
+    inside a lobe twice as wide as deep; "stretch" (the shipped model) squeezes it."""
+    image, gland, nodule = view()  # gland 50 rows x 100 columns
+    yy, xx = np.mgrid[:80, :120]
+    nodule = (yy - 45) ** 2 + (xx - 60) ** 2 <= 10 ** 2
+    stretched = extract_features(image, gland, nodule, (0.1, 0.1), size=48)
+    kept = extract_features(image, gland, nodule, (0.1, 0.1), size=48, location_aspect="keep")
+    for f in (stretched, kept):
+        r0, c0, r1, c1 = f.location_box
+        assert (r0 + r1) / 2 == pytest.approx(44.5, abs=0.6) and (c0 + c1) / 2 == pytest.approx(59.5, abs=0.6)
+    r0, c0, r1, c1 = kept.location_box
+    assert r1 - r0 == pytest.approx(c1 - c0) == pytest.approx(1.1 * 100)
+
+    def extent(x_l):
+        rows, cols = np.nonzero(x_l > 0)
+        return np.ptp(rows) + 1, np.ptp(cols) + 1
+
+    h, w = extent(kept.x_l)
+    assert abs(h - w) <= 1  # round stays round
+    h, w = extent(stretched.x_l)
+    assert h > 1.6 * w  # stretched: twice as tall as wide
+    assert kept.capsule_distance_mm == stretched.capsule_distance_mm  # measurements do not depend on it
+    with pytest.raises(ValueError):
+        extract_features(image, gland, nodule, (0.1, 0.1), location_aspect="fit")

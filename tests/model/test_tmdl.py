@@ -91,6 +91,7 @@ def test_paper_preset_size():
     assert (c.hidden, c.heads, c.hidden // c.heads, c.bi_blocks, c.self_blocks, c.text_tokens) == (768, 12, 64, 4, 12, 50)
     assert c.text_side_tokens == 54
     assert c.shape_input == "length_width"  # "calculated the length and width to obtain the shape feature x_s"
+    assert c.location_aspect == "keep"  # "to preserve the morphology ... (particularly the aspect ratio)"
 
 
 @pytest.mark.slow
@@ -134,9 +135,11 @@ def test_older_preset_files_keep_the_ratio_and_point_sampling():
 
     from llnm.model.config import TMDLConfig
 
-    old = {k: v for k, v in asdict(preset("compact")).items() if k not in ("shape_input", "image_sampling")}
+    old = {k: v for k, v in asdict(preset("compact")).items()
+           if k not in ("shape_input", "image_sampling", "location_aspect")}
     config = TMDLConfig.from_json(json.dumps(old))
-    assert (config.shape_input, config.image_sampling) == ("ratio", "point")
+    assert (config.shape_input, config.image_sampling, config.location_aspect) == ("ratio", "point", "stretch")
+    assert config.feature_options() == {"size": 48, "sampling": "point", "location_aspect": "stretch"}
     assert config.clinical_inputs == ("sex", "age", "x_e", "x_s")
     torch.manual_seed(0)
     assert TMDL(config).clinical_weight.shape == (4, config.hidden)
@@ -144,3 +147,5 @@ def test_older_preset_files_keep_the_ratio_and_point_sampling():
         preset("tiny", shape_input="volume")
     with pytest.raises(ValueError):
         preset("tiny", image_sampling="cubic")
+    with pytest.raises(ValueError):
+        preset("tiny", location_aspect="fit")

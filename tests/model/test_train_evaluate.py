@@ -83,8 +83,9 @@ def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
     assert '"parameters": 48964' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("options", [{}, {"shape_input": "length_width", "image_sampling": "area", "text_tokens": 100}],
-                         ids=["shipped-inputs", "length-width-area-two-windows"])
+@pytest.mark.parametrize("options", [{}, {"shape_input": "length_width", "image_sampling": "area",
+                                          "location_aspect": "keep", "text_tokens": 100}],
+                         ids=["shipped-inputs", "paper-inputs-two-windows"])
 def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path, options):
     """`llnm evaluate --runtime truth` (ONNX graphs through analyse_study) gives the checkpoint's
     probabilities: the exported model and the runtime feature path match training, for the shape
@@ -103,8 +104,9 @@ def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path, opti
     out = tmp_path / "model"
     train(tiny_layout, out, preset("tiny", **options), encode_text=encode, epochs=2, progress=False)
     model, _ = load_model(out)
-    assert (model.config.shape_input, model.config.image_sampling) == (
-        options.get("shape_input", "ratio"), options.get("image_sampling", "point"))
+    assert (model.config.shape_input, model.config.image_sampling, model.config.location_aspect) == (
+        options.get("shape_input", "ratio"), options.get("image_sampling", "point"),
+        options.get("location_aspect", "stretch"))
     export_tmdl(model, repo / "tmdl" / "1" / "model.onnx")
     checkpoint = evaluate(out, tiny_layout, tmp_path / "a", encode_text=encode, bootstrap=10, progress=False,
                           examples=0)

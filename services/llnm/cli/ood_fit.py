@@ -67,8 +67,7 @@ def train_descriptors(data_dir: Path, config: "TMDLConfig", limit: int) -> np.nd
         if not nodule.any() or not gland.any():
             continue
         image = read_png(view.image)
-        feats = extract_features(image, gland, nodule, view.spacing_mm, size=config.image_size,
-                                 sampling=config.image_sampling)
+        feats = extract_features(image, gland, nodule, view.spacing_mm, **config.feature_options())
         out.append(features_descriptor(feats, image, gland))
     return np.array(out)
 
@@ -86,8 +85,7 @@ def product_descriptor(backend, image: np.ndarray, spacing_mm, config: "TMDLConf
     quality = assess_view(image, nodule, gland, 0.0 if detection is None else detection.score, spacing_mm)
     if not quality.passed:
         return quality, None
-    feats = extract_features(image, gland, nodule, spacing_mm, size=config.image_size,
-                             sampling=config.image_sampling)
+    feats = extract_features(image, gland, nodule, spacing_mm, **config.feature_options())
     return quality, features_descriptor(feats, image, gland)
 
 

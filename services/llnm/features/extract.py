@@ -140,15 +140,18 @@ def margin_points(nodule: np.ndarray, seed: int, count: int = MOSAIC_GRID * MOSA
 
 def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
                      spacing_mm: tuple[float, float] | None, size: int = 64,
-                     seed: int = 0, sampling: str = "point") -> NoduleFeatures:
+                     seed: int = 0, sampling: str = "point", location_aspect: str = "stretch") -> NoduleFeatures:
     """All TMDL inputs and the reported measurements of one view.
 
     image: (H, W) uint8 greyscale; gland, nodule: (H, W) bool (non-empty); spacing_mm: (row, col)
     mm per pixel or None. `seed` fixes the margin sampling jitter. `sampling`: "point" or "area"
-    (x_t and x_m low-passed to their pixel size first; TMDLConfig.image_sampling).
+    (x_t and x_m low-passed to their pixel size first; TMDLConfig.image_sampling). `location_aspect`:
+    "stretch" (x_l: the box of gland and nodule onto the square) or "keep" (a square box around it).
     """
     if sampling not in ("point", "area"):
         raise ValueError(f"sampling {sampling!r}: choose point or area")
+    if location_aspect not in ("stretch", "keep"):
+        raise ValueError(f"location_aspect {location_aspect!r}: choose stretch or keep")
     antialias = sampling == "area"
     image = np.asarray(image)
     if image.ndim != 2:
@@ -158,10 +161,14 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
     grey = image.astype(np.float32) / 255.0
     loc = cpdt(gland, nodule, spacing_mm)
 
-    # x_l over the box of gland and nodule, padded by 5 %
+    # x_l over the box of gland and nodule, padded by 5 % (squared around its centre: aspect kept)
     r0, c0, r1, c1 = _bbox(gland | nodule)
     pr, pc = 0.05 * (r1 - r0), 0.05 * (c1 - c0)
     location_box = (r0 - pr, c0 - pc, r1 + pr, c1 + pc)
+    if location_aspect == "keep":
+        half = 0.55 * max(r1 - r0, c1 - c0)
+        cy, cx = (r0 + r1) / 2, (c0 + c1) / 2
+        location_box = (cy - half, cx - half, cy + half, cx + half)
     x_l = crop_resize(loc.x_l, location_box, size)
 
     # x_t: a square crop 1.4 x the nodule's larger extent, centred on its box

@@ -1,8 +1,8 @@
 """TMDL sizes: one dataclass, presets by name. The same code runs every preset.
 
 - paper:   the sizes of Shen et al. 2025 (hidden 768, 12 heads of d_k 64, 4 bidirectional + 12
-           self-attention blocks, 224 x 224 feature images in 16 x 16 patches) and its x_s (length and
-           width); for a GPU.
+           self-attention blocks, 224 x 224 feature images in 16 x 16 patches), its x_s (length and
+           width) and its unscaled aspect (x_l kept square); for a GPU.
 - compact: fast on 2 CPU cores; what the worker ships (model_repository/tmdl/1/model.onnx).
 - tiny:    for tests only (seconds to train).
 
@@ -24,6 +24,12 @@
   image taken from a 300-500 px nodule then aliases the speckle;
 - "area": the frame low-pass filtered to the output pixel size first (Gaussian, sigma (zoom - 1) / 2),
   so coarse internal texture survives and speckle averages out.
+
+`location_aspect` says how x_l frames the gland:
+- "stretch" (default, the shipped model): the box of gland and nodule resampled onto the square image,
+  so a long thin lobe is squeezed and the nodule's shape and place in it are distorted;
+- "keep" (the paper: "to preserve the morphology of the nodules (particularly the aspect ratio), we did
+  not use any scaling methods"): a square box around it, the same scale along both axes.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ ORIENTATIONS = ("transverse", "longitudinal", "unknown")
 SHAPE_INPUTS = ("ratio", "length_width")
 #: how x_t and x_m are resampled (see the module docstring)
 IMAGE_SAMPLINGS = ("point", "area")
+#: how x_l frames the gland (see the module docstring)
+LOCATION_ASPECTS = ("stretch", "keep")
 
 
 @dataclass(frozen=True)
@@ -66,12 +74,17 @@ class TMDLConfig:
     view_fusion: str = "probability"  # VIEW_FUSIONS; absent from older preset.json files
     shape_input: str = "ratio"  # SHAPE_INPUTS; absent from older preset.json files
     image_sampling: str = "point"  # IMAGE_SAMPLINGS; absent from older preset.json files
+    location_aspect: str = "stretch"  # LOCATION_ASPECTS; absent from older preset.json files
 
     def __post_init__(self) -> None:
         for name, allowed in (("view_fusion", VIEW_FUSIONS), ("shape_input", SHAPE_INPUTS),
-                              ("image_sampling", IMAGE_SAMPLINGS)):
+                              ("image_sampling", IMAGE_SAMPLINGS), ("location_aspect", LOCATION_ASPECTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r}: choose from {allowed}")
+
+    def feature_options(self) -> dict[str, object]:
+        """The keyword arguments of `llnm.features.extract_features` this model was trained with."""
+        return {"size": self.image_size, "sampling": self.image_sampling, "location_aspect": self.location_aspect}
 
     @property
     def clinical_inputs(self) -> tuple[str, ...]:
@@ -98,7 +111,7 @@ class TMDLConfig:
     @classmethod
     def from_json(cls, text: str) -> "TMDLConfig":
         """Fields missing from older files take their defaults (view_fusion "probability", shape_input
-        "ratio", image_sampling "point": what those models were trained with)."""
+        "ratio", image_sampling "point", location_aspect "stretch": what those models were trained with)."""
         return cls(**json.loads(text))
 
     @classmethod
@@ -108,7 +121,7 @@ class TMDLConfig:
 
 PRESETS: dict[str, TMDLConfig] = {
     "paper": TMDLConfig(name="paper", image_size=224, patch_size=16, hidden=768, heads=12,
-                        bi_blocks=4, self_blocks=12, shape_input="length_width"),
+                        bi_blocks=4, self_blocks=12, shape_input="length_width", location_aspect="keep"),
     "compact": TMDLConfig(name="compact"),
     "tiny": TMDLConfig(name="tiny", image_size=32, patch_size=8, hidden=32, heads=2, bi_blocks=1,
                        self_blocks=1, mlp_ratio=2.0),

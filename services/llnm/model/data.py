@@ -119,7 +119,7 @@ def view_arrays(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
                 spacing: tuple[float, float] | None, age: float | None, sex: str | None,
                 config: TMDLConfig) -> tuple[np.ndarray, np.ndarray]:
     """(3, S, S) images and the clinical vector of one view: what TMDL sees besides the report."""
-    feats = extract_features(image, gland, nodule, spacing, size=config.image_size, sampling=config.image_sampling)
+    feats = extract_features(image, gland, nodule, spacing, **config.feature_options())
     return feats.images(), clinical_vector(sex, age, feats, config.shape_input)
 
 
@@ -152,7 +152,7 @@ def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, enco
     for name in ("labels.csv", "views.csv"):
         h.update((Path(data_dir) / name).read_bytes())
     h.update(f"{CACHE_VERSION}:{config.image_size}:{config.text_tokens}:{jitters}:{seed}".encode())
-    h.update(f"{config.shape_input}:{config.image_sampling}".encode())
+    h.update(f"{config.shape_input}:{config.image_sampling}:{config.location_aspect}".encode())
     return h.hexdigest()[:16]
 
 

@@ -104,8 +104,7 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, enco
         view = study.views[0]
         image = read_png(view.image)
         gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
-        feats = extract_features(image, gland, nodule, view.spacing_mm, size=model.config.image_size,
-                                 sampling=model.config.image_sampling)
+        feats = extract_features(image, gland, nodule, view.spacing_mm, **model.config.feature_options())
         images = torch.from_numpy(feats.images())[None]
         clinical = torch.from_numpy(clinical_vector(study.sex, study.age, feats, model.config.shape_input))[None]
         orientation = torch.tensor([orientation_code(view.orientation)])  # read by pooled fusion only
