@@ -186,10 +186,10 @@ def _text_block(width: int, lines: list[str]) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, number: int) -> hd.sc.SCImage:
-    pixels = render(frame, result)
-    versions = versions_key(result)
-    header = frame.ref.header
+def _secondary_capture(header: Dataset, pixels: np.ndarray, study_uid: str, sop_instance_uid: str,
+                       number: int, versions: str) -> hd.sc.SCImage:
+    """The RGB Secondary Capture both key images are (PS3.3 A.8.1): in the source's study, series
+    SERIES_NUMBER["SC"], modality US, converted by workstation (WSD), with no patient orientation."""
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
         pixel_array=pixels,
@@ -198,7 +198,7 @@ def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, n
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=output_series_uid("SC", study_uid, versions),
         series_number=SERIES_NUMBER["SC"],
-        sop_instance_uid=output_instance_uid("SC", study_uid, [frame.key], versions),
+        sop_instance_uid=sop_instance_uid,
         instance_number=number,
         manufacturer=MANUFACTURER,
         patient_orientation=("A", "F"),  # highdicom insists; replaced by "unknown" (empty) below
@@ -207,10 +207,18 @@ def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, n
     sc.PatientOrientation = ""
     body_part(sc, header)
     copy_study_modules(sc, header)
-    copy_lossy_compression(sc, header)
-    sc.SourceImageSequence = Sequence([source_image_item(frame.ref)])
     sc.Modality = "US"
     sc.ConversionType = "WSD"
+    return sc
+
+
+def build_key_image(frame: AnalysedFrame, result: StudyResult, study_uid: str, number: int) -> hd.sc.SCImage:
+    versions = versions_key(result)
+    header = frame.ref.header
+    sc = _secondary_capture(header, render(frame, result), study_uid,
+                            output_instance_uid("SC", study_uid, [frame.key], versions), number, versions)
+    copy_lossy_compression(sc, header)
+    sc.SourceImageSequence = Sequence([source_image_item(frame.ref)])
     sc.BurnedInAnnotation = str(header.get("BurnedInAnnotation", "") or "YES")
     if result.assessable:
         sc.ImageComments = (f"{ALGORITHM_NAME} key image: nodule (yellow), gland (cyan), attention heatmap. "
@@ -242,27 +250,9 @@ def build_notice_image(header: Dataset, result: StudyResult, study_uid: str, sou
     received pixels), so a PACS viewer that shows only images shows that the algorithm looked.
     `header`: a received instance whose Patient and Study modules are copied; `sources`: the received
     SOP Instance UIDs (its UID is derived from them and the result)."""
-    pixels = _text_block(NOTICE_WIDTH, notice_lines(result, received))
     versions = versions_key(result)
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=header,
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=output_series_uid("SC", study_uid, versions),
-        series_number=SERIES_NUMBER["SC"],
-        sop_instance_uid=output_instance_uid("SC-notice", study_uid, sources, versions),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        patient_orientation=("A", "F"),  # highdicom insists; replaced by "unknown" (empty) below
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-    )
-    sc.PatientOrientation = ""
-    copy_study_modules(sc, header)
-    body_part(sc, header)
-    sc.Modality = "US"
-    sc.ConversionType = "WSD"
+    sc = _secondary_capture(header, _text_block(NOTICE_WIDTH, notice_lines(result, received)), study_uid,
+                            output_instance_uid("SC-notice", study_uid, sources, versions), 1, versions)
     sc.BurnedInAnnotation = "NO"  # only the algorithm's text, nothing that identifies the patient
     sc.ImageComments = (f"{ALGORITHM_NAME} notice: {result.finding}. No image of this study was analysed. "
                         "Research use only, not for diagnosis.")[:10240]
