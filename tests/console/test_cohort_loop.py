@@ -92,7 +92,8 @@ def test_outcomes_become_a_cohort_that_trains_and_evaluates(tmp_path: Path):
 
         api = Api(url, "radiologist1")
         for uid, llnm in truth.items():
-            answer = api.post(f"/api/studies/{uid}/outcome", {"llnm": bool(llnm), "metastatic_nodes": 7 if llnm else 0})
+            outcome = {"llnm": True, "metastatic_nodes": 7, "largest_node_mm": 35} if llnm else {"llnm": False}
+            answer = api.post(f"/api/studies/{uid}/outcome", outcome)
             assert answer["ok"]
         quality = api.get("/api/quality")["overall"]["outcomes"]
         assert quality["studies"] + sum(1 for uid in truth if audit.study(uid)["probability"] is None) == STUDIES
@@ -106,7 +107,7 @@ def test_outcomes_become_a_cohort_that_trains_and_evaluates(tmp_path: Path):
     studies = read_layout(cohort)
     assert report["studies"] == len(studies) >= STUDIES - 2, report
     assert all(s.llnm == truth[s.study_uid] for s in studies)
-    assert all(s.risk_level == (3 if s.llnm else 1) for s in studies)
+    assert all(s.risk_level == (3 if s.llnm else 1) for s in studies)  # the paper's stage: a node > 3 cm
 
     model = tmp_path / "model"
     trained = _llnm("train", "--data", str(cohort), "--out", str(model), "--preset", "tiny", "--epochs", "3",
