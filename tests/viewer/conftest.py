@@ -83,7 +83,7 @@ def walk_many(stack: Stack) -> Callable[..., dict[str, Any]]:
         for f in files:
             stack.orthanc.upload(f)
         profile = Path(tempfile.mkdtemp(prefix="profile-", dir=stack.workdir))
-        total_s = 60 + 120 * len(walks)
+        total_s = 60 + 180 * len(walks)
         spec = {
             "url": stack.viewer.url, "walks": walks, "outDir": str(viewer_env.ARTIFACTS_DIR),
             "profileDir": str(profile), "chromium": viewer_env.CHROMIUM,
