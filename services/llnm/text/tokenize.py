@@ -40,6 +40,9 @@ class ReportTokenizer:
         self._tok.enable_truncation(max_length=max_tokens)
         pad_id = self._tok.token_to_id("[PAD]")
         self._tok.enable_padding(length=max_tokens, pad_id=0 if pad_id is None else pad_id)
+        self._whole = Tokenizer.from_file(str(path))  # neither truncated nor padded: for later windows
+        self._whole.no_truncation()
+        self._whole.no_padding()
 
     def __call__(self, texts: list[str], windows: int = 1) -> dict[str, np.ndarray]:
         """-> input_ids, attention_mask: (B * windows, max_tokens) int64, window w of text b in row
@@ -63,14 +66,7 @@ class ReportTokenizer:
         inner = self.max_tokens - 2
         ids = np.zeros((len(texts) * windows, self.max_tokens), dtype=np.int64)
         mask = np.zeros_like(ids)
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        try:
-            full = self._tok.encode_batch([impression_first(t) for t in texts])
-        finally:
-            self._tok.enable_truncation(max_length=self.max_tokens)
-            pad_id = self._tok.token_to_id("[PAD]")
-            self._tok.enable_padding(length=self.max_tokens, pad_id=0 if pad_id is None else pad_id)
+        full = self._whole.encode_batch([impression_first(t) for t in texts])
         for b, encoding in enumerate(full):
             ids[b * windows] = first_ids[b]
             mask[b * windows] = first_mask[b]
