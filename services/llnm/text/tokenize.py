@@ -40,9 +40,8 @@ class ReportTokenizer:
         self._tok.enable_truncation(max_length=max_tokens)
         pad_id = self._tok.token_to_id("[PAD]")
         self._tok.enable_padding(length=max_tokens, pad_id=0 if pad_id is None else pad_id)
-        self._whole = Tokenizer.from_file(str(path))  # neither truncated nor padded: for later windows
-        self._whole.no_truncation()
-        self._whole.no_padding()
+        self._path = path
+        self._untruncated = None  # loaded on first use by _whole
 
     def __call__(self, texts: list[str], windows: int = 1) -> dict[str, np.ndarray]:
         """-> input_ids, attention_mask: (B * windows, max_tokens) int64, window w of text b in row
@@ -59,6 +58,17 @@ class ReportTokenizer:
             return {"input_ids": ids, "attention_mask": mask}
         return self._windows(texts, ids, mask, windows)
 
+    def _whole(self):
+        """The same tokenizer neither truncated nor padded, loaded only when a model reads more than
+        one window (the shipped model never does)."""
+        if self._untruncated is None:
+            from tokenizers import Tokenizer
+
+            self._untruncated = Tokenizer.from_file(str(self._path))
+            self._untruncated.no_truncation()
+            self._untruncated.no_padding()
+        return self._untruncated
+
     def _windows(self, texts: list[str], first_ids: np.ndarray, first_mask: np.ndarray,
                  windows: int) -> dict[str, np.ndarray]:
         """Later windows: the word pieces after the first window's, 48 at a time, each framed by the
@@ -66,7 +76,7 @@ class ReportTokenizer:
         inner = self.max_tokens - 2
         ids = np.zeros((len(texts) * windows, self.max_tokens), dtype=np.int64)
         mask = np.zeros_like(ids)
-        full = self._whole.encode_batch([impression_first(t) for t in texts])
+        full = self._whole().encode_batch([impression_first(t) for t in texts])
         for b, encoding in enumerate(full):
             ids[b * windows] = first_ids[b]
             mask[b * windows] = first_mask[b]
