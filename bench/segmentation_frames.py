@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
+from llnm.segmentation import nodule
 from llnm.segmentation.data import case_split, ddti_case, ddti_frame_pairs, paired_files, read_grey, read_mask, tg3k_pairs
 from llnm.segmentation.evaluate import dice, evaluate_pairs, iou, segment_picture, summarise
 from llnm.segmentation.region import find_image_region
@@ -129,6 +130,14 @@ def write_overlays(backend, pairs, records: list[dict], count: int, folder: Path
     return len(chosen)
 
 
+def nodule_input_size(repo: Path) -> int:
+    """The input side of the repository's nodule model, read from its ONNX graph."""
+    import onnx
+
+    dims = onnx.load(str(repo / "nodule_seg" / "1" / "model.onnx"), load_external_data=False).graph.input[0]
+    return int(dims.type.tensor_type.shape.dim[2].dim_value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -152,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             records = baseline_records(frames)
         else:
             backend = OnnxRuntimeBackend(repo, threads=1)
+            nodule.INPUT_SIZE = nodule_input_size(repo)  # a baseline repository may hold a model of another size
             records = evaluate_pairs(backend, "nodule", frames)
             (args.out / f"frames-{args.split}-{repo.name or 'repo'}-{abs(hash(str(repo))) % 10000}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in records))

@@ -8,7 +8,7 @@ For each model, in the same process and on the same frames: the median (and p90)
   (letterbox, inference, numpy post-processing, mapping back to the frame);
 - `torch_eager_model`: the same architecture in PyTorch eager mode (torch.inference_mode) on the
   same input. Latency does not depend on the weight values, so the eager model is built from the
-  architecture (YOLOv8n-seg yaml with one class; U-Net++ as in train_gland) unless --nodule-weights /
+  architecture (YOLOv8s-seg yaml with one class, the shipped scale; U-Net++ as in train_gland) unless --nodule-weights /
   --gland-checkpoint point at trained weights.
 Needs the `train` extra for the eager half. Prints one JSON object.
 """
@@ -56,7 +56,7 @@ def eager_nodule(weights: Path | None):
         return YOLO(str(weights)).model.float().eval()
     from ultralytics.nn.tasks import SegmentationModel
 
-    return SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False).fuse(verbose=False).eval()
+    return SegmentationModel("yolov8s-seg.yaml", nc=1, verbose=False).fuse(verbose=False).eval()
 
 
 def eager_gland(checkpoint: Path | None):

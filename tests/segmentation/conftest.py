@@ -11,7 +11,8 @@ from llnm.segmentation import gland, nodule
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 
-def yolo_outputs(instances: list[tuple[tuple[float, float, float, float], float, int]], anchors: int = 1344):
+def yolo_outputs(instances: list[tuple[tuple[float, float, float, float], float, int]],
+                 anchors: int = nodule.anchors()):
     """(output0, output1) for one image: each instance is (cx, cy, w, h) in model pixels, a score and
     the index of the prototype channel that draws it (that prototype is +10 inside its box, -10 outside)."""
     rows = 4 + 1 + nodule.NUM_MASKS

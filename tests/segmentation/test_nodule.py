@@ -16,22 +16,24 @@ def test_index_nodule_is_the_largest_among_confident_candidates():
 
 
 def test_segment_nodule_reports_the_index_nodule_in_frame_pixels():
-    # frame 128 x 256 -> scale 1, padded 64 rows above and below in the 256 model grid
-    out = yolo_outputs([((60, 128, 40, 40), 0.9, 0), ((180, 128, 80, 80), 0.8, 1), ((230, 100, 16, 16), 0.95, 2), ((128, 20, 30, 20), 0.99, 3)])
-    frame = np.random.default_rng(0).integers(60, 100, (128, 256)).astype(np.uint8)  # textured, not blank
+    # frame S/2 x S -> scale 1, padded S/4 rows above and below in the S model grid; positions in S/256 units
+    k = nodule.INPUT_SIZE / 256
+    out = yolo_outputs([((60 * k, 128 * k, 40 * k, 40 * k), 0.9, 0), ((180 * k, 128 * k, 80 * k, 80 * k), 0.8, 1),
+                        ((230 * k, 100 * k, 16 * k, 16 * k), 0.95, 2), ((128 * k, 20 * k, 30 * k, 20 * k), 0.99, 3)])
+    frame = np.random.default_rng(0).integers(60, 100, (nodule.INPUT_SIZE // 2, nodule.INPUT_SIZE)).astype(np.uint8)
     found = segment_nodule(FakeBackend(nodule_outputs=out), frame)
     assert isinstance(found, NoduleDetection)
     assert found.mask.shape == frame.shape and found.mask.dtype == bool
     assert found.candidates == 3  # the 0.99 one lies in the letterbox padding: not in the frame, ignored
-    assert found.score == np.float32(0.8)  # the 80 px one: largest among those >= 0.8 x best
-    x0, y0, x1, y1 = found.box
+    assert found.score == np.float32(0.8)  # the 80-unit one: largest among those >= 0.8 x best
+    x0, y0, x1, y1 = (v / k for v in found.box)
     assert abs(x0 - 140) <= 4 and abs(x1 - 220) <= 4 and abs(y0 - 24) <= 4 and abs(y1 - 104) <= 4
-    assert found.mask[64, 180] and not found.mask[64, 60]
+    assert found.mask[int(64 * k), int(180 * k)] and not found.mask[int(64 * k), int(60 * k)]
 
 
 def test_no_detection_is_none_not_an_exception():
     assert segment_nodule(FakeBackend(), np.zeros((200, 300), dtype=np.uint8)) is None
-    textured = np.random.default_rng(0).integers(60, 100, (256, 256)).astype(np.uint8)
+    textured = np.random.default_rng(0).integers(60, 100, (nodule.INPUT_SIZE,) * 2).astype(np.uint8)
     noise = yolo_outputs([((100, 100, 30, 30), 0.05, 0)])  # below even the fallback threshold
     assert segment_nodule(FakeBackend(nodule_outputs=noise), textured) is None
 
@@ -39,7 +41,7 @@ def test_no_detection_is_none_not_an_exception():
 def test_an_unsure_detection_is_still_the_index_nodule_when_nothing_is_confident():
     """Not "no nodule found" when the detector saw one weakly: its low score lets the gate decline the
     view as low confidence instead; beside a confident detection an unsure one is never a candidate."""
-    textured = np.random.default_rng(0).integers(60, 100, (256, 256)).astype(np.uint8)
+    textured = np.random.default_rng(0).integers(60, 100, (nodule.INPUT_SIZE,) * 2).astype(np.uint8)  # scale 1
     weak = yolo_outputs([((100, 100, 30, 30), 0.15, 0)])
     found = segment_nodule(FakeBackend(nodule_outputs=weak), textured)
     assert found is not None and found.score == np.float32(0.15) and found.candidates == 1
@@ -52,13 +54,13 @@ def test_an_unsure_detection_is_still_the_index_nodule_when_nothing_is_confident
 def test_the_mirror_image_refines_the_index_nodule_only_where_it_sees_the_same_nodule():
     from llnm.segmentation.nodule import nodule_from_outputs, nodule_input
 
-    _, box = nodule_input(np.zeros((256, 256), dtype=np.uint8))
+    _, box = nodule_input(np.zeros((nodule.INPUT_SIZE,) * 2, dtype=np.uint8))  # frame = model grid
     frame0, frame1 = yolo_outputs([((100, 100, 40, 40), 0.9, 0)])
     alone = nodule_from_outputs(frame0, frame1, box)
     elsewhere0, elsewhere1 = yolo_outputs([((60, 200, 40, 40), 0.9, 1)])  # mirrored: another place
     unrelated = nodule_from_outputs(np.concatenate([frame0, elsewhere0]), np.concatenate([frame1, elsewhere1]), box)
     np.testing.assert_array_equal(unrelated.mask, alone.mask)
-    narrow0, narrow1 = yolo_outputs([((256 - 104, 100, 32, 40), 0.8, 2)])  # the same nodule, 8 px narrower
+    narrow0, narrow1 = yolo_outputs([((nodule.INPUT_SIZE - 104, 100, 32, 40), 0.8, 2)])  # the same nodule, 8 px narrower
     refined = nodule_from_outputs(np.concatenate([frame0, narrow0]), np.concatenate([frame1, narrow1]), box)
     assert refined.score == alone.score and refined.mask.sum() < alone.mask.sum()
     assert alone.mask[100, 84] and not refined.mask[100, 84]  # seen by one of the two: averaged below 0.5

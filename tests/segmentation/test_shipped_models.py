@@ -18,7 +18,7 @@ def _config(name):
 
 @pytest.mark.parametrize("name, inputs, outputs", [
     ("nodule_seg", {nodule.INPUT_NAME: [3, nodule.INPUT_SIZE, nodule.INPUT_SIZE]},
-     {nodule.OUTPUT_BOXES: [37, (nodule.INPUT_SIZE // 8) ** 2 * 21 // 16], nodule.OUTPUT_PROTOS: [32, nodule.INPUT_SIZE // 4, nodule.INPUT_SIZE // 4]}),
+     {nodule.OUTPUT_BOXES: [37, nodule.anchors()], nodule.OUTPUT_PROTOS: [32, nodule.INPUT_SIZE // 4, nodule.INPUT_SIZE // 4]}),
     ("thyroid_seg", {gland.INPUT_NAME: [1, gland.INPUT_SIZE, gland.INPUT_SIZE]},
      {gland.OUTPUT_NAME: [1, gland.INPUT_SIZE, gland.INPUT_SIZE]}),
 ])

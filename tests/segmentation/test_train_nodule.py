@@ -30,8 +30,8 @@ def test_checkpoint_rebuilt_from_the_shipped_onnx_computes_what_the_onnx_file_co
     assert not all(float(m.running_mean.abs().max()) == 0 for m in norms)  # statistics were measured
 
 
-def test_an_onnx_file_that_is_not_a_yolov8n_seg_export_is_refused(tmp_path):
+def test_an_onnx_file_that_is_not_a_yolov8_seg_export_is_refused(tmp_path):
     from llnm.segmentation.train_nodule import checkpoint_from_onnx
 
-    with pytest.raises(ValueError, match="not a YOLOv8n-seg export"):
+    with pytest.raises(ValueError, match="not a YOLOv8-seg export"):
         checkpoint_from_onnx(MODEL_REPOSITORY / "thyroid_seg" / "1" / "model.onnx", [], tmp_path / "x.pt")

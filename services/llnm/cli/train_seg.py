@@ -32,6 +32,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "or a shipped model.onnx (its batch norms are re-estimated)")
     parser.add_argument("--mosaic", action="store_true",
                         help="nodule model: keep Ultralytics mosaic on in a fine-tuning stage (off by default there)")
+    parser.add_argument("--arch", choices=["n", "s", "m"], default="n",
+                        help="nodule model: YOLOv8 scale when training from random weights (default: %(default)s)")
+    parser.add_argument("--imgsz", type=int, default=None,
+                        help="nodule model: training input side in pixels (default: the runtime's, 256); a model "
+                             "trained at another size ships with llnm.segmentation.nodule.INPUT_SIZE changed")
+    parser.add_argument("--device", default="cpu", help="nodule model: 'cpu' or a CUDA device such as '0'")
+    parser.add_argument("--workers", type=int, default=0, help="nodule model: data-loading processes")
+    parser.add_argument("--batch", type=int, default=None, help="nodule model: images per step (default 8)")
+    parser.add_argument("--close-mosaic", type=int, default=None,
+                        help="nodule model: last epochs without mosaic (default 4 fine-tuning, 2 from random weights)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 gland, 2e-3 nodule)")
     parser.add_argument("--frame-share", type=float, default=0.125,
                         help="gland model: share of each batch from ddti_frames/ train cases, pseudo-labelled by --init (0: none)")
@@ -74,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = train_nodule.NoduleTrainConfig(data=args.data, out=out, phantom=args.phantom,
                                              epochs=args.epochs or 40, seed=args.seed, threads=args.threads,
                                              max_minutes=args.max_minutes, init=args.init, lr=args.lr or 0.002,
-                                             mosaic=args.mosaic)
+                                             mosaic=args.mosaic, arch=args.arch, device=args.device,
+                                             workers=args.workers, close_mosaic=args.close_mosaic,
+                                             **({"imgsz": args.imgsz} if args.imgsz else {}),
+                                             **({"batch": args.batch} if args.batch else {}))
         summary = train_nodule.train(cfg)
         if not args.no_export:
             summary["onnx"] = str(train_nodule.export_onnx(Path(summary["best"]),

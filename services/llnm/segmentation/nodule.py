@@ -25,10 +25,18 @@ from llnm.inference.backend import NODULE_SEG, InferenceBackend
 from llnm.segmentation.postprocess import assemble_mask, decode_yolo_seg, largest_component, open_mask
 from llnm.segmentation.preprocess import letterbox, unletterbox
 
-INPUT_SIZE = 256  # model input side (pixels); fixed in the ONNX graph
-INPUT_NAME = "images"  # (N, 3, 256, 256) float32 in [0, 1], grey repeated over 3 channels
-OUTPUT_BOXES = "output0"  # (N, 4 + 1 + 32, 1344)
-OUTPUT_PROTOS = "output1"  # (N, 32, 64, 64)
+INPUT_SIZE = 320  # model input side (pixels); fixed in the ONNX graph and Triton's config.pbtxt
+INPUT_NAME = "images"  # (N, 3, 320, 320) float32 in [0, 1], grey repeated over 3 channels
+OUTPUT_BOXES = "output0"  # (N, 4 + 1 + 32, 2100): 40x40 + 20x20 + 10x10 anchors
+OUTPUT_PROTOS = "output1"  # (N, 32, 80, 80)
+STRIDES = (8, 16, 32)  # YOLOv8's detection grids
+
+
+def anchors(size: int = INPUT_SIZE) -> int:
+    """Detections per image of a YOLOv8 model with input side `size`: one per cell of each grid."""
+    return sum((size // stride) ** 2 for stride in STRIDES)
+
+
 NUM_MASKS = 32
 PAD_VALUE = 114  # Ultralytics' letterbox grey; the model was trained with it
 CONF_THRESHOLD = 0.25

@@ -1,7 +1,9 @@
-"""Training and ONNX export of the nodule model: Ultralytics YOLOv8n-seg built from its yaml.
+"""Training and ONNX export of the nodule model: Ultralytics YOLOv8-seg built from its yaml.
 
 Needs the `train` extra (torch, ultralytics, opencv from ultralytics). Nothing is downloaded
-(`YOLO_OFFLINE=1`, the model starts from random weights). The training set, built once into
+(`YOLO_OFFLINE=1`, the model starts from random weights or from `init`). The scale (`arch`: n, s, m)
+and the input size are options; the runtime's input size is `nodule.INPUT_SIZE`, so a model trained
+at another size ships together with that constant and Triton's config. The training set, built once into
 `<out>/dataset` (outside the repository), holds, for the DDTI train cases (`case_split`, by case id):
 - the real whole frames of `ddti_frames/`, cropped to the ultrasound image as at run time
   (llnm.segmentation.region), each `frame_repeats` times (they are the product's own input);
@@ -27,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from llnm.inference.half_storage import store_weights_in_half
 from llnm.observability.logs import get_logger
 from llnm.segmentation import nodule
 from llnm.segmentation.compose import compose_frame
@@ -53,6 +56,10 @@ class NoduleTrainConfig:
     mosaic: bool = False  # fine-tuning stage only: keep mosaic on (a stage from random weights always uses it)
     frame_repeats: int = 2  # copies of each real whole frame in the training set
     imgsz: int = nodule.INPUT_SIZE
+    arch: str = "n"  # YOLOv8 scale built from yolov8{arch}-seg.yaml when training from random weights
+    device: str = "cpu"  # "cpu", or a CUDA device ("0") where a GPU is lent
+    workers: int = 0  # data-loading processes (0: in the training process, as on a shared CPU)
+    close_mosaic: int | None = None  # last epochs without mosaic (default: 4 fine-tuning, 2 from random weights)
 
 
 def polygons(mask: np.ndarray, min_area: float = 12.0) -> list[np.ndarray]:
@@ -101,12 +108,14 @@ def frame_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def build_dataset(cfg: NoduleTrainConfig) -> Path:
-    """Write the training set once (reused when its stamp matches); returns the data yaml path."""
+    """Write the training set once (reused when its stamp matches, also when the folder was moved to
+    another machine: the yaml is rewritten with the folder's path); returns the data yaml path."""
     root = cfg.out / "dataset"
     stamp = {"version": DATASET_VERSION, "seed": cfg.seed, "composed_per_crop": cfg.composed_per_crop,
              "phantom": str(cfg.phantom or ""), "frame_repeats": cfg.frame_repeats}
     yaml_path = root / "data.yaml"
     if (root / "stamp.json").is_file() and json.loads((root / "stamp.json").read_text()) == stamp:
+        _write_yaml(yaml_path)
         return yaml_path
     shutil.rmtree(root, ignore_errors=True)
     for split in ("train", "val"):
@@ -138,14 +147,19 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
     if cfg.phantom is not None:
         for k, (frame, label) in enumerate(phantom_pairs(cfg.phantom, rng)):
             counts["train"] += write_sample(root, "train", f"phantom_{k:05d}", frame, label)
-    yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: nodule\n")
+    _write_yaml(yaml_path)
     (root / "stamp.json").write_text(json.dumps(stamp))
     log.info("nodule dataset written", path=str(root), count=counts["train"], stage="compose")
     return yaml_path
 
 
+def _write_yaml(yaml_path: Path) -> None:
+    root = yaml_path.parent.resolve()
+    yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: nodule\n")
+
+
 def train(cfg: NoduleTrainConfig) -> dict:
-    """Train YOLOv8n-seg from its yaml at 256 px on CPU; returns a summary with the best weights path."""
+    """Train YOLOv8-seg (from its yaml or from `init`); returns a summary with the best weights path."""
     os.environ["YOLO_OFFLINE"] = "1"
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -161,49 +175,54 @@ def train(cfg: NoduleTrainConfig) -> dict:
         images = sorted((yaml_path.parent / "images" / "train").glob("*.png"))
         calibration = [read_grey(p) for p in random.Random(cfg.seed).sample(images, min(64, len(images)))]
         init = checkpoint_from_onnx(init, calibration, cfg.out / "init_from_onnx.pt")
-    model = YOLO(str(init) if init else "yolov8n-seg.yaml")
+    if cfg.arch not in ("n", "s", "m"):
+        raise ValueError(f"unknown YOLOv8 scale {cfg.arch!r}: n, s or m")
+    model = YOLO(str(init) if init else f"yolov8{cfg.arch}-seg.yaml")
     started = time.monotonic()
     model.train(
         data=str(yaml_path), imgsz=cfg.imgsz, epochs=cfg.epochs, time=cfg.max_minutes / 60,
-        batch=cfg.batch, nbs=cfg.batch, workers=0, device="cpu", cache="ram", amp=False, plots=False, seed=cfg.seed,
-        deterministic=True, project=str(cfg.out), name="yolo", exist_ok=True,
+        batch=cfg.batch, nbs=cfg.batch, workers=cfg.workers, device=cfg.device, cache="ram", amp=False, plots=False,
+        seed=cfg.seed, deterministic=cfg.device == "cpu", project=str(cfg.out), name="yolo", exist_ok=True,
         pretrained=str(init) if init else False,
-        optimizer="AdamW", lr0=cfg.lr, warmup_epochs=0 if init else 1, close_mosaic=4 if init else 2, patience=100,
+        optimizer="AdamW", lr0=cfg.lr, warmup_epochs=0 if init else 1, patience=100,
+        close_mosaic=cfg.close_mosaic if cfg.close_mosaic is not None else (4 if init else 2),
         hsv_h=0.0, hsv_s=0.0, hsv_v=0.3, degrees=10.0, translate=0.1, scale=0.5, fliplr=0.5,
         mosaic=1.0 if init is None or cfg.mosaic else 0.0,
         single_cls=True, verbose=True,
     )
     best = cfg.out / "yolo" / "weights" / "best.pt"
     summary = {"best": str(best), "minutes": (time.monotonic() - started) / 60, "seed": cfg.seed,
-               "imgsz": cfg.imgsz, "init": str(cfg.init or ""), "mosaic": cfg.mosaic, "dataset": str(yaml_path.parent)}
+               "imgsz": cfg.imgsz, "arch": cfg.arch, "device": cfg.device, "init": str(cfg.init or ""),
+               "mosaic": cfg.mosaic, "dataset": str(yaml_path.parent)}
     results = cfg.out / "yolo" / "results.csv"
     if results.is_file():
         summary["results_csv"] = str(results)
     return summary
 
 
-def export_onnx(weights: Path, target: Path) -> Path:
-    """Write the nodule model as ONNX: input `images` (batch dynamic), outputs `output0`, `output1`."""
+def export_onnx(weights: Path, target: Path, size: int = nodule.INPUT_SIZE) -> Path:
+    """Write the nodule model as ONNX: input `images` (batch dynamic), outputs `output0`, `output1`;
+    `size` is the input side the runtime letterboxes to (nodule.INPUT_SIZE). Weights stored in half,
+    computed in float32 (llnm.inference.half_storage)."""
     os.environ["YOLO_OFFLINE"] = "1"
     from ultralytics import YOLO
 
-    exported = Path(YOLO(str(weights)).export(format="onnx", imgsz=nodule.INPUT_SIZE, dynamic=True,
+    exported = Path(YOLO(str(weights)).export(format="onnx", imgsz=size, dynamic=True,
                                               simplify=True, opset=17, device="cpu"))
-    _fix_spatial_dims(exported)
+    _fix_spatial_dims(exported, size)
+    store_weights_in_half(exported)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(exported), target)
     return target
 
 
-def _fix_spatial_dims(path: Path) -> None:
+def _fix_spatial_dims(path: Path, size: int) -> None:
     """Keep the batch dimension dynamic but fix everything else (what Triton's config.pbtxt declares):
     input (batch, 3, S, S), output0 (batch, 4 + 1 + 32, anchors), output1 (batch, 32, S/4, S/4)."""
     import onnx
 
-    size = nodule.INPUT_SIZE
-    anchors = sum((size // stride) ** 2 for stride in (8, 16, 32))
     model = onnx.load(str(path))
-    shapes = {nodule.INPUT_NAME: (3, size, size), nodule.OUTPUT_BOXES: (4 + 1 + nodule.NUM_MASKS, anchors),
+    shapes = {nodule.INPUT_NAME: (3, size, size), nodule.OUTPUT_BOXES: (4 + 1 + nodule.NUM_MASKS, nodule.anchors(size)),
               nodule.OUTPUT_PROTOS: (nodule.NUM_MASKS, size // 4, size // 4)}
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -218,25 +237,27 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
     loaded, batch norms re-estimated on `calibration` grey frames (llnm.segmentation.folded_bn), so the
     checkpoint computes exactly what the ONNX file does and fine-tuning continues from it."""
     os.environ["YOLO_OFFLINE"] = "1"
-    import onnx
     import torch
-    from onnx import numpy_helper
     from ultralytics import __version__
     from ultralytics.nn.modules.conv import Conv
     from ultralytics.nn.tasks import SegmentationModel
 
+    from llnm.inference.half_storage import read_weights
     from llnm.segmentation.folded_bn import fold_into, recalibrate
 
-    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
-               for t in onnx.load(str(onnx_path)).graph.initializer}
-    model = SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False)
+    weights = {name: torch.from_numpy(array) for name, array in read_weights(onnx_path).items()}
+    stem = weights.get("model.0.conv.weight")
+    scale = {16: "n", 32: "s", 48: "m"}.get(int(stem.shape[0])) if stem is not None and stem.ndim == 4 else None
+    if scale is None:
+        raise ValueError(f"{onnx_path} is not a YOLOv8-seg export: its first layer is no YOLOv8 n/s/m stem")
+    model = SegmentationModel(f"yolov8{scale}-seg.yaml", nc=1, verbose=False)
     folded: dict[torch.nn.BatchNorm2d, torch.Tensor] = {}
     state = model.state_dict()
     loaded: set[str] = set()
     for name, module in model.named_modules():
         if isinstance(module, Conv) and isinstance(module.bn, torch.nn.BatchNorm2d):
             if f"{name}.conv.bias" not in weights:
-                raise ValueError(f"{onnx_path} is not a YOLOv8n-seg export: it has no {name}.conv weights")
+                raise ValueError(f"{onnx_path} is not a YOLOv8{scale}-seg export: it has no {name}.conv weights")
             w, b = weights[f"{name}.conv.weight"], weights[f"{name}.conv.bias"]
             fold_into(module.conv, module.bn, w, b)
             folded[module.bn] = b
@@ -248,7 +269,7 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
             loaded.add(key)
     missing = [k for k in state if k not in loaded and not k.endswith("num_batches_tracked")]
     if missing:
-        raise ValueError(f"{onnx_path} lacks weights for {missing[:5]} ({len(missing)} in all): not a YOLOv8n-seg export")
+        raise ValueError(f"{onnx_path} lacks weights for {missing[:5]} ({len(missing)} in all): not a YOLOv8{scale}-seg export")
     batch = torch.from_numpy(np.stack([nodule.nodule_input(image)[0][0] for image in calibration]))
     drift = recalibrate(model, folded, batch, _boxes)
     if drift > 1e-2:
