@@ -12,6 +12,9 @@ declined, the mean Dice of the frames used, and the phantom views declined. The 
 that best separates bad masks from good ones (share of bad declined minus share of good declined)
 while declining at most 10 % of the real frames (and of phantom views); ties: the stricter
 nodule-inside-gland threshold (it protects the capsule distance, which the nodule Dice does not see).
+The confidence threshold is swept from the detector's own (nodule.CONF_THRESHOLD) up: below it lie the
+unsure detections that the segmentation keeps only so that the gate declines them as "low confidence"
+(llnm.segmentation.nodule, FALLBACK_CONF_THRESHOLD); a gate that used them would undo that.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from llnm import quality
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
+from llnm.segmentation import nodule
 from llnm.segmentation.data import ddti_frame_pairs, read_grey, read_mask
 from llnm.segmentation.evaluate import dice, iou, matched_nodule, segment_picture
 
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--phantom", type=Path, default=None)
     parser.add_argument("--max-declined", type=float, default=0.10)
+    parser.add_argument("--inside", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                        help="nodule-inside-gland thresholds to sweep (`--inside 0.5`: hold it at the shipped half)")
     args = parser.parse_args(argv)
     backend = OnnxRuntimeBackend(args.repo, threads=1)
     frames = [measure(backend, read_grey(i), read_mask(m))
@@ -73,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             for v in study.views:
                 phantom.append(measure(backend, read_png(v.image), read_png(v.nodule_mask) > 127))
     rows = []
-    for inside, score, solid in itertools.product((0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), (0.0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5),
-                                                  (0.0, 0.6, 0.7, 0.8)):
+    scores = [s for s in (0.25, 0.3, 0.35, 0.4, 0.5) if s >= nodule.CONF_THRESHOLD]
+    for inside, score, solid in itertools.product(args.inside, scores, (0.0, 0.6, 0.7, 0.8)):
         d = np.array([declined(r, inside, score, solid) for r in frames])
         bad = np.array([r["iou"] < 0.5 for r in frames])
         used_dice = float(np.mean([r["dice"] for r, x in zip(frames, d) if not x])) if (~d).any() else 0.0
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                      "bad_declined": float(d[bad].mean()) if bad.any() else None,
                      "good_declined": float(d[~bad].mean()) if (~bad).any() else None,
                      "dice_used": used_dice, "phantom_declined": ph})
+    for r in rows:
+        print("row:", json.dumps(r))
     ok = [r for r in rows if r["declined"] <= args.max_declined and r["phantom_declined"] <= args.max_declined]
     fixed_codes = {quality.LOW_CONFIDENCE, quality.NODULE_OUTSIDE_GLAND, quality.IRREGULAR_MASK}
     for name, recs in (("frames", frames), ("phantom", phantom)):

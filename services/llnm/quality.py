@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_IMAGE_STD = 4.0  # grey levels
-MIN_NODULE_SCORE = 0.3
+MIN_NODULE_SCORE = 0.25
 MIN_INSIDE_GLAND = 0.5  # below: the capsule distance would be measured to a gland that misses the nodule
 NODULE_AREA_RANGE = (0.0008, 0.5)  # share of the view's pixels
 GLAND_AREA_RANGE = (0.02, 0.9)
