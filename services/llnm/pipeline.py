@@ -36,7 +36,7 @@ import numpy as np
 from llnm.features import clinical_vector, extract_features
 from llnm.features.heatmap import tokens_to_heatmap
 from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend, ModelNotFound
-from llnm.model.config import GROUPS, TMDLConfig, preset
+from llnm.model.config import GROUPS, TMDLConfig, served_config
 from llnm.observability.logs import get_logger
 from llnm.observability.metrics import stage
 from llnm.quality import OUT_OF_DISTRIBUTION, Reason, assess_view, main_reason, only_no_nodule, study_reason
@@ -236,12 +236,14 @@ def choose_index_view(views: list[ViewResult], analysable: list[int]) -> int:
 
 def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLConfig | None = None,
                   segmenter: Segmenter | None = None) -> StudyResult:
-    """The whole analysis of one study. `config`: the TMDL preset the exported model was built with
-    (default: Settings.preset); `segmenter`: default the nodule_seg and thyroid_seg models."""
+    """The whole analysis of one study. `config`: the TMDL configuration the exported model was built
+    with (default: the served model's own, `served_config`); `segmenter`: default the nodule_seg and
+    thyroid_seg models."""
     if config is None:
         from llnm.config import Settings
 
-        config = preset(Settings.from_env().preset)
+        settings = Settings.from_env()
+        config = served_config(settings.model_repository, settings.preset)
     segmenter = segmenter or default_segmenter
     # first: a Triton backend checks here that it serves this worker's models (llnm.inference.provenance)
     # and refuses the study before any model runs; the result names these versions

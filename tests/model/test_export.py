@@ -58,3 +58,19 @@ def test_the_shipped_onnx_computes_what_the_shipped_checkpoint_computes():
     assert np.abs(got["logit"][:, 0] - logit.numpy()).max() < 1e-4
     assert np.abs(got["risk_probabilities"] - risk.softmax(-1).numpy()).max() < 1e-4
     assert len(set(np.round(got["logit"][:, 0], 3))) > 1  # the rows differ: the comparison has teeth
+
+
+def test_the_runtime_feeds_the_served_model_the_configuration_it_was_trained_with(tmp_path):
+    """The runtime reads tmdl/1/preset.json beside the ONNX file (written by `llnm export`), so a model
+    retrained with another report window or x_s is fed what it expects whatever LLNM_PRESET says; a
+    repository without the file (exported before it existed) falls back to the named preset."""
+    from llnm.config import REPO_ROOT
+    from llnm.model.config import SERVED_CONFIG, TMDLConfig, served_config
+
+    shipped = TMDLConfig.load(REPO_ROOT / "models" / "tmdl-compact" / "preset.json")
+    assert served_config(REPO_ROOT / "model_repository", fallback="tiny") == shipped
+    retrained = preset("compact", text_tokens=150, shape_input="length_width")
+    (tmp_path / SERVED_CONFIG).parent.mkdir(parents=True)
+    (tmp_path / SERVED_CONFIG).write_text(retrained.to_json())
+    assert served_config(tmp_path, fallback="compact") == retrained
+    assert served_config(tmp_path / "elsewhere", fallback="tiny") == preset("tiny")

@@ -1,5 +1,6 @@
 """`llnm export`: write the ONNX graphs the runtime uses (TMDL, text encoder) into model_repository/,
-each with its Triton config.pbtxt (declaring the new file's sha256), and report the parity against
+each with its Triton config.pbtxt (declaring the new file's sha256), TMDL with its configuration
+(tmdl/1/preset.json, which the runtime reads: `served_config`), and report the parity against
 PyTorch (max abs difference)."""
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
             text_encoder_pbtxt(parity["max_tokens"], parity["width"]))
         report["text_encoder"] = parity
     if args.tmdl or both:
+        from llnm.model.config import SERVED_CONFIG
         from llnm.model.export import export_tmdl
         from llnm.model.train import load_model
 
         model, _ = load_model(args.model)
         parity = export_tmdl(model, repo / "tmdl" / "1" / "model.onnx")
         (repo / "tmdl" / "config.pbtxt").write_text(tmdl_pbtxt(model.config))
+        (repo / SERVED_CONFIG).write_text(model.config.to_json())  # what the runtime feeds this model
         report["tmdl"] = {"preset": model.config.name, "max_abs_diff": parity}
     from llnm.inference.provenance import declare
 

@@ -104,7 +104,7 @@ def runtime_descriptors(data_dir: Path, backend, config: "TMDLConfig") -> tuple[
 
 def run(args: argparse.Namespace) -> int:
     from llnm.inference.backend import create_backend
-    from llnm.model.config import preset
+    from llnm.model.config import served_config
     from llnm.model.ood import OOD_FILE, fit_sources
 
     sources = [(name, Path(train), Path(cal)) for name, train, cal in args.source]
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("give at least one --source NAME TRAIN CALIBRATE (or --train and --calibrate)")
     overrides = {"model_repository": args.model_repository} if args.model_repository else {}
     settings = Settings.from_env(**overrides)
-    config = preset(settings.preset)
+    config = served_config(settings.model_repository, settings.preset)
     backend = create_backend(settings)
     fitted, summary, notes = {}, {}, []
     for name, train_dir, cal_dir in sources:

@@ -132,3 +132,15 @@ def preset(name: str, **overrides: object) -> TMDLConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+
+
+#: written by `llnm export` beside the served ONNX file: the configuration the model was trained with
+SERVED_CONFIG = Path("tmdl") / "1" / "preset.json"
+
+
+def served_config(model_repository: Path, fallback: str = "compact") -> TMDLConfig:
+    """The TMDL configuration of the model a repository serves: its `tmdl/1/preset.json` (what the
+    model was trained with: report window, x_s, sampling; a retrained model carries its own), or the
+    preset named `fallback` (LLNM_PRESET) for a repository exported before the file existed."""
+    path = Path(model_repository) / SERVED_CONFIG
+    return TMDLConfig.load(path) if path.is_file() else preset(fallback)
