@@ -84,7 +84,8 @@ class StudyFiles:
     study_uid: str
     instances: list[InstanceFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: {keyword: "missing" or "malformed"}: patient/study attributes the writers get empty (unknown)
+    #: {keyword: "missing", "malformed" or patient.CONVERTED_ACR_NEMA}: patient/study attributes the
+    #: writers get empty (unknown), or, for an ACR-NEMA date, converted
     repaired: dict[str, str] = field(default_factory=dict)
 
 
@@ -197,6 +198,11 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
         elif age_source != "PatientAge":
             warnings.append(f"patient age computed from {age_source} and StudyDate")
     for keyword, state in sorted(files.repaired.items()):  # keyword only: never the value
+        if state == patient.CONVERTED_ACR_NEMA:
+            warnings.append(f"{keyword} {state}: written as the same date in the DICOM form")
+            log.info("patient or study date in the ACR-NEMA form: converted", study_uid=files.study_uid,
+                     reason=f"{keyword} {state}")
+            continue
         warnings.append(f"{keyword} {state}: treated as unknown (written empty)")
         log.warning("patient or study attribute missing or malformed: treated as unknown",
                     study_uid=files.study_uid, reason=f"{keyword} {state}")

@@ -26,6 +26,13 @@ from pydicom.valuerep import DA, TM, PersonName
 
 _AGE_UNITS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
 _DATE = re.compile(r"^\d{8}$")  # DA
+#: the ACR-NEMA date form "yyyy.mm.dd", which PS3.5 6.2 (DA) asks readers to accept for backward
+#: compatibility with versions of the standard before 3.0; still written by some older devices
+_ACR_NEMA_DATE = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})$")
+#: and the ACR-NEMA time form "hh:mm:ss.frac" (PS3.5 6.2, TM)
+_ACR_NEMA_TIME = re.compile(r"^(\d{2})(?::(\d{2})(?::(\d{2})(\.\d{1,6})?)?)?$")
+#: `repaired` state of a date or time read in the ACR-NEMA form and written as DA / TM
+CONVERTED_ACR_NEMA = "converted from the ACR-NEMA form"
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")  # TM
 
 
@@ -43,14 +50,38 @@ def parse_age_string(value: str) -> float | None:
 
 
 def _date(value: object) -> dt.date | None:
-    """A DA value (YYYYMMDD); None when empty or malformed (a Type 2 date may be either: unknown)."""
+    """A DA value (YYYYMMDD, or the ACR-NEMA yyyy.mm.dd); None when empty or malformed (a Type 2 date
+    may be either: unknown)."""
     text = str(value or "").strip()
+    text = acr_nema_date(text) or text
     if not _DATE.match(text):
         return None
     try:
         return dt.datetime.strptime(text, "%Y%m%d").date()
     except ValueError:
         return None
+
+
+def acr_nema_time(text: str) -> str | None:
+    """"11:20:00" -> "112000" (a valid time of day in the ACR-NEMA form), else None."""
+    found = _ACR_NEMA_TIME.match(text.strip())
+    if found is None or ":" not in text:
+        return None
+    converted = "".join(part or "" for part in found.groups())
+    return converted if _well_formed("StudyTime", converted) else None
+
+
+def acr_nema_date(text: str) -> str | None:
+    """"1994.11.05" -> "19941105" (a real calendar date in the ACR-NEMA form), else None."""
+    found = _ACR_NEMA_DATE.match(text.strip())
+    if found is None:
+        return None
+    converted = "".join(found.groups())
+    try:
+        dt.datetime.strptime(converted, "%Y%m%d")
+    except ValueError:
+        return None
+    return converted
 
 
 def patient_age_years(ds: Dataset) -> tuple[float | None, str]:
@@ -98,6 +129,7 @@ WRITER_ATTRIBUTES = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex
                      "StudyID", "StudyDate", "StudyTime")
 #: Copied into SEG and SR when present (Patient Study module, Type 3): emptied when malformed, not added.
 WRITER_OPTIONAL = ("PatientAge",)
+_DATES = ("PatientBirthDate", "StudyDate")
 
 
 def _well_formed(keyword: str, value: object) -> bool:
@@ -107,7 +139,7 @@ def _well_formed(keyword: str, value: object) -> bool:
     if not isinstance(value, (str, PersonName, DA, TM)):
         return False  # multi-valued, bytes of an unknown VR, or a sequence where one value belongs
     text = str(value).strip()
-    if keyword in {"PatientBirthDate", "StudyDate"}:
+    if keyword in _DATES:
         if not _DATE.match(text):
             return False
         try:
@@ -125,10 +157,20 @@ def _well_formed(keyword: str, value: object) -> bool:
     return True
 
 
+def _acr_nema(keyword: str, value: object) -> str | None:
+    """The DA / TM form of a date or time attribute given in the ACR-NEMA form, else None."""
+    if not isinstance(value, (str, DA, TM)):
+        return None
+    if keyword in _DATES:
+        return acr_nema_date(str(value))
+    return acr_nema_time(str(value)) if keyword == "StudyTime" else None
+
+
 def writer_header(header: Dataset) -> tuple[Dataset, dict[str, str]]:
-    """A copy of `header` the writers can always use, and what was repaired: {keyword: "missing" or
-    "malformed"}. A missing or malformed attribute of WRITER_ATTRIBUTES becomes empty (unknown); every
-    other element is the source's own (the copy shares them: none is changed)."""
+    """A copy of `header` the writers can always use, and what was repaired: {keyword: "missing",
+    "malformed" or CONVERTED_ACR_NEMA}. A missing or malformed attribute of WRITER_ATTRIBUTES becomes
+    empty (unknown), a date or time in the ACR-NEMA form the same value as DA / TM; every other element is the
+    source's own (the copy shares them: none is changed)."""
     out = Dataset()
     if hasattr(header, "file_meta"):
         out.file_meta = header.file_meta
@@ -147,6 +189,11 @@ def writer_header(header: Dataset) -> tuple[Dataset, dict[str, str]]:
             except Exception:  # a raw value pydicom cannot even convert
                 value = object()
             if _well_formed(keyword, value):
+                continue
+            converted = _acr_nema(keyword, value)
+            if converted is not None:
+                repaired[keyword] = CONVERTED_ACR_NEMA
+                out[tag] = DataElement(tag, dictionary_VR(tag), converted)
                 continue
             repaired[keyword] = "malformed"
         out[tag] = DataElement(tag, dictionary_VR(tag), "")  # a new element: the source's is untouched
