@@ -199,8 +199,8 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
             warnings.append(f"patient age computed from {age_source} and StudyDate")
     for keyword, state in sorted(files.repaired.items()):  # keyword only: never the value
         if state == patient.CONVERTED_ACR_NEMA:
-            warnings.append(f"{keyword} {state}: written as the same date in the DICOM form")
-            log.info("patient or study date in the ACR-NEMA form: converted", study_uid=files.study_uid,
+            warnings.append(f"{keyword} {state}: written as the same value in the DICOM form")
+            log.info("patient or study date or time in the ACR-NEMA form: converted", study_uid=files.study_uid,
                      reason=f"{keyword} {state}")
             continue
         warnings.append(f"{keyword} {state}: treated as unknown (written empty)")
