@@ -49,3 +49,16 @@ def test_an_acr_nema_time_is_written_as_the_same_time():
     assert acr_nema_time("11:20:00.25") == "112000.25" and acr_nema_time("11:20") == "1120"
     for text in ("25:00:00", "11:61:00", "112000", "11.20.00", ""):
         assert acr_nema_time(text) is None
+
+
+def test_a_real_file_with_acr_nema_date_and_time_is_read_with_both_converted():
+    """pydicom's color-pl.dcm carries StudyDate "1994.11.05" and StudyTime "11:20:00"."""
+    from pydicom.data import get_testdata_file
+
+    from llnm.dicom.loading import group_by_study, load_study
+
+    studies, _ = group_by_study([get_testdata_file("color-pl.dcm", read=False)])
+    (files,) = studies.values()
+    study = load_study(files)
+    assert files.repaired["StudyDate"] == files.repaired["StudyTime"] == CONVERTED_ACR_NEMA
+    assert f"StudyDate {CONVERTED_ACR_NEMA}: written as the same value in the DICOM form" in study.warnings
