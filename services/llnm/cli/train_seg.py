@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "or a shipped model.onnx (its batch norms are re-estimated)")
     parser.add_argument("--mosaic", action="store_true",
                         help="nodule model: keep Ultralytics mosaic on in a fine-tuning stage (off by default there)")
-    parser.add_argument("--arch", choices=["n", "s", "m"], default="n",
+    parser.add_argument("--arch", choices=["n", "s", "m"], default="s",
                         help="nodule model: YOLOv8 scale when training from random weights (default: %(default)s)")
     parser.add_argument("--imgsz", type=int, default=None,
                         help="nodule model: training input side in pixels (default: the runtime's, 256); a model "

@@ -56,7 +56,7 @@ class NoduleTrainConfig:
     mosaic: bool = False  # fine-tuning stage only: keep mosaic on (a stage from random weights always uses it)
     frame_repeats: int = 2  # copies of each real whole frame in the training set
     imgsz: int = nodule.INPUT_SIZE
-    arch: str = "n"  # YOLOv8 scale built from yolov8{arch}-seg.yaml when training from random weights
+    arch: str = "s"  # YOLOv8 scale built from yolov8{arch}-seg.yaml from random weights (s: the shipped stage 8)
     device: str = "cpu"  # "cpu", or a CUDA device ("0") where a GPU is lent
     workers: int = 0  # data-loading processes (0: in the training process, as on a shared CPU)
     close_mosaic: int | None = None  # last epochs without mosaic (default: 4 fine-tuning, 2 from random weights)
