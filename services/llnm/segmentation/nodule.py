@@ -30,13 +30,6 @@ INPUT_NAME = "images"  # (N, 3, 320, 320) float32 in [0, 1], grey repeated over 
 OUTPUT_BOXES = "output0"  # (N, 4 + 1 + 32, 2100): 40x40 + 20x20 + 10x10 anchors
 OUTPUT_PROTOS = "output1"  # (N, 32, 80, 80)
 STRIDES = (8, 16, 32)  # YOLOv8's detection grids
-
-
-def anchors(size: int = INPUT_SIZE) -> int:
-    """Detections per image of a YOLOv8 model with input side `size`: one per cell of each grid."""
-    return sum((size // stride) ** 2 for stride in STRIDES)
-
-
 NUM_MASKS = 32
 PAD_VALUE = 114  # Ultralytics' letterbox grey; the model was trained with it
 CONF_THRESHOLD = 0.25
@@ -56,6 +49,11 @@ MATCH_IOU = 0.3  # a mirror-image detection this close to the index nodule is th
 #: a frame with less grey-level variation than this holds no nodule: the detector, trained on textured
 #: frames, can answer anything on a blank one (the stage-5 model boxes the whole of a uniform frame)
 MIN_TEXTURE_STD = 4.0
+
+
+def anchors(size: int = INPUT_SIZE) -> int:
+    """Detections per image of a YOLOv8 model with input side `size`: one per cell of each grid."""
+    return sum((size // stride) ** 2 for stride in STRIDES)
 
 
 @dataclass
