@@ -89,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
                      "bad_declined": float(d[bad].mean()) if bad.any() else None,
                      "good_declined": float(d[~bad].mean()) if (~bad).any() else None,
                      "dice_used": used_dice, "phantom_declined": ph})
-    for r in rows:
-        print("row:", json.dumps(r))
     ok = [r for r in rows if r["declined"] <= args.max_declined and r["phantom_declined"] <= args.max_declined]
     fixed_codes = {quality.LOW_CONFIDENCE, quality.NODULE_OUTSIDE_GLAND, quality.IRREGULAR_MASK}
     for name, recs in (("frames", frames), ("phantom", phantom)):

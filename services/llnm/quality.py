@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_IMAGE_STD = 4.0  # grey levels
+#: the detector's own confidence threshold (nodule.CONF_THRESHOLD): declines exactly the unsure detections
+#: the segmentation keeps as a fallback (bench/segmentation_gate.py never sweeps below it; the model card)
 MIN_NODULE_SCORE = 0.25
 MIN_INSIDE_GLAND = 0.5  # below: the capsule distance would be measured to a gland that misses the nodule
 NODULE_AREA_RANGE = (0.0008, 0.5)  # share of the view's pixels
