@@ -220,27 +220,47 @@ async function walkStudy(w) {
       await page.waitForTimeout(1500);
       await skipTour();
       if (sr.expect) {
-        // The SR's text box is SVG drawn over the image once the referenced image is matched. Under
-        // heavy CPU load OHIF 3.13 sometimes never makes that match; reloading the viewer and opening
-        // the SR again (what a reader would do) draws it. A retry is reported as `retried`.
+        // The SR's text box is SVG drawn over the image once the referenced image is matched and the
+        // viewport renders again. OHIF 3.13 sometimes adds the annotation after the viewport's last
+        // render and then never draws it (the image shown is the referenced one, the annotation is in its
+        // state, the SVG layer stays empty; reloading repeats the same race, 2026-12-04: all three reloads
+        // of one study failed while a reader's first touch of the image draws it). So the recoveries, in
+        // order, are what a reader does: resize the window (the viewport renders again), step to the next
+        // image and back, then reload and open the SR again. Each one used is reported in `retries`.
         const drawn = (timeout) => page.waitForFunction(
           (want) => [...document.querySelectorAll('svg.svg-layer g[data-annotation-uid]')]
             .some((g) => g.textContent.includes(want)),
           sr.expect, { polling: 500, timeout });
-        // Up to three reloads: a CI run saw one reload not suffice under load (2026-12-02), and an idle
-        // machine saw two not suffice on 2026-12-04 (the same commit passing and failing run to run).
-        for (let attempt = 0; ; attempt++) {
-          try {
-            await drawn(attempt === 0 ? Math.min(15000, stepTimeout / 3) : stepTimeout / 2);
-            break;
-          } catch (err) {
-            if (attempt === 3) throw err;
-            retried = true;
-            rec.retries = [...(rec.retries ?? []), name];
+        const size = page.viewportSize();
+        const recoveries = [
+          ['resize', async () => {
+            await page.setViewportSize({ width: size.width - 40, height: size.height });
+            await page.waitForTimeout(1000);
+            await page.setViewportSize(size);
+          }],
+          ['scroll', async () => {
+            await page.locator('canvas.cornerstone-canvas').first().hover();
+            await page.mouse.wheel(0, 120);
+            await page.waitForTimeout(1000);
+            await page.mouse.wheel(0, -120);
+          }],
+          ['reload', async () => {
             await page.reload();
             await page.locator('canvas.cornerstone-canvas').first().waitFor({ state: 'visible' });
             await skipTour();
             await openSeries(sr.label);
+          }],
+        ];
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await drawn(attempt === 0 ? Math.min(15000, stepTimeout / 3) : stepTimeout / 4);
+            break;
+          } catch (err) {
+            if (attempt === recoveries.length) throw err;
+            retried = true;
+            const [how, recover] = recoveries[attempt];
+            rec.retries = [...(rec.retries ?? []), `${name}:${how}`];
+            await recover();
           }
         }
       }
