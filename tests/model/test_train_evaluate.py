@@ -26,6 +26,17 @@ def test_feature_cache_is_deterministic_and_reused(tiny_layout):
     assert not np.array_equal(a.images[:, 0], a.images[:, 1])  # the jittered variant differs
 
 
+def test_feature_cache_is_the_same_built_by_several_processes(tiny_layout, tmp_path):
+    """`workers` only spreads the work: the same views, in the same order, with the same jitter draws."""
+    import shutil
+
+    one = build_cache(tiny_layout, preset("tiny"), fake_text_encoder, jitters=1, progress=False)
+    copy = shutil.copytree(tiny_layout, tmp_path / "copy", ignore=shutil.ignore_patterns(".cache"))
+    two = build_cache(copy, preset("tiny"), fake_text_encoder, jitters=1, progress=False, workers=2)
+    for name in ("images", "clinical", "view_study", "view_orientation", "text_states", "llnm"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
+
+
 def test_train_then_evaluate(tiny_layout, tmp_path):
     out = tmp_path / "model"
     meta = train(tiny_layout, out, preset("tiny"), encode_text=fake_text_encoder, epochs=25, lr=3e-3,

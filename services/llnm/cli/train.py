@@ -45,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "consecutive 50-token windows of the report; default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes for the feature cache (the same cache for any number)")
     parser.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority")
     parser.add_argument("--atlas-views", type=int, default=300,
                         help="views registered into the location risk atlas (0: no atlas)")
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
-                 val_dir=args.val_data, group_dropout=args.group_dropout)
+                 val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

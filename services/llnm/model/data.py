@@ -22,6 +22,7 @@ import csv
 import hashlib
 import json
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,12 +157,54 @@ def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, enco
     return h.hexdigest()[:16]
 
 
+def _study_features(args: tuple[int, StudyRecord, TMDLConfig, int, int]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(images (J + 1, 3, S, S) float16, clinical (J + 1, C), orientation) of each usable view of one study.
+    A function of its arguments alone (the jitter stream is seeded by seed, study and view), so studies
+    can be computed in any order and in any process."""
+    si, study, config, jitters, seed = args
+    out = []
+    for vi, view in enumerate(study.views):
+        image = read_png(view.image)
+        gland = read_png(view.gland_mask) > 127
+        nodule = read_png(view.nodule_mask) > 127
+        if not gland.any() or not nodule.any():
+            continue
+        rng = np.random.default_rng([seed, si, vi])
+        variants_i, variants_c = [], []
+        for j in range(jitters + 1):
+            g, n = (gland, nodule) if j == 0 else (jitter_mask(gland, rng), jitter_mask(nodule, rng))
+            im, cl = view_arrays(image, g, n, view.spacing_mm, study.age, study.sex, config)
+            variants_i.append(im)
+            variants_c.append(cl)
+        out.append((np.stack(variants_i).astype(np.float16), np.stack(variants_c), orientation_code(view.orientation)))
+    return out
+
+
+def _all_study_features(studies: list[StudyRecord], config: TMDLConfig, jitters: int, seed: int, workers: int,
+                        progress: bool) -> Iterator[list[tuple[np.ndarray, np.ndarray, int]]]:
+    """_study_features of every study, in labels.csv order; `workers` > 1 spreads the studies over that
+    many processes (spawned, not forked: the caller may hold torch's thread pools)."""
+    from tqdm import tqdm
+
+    jobs = [(si, study, config, jitters, seed) for si, study in enumerate(studies)]
+    bar = dict(total=len(jobs), desc="features", unit="study", disable=not progress)
+    if workers <= 1:
+        yield from tqdm(map(_study_features, jobs), **bar)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from tqdm(pool.map(_study_features, jobs, chunksize=8), **bar)
+
+
 def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 2, seed: int = 0,
-                progress: bool = True) -> FeatureCache:
+                progress: bool = True, workers: int = 1) -> FeatureCache:
     """Features of every view (plus `jitters` mask variants) and the report encodings, cached on disk.
 
     encode_text(list[str], tokens) -> (states (B, tokens, width), mask (B, tokens)): the text encoder,
-    asked for config.text_tokens."""
+    asked for config.text_tokens. `workers`: processes for the image features (the same cache for
+    any number: a paper-size cache is built where the GPU is, on its cores, instead of shipped there)."""
     from tqdm import tqdm
 
     data_dir = Path(data_dir)
@@ -176,24 +219,12 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
                             risk_level=z["risk_level"], p_true=z["p_true"],
                             study_uids=[s.study_uid for s in studies])
     images, clinical, view_study, view_orientation = [], [], [], []
-    for si, study in enumerate(tqdm(studies, desc="features", unit="study", disable=not progress)):
-        for vi, view in enumerate(study.views):
-            image = read_png(view.image)
-            gland = read_png(view.gland_mask) > 127
-            nodule = read_png(view.nodule_mask) > 127
-            if not gland.any() or not nodule.any():
-                continue
-            rng = np.random.default_rng([seed, si, vi])
-            variants_i, variants_c = [], []
-            for j in range(jitters + 1):
-                g, n = (gland, nodule) if j == 0 else (jitter_mask(gland, rng), jitter_mask(nodule, rng))
-                im, cl = view_arrays(image, g, n, view.spacing_mm, study.age, study.sex, config)
-                variants_i.append(im)
-                variants_c.append(cl)
-            images.append(np.stack(variants_i).astype(np.float16))
-            clinical.append(np.stack(variants_c))
+    for si, views in enumerate(_all_study_features(studies, config, jitters, seed, workers, progress)):
+        for im, cl, orientation in views:
+            images.append(im)
+            clinical.append(cl)
             view_study.append(si)
-            view_orientation.append(orientation_code(view.orientation))
+            view_orientation.append(orientation)
     states, masks = [], []
     reports = [s.report for s in studies]
     for start in tqdm(range(0, len(reports), 32), desc="reports", unit="batch", disable=not progress):

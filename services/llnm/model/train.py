@@ -151,13 +151,15 @@ def group_dropout_keep(rng: np.random.Generator, n: int, p: float) -> np.ndarray
 def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 40,
           batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
-          progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0) -> dict:
+          progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0,
+          workers: int = 1) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
     is trained on); else a seeded `val_fraction` of data_dir's studies. `group_dropout`: the share of
     training views with one token group occluded (`group_dropout_keep`), so that the occlusions behind
     the contribution shares and the ablations are inputs the model has seen (0: none, as before).
+    `workers`: processes for the feature cache.
 
     config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
     the simulated missing report / demographics and the group dropout are drawn once per study and
@@ -171,11 +173,13 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = build_cache(data_dir, config, encode_text, jitters=jitters, seed=seed, progress=progress)
+    cache = build_cache(data_dir, config, encode_text, jitters=jitters, seed=seed, progress=progress,
+                        workers=workers)
     n_studies = len(cache.llnm)
     order = rng.permutation(n_studies)
     if val_dir is not None:
-        val_cache = build_cache(val_dir, config, encode_text, jitters=0, seed=seed, progress=progress)
+        val_cache = build_cache(val_dir, config, encode_text, jitters=0, seed=seed, progress=progress,
+                                workers=workers)
         val_studies, train_studies = np.arange(len(val_cache.llnm)), np.arange(n_studies)
     else:
         val_cache = cache
