@@ -9,6 +9,7 @@ from PIL import Image
 
 from .conftest import ellipse
 from llnm.model.atlas import UNKNOWN, LocationAtlas, OrientationMap, atlas_from_layout, build_atlas, location_risk
+from llnm.model.data import read_layout
 
 pytest.importorskip("ants")
 
@@ -74,24 +75,40 @@ def test_transverse_and_longitudinal_views_get_their_own_maps():
     assert either == pytest.approx(np.mean([location_risk(atlas, gland, left, o) for o in atlas.maps]))
 
 
-def test_the_layout_view_column_chooses_the_map_and_shares_the_views(tmp_path):
-    transverse = _views("transverse", (0.0, -0.5), (0.0, 0.5), n=6)
-    longitudinal = _views("longitudinal", (-0.5, 0.0), (0.5, 0.0), n=6, seed=1)
+def _write_layout(tmp_path, views, names=None) -> None:
+    """A training folder of `views` (gland, nodule, llnm, orientation), two per study; `names`: what the
+    views.csv `view` column holds instead of the orientation."""
     rows = []
-    for k, (gland, nodule, y, orientation) in enumerate(v for pair in zip(transverse, longitudinal) for v in pair):
+    for k, (gland, nodule, y, orientation) in enumerate(views):
         for name, mask in (("g", gland), ("n", nodule)):
             Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"{k}{name}.png")
         rows.append({"study_uid": str(k // 2), "image": f"{k}g.png", "gland_mask": f"{k}g.png",
-                     "nodule_mask": f"{k}n.png", "view": orientation, "llnm": y})
+                     "nodule_mask": f"{k}n.png", "view": names[k] if names else orientation, "llnm": y})
     with (tmp_path / "labels.csv").open("w", newline="") as fh:
         fh.write("study_uid,llnm,risk_level,p_true,age,sex,report\n")
-        fh.writelines(f"{k},{k % 2},,,,,\n" for k in range(6))
+        fh.writelines(f"{k},{k % 2},,,,,\n" for k in range(len(rows) // 2))
     with (tmp_path / "views.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, ["study_uid", "image", "gland_mask", "nodule_mask", "view"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def test_the_layout_view_column_chooses_the_map_and_shares_the_views(tmp_path):
+    transverse = _views("transverse", (0.0, -0.5), (0.0, 0.5), n=6)
+    longitudinal = _views("longitudinal", (-0.5, 0.0), (0.5, 0.0), n=6, seed=1)
+    _write_layout(tmp_path, [v for pair in zip(transverse, longitudinal) for v in pair])
     atlas = atlas_from_layout(tmp_path, max_views=8, size=32)
     assert {k: m.views for k, m in atlas.maps.items()} == {"transverse": 4, "longitudinal": 4}
+
+
+def test_a_view_column_that_names_frames_is_no_orientation(tmp_path):
+    """A views.csv whose `view` holds other labels (frame names, as real-studies wrote them until
+    2026-12-04: one atlas map per frame) reads as orientation unknown: one map for all of them."""
+    views = _views("transverse", (0.0, -0.5), (0.0, 0.5), n=8)
+    _write_layout(tmp_path, views, names=[f"{100 + k}_1" for k in range(len(views))])
+    assert {v.orientation for s in read_layout(tmp_path) for v in s.views} == {None}
+    atlas = atlas_from_layout(tmp_path, max_views=8, size=32)
+    assert {k: m.views for k, m in atlas.maps.items()} == {"unknown": 8}
 
 
 def test_an_atlas_of_the_earlier_pooled_format_still_loads(tmp_path):

@@ -8,7 +8,8 @@ A training folder DIR holds (paths relative to DIR):
   region_x0,region_y0,region_x1,region_y1
   (image: uint8 greyscale PNG of the B-mode tissue crop; masks: 0/255 PNG on the same grid;
   spacing empty when uncalibrated; region_* where the crop sits in the source frame, informative;
-  an optional last column `view` = transverse / longitudinal, read by the pooled view fusion)
+  an optional column `view` = transverse / longitudinal, read by the pooled view fusion and the location
+  atlas; empty or any other value: orientation unknown; further columns are ignored)
 `llnm phantom` writes this layout; docs/model-card.md says how to convert a hospital cohort.
 
 Features are deterministic per (view, mask variant), so they are computed once and cached in
@@ -64,6 +65,14 @@ def _float_or_none(value: str | None) -> float | None:
     return float(value) if value else None
 
 
+def _orientation(value: str | None) -> str | None:
+    """views.csv `view` as an orientation: transverse or longitudinal, else None (unknown). Anything else
+    (a frame name, a scanner's own label) must not become an orientation of its own: the location atlas
+    keeps one map per orientation."""
+    value = (value or "").strip().lower()
+    return value if value in ORIENTATIONS[:2] else None
+
+
 def read_layout(data_dir: Path) -> list[StudyRecord]:
     """Studies of a training folder, in labels.csv order, each with its views."""
     data_dir = Path(data_dir)
@@ -89,7 +98,7 @@ def read_layout(data_dir: Path) -> list[StudyRecord]:
                 image=data_dir / row["image"], gland_mask=data_dir / row["gland_mask"],
                 nodule_mask=data_dir / row["nodule_mask"],
                 spacing_mm=(sr, sc) if sr is not None and sc is not None else None,
-                orientation=(row.get("view") or "").strip().lower() or None))
+                orientation=_orientation(row.get("view"))))
     return [s for s in studies.values() if s.views]
 
 

@@ -222,7 +222,8 @@ def generate(frames_dir: Path, out: Path, splits: tuple[str, ...], backend, stud
                 views.append({"study_uid": uid, "sop_instance_uid": f"{uid}.{v + 1}", "image": f"images/{stem}.png",
                               "gland_mask": f"images/{stem}_gland.png", "nodule_mask": f"images/{stem}_nodule.png",
                               "spacing_row_mm": NOMINAL_SPACING_MM[0], "spacing_col_mm": NOMINAL_SPACING_MM[1],
-                              "region_x0": "", "region_y0": "", "region_x1": "", "region_y1": "", "view": name})
+                              "region_x0": "", "region_y0": "", "region_x1": "", "region_y1": "",
+                              "view": "", "frame": name})  # DDTI frames do not say their orientation
             p_all.append(p)
             y_all.append(y)
     _write_csv(out / "labels.csv", labels)
