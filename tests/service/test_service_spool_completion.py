@@ -192,6 +192,23 @@ def test_duplicate_after_completion_does_not_reopen(tmp_path: Path):
     assert tracker.waiting() == 1 and audit.study(STUDY)["state"] == A.RECEIVING
 
 
+def test_a_reopened_study_counts_every_instance_it_holds(tmp_path: Path):
+    """The study's instance count is what the spool holds for it, over every round: a study completed
+    early (a slow sender) and reopened by its last instances still reports all of them."""
+    clock = Clock()
+    tracker, audit = _tracker(tmp_path, clock)
+    for sop in ("1.2.3.1", "1.2.3.2"):
+        tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid=sop)
+    clock.now += 10
+    tracker.poll(lambda uid: None)
+    audit.set_state(STUDY, A.DONE)
+    tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid="1.2.3.2")  # a resend: no reopening
+    assert audit.study(STUDY)["state"] == A.DONE and audit.study(STUDY)["instances"] == 2
+    tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid="1.2.3.3")
+    assert audit.study(STUDY)["state"] == A.RECEIVING and audit.study(STUDY)["instances"] == 3
+    assert tracker.instances(STUDY) == 1  # the round's own count (the per-study limit, completion) restarts
+
+
 def test_access_policy():
     policy = parse_access("US1@10.0.0.5,US1@::ffff:10.0.0.6,ANY", 1.0, 2.0)
     assert policy.allows("US1", "10.0.0.5") and policy.allows("US1", "10.0.0.6")

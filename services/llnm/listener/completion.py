@@ -108,7 +108,12 @@ class CompletionTracker:
                     " last_at, images) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (study_uid, calling_ae, series_idle, study_idle, now, now, had_images))
                 if row is None or row["state"] in A.FINAL_STATES:
-                    AuditTrail.put_state(c, study_uid, A.RECEIVING, {"calling_ae": calling_ae, "instances": 0})
+                    # reopened: the study's count goes on from the instances still recorded in the spool
+                    # (a study retention removed starts again from 0), the one being recorded added below
+                    kept = 0 if row is None or sop_uid is None else int(c.execute(
+                        "SELECT COUNT(*) FROM received_instances WHERE study_uid = ? AND sop_uid != ?",
+                        (study_uid, sop_uid)).fetchone()[0])
+                    AuditTrail.put_state(c, study_uid, A.RECEIVING, {"calling_ae": calling_ae, "instances": kept})
                     AuditTrail.add_event(c, study_uid, "reopened" if row else "receiving",
                                          {"calling_ae": calling_ae})
                 else:
