@@ -80,3 +80,24 @@ def test_a_tongue_the_box_cuts_straight_is_removed_from_the_index_nodule():
     found = nodule_from_outputs(out0, protos, box)
     assert found.mask[128, 128] and found.mask[128, 155]
     assert not found.mask[:, 175:].any()  # without the opening it runs on to the cut at x = 218
+
+
+def test_the_index_nodule_is_chosen_by_agreement_with_the_mirror_image():
+    """A large detection the mirror image does not see loses to a smaller one both orientations see;
+    the view's reported score stays the detection's own (the quality gate judges that)."""
+    from llnm.segmentation.nodule import nodule_from_outputs, nodule_input
+
+    size = nodule.INPUT_SIZE
+    _, box = nodule_input(np.zeros((size, size), dtype=np.uint8))  # frame = model grid
+    frame0, frame1 = yolo_outputs([((80, 100, 80, 80), 0.9, 0), ((220, 200, 40, 40), 0.8, 1)])
+    mirror0, mirror1 = yolo_outputs([((size - 220, 200, 40, 40), 0.85, 1)])  # sees only the second one
+    both0, both1 = np.concatenate([frame0, mirror0]), np.concatenate([frame1, mirror1])  # as the mirror sees them
+    found = nodule_from_outputs(both0, both1, box)
+    assert found.mask[200, 220] and not found.mask[100, 80]
+    assert found.score == np.float32(0.8)
+    alone = nodule_from_outputs(frame0, frame1, box)  # no mirror image: the largest confident one
+    assert alone.mask[100, 80] and not alone.mask[200, 220]
+    seen_both = yolo_outputs([((size - 220, 200, 40, 40), 0.85, 1), ((size - 80, 100, 80, 80), 0.9, 0)])
+    larger = nodule_from_outputs(np.concatenate([frame0, seen_both[0]]),
+                                 np.concatenate([frame1, seen_both[1]]), box)
+    assert larger.mask[100, 80]  # both seen in both orientations: the largest confident one again
