@@ -179,17 +179,17 @@ GROUP_KEEPS = np.vstack([np.ones(len(GROUPS), np.float32), 1.0 - np.eye(len(GROU
 
 
 def tmdl_batch(features: list[Any], study: StudyInput, states: np.ndarray, mask: np.ndarray,
-               shape_input: str = "ratio") -> dict[str, np.ndarray]:
+               shape_input: str = "ratio", location_input: str = "map") -> dict[str, np.ndarray]:
     """TMDL's one batch for the analysable views' `features`: view k fills rows k*5 .. k*5+4, first with
     every group kept, then with each group occluded (GROUP_KEEPS); the report and demographics are the
-    study's, repeated. `shape_input`: the model's TMDLConfig.shape_input."""
+    study's, repeated. `shape_input`, `location_input`: the model's TMDLConfig fields."""
     per_view = len(GROUP_KEEPS)
     rows = len(features) * per_view
     return {
         "images": np.repeat(np.stack([f.images() for f in features]), per_view, axis=0),
         "text_states": np.repeat(states, rows, axis=0),
         "text_mask": np.repeat(mask, rows, axis=0),
-        "clinical": np.repeat(np.stack([clinical_vector(study.sex, study.age_years, f, shape_input)
+        "clinical": np.repeat(np.stack([clinical_vector(study.sex, study.age_years, f, shape_input, location_input)
                                         for f in features]),
                               per_view, axis=0),
         "group_keep": np.tile(GROUP_KEEPS, (len(features), 1)),
@@ -278,7 +278,8 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
         warnings.append("age unknown: neutral value used (45 years)")
     states, mask = encode_report(backend, study.report_text, config, warnings)
 
-    feed = tmdl_batch([views[i].features for i in analysable], study, states, mask, config.shape_input)
+    feed = tmdl_batch([views[i].features for i in analysable], study, states, mask, config.shape_input,
+                      config.location_input)
     out = backend.infer(TMDL, feed)
     fused = aggregate(out, len(analysable))
     for k, i in enumerate(analysable):

@@ -187,6 +187,23 @@ def test_length_width_shape_input_is_the_nodule_size_in_mm():
         clinical_vector("F", 50, extract_features(image, gland, nodule, None), "area")
 
 
+def test_the_position_inputs_are_the_capsule_distance_in_mm_and_the_place_in_the_gland():
+    image, gland, nodule = view()
+    f = extract_features(image, gland, nodule, (0.1, 0.1))
+    x = clinical_vector("F", 50, f, "ratio", "map_and_position")
+    np.testing.assert_allclose(x[:4], clinical_vector("F", 50, f))
+    assert x.shape == (7,)
+    assert x[4] == pytest.approx(np.log1p(f.capsule_distance_mm) - 1.0)
+    u, v = f.position_uv
+    np.testing.assert_allclose(x[5:], [(v - 0.5) * 2, (u - 0.5) * 2], atol=1e-6)
+    assert -1.0 <= x[5] <= 1.0 and -1.0 <= x[6] <= 1.0
+    uncalibrated = clinical_vector("F", 50, extract_features(image, gland, nodule, None), "ratio", "map_and_position")
+    assert uncalibrated[4] == 0.0  # no distance in mm without a spacing: neutral
+    np.testing.assert_allclose(uncalibrated[5:], x[5:], atol=1e-6)  # the place in the gland needs no spacing
+    with pytest.raises(ValueError):
+        clinical_vector("F", 50, f, "ratio", "distance")
+
+
 def test_area_sampling_averages_detail_finer_than_a_pixel_instead_of_aliasing_it():
     rows, cols = np.mgrid[0:384, 0:384]
     fine = np.random.default_rng(0).normal(0.0, 1.0, (384, 384)).astype(np.float32)  # pixel-scale speckle

@@ -1,6 +1,7 @@
 """ONNX export of TMDL: parity with PyTorch and a Triton config that names the graph's tensors."""
 
 import onnx
+import pytest
 import torch
 
 from llnm.model.config import preset
@@ -8,15 +9,18 @@ from llnm.model.export import TMDL_INPUTS, TMDL_OUTPUTS, export_tmdl, text_encod
 from llnm.model.tmdl import TMDL
 
 
-def test_tmdl_export_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"shape_input": "length_width", "location_input": "map_and_position"}])
+def test_tmdl_export_matches_pytorch(tmp_path, overrides):
     torch.manual_seed(0)
-    model = TMDL(preset("tiny"))
+    model = TMDL(preset("tiny", **overrides))
     path = tmp_path / "tmdl" / "1" / "model.onnx"
     parity = export_tmdl(model, path)
     assert max(parity.values()) < 1e-4, parity
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == list(TMDL_INPUTS)
     assert [o.name for o in graph.output] == list(TMDL_OUTPUTS)
+    clinical = graph.input[list(TMDL_INPUTS).index("clinical")].type.tensor_type.shape.dim[1].dim_value
+    assert clinical == len(model.config.clinical_inputs)
 
 
 def test_triton_configs_name_every_tensor():

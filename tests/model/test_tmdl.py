@@ -128,6 +128,36 @@ def test_length_and_width_project_onto_the_one_shape_token():
         torch.testing.assert_close(model(**moved)[0], occluded)
 
 
+def test_the_position_token_is_one_more_scalar_token_in_the_location_group():
+    """location_input "map_and_position": capsule distance and the place in the gland box, three numbers
+    onto one fifth scalar token; it moves the output, and occluding the location group removes it
+    with x_l. The default keeps the four tokens (the shipped model's state dict is unchanged)."""
+    torch.manual_seed(0)
+    model = TMDL(preset("tiny", location_input="map_and_position")).eval()
+    c = model.config
+    assert c.clinical_inputs == ("sex", "age", "x_e", "x_s", "x_p_capsule", "x_p_vertical", "x_p_horizontal")
+    assert c.clinical_token_index == (0, 1, 2, 3, 4, 4, 4) and c.text_side_tokens == c.text_tokens + 5
+    assert model.clinical_bias.shape == (5, c.hidden) and model.text_pos.shape[1] == c.text_side_tokens
+    assert preset("tiny", shape_input="length_width", location_input="map_and_position").clinical_token_index == (
+        0, 1, 2, 3, 3, 4, 4, 4)
+    x = dummy_inputs(c, batch=1)
+    assert x["clinical"].shape == (1, 7)
+    with torch.no_grad():
+        base = model(**x)[0]
+        for k in (4, 5, 6):
+            moved = {**x, "clinical": x["clinical"].clone()}
+            moved["clinical"][0, k] += 1.0
+            assert not torch.allclose(model(**moved)[0], base)
+        keep = torch.tensor([[0.0, 1.0, 1.0, 1.0]])  # location occluded
+        occluded = model(**{**x, "group_keep": keep})[0]
+        moved = {**x, "clinical": x["clinical"].clone(), "group_keep": keep}
+        moved["clinical"][0, 4:] += 5.0
+        torch.testing.assert_close(model(**moved)[0], occluded)
+        moved["group_keep"] = torch.tensor([[1.0, 0.0, 1.0, 1.0]])  # morphology occluded: x_p still read
+        assert not torch.allclose(model(**moved)[0], model(**{**x, "group_keep": moved["group_keep"]})[0])
+    assert TMDL(preset("tiny")).clinical_bias.shape[0] == 4
+
+
 def test_older_preset_files_keep_the_ratio_and_point_sampling():
     """A preset.json written before these fields existed (the shipped model's) loads as it was trained."""
     import json

@@ -66,7 +66,7 @@ def test_the_batch_holds_each_view_in_its_own_five_rows_with_the_group_masks():
     assert not np.array_equal(feed["clinical"][0], feed["clinical"][5])  # x_e and x_s are per view
 
 
-def test_the_batch_carries_the_shape_input_the_model_was_trained_with():
+def test_the_batch_carries_the_scalar_inputs_the_model_was_trained_with():
     f = [features(0), features(1)]
     states = np.zeros((1, CONFIG.text_tokens, CONFIG.text_dim), np.float32)
     mask = np.zeros((1, CONFIG.text_tokens), np.float32)
@@ -76,6 +76,10 @@ def test_the_batch_carries_the_shape_input_the_model_was_trained_with():
         np.testing.assert_allclose(feed["clinical"][5 * k:5 * k + 5],
                                    np.repeat(clinical_vector("M", 52, f[k], "length_width")[None], 5, axis=0))
     assert tmdl_batch(f, study(), states, mask)["clinical"].shape == (10, 4)  # the shipped model: the ratio
+    with_position = tmdl_batch(f, study(), states, mask, "ratio", "map_and_position")["clinical"]
+    assert with_position.shape == (10, 7)
+    np.testing.assert_allclose(with_position[5:10], np.repeat(
+        clinical_vector("M", 52, f[1], "ratio", "map_and_position")[None], 5, axis=0))
 
 
 def outputs(view_probabilities: list[float], group_effects: dict[str, float], tokens: int = 48) -> dict[str, np.ndarray]:

@@ -40,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--location-aspect", choices=("stretch", "keep"), default=None,
                         help="x_l: the gland's box stretched onto the square image (compact) or a square box "
                              "around it, the aspect kept (the paper); default: the preset's")
+    parser.add_argument("--location-input", choices=("map", "map_and_position"), default=None,
+                        help="location group: the CPDT map only (the paper, the shipped model) or also a position "
+                             "token x_p (capsule distance in mm, place in the gland box); default: the preset's")
     parser.add_argument("--text-tokens", type=int, choices=(50, 100, 150, 200), default=None,
                         help="report tokens TMDL reads (the paper's m = 50, the shipped model's); more are read as "
                              "consecutive 50-token windows of the report; default: the preset's")
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in (("shape_input", args.shape_input),
                                         ("image_sampling", args.image_sampling),
                                         ("location_aspect", args.location_aspect),
+                                        ("location_input", args.location_input),
                                         ("text_tokens", args.text_tokens)) if v is not None})
     config = preset(args.preset, **overrides)
     meta = train(args.data, args.out, config, encode_text=onnx_text_encoder(settings.model_repository),
@@ -83,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({**{k: meta[k] for k in ("preset", "val_auc", "best_epoch", "epochs_run", "threshold")},
                       "view_fusion": config.view_fusion, "shape_input": config.shape_input,
                       "image_sampling": config.image_sampling, "location_aspect": config.location_aspect,
+                      "location_input": config.location_input,
                       "text_tokens": config.text_tokens}))
     return 0

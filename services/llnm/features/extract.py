@@ -230,22 +230,32 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
 
 
 def clinical_vector(sex: str | None, age_years: float | None, features: NoduleFeatures,
-                    shape_input: str = "ratio") -> np.ndarray:
+                    shape_input: str = "ratio", location_input: str = "map") -> np.ndarray:
     """The scalar tokens' inputs, scaled to about unit range: (sex, age, x_e, x_s) with x_s the
     log aspect ratio, or with shape_input "length_width" (sex, age, x_e, length, width), the log of
-    the nodule's length and width in mm centred on 10 mm (TMDLConfig.clinical_inputs).
+    the nodule's length and width in mm centred on 10 mm; with location_input "map_and_position"
+    three more for x_p: log(1 + capsule distance in mm) - 1 and the centroid's place in the gland box,
+    vertical then horizontal, from -1 to 1 (TMDLConfig.clinical_inputs).
 
     Neutral values for missing inputs: sex unknown -> 0 (M = +1, F = -1); age unknown -> 0 (the
-    scale centres age 45 at 0); length and width of an uncalibrated view -> 0 (10 mm: no size is
-    known without a spacing). The pipeline adds a warning when it uses them."""
+    scale centres age 45 at 0); length, width and capsule distance of an uncalibrated view -> 0 (10 mm,
+    1.7 mm: nothing in mm is known without a spacing). The pipeline adds a warning when it uses them."""
+    if shape_input not in ("ratio", "length_width"):
+        raise ValueError(f"shape_input {shape_input!r}: choose ratio or length_width")
+    if location_input not in ("map", "map_and_position"):
+        raise ValueError(f"location_input {location_input!r}: choose map or map_and_position")
     sex_value = {"M": 1.0, "F": -1.0}.get((sex or "").upper()[:1], 0.0)
     age_value = 0.0 if age_years is None else (float(age_years) - 45.0) / 15.0
-    common = [sex_value, age_value, features.echogenicity * 5.0]
+    values = [sex_value, age_value, features.echogenicity * 5.0]
     if shape_input == "ratio":
-        return np.array(common + [np.log(max(features.aspect_ratio, 1e-3)) * 2.0], dtype=np.float32)
-    if shape_input != "length_width":
-        raise ValueError(f"shape_input {shape_input!r}: choose ratio or length_width")
-    if features.length_mm is None or features.width_mm is None:
-        return np.array(common + [0.0, 0.0], dtype=np.float32)
-    return np.array(common + [np.log(max(features.length_mm, 0.1) / 10.0) * 2.0,
-                              np.log(max(features.width_mm, 0.1) / 10.0) * 2.0], dtype=np.float32)
+        values.append(np.log(max(features.aspect_ratio, 1e-3)) * 2.0)
+    elif features.length_mm is None or features.width_mm is None:
+        values += [0.0, 0.0]
+    else:
+        values += [np.log(max(features.length_mm, 0.1) / 10.0) * 2.0, np.log(max(features.width_mm, 0.1) / 10.0) * 2.0]
+    if location_input == "map_and_position":
+        distance = features.capsule_distance_mm
+        u, v = features.position_uv
+        values += [0.0 if distance is None else float(np.log1p(max(distance, 0.0))) - 1.0,
+                   (float(v) - 0.5) * 2.0, (float(u) - 0.5) * 2.0]
+    return np.array(values, dtype=np.float32)

@@ -25,6 +25,14 @@
 - "area": the frame low-pass filtered to the output pixel size first (Gaussian, sigma (zoom - 1) / 2),
   so coarse internal texture survives and speckle averages out.
 
+`location_input` says what the location group reads:
+- "map" (default, the shipped model and the paper): the CPDT map x_l only; the capsule distance and
+  the place in the lobe must be read from its pixels;
+- "map_and_position" (a measured deviation, issue 15): also a fifth scalar token x_p, one linear
+  projection of the capsule distance (log mm) and the nodule centroid's place in the gland box
+  (vertical, horizontal), the numbers the product already measures and reports; occluded with the
+  location group.
+
 `location_aspect` says how x_l frames the gland:
 - "stretch" (default, the shipped model): the box of gland and nodule resampled onto the square image,
   so a long thin lobe is squeezed and the nodule's shape and place in it are distorted;
@@ -54,6 +62,10 @@ SHAPE_INPUTS = ("ratio", "length_width")
 IMAGE_SAMPLINGS = ("point", "area")
 #: how x_l frames the gland (see the module docstring)
 LOCATION_ASPECTS = ("stretch", "keep")
+#: what the location group reads (see the module docstring)
+LOCATION_INPUTS = ("map", "map_and_position")
+#: the numbers of the position token x_p (location_input "map_and_position")
+POSITION_INPUTS = ("x_p_capsule", "x_p_vertical", "x_p_horizontal")
 
 
 @dataclass(frozen=True)
@@ -75,10 +87,12 @@ class TMDLConfig:
     shape_input: str = "ratio"  # SHAPE_INPUTS; absent from older preset.json files
     image_sampling: str = "point"  # IMAGE_SAMPLINGS; absent from older preset.json files
     location_aspect: str = "stretch"  # LOCATION_ASPECTS; absent from older preset.json files
+    location_input: str = "map"  # LOCATION_INPUTS; absent from older preset.json files
 
     def __post_init__(self) -> None:
         for name, allowed in (("view_fusion", VIEW_FUSIONS), ("shape_input", SHAPE_INPUTS),
-                              ("image_sampling", IMAGE_SAMPLINGS), ("location_aspect", LOCATION_ASPECTS)):
+                              ("image_sampling", IMAGE_SAMPLINGS), ("location_aspect", LOCATION_ASPECTS),
+                              ("location_input", LOCATION_INPUTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r}: choose from {allowed}")
 
@@ -88,10 +102,22 @@ class TMDLConfig:
 
     @property
     def clinical_inputs(self) -> tuple[str, ...]:
-        """The numbers of the `clinical` input, in order; the last one or two project onto the x_s token."""
-        if self.shape_input == "length_width":
-            return ("sex", "age", "x_e", "x_s_length", "x_s_width")
-        return CLINICAL_FEATURES
+        """The numbers of the `clinical` input, in order (`clinical_token_index` says which scalar
+        token each one projects onto: x_s from one or two, x_p from three)."""
+        shape = ("x_s_length", "x_s_width") if self.shape_input == "length_width" else ("x_s",)
+        position = POSITION_INPUTS if self.location_input == "map_and_position" else ()
+        return ("sex", "age", "x_e") + shape + position
+
+    @property
+    def scalar_tokens(self) -> tuple[str, ...]:
+        """The scalar tokens after the report on the text side, in order."""
+        return CLINICAL_FEATURES + (("x_p",) if self.location_input == "map_and_position" else ())
+
+    @property
+    def clinical_token_index(self) -> tuple[int, ...]:
+        """For each of `clinical_inputs`, the index of the scalar token it projects onto."""
+        return tuple(self.scalar_tokens.index(name if name in self.scalar_tokens else name[:3])
+                     for name in self.clinical_inputs)
 
     @property
     def tokens_per_image(self) -> int:
@@ -103,7 +129,7 @@ class TMDLConfig:
 
     @property
     def text_side_tokens(self) -> int:
-        return self.text_tokens + len(CLINICAL_FEATURES)
+        return self.text_tokens + len(self.scalar_tokens)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -111,7 +137,8 @@ class TMDLConfig:
     @classmethod
     def from_json(cls, text: str) -> "TMDLConfig":
         """Fields missing from older files take their defaults (view_fusion "probability", shape_input
-        "ratio", image_sampling "point", location_aspect "stretch": what those models were trained with)."""
+        "ratio", image_sampling "point", location_aspect "stretch", location_input "map": what those
+        models were trained with)."""
         return cls(**json.loads(text))
 
     @classmethod

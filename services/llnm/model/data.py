@@ -130,7 +130,7 @@ def view_arrays(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
                 config: TMDLConfig) -> tuple[np.ndarray, np.ndarray]:
     """(3, S, S) images and the clinical vector of one view: what TMDL sees besides the report."""
     feats = extract_features(image, gland, nodule, spacing, **config.feature_options())
-    return feats.images(), clinical_vector(sex, age, feats, config.shape_input)
+    return feats.images(), clinical_vector(sex, age, feats, config.shape_input, config.location_input)
 
 
 @dataclass
@@ -163,6 +163,8 @@ def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, enco
         h.update((Path(data_dir) / name).read_bytes())
     h.update(f"{CACHE_VERSION}:{config.image_size}:{config.text_tokens}:{jitters}:{seed}".encode())
     h.update(f"{config.shape_input}:{config.image_sampling}:{config.location_aspect}".encode())
+    if config.location_input != "map":  # caches of the earlier settings keep their keys
+        h.update(config.location_input.encode())
     return h.hexdigest()[:16]
 
 

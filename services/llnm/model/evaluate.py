@@ -106,7 +106,8 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, enco
         gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
         feats = extract_features(image, gland, nodule, view.spacing_mm, **model.config.feature_options())
         images = torch.from_numpy(feats.images())[None]
-        clinical = torch.from_numpy(clinical_vector(study.sex, study.age, feats, model.config.shape_input))[None]
+        clinical = torch.from_numpy(clinical_vector(study.sex, study.age, feats, model.config.shape_input,
+                                                           model.config.location_input))[None]
         orientation = torch.tensor([orientation_code(view.orientation)])  # read by pooled fusion only
         with torch.no_grad():
             _, _, attentions, token_mask = model(images, states, mask, clinical, return_attention=True,

@@ -4,7 +4,8 @@ Image side: the three feature images x_l, x_t, x_m each go through their own con
 (n tokens each, 3n in all), plus learned 1D position embeddings and dropout.
 Text side: m = 50 token states of the report (projected from the text encoder's width to hidden,
 with the encoder's attention mask) plus four scalar tokens (sex, age, x_e, x_s; one linear
-projection each, x_s of its one or two numbers), plus learned position embeddings: m + 4 tokens.
+projection each, x_s of its one or two numbers; config.location_input "map_and_position" adds a
+fifth, x_p, in the location group), plus learned position embeddings: m + 4 (or 5) tokens.
 Then `bi_blocks` bidirectional blocks
 
     T_I = Attn(Q_I, K_I, V_I) + a * Attn(Q_I, K_T, V_T)
@@ -145,11 +146,12 @@ class TMDL(nn.Module):
         self.patch_embed = nn.ModuleList(
             nn.Conv2d(1, d, kernel_size=c.patch_size, stride=c.patch_size) for _ in range(3))
         self.image_pos = nn.Parameter(torch.zeros(1, c.image_tokens, d))
-        # text side: report token states -> hidden; sex, age, x_e, x_s: one linear projection each
-        # (x_s from one number, the ratio, or two, length and width: config.shape_input)
+        # text side: report token states -> hidden; sex, age, x_e, x_s (and x_p): one linear projection
+        # each (x_s from one number, the ratio, or two, length and width: config.shape_input; x_p from
+        # three: config.location_input)
         self.text_proj = nn.Linear(c.text_dim, d)
         self.clinical_weight = nn.Parameter(torch.zeros(len(c.clinical_inputs), d))
-        self.clinical_bias = nn.Parameter(torch.zeros(len(CLINICAL_FEATURES), d))
+        self.clinical_bias = nn.Parameter(torch.zeros(len(c.scalar_tokens), d))
         self.text_pos = nn.Parameter(torch.zeros(1, c.text_side_tokens, d))
         self.drop = nn.Dropout(c.dropout)
         self.bi_blocks = nn.ModuleList(BidirectionalBlock(c) for _ in range(c.bi_blocks))
@@ -171,12 +173,13 @@ class TMDL(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def token_masks(self, text_mask: torch.Tensor, group_keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep-masks of the image tokens (B, 3n) and text-side tokens (B, m + 4) from the report's
+        """Keep-masks of the image tokens (B, 3n) and text-side tokens (B, m + 4 or 5) from the report's
         mask and the group switches (location, morphology, report, demographics)."""
         n = self.config.tokens_per_image
         loc, morph, report, demo = group_keep.unbind(dim=1)
         image_mask = torch.cat([loc[:, None].expand(-1, n), morph[:, None].expand(-1, 2 * n)], dim=1)
-        clinical = torch.stack([demo, demo, morph, morph], dim=1)
+        position = [loc] * (len(self.config.scalar_tokens) - len(CLINICAL_FEATURES))  # x_p: location group
+        clinical = torch.stack([demo, demo, morph, morph] + position, dim=1)
         text_side = torch.cat([text_mask * report[:, None], clinical], dim=1)
         return image_mask, text_side
 
@@ -204,8 +207,10 @@ class TMDL(nn.Module):
         x_i = self.drop(x_i)
         report = self.text_proj(text_states)
         projected = clinical[:, :, None] * self.clinical_weight
-        if self.config.shape_input == "length_width":  # length and width onto the one x_s token
-            projected = torch.cat([projected[:, :3], projected[:, 3:].sum(dim=1, keepdim=True)], dim=1)
+        index = self.config.clinical_token_index
+        if len(set(index)) < len(index):  # several numbers onto one token (x_s length and width; x_p)
+            projected = torch.cat([projected[:, [j for j, t in enumerate(index) if t == k]].sum(dim=1, keepdim=True)
+                                   for k in range(len(self.config.scalar_tokens))], dim=1)
         scalars = projected + self.clinical_bias
         x_t = self.drop(torch.cat([report, scalars], dim=1) + self.text_pos)
 
