@@ -9,7 +9,8 @@ from llnm.model.export import TMDL_INPUTS, TMDL_OUTPUTS, export_tmdl, text_encod
 from llnm.model.tmdl import TMDL
 
 
-@pytest.mark.parametrize("overrides", [{}, {"shape_input": "length_width", "location_input": "map_and_position"}])
+@pytest.mark.parametrize("overrides", [{}, {"shape_input": "length_width", "location_input": "map_and_position"},
+                                       {"pooling": "streams", "patch_size": 4}])
 def test_tmdl_export_matches_pytorch(tmp_path, overrides):
     torch.manual_seed(0)
     model = TMDL(preset("tiny", **overrides))

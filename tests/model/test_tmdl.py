@@ -179,3 +179,39 @@ def test_older_preset_files_keep_the_ratio_and_point_sampling():
         preset("tiny", image_sampling="cubic")
     with pytest.raises(ValueError):
         preset("tiny", location_aspect="fit")
+
+
+def test_stream_pooling_weighs_the_image_and_text_sides_alike_whatever_their_token_counts():
+    from llnm.model.tmdl import pool_weights
+
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0],   # 2 image tokens kept, 5 text-side
+                         [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]])  # image stream occluded
+    tokens = pool_weights(mask, image_tokens=3, pooling="tokens")
+    streams = pool_weights(mask, image_tokens=3, pooling="streams")
+    torch.testing.assert_close(tokens[0], mask[0] / 7)
+    torch.testing.assert_close(streams[0, :3], torch.tensor([0.25, 0.25, 0.0]))
+    torch.testing.assert_close(streams[0, 3:], torch.full((5,), 0.1))
+    torch.testing.assert_close(streams[1], tokens[1])  # an empty stream gives its half to the other
+    torch.testing.assert_close(streams.sum(dim=1), torch.ones(2))
+
+
+def test_stream_pooling_changes_the_pooled_vector_but_not_the_weights():
+    torch.manual_seed(0)
+    tokens = TMDL(preset("tiny")).eval()
+    torch.manual_seed(0)
+    streams = TMDL(preset("tiny", pooling="streams")).eval()
+    assert tokens.state_dict().keys() == streams.state_dict().keys()
+    x = dummy_inputs(tokens.config, batch=2)
+    with torch.no_grad():
+        assert not torch.allclose(tokens(**x)[0], streams(**x)[0])
+
+
+def test_smaller_patches_give_the_image_stream_more_tokens():
+    config = preset("compact", patch_size=6)
+    assert config.tokens_per_image == 64 and config.image_tokens == 192
+    model = TMDL(preset("tiny", patch_size=4)).eval()
+    with torch.no_grad():
+        logit, _, _, mask = model(**dummy_inputs(model.config, batch=1))
+    assert mask.shape[1] == model.config.image_tokens + model.config.text_side_tokens
+    with pytest.raises(ValueError):
+        preset("compact", patch_size=7)

@@ -46,6 +46,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-tokens", type=int, choices=(50, 100, 150, 200), default=None,
                         help="report tokens TMDL reads (the paper's m = 50, the shipped model's); more are read as "
                              "consecutive 50-token windows of the report; default: the preset's")
+    parser.add_argument("--pooling", choices=("tokens", "streams"), default=None,
+                        help="tokens: the mean over every kept token (the paper, the shipped model); streams: the "
+                             "image stream's and the text side's means weighted alike; default: the preset's")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="side of each feature image's patches (the image tokens: (image side / patch)^2 per "
+                             "image); smaller patches give the image stream more tokens; default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--workers", type=int, default=1,
@@ -71,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
                                         ("image_sampling", args.image_sampling),
                                         ("location_aspect", args.location_aspect),
                                         ("location_input", args.location_input),
-                                        ("text_tokens", args.text_tokens)) if v is not None})
+                                        ("text_tokens", args.text_tokens),
+                                        ("patch_size", args.patch_size),
+                                        ("pooling", args.pooling)) if v is not None})
     config = preset(args.preset, **overrides)
     meta = train(args.data, args.out, config, encode_text=onnx_text_encoder(settings.model_repository),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
@@ -88,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
                       "view_fusion": config.view_fusion, "shape_input": config.shape_input,
                       "image_sampling": config.image_sampling, "location_aspect": config.location_aspect,
                       "location_input": config.location_input,
-                      "text_tokens": config.text_tokens}))
+                      "text_tokens": config.text_tokens, "patch_size": config.patch_size,
+                      "pooling": config.pooling}))
     return 0

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from llnm.config import REPO_ROOT, Settings
+from llnm.segmentation.nodule import INPUT_SIZE
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_OUT = Path("/tmp/llnm-seg-train")
@@ -35,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=["n", "s", "m"], default="s",
                         help="nodule model: YOLOv8 scale when training from random weights (default: %(default)s)")
     parser.add_argument("--imgsz", type=int, default=None,
-                        help="nodule model: training input side in pixels (default: the runtime's, 256); a model "
+                        help=f"nodule model: training input side in pixels (default: the runtime's, {INPUT_SIZE}); a model "
                              "trained at another size ships with llnm.segmentation.nodule.INPUT_SIZE changed")
     parser.add_argument("--device", default="cpu", help="nodule model: 'cpu' or a CUDA device such as '0'")
     parser.add_argument("--workers", type=int, default=0, help="nodule model: data-loading processes")

@@ -33,6 +33,12 @@
   (vertical, horizontal), the numbers the product already measures and reports; occluded with the
   location group.
 
+`pooling` says how the tokens are pooled before the head:
+- "tokens" (default, the shipped model and the paper): the mean over every kept token. The paper's
+  sizes give the image stream 588 tokens beside m + 4 = 54 on the text side; the compact preset with a
+  150-token report gives it 48 beside 154, so the report dominates the pooled vector;
+- "streams" (a measured deviation, issue 15): the mean of the image stream's mean and the text side's
+  mean, each stream weighted alike whatever its token count.
 `location_aspect` says how x_l frames the gland:
 - "stretch" (default, the shipped model): the box of gland and nodule resampled onto the square image,
   so a long thin lobe is squeezed and the nodule's shape and place in it are distorted;
@@ -64,6 +70,8 @@ IMAGE_SAMPLINGS = ("point", "area")
 LOCATION_ASPECTS = ("stretch", "keep")
 #: what the location group reads (see the module docstring)
 LOCATION_INPUTS = ("map", "map_and_position")
+#: how the tokens are pooled before the head (see the module docstring)
+POOLINGS = ("tokens", "streams")
 #: the numbers of the position token x_p (location_input "map_and_position")
 POSITION_INPUTS = ("x_p_capsule", "x_p_vertical", "x_p_horizontal")
 
@@ -88,11 +96,14 @@ class TMDLConfig:
     image_sampling: str = "point"  # IMAGE_SAMPLINGS; absent from older preset.json files
     location_aspect: str = "stretch"  # LOCATION_ASPECTS; absent from older preset.json files
     location_input: str = "map"  # LOCATION_INPUTS; absent from older preset.json files
+    pooling: str = "tokens"  # POOLINGS; absent from older preset.json files
 
     def __post_init__(self) -> None:
+        if self.patch_size < 1 or self.image_size % self.patch_size:
+            raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         for name, allowed in (("view_fusion", VIEW_FUSIONS), ("shape_input", SHAPE_INPUTS),
                               ("image_sampling", IMAGE_SAMPLINGS), ("location_aspect", LOCATION_ASPECTS),
-                              ("location_input", LOCATION_INPUTS)):
+                              ("location_input", LOCATION_INPUTS), ("pooling", POOLINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r}: choose from {allowed}")
 
@@ -137,8 +148,8 @@ class TMDLConfig:
     @classmethod
     def from_json(cls, text: str) -> "TMDLConfig":
         """Fields missing from older files take their defaults (view_fusion "probability", shape_input
-        "ratio", image_sampling "point", location_aspect "stretch", location_input "map": what those
-        models were trained with)."""
+        "ratio", image_sampling "point", location_aspect "stretch", location_input "map", pooling
+        "tokens": what those models were trained with)."""
         return cls(**json.loads(text))
 
     @classmethod

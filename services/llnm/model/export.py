@@ -115,7 +115,7 @@ def export_tmdl(model: TMDL, path: Path, opset: int = 17) -> dict[str, float]:
                           dynamic_axes={n: {0: "batch"} for n in TMDL_INPUTS + TMDL_OUTPUTS})
         logit, risk, attentions, mask = model(*args, return_attention=True)
         fused_logit, fused_risk, _, _ = model(*args)
-        importance = attention_rollout(attentions, mask, model.config.image_tokens)
+        importance = attention_rollout(attentions, mask, model.config.image_tokens, model.config.pooling)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = dict(zip(TMDL_OUTPUTS, session.run(list(TMDL_OUTPUTS), {k: v.numpy() for k, v in inputs.items()})))
     return {

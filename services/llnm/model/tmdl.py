@@ -227,7 +227,7 @@ class TMDL(nn.Module):
             x, a = block(x, bias, return_attention)
             attentions.append(a)
         x = self.norm(x)
-        pooled = (x * mask[:, :, None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        pooled = (x * pool_weights(mask, self.config.image_tokens, self.config.pooling)[:, :, None]).sum(dim=1)
         return pooled, (attentions if return_attention else None), mask
 
     def forward(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
@@ -259,15 +259,29 @@ class TMDL(nn.Module):
         return out[:, 0], out[:, 1:]
 
 
-def attention_rollout(attentions: list[torch.Tensor], mask: torch.Tensor, image_tokens: int) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020) through all blocks, read out for the mean-pooled
-    representation: importance of each image token, scaled to [0, 1] per sample. (B, 3n)."""
+def pool_weights(mask: torch.Tensor, image_tokens: int, pooling: str = "tokens") -> torch.Tensor:
+    """(B, N) weights of the mean pooling over the kept tokens (the first `image_tokens` are the image
+    stream's), each row summing to 1 (0 where nothing is kept). "tokens" (the paper): every kept token
+    alike; "streams": the image stream's mean and the text side's mean weighted alike, whatever their
+    token counts (an empty stream gives its half to the other)."""
+    if pooling == "tokens":
+        return mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    streams = [mask[:, :image_tokens], mask[:, image_tokens:]]
+    shares = [m / m.sum(dim=1, keepdim=True).clamp(min=1.0) for m in streams]
+    present = sum((m.sum(dim=1, keepdim=True) > 0).to(mask.dtype) for m in streams).clamp(min=1.0)
+    return torch.cat(shares, dim=1) / present
+
+
+def attention_rollout(attentions: list[torch.Tensor], mask: torch.Tensor, image_tokens: int,
+                      pooling: str = "tokens") -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020) through all blocks, read out for the pooled
+    representation (`pool_weights`): importance of each image token, scaled to [0, 1] per sample. (B, 3n)."""
     b, n, _ = attentions[0].shape
     eye = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device)[None]
     rollout = eye.expand(b, n, n)
     for a in attentions:
         rollout = (0.5 * a + 0.5 * eye) @ rollout
-    weights = mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    weights = pool_weights(mask, image_tokens, pooling)
     importance = (weights[:, :, None] * rollout).sum(dim=1)[:, :image_tokens]
     importance = importance * mask[:, :image_tokens]
     low = importance.min(dim=1, keepdim=True).values
@@ -288,7 +302,7 @@ class TMDLForExport(nn.Module):
     def forward(self, images, text_states, text_mask, clinical, group_keep):
         logit, risk, attentions, mask = self.model(images, text_states, text_mask, clinical, group_keep,
                                                    return_attention=True)
-        importance = attention_rollout(attentions, mask, self.model.config.image_tokens)
+        importance = attention_rollout(attentions, mask, self.model.config.image_tokens, self.model.config.pooling)
         return torch.sigmoid(logit)[:, None], risk.softmax(dim=-1), importance, logit[:, None]
 
 
