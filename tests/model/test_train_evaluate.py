@@ -193,6 +193,20 @@ def test_group_dropout_occludes_at_most_one_group_per_view_at_the_asked_rate():
     assert (group_dropout_keep(np.random.default_rng(0), 100, 0.0) == 1).all()
 
 
+def test_modality_dropout_leaves_one_whole_stream_on_the_asked_share_of_views():
+    from llnm.model.train import MODALITIES, group_dropout_keep, modality_dropout_keep
+
+    rng = np.random.default_rng(0)
+    before = group_dropout_keep(rng, 20000, 0.2)
+    keep = modality_dropout_keep(rng, before, 0.4)
+    changed = (keep != before).any(axis=1)
+    streams = [(keep == np.asarray(m, dtype=np.float32)).all(axis=1) for m in MODALITIES]
+    assert abs((streams[0] | streams[1]).mean() - 0.4) < 0.02  # image only or text side only
+    assert abs(streams[0].mean() - streams[1].mean()) < 0.02  # both streams alike
+    assert not (changed & ~(streams[0] | streams[1])).any()  # the other rows keep their group dropout
+    assert (modality_dropout_keep(rng, before, 0.0) == before).all()
+
+
 def test_group_dropout_changes_training_and_zero_keeps_it_as_before(tiny_layout, tmp_path):
     """A model trained without the option is the model trained with 0 (same random stream, same weights);
     with group dropout the training sees occluded views (other weights), and model.json says so."""

@@ -27,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-dropout", type=float, default=0.0,
                         help="share of training views with one token group occluded (contribution shares and "
                              "ablations then occlude what the model has seen; 0: none)")
+    parser.add_argument("--modality-dropout", type=float, default=0.0,
+                        help="share of training views scored from one stream alone (the image groups, or the "
+                             "report and demographics), so the model cannot lean on one source (0: none)")
     parser.add_argument("--view-fusion", choices=("probability", "pooled"), default="probability",
                         help="probability: each view scored alone, the study = the mean of the views' "
                              "probabilities (what the runtime runs); pooled: the views' pooled "
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
-                 val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers)
+                 val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers,
+                 modality_dropout=args.modality_dropout)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -252,7 +253,7 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
         study_uids=[s.study_uid for s in studies])
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two trainings on one folder never share it
         np.savez(tmp, images=cache.images, clinical=cache.clinical, view_study=cache.view_study,
                  view_orientation=cache.view_orientation,
                  text_states=cache.text_states, text_mask=cache.text_mask, llnm=cache.llnm,

@@ -148,18 +148,33 @@ def group_dropout_keep(rng: np.random.Generator, n: int, p: float) -> np.ndarray
     return keep
 
 
+#: the token groups of each stream (GROUPS order): image (location, morphology), text side (report, demographics)
+MODALITIES = ((1.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 1.0))
+
+
+def modality_dropout_keep(rng: np.random.Generator, keep: np.ndarray, p: float) -> np.ndarray:
+    """`keep` with, on a share `p` of its rows, one whole stream occluded (half of them the image
+    groups, half the report and demographics): those views must be scored from the other stream alone,
+    so neither stream can leave the work to the other (the report would otherwise carry the model)."""
+    keep = keep.copy()
+    chosen = np.flatnonzero(rng.random(len(keep)) < p)
+    keep[chosen] = np.asarray(MODALITIES, dtype=np.float32)[rng.integers(0, 2, len(chosen))]
+    return keep
+
+
 def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 40,
           batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
           progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0,
-          workers: int = 1) -> dict:
+          workers: int = 1, modality_dropout: float = 0.0) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
     is trained on); else a seeded `val_fraction` of data_dir's studies. `group_dropout`: the share of
     training views with one token group occluded (`group_dropout_keep`), so that the occlusions behind
     the contribution shares and the ablations are inputs the model has seen (0: none, as before).
-    `workers`: processes for the feature cache.
+    `modality_dropout`: the share of training views scored from one stream alone
+    (`modality_dropout_keep`; 0: none, as before). `workers`: processes for the feature cache.
 
     config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
     the simulated missing report / demographics and the group dropout are drawn once per study and
@@ -230,8 +245,12 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
                 keep = None
-                if group_dropout > 0:  # no draw at 0: the random stream (and a model trained without) unchanged
-                    keep = torch.from_numpy(group_dropout_keep(rng, per, group_dropout)[local])
+                if group_dropout > 0 or modality_dropout > 0:  # no draw at 0: the random stream unchanged
+                    rows = (group_dropout_keep(rng, per, group_dropout) if group_dropout > 0
+                            else np.ones((per, len(GROUPS)), dtype=np.float32))
+                    if modality_dropout > 0:
+                        rows = modality_dropout_keep(rng, rows, modality_dropout)
+                    keep = torch.from_numpy(rows[local])
                 if pooled:
                     logit, risk = model.forward_studies(images, states, mask, clinical, keep,
                                                         torch.from_numpy(cache.view_orientation[views]),
@@ -266,7 +285,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "preset": config.name, "config": asdict(config), "threshold": youden_threshold(p, val_cache.llnm[present]),
         "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
-        "jitters": jitters, "group_dropout": group_dropout, "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
+        "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout, "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": git_commit(), "data_sha256": layout_sha256(data_dir),
         "val_data_sha256": layout_sha256(val_dir) if val_dir is not None else None,
