@@ -5,8 +5,9 @@
 YOLOv8-seg cuts each instance's mask to its box (llnm.segmentation.postprocess.assemble_mask, widened by
 `BOX_MARGIN`). Where the mixed prototypes stay above the mask threshold beyond the box, the mask ends in a
 straight edge along the cut line: a box-shaped part that is no nodule outline. Per ddti_frames frame of
-the split (ultrasound image found as at run time; the frame alone, no mirror image), on the model grid:
-the index nodule's mask (thresholded, largest component, then opened with each `--opening` fraction),
+the split (ultrasound image found as at run time; the index nodule chosen as the product chooses it, by
+agreement with the mirror image), on the model grid: the index nodule's mask from the frame (thresholded,
+largest component, then opened with each `--opening` fraction),
 and the share of its outline lying on the cut line while the uncut mask goes on beyond it. Reported: how
 many frames have >= 5 % and >= 15 % of their outline there, and the worst frames by name.
 """
@@ -52,16 +53,19 @@ def frame_shares(backend, image: np.ndarray, openings: list[float]) -> list[floa
     """The cut share of the frame's index nodule for each opening fraction; None when nothing is found."""
     size = nodule.INPUT_SIZE
     tensor, _ = nodule.nodule_input(find_image_region(image).crop(image))
-    outputs = backend.infer("nodule_seg", {nodule.INPUT_NAME: tensor})
-    protos = outputs[nodule.OUTPUT_PROTOS][:1]
-    found = decode_yolo_seg(outputs[nodule.OUTPUT_BOXES][:1], nodule.NUM_MASKS, nodule.CONF_THRESHOLD,
-                            nodule.IOU_THRESHOLD)
+    batch = np.ascontiguousarray(np.concatenate([tensor, tensor[..., ::-1]]))  # the frame and its mirror
+    outputs = backend.infer("nodule_seg", {nodule.INPUT_NAME: batch})
+    boxes, protos = outputs[nodule.OUTPUT_BOXES], outputs[nodule.OUTPUT_PROTOS]
+    found = decode_yolo_seg(boxes[:1], nodule.NUM_MASKS, nodule.CONF_THRESHOLD, nodule.IOU_THRESHOLD)
     if not len(found):
         return None
-    cut = [assemble_mask(found.coefficients[i], protos, found.boxes[i], size, nodule.BOX_MARGIN)
+    cut = [assemble_mask(found.coefficients[i], protos[:1], found.boxes[i], size, nodule.BOX_MARGIN)
            for i in range(len(found))]
     masks = [largest_component(c > nodule.MASK_THRESHOLD) for c in cut]
-    chosen = nodule.select_index(found.scores, np.array([int(m.sum()) for m in masks]))
+    matches = nodule._mirror_matches(cut, boxes[1:2], protos[1:2])
+    agreement = (found.scores + np.array([m[0] if m else 0.0 for m in matches], dtype=np.float32)) / 2
+    chosen = nodule.select_index(agreement, np.array([int(m.sum()) for m in masks]))
+    protos = protos[:1]
     if chosen is None:
         return None
     uncut = assemble_mask(found.coefficients[chosen], protos, UNCUT, size) > nodule.MASK_THRESHOLD
