@@ -28,7 +28,7 @@ import numpy as np
 from llnm.model import baseline
 from llnm.model.data import read_layout
 from llnm.model.metrics import auc
-from llnm.phantom.information import (demographic_features, fit_logistic, image_features, latent_draw,
+from llnm.phantom.information import (demographic_features, image_features, latent_draw, logistic_scores,
                                       report_features)
 from llnm.phantom.profiles import get_profile
 
@@ -39,7 +39,7 @@ def latent_rows(folder: Path) -> tuple[list, list[str]]:
     profile = get_profile(generator["profile"])
     if not profile.latent_risk:
         raise SystemExit(f"{folder}: profile {profile.name!r} has no latent risk (use --profile fusion)")
-    labels = list(csv.DictReader(open(folder / "labels.csv", newline="")))
+    labels = list(csv.DictReader((folder / "labels.csv").read_text().splitlines()))
     rows = [latent_draw(generator["seed"], generator["start"] + i, profile) for i in range(len(labels))]
     if any(int(row["llnm"]) != draw[3] for row, draw in zip(labels, rows)):
         raise SystemExit(f"{folder}: labels.csv does not follow the generator's draws (another generator commit?)")
@@ -60,10 +60,7 @@ def latent_matrix(rows: list, parts: tuple[str, ...]) -> np.ndarray:
 
 
 def oracle_scores(train: list, test: list, parts: tuple[str, ...]) -> np.ndarray:
-    x_train, x_test = latent_matrix(train, parts), latent_matrix(test, parts)
-    mean, sd = x_train.mean(axis=0), x_train.std(axis=0) + 1e-9
-    w = fit_logistic((x_train - mean) / sd, np.array([r[3] for r in train], dtype=float))
-    return np.hstack([np.ones((len(test), 1)), (x_test - mean) / sd]) @ w
+    return logistic_scores(latent_matrix(train, parts), np.array([r[3] for r in train]), latent_matrix(test, parts))
 
 
 def main() -> None:

@@ -97,15 +97,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-2, iterations: 
     return w
 
 
+def logistic_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """Logits of `x_test` under `fit_logistic` fitted on (x_train, y_train), columns standardised on x_train."""
+    mean, sd = x_train.mean(axis=0), x_train.std(axis=0) + 1e-9
+    w = fit_logistic((x_train - mean) / sd, np.asarray(y_train, dtype=float))
+    return np.hstack([np.ones((len(x_test), 1)), (x_test - mean) / sd]) @ w
+
+
 def crossfit_auc(x: np.ndarray, y: np.ndarray, folds: int = 2) -> float:
     """AUC of out-of-fold logistic scores: what the best logistic model on these inputs generalises to."""
     idx = np.arange(len(y)) % folds
     scores = np.zeros(len(y))
     for k in range(folds):
         train, test = idx != k, idx == k
-        mean, sd = x[train].mean(axis=0), x[train].std(axis=0) + 1e-9
-        w = fit_logistic((x[train] - mean) / sd, y[train].astype(float))
-        scores[test] = np.hstack([np.ones((test.sum(), 1)), (x[test] - mean) / sd]) @ w
+        scores[test] = logistic_scores(x[train], y[train], x[test])
     return risk.auc(scores, y)
 
 
