@@ -223,3 +223,51 @@ def test_group_dropout_changes_training_and_zero_keeps_it_as_before(tiny_layout,
     assert all(torch.equal(plain[k], zero[k]) for k in plain)
     assert not all(torch.equal(plain[k], dropped[k]) for k in plain)
     assert zero_meta["group_dropout"] == 0.0 and dropped_meta["group_dropout"] == 0.5
+
+
+def test_the_auxiliary_measurement_loss_trains_the_same_model_shape_and_is_recorded(tiny_layout, tmp_path):
+    """With --aux-measures the saved model has exactly the plain model's weights' names (the read-out is
+    training only, so export and runtime are unchanged), other values, a logged auxiliary loss, and
+    model.json names the measurements; 0 trains the plain model."""
+    import torch
+
+    from llnm.features.measures import MEASURES
+
+    def weights(out, **kw):
+        meta = train(tiny_layout, tmp_path / out, preset("tiny"), encode_text=fake_text_encoder, epochs=2,
+                     patience=5, progress=False, seed=0, **kw)
+        return meta, torch.load(tmp_path / out / "model.pt", weights_only=True)
+
+    _, plain = weights("plain")
+    zero_meta, zero = weights("zero", aux_measures=0.0)
+    aux_meta, aux = weights("aux", aux_measures=1.0)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain) and zero_meta["aux_measure_names"] is None
+    assert set(aux) == set(plain) and not all(torch.equal(plain[k], aux[k]) for k in plain)
+    assert aux_meta["aux_measures"] == 1.0 and aux_meta["aux_measure_names"] == list(MEASURES)
+    log = [json.loads(line) for line in (tmp_path / "aux" / "train_log.jsonl").read_text().splitlines()]
+    assert all(0.0 < entry["aux_loss"] < 10.0 for entry in log)
+    assert "aux_loss" not in (tmp_path / "plain" / "train_log.jsonl").read_text()
+    with pytest.raises(ValueError, match="probability"):
+        train(tiny_layout, tmp_path / "pooled", preset("tiny", view_fusion="pooled"), encode_text=fake_text_encoder,
+              epochs=1, progress=False, aux_measures=1.0)
+
+
+def test_the_measurement_loss_skips_views_whose_image_groups_were_occluded():
+    """A view with an occluded image group is not asked to predict what it was not shown: its error does
+    not enter the loss, whatever it is."""
+    import torch
+
+    from llnm.model.train import MeasureHead
+
+    torch.manual_seed(0)
+    head = MeasureHead(8, np.random.default_rng(0).normal(size=(30, 2, 3)))
+    x = torch.randn(3, 6, 8)
+    target = torch.randn(3, 3)
+    mask = torch.ones(3, 6)
+    only_first = head.loss(x[:1], mask[:1], 4, target[:1])
+    mask[1:, 2] = 0.0  # rows 1 and 2: an image token occluded
+    for wrong in (0.0, 100.0):
+        target[1:] = wrong
+        assert torch.isclose(head.loss(x, mask, 4, target), only_first)
+    mask[0, 2] = 0.0
+    assert head.loss(x, mask, 4, target) == 0.0

@@ -30,6 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality-dropout", type=float, default=0.0,
                         help="share of training views scored from one stream alone (the image groups, or the "
                              "report and demographics), so the model cannot lean on one source (0: none)")
+    parser.add_argument("--aux-measures", type=float, default=0.0,
+                        help="weight of an auxiliary training loss: the image stream also predicts the view's "
+                             "measurements (capsule distance, size, third, texture; llnm.features.measures), "
+                             "never an input, so the exported model is unchanged (0: none)")
     parser.add_argument("--view-fusion", choices=("probability", "pooled"), default="probability",
                         help="probability: each view scored alone, the study = the mean of the views' "
                              "probabilities (what the runtime runs); pooled: the views' pooled "
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
                  val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers,
-                 modality_dropout=args.modality_dropout)
+                 modality_dropout=args.modality_dropout, aux_measures=args.aux_measures)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

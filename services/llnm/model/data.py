@@ -32,12 +32,13 @@ import numpy as np
 from scipy import ndimage
 
 from llnm.features import clinical_vector, extract_features
+from llnm.features.measures import view_measures
 from llnm.model.config import ORIENTATIONS, TMDLConfig
 from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: per-view measurements (the auxiliary loss's targets)
 
 
 @dataclass
@@ -128,16 +129,19 @@ def jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def view_arrays(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
                 spacing: tuple[float, float] | None, age: float | None, sex: str | None,
-                config: TMDLConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(3, S, S) images and the clinical vector of one view: what TMDL sees besides the report."""
+                config: TMDLConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(3, S, S) images and the clinical vector of one view (what TMDL sees besides the report), and
+    its measurements (`llnm.features.measures`: the auxiliary loss's targets, never an input)."""
     feats = extract_features(image, gland, nodule, spacing, **config.feature_options())
-    return feats.images(), clinical_vector(sex, age, feats, config.shape_input, config.location_input)
+    return (feats.images(), clinical_vector(sex, age, feats, config.shape_input, config.location_input),
+            view_measures(image, nodule, feats))
 
 
 @dataclass
 class FeatureCache:
     images: np.ndarray  # (V, J + 1, 3, S, S) float16; variant 0 = the given masks
     clinical: np.ndarray  # (V, J + 1, len(config.clinical_inputs)) float32
+    measures: np.ndarray  # (V, J + 1, len(MEASURES)) float32: targets of the auxiliary loss
     view_study: np.ndarray  # (V,) index into the study arrays
     view_orientation: np.ndarray  # (V,) int64 index into ORIENTATIONS (unknown when views.csv does not say)
     text_states: np.ndarray  # (N, text_tokens, width) float16
@@ -169,8 +173,10 @@ def _cache_key(data_dir: Path, config: TMDLConfig, jitters: int, seed: int, enco
     return h.hexdigest()[:16]
 
 
-def _study_features(args: tuple[int, StudyRecord, TMDLConfig, int, int]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """(images (J + 1, 3, S, S) float16, clinical (J + 1, C), orientation) of each usable view of one study.
+def _study_features(args: tuple[int, StudyRecord, TMDLConfig, int, int]
+                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(images (J + 1, 3, S, S) float16, clinical (J + 1, C), measures (J + 1, K), orientation) of each
+    usable view of one study.
     A function of its arguments alone (the jitter stream is seeded by seed, study and view), so studies
     can be computed in any order and in any process."""
     si, study, config, jitters, seed = args
@@ -182,18 +188,20 @@ def _study_features(args: tuple[int, StudyRecord, TMDLConfig, int, int]) -> list
         if not gland.any() or not nodule.any():
             continue
         rng = np.random.default_rng([seed, si, vi])
-        variants_i, variants_c = [], []
+        variants_i, variants_c, variants_m = [], [], []
         for j in range(jitters + 1):
             g, n = (gland, nodule) if j == 0 else (jitter_mask(gland, rng), jitter_mask(nodule, rng))
-            im, cl = view_arrays(image, g, n, view.spacing_mm, study.age, study.sex, config)
+            im, cl, me = view_arrays(image, g, n, view.spacing_mm, study.age, study.sex, config)
             variants_i.append(im)
             variants_c.append(cl)
-        out.append((np.stack(variants_i).astype(np.float16), np.stack(variants_c), orientation_code(view.orientation)))
+            variants_m.append(me)
+        out.append((np.stack(variants_i).astype(np.float16), np.stack(variants_c), np.stack(variants_m),
+                    orientation_code(view.orientation)))
     return out
 
 
 def _all_study_features(studies: list[StudyRecord], config: TMDLConfig, jitters: int, seed: int, workers: int,
-                        progress: bool) -> Iterator[list[tuple[np.ndarray, np.ndarray, int]]]:
+                        progress: bool) -> Iterator[list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]]:
     """_study_features of every study, in labels.csv order; `workers` > 1 spreads the studies over that
     many processes (spawned, not forked: the caller may hold torch's thread pools)."""
     from tqdm import tqdm
@@ -225,16 +233,18 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
     studies = read_layout(data_dir)
     if path.is_file():
         z = np.load(path)
-        return FeatureCache(images=z["images"], clinical=z["clinical"], view_study=z["view_study"],
+        return FeatureCache(images=z["images"], clinical=z["clinical"], measures=z["measures"],
+                            view_study=z["view_study"],
                             view_orientation=z["view_orientation"],
                             text_states=z["text_states"], text_mask=z["text_mask"], llnm=z["llnm"],
                             risk_level=z["risk_level"], p_true=z["p_true"],
                             study_uids=[s.study_uid for s in studies])
-    images, clinical, view_study, view_orientation = [], [], [], []
+    images, clinical, measures, view_study, view_orientation = [], [], [], [], []
     for si, views in enumerate(_all_study_features(studies, config, jitters, seed, workers, progress)):
-        for im, cl, orientation in views:
+        for im, cl, me, orientation in views:
             images.append(im)
             clinical.append(cl)
+            measures.append(me)
             view_study.append(si)
             view_orientation.append(orientation)
     states, masks = [], []
@@ -245,6 +255,7 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
         masks.append(mk.astype(np.float32))
     cache = FeatureCache(
         images=np.stack(images), clinical=np.stack(clinical).astype(np.float32),
+        measures=np.stack(measures).astype(np.float32),
         view_study=np.array(view_study, dtype=np.int64),
         view_orientation=np.array(view_orientation, dtype=np.int64), text_states=np.concatenate(states),
         text_mask=np.concatenate(masks), llnm=np.array([s.llnm for s in studies], dtype=np.int64),
@@ -254,7 +265,8 @@ def build_cache(data_dir: Path, config: TMDLConfig, encode_text, jitters: int = 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # two trainings on one folder never share it
-        np.savez(tmp, images=cache.images, clinical=cache.clinical, view_study=cache.view_study,
+        np.savez(tmp, images=cache.images, clinical=cache.clinical, measures=cache.measures,
+                 view_study=cache.view_study,
                  view_orientation=cache.view_orientation,
                  text_states=cache.text_states, text_mask=cache.text_mask, llnm=cache.llnm,
                  risk_level=cache.risk_level, p_true=cache.p_true)

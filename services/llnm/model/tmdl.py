@@ -193,6 +193,16 @@ class TMDL(nn.Module):
         """The backbone on a batch of views: (pooled (B, hidden), attentions or None, token keep-mask).
 
         `orientation` (B,) indexes ORIENTATIONS (pooled fusion only; None: unknown)."""
+        x, attentions, mask = self.tokens(images, text_states, text_mask, clinical, group_keep, orientation,
+                                          return_attention)
+        pooled = (x * pool_weights(mask, self.config.image_tokens, self.config.pooling)[:, :, None]).sum(dim=1)
+        return pooled, attentions, mask
+
+    def tokens(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
+               clinical: torch.Tensor, group_keep: torch.Tensor | None = None,
+               orientation: torch.Tensor | None = None, return_attention: bool = False):
+        """The backbone's output tokens before pooling: (x (B, 3n + m + 4, hidden) after the final norm,
+        attentions or None, token keep-mask). The image stream's are the first `config.image_tokens`."""
         b = images.shape[0]
         if group_keep is None:
             group_keep = images.new_ones(b, 4)
@@ -226,9 +236,7 @@ class TMDL(nn.Module):
         for block in self.self_blocks:
             x, a = block(x, bias, return_attention)
             attentions.append(a)
-        x = self.norm(x)
-        pooled = (x * pool_weights(mask, self.config.image_tokens, self.config.pooling)[:, :, None]).sum(dim=1)
-        return pooled, (attentions if return_attention else None), mask
+        return self.norm(x), (attentions if return_attention else None), mask
 
     def forward(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
                 clinical: torch.Tensor, group_keep: torch.Tensor | None = None,

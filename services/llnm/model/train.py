@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llnm.features.measures import MEASURES
 from llnm.model.config import GROUPS, TMDLConfig
 from llnm.model.data import FeatureCache, build_cache, generator_record, git_commit, layout_sha256
 from llnm.model.metrics import auc, youden_threshold
-from llnm.model.tmdl import TMDL
+from llnm.model.tmdl import TMDL, pool_weights
 from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
@@ -162,11 +163,34 @@ def modality_dropout_keep(rng: np.random.Generator, keep: np.ndarray, p: float) 
     return keep
 
 
+class MeasureHead(torch.nn.Module):
+    """The auxiliary loss (training only): a linear read-out of the image stream's mean output token,
+    asked to predict the view's measurements (`llnm.features.measures`, standardised on the training
+    views), so that on few studies the image stream still learns what the pixels show. Not part of the
+    saved model: the exported graph and the runtime are the same with or without it."""
+
+    def __init__(self, hidden: int, measures: np.ndarray) -> None:
+        super().__init__()
+        flat = measures.reshape(-1, measures.shape[-1]).astype(np.float64)
+        self.register_buffer("mean", torch.from_numpy(flat.mean(axis=0)).float())
+        self.register_buffer("scale", torch.from_numpy(np.maximum(flat.std(axis=0), 1e-6)).float())
+        self.read = torch.nn.Linear(hidden, measures.shape[-1])
+
+    def loss(self, x: torch.Tensor, mask: torch.Tensor, image_tokens: int, target: torch.Tensor) -> torch.Tensor:
+        """Mean squared error in standard units over the views whose image tokens are all kept (a view
+        with an occluded image group cannot be asked what it was not shown); 0 when there are none."""
+        image_mask = mask[:, :image_tokens]
+        summary = (x[:, :image_tokens] * image_mask[:, :, None]).sum(dim=1) / image_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        error = ((self.read(summary) - (target - self.mean) / self.scale) ** 2).mean(dim=1)
+        whole = (image_mask.min(dim=1).values > 0).to(error.dtype)
+        return (error * whole).sum() / whole.sum().clamp(min=1.0)
+
+
 def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 40,
           batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
           progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0,
-          workers: int = 1, modality_dropout: float = 0.0) -> dict:
+          workers: int = 1, modality_dropout: float = 0.0, aux_measures: float = 0.0) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
@@ -174,7 +198,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     training views with one token group occluded (`group_dropout_keep`), so that the occlusions behind
     the contribution shares and the ablations are inputs the model has seen (0: none, as before).
     `modality_dropout`: the share of training views scored from one stream alone
-    (`modality_dropout_keep`; 0: none, as before). `workers`: processes for the feature cache.
+    (`modality_dropout_keep`; 0: none, as before). `aux_measures`: the weight of the auxiliary
+    measurement loss (`MeasureHead`; 0: none, as before; probability fusion only). `workers`: processes
+    for the feature cache.
 
     config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
     the simulated missing report / demographics and the group dropout are drawn once per study and
@@ -183,6 +209,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     unchanged."""
     from tqdm import tqdm
 
+    if aux_measures > 0 and config.view_fusion != "probability":
+        raise ValueError("the auxiliary measurement loss reads each view's own tokens: view_fusion='probability' only")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -207,7 +235,12 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     unit_batch = max(1, round(batch_size * len(units) / len(train_views))) if pooled else batch_size
     device = torch.device("cpu")
     model = TMDL(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    parameters = list(model.parameters())
+    measure_head = None
+    if aux_measures > 0:  # created after the model: its initial weights are the same with or without
+        measure_head = MeasureHead(config.hidden, cache.measures[train_views]).to(device)
+        parameters += list(measure_head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(units) / unit_batch)
     total, warmup = epochs * steps_per_epoch, 3 * steps_per_epoch
 
@@ -224,7 +257,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         for epoch in bar:
             model.train()
             perm = rng.permutation(units)
-            losses = []
+            losses, aux_losses = [], []
             for start in range(0, len(perm), unit_batch):
                 if pooled:
                     batch_studies, views, local = study_views(cache, perm[start:start + unit_batch])
@@ -255,9 +288,18 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                     logit, risk = model.forward_studies(images, states, mask, clinical, keep,
                                                         torch.from_numpy(cache.view_orientation[views]),
                                                         torch.from_numpy(local), per)
+                elif measure_head is not None:
+                    x, _, token_mask = model.tokens(images, states, mask, clinical, keep)
+                    out = model.head((x * pool_weights(token_mask, config.image_tokens, config.pooling)[:, :, None]).sum(dim=1))
+                    logit, risk = out[:, 0], out[:, 1:]
+                    target = torch.from_numpy(cache.measures[views, variants]).to(device)
+                    aux = measure_head.loss(x, token_mask, config.image_tokens, target)
+                    aux_losses.append(aux.item())
                 else:
                     logit, risk, _, _ = model(images, states, mask, clinical, keep)
                 loss = F.binary_cross_entropy_with_logits(logit, y) + 0.5 * F.cross_entropy(risk, level)
+                if measure_head is not None:
+                    loss = loss + aux_measures * aux
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -269,6 +311,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
             train_loss = float(np.mean(losses))
             entry = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_auc": round(val_auc, 5),
                      "lr": lr_at(step - 1), "seconds": round(time.time() - started, 1)}
+            if aux_losses:
+                entry["aux_loss"] = round(float(np.mean(aux_losses)), 5)
             log_file.write(json.dumps(entry) + "\n")
             log_file.flush()
             bar.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{val_auc:.3f}", best=f"{best_auc:.3f}")
@@ -285,7 +329,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "preset": config.name, "config": asdict(config), "threshold": youden_threshold(p, val_cache.llnm[present]),
         "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
-        "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout, "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
+        "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
+        "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
+        "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": git_commit(), "data_sha256": layout_sha256(data_dir),
         "val_data_sha256": layout_sha256(val_dir) if val_dir is not None else None,

@@ -1,0 +1,69 @@
+"""What a reader can measure on one view, as numbers: the targets of TMDL's auxiliary training loss.
+
+The paper trains TMDL on the LLNM label alone. On a few hundred studies its image stream then learns
+little of what the pixels show (issue 15: the image groups alone rank below a logistic regression on
+the mask geometry). `llnm train --aux-measures W` adds a second loss that asks the image stream to
+predict these numbers, measured on the full-resolution view with the same masks it was given; they are
+never inputs, so the exported model and the runtime do not change.
+
+Geometry: capsule distance, length and width (mm when calibrated, else pixels), the vertical third,
+the aspect ratio, the echogenicity contrast (x_e). Pixels: internal heterogeneity (the spread of the
+nodule's grey once speckle is smoothed away), the share of bright punctate foci, and the outline's
+irregularity (perimeter against the circle of the same area).
+
+Pure numpy/scipy: arrays in, a float vector out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from llnm.features.extract import NoduleFeatures
+
+#: the measurements, in the order of `view_measures`' vector
+MEASURES = ("capsule", "length", "width", "upper", "middle", "aspect", "echo", "heterogeneity", "foci",
+            "irregularity")
+#: grey levels (0-255) a focus must stand above the nodule's median
+FOCUS_CONTRAST = 60.0
+#: smoothing (pixels, Gaussian sigma) that removes speckle before the heterogeneity is read
+SPECKLE_SIGMA = 2.0
+
+
+def _mm_or_px(mm: float | None, px: float) -> float:
+    return float(mm) if mm is not None else float(px)
+
+
+def perimeter_px(mask: np.ndarray) -> float:
+    """Boundary pixels of a mask (4-connected erosion), a perimeter estimate in pixels."""
+    return float((mask & ~ndimage.binary_erosion(mask)).sum())
+
+
+def view_measures(image: np.ndarray, nodule: np.ndarray, features: NoduleFeatures) -> np.ndarray:
+    """(len(MEASURES),) float32 of one view: `image` (H, W) uint8, `nodule` (H, W) bool (the mask the
+    features were computed with), `features` from `llnm.features.extract_features`."""
+    area = float(nodule.sum())
+    inner = ndimage.binary_erosion(nodule, iterations=2)
+    if inner.sum() < 16:
+        inner = nodule
+    grey = image.astype(np.float32)
+    smooth = ndimage.gaussian_filter(grey, SPECKLE_SIGMA)
+    heterogeneity = float(smooth[inner].std()) / 255.0
+    values = grey[inner]
+    foci = float((values > np.median(values) + FOCUS_CONTRAST).mean())
+    circle = 2.0 * math.sqrt(math.pi * max(area, 1.0))
+    vertical = features.location.get("vertical")
+    return np.array([
+        math.log1p(max(_mm_or_px(features.capsule_distance_mm, features.capsule_distance_px), 0.0)),
+        math.log(max(_mm_or_px(features.length_mm, features.length_px), 0.1)),
+        math.log(max(_mm_or_px(features.width_mm, features.width_px), 0.1)),
+        float(vertical == "upper"),
+        float(vertical == "middle"),
+        math.log(max(features.aspect_ratio, 1e-3)),
+        features.echogenicity,
+        heterogeneity,
+        math.log1p(100.0 * foci),
+        math.log(max(perimeter_px(nodule), 1.0) / circle),
+    ], dtype=np.float32)
