@@ -24,7 +24,7 @@ GLAND = disc(SHAPE, 80, 100, 70)
 
 def measure(image, nodule, spacing=(0.1, 0.1)):
     feats = extract_features(image, GLAND, nodule, spacing, size=32)
-    return dict(zip(MEASURES, view_measures(image, nodule, feats)))
+    return dict(zip(MEASURES, view_measures(image, nodule, feats, spacing)))
 
 
 def speckle(seed=0):

@@ -28,8 +28,10 @@ MEASURES = ("capsule", "length", "width", "upper", "middle", "aspect", "echo", "
             "irregularity")
 #: grey levels (0-255) a focus must stand above the nodule's median
 FOCUS_CONTRAST = 60.0
-#: smoothing (pixels, Gaussian sigma) that removes speckle before the heterogeneity is read
-SPECKLE_SIGMA = 2.0
+#: smoothing (mm, Gaussian sigma; pixels when uncalibrated: SPECKLE_SIGMA_PX) that removes speckle
+#: before the heterogeneity is read
+SPECKLE_SIGMA_MM = 0.6
+SPECKLE_SIGMA_PX = 6.0
 
 
 def _mm_or_px(mm: float | None, px: float) -> float:
@@ -41,16 +43,26 @@ def perimeter_px(mask: np.ndarray) -> float:
     return float((mask & ~ndimage.binary_erosion(mask)).sum())
 
 
-def view_measures(image: np.ndarray, nodule: np.ndarray, features: NoduleFeatures) -> np.ndarray:
+def view_measures(image: np.ndarray, nodule: np.ndarray, features: NoduleFeatures,
+                  spacing_mm: tuple[float, float] | None) -> np.ndarray:
     """(len(MEASURES),) float32 of one view: `image` (H, W) uint8, `nodule` (H, W) bool (the mask the
-    features were computed with), `features` from `llnm.features.extract_features`."""
+    features were computed with), `features` from `llnm.features.extract_features`, `spacing_mm`
+    (row, col) or None. Heterogeneity is the interquartile range of the smoothed grey inside the
+    nodule: robust to a few foci or a cyst, where a standard deviation follows them."""
     area = float(nodule.sum())
     inner = ndimage.binary_erosion(nodule, iterations=2)
     if inner.sum() < 16:
         inner = nodule
     grey = image.astype(np.float32)
-    smooth = ndimage.gaussian_filter(grey, SPECKLE_SIGMA)
-    heterogeneity = float(smooth[inner].std()) / 255.0
+    r0, c0 = (int(v) for v in np.argwhere(nodule).min(axis=0))
+    r1, c1 = (int(v) + 1 for v in np.argwhere(nodule).max(axis=0))
+    sigma = (SPECKLE_SIGMA_PX, SPECKLE_SIGMA_PX) if spacing_mm is None else (
+        SPECKLE_SIGMA_MM / float(spacing_mm[0]), SPECKLE_SIGMA_MM / float(spacing_mm[1]))
+    pad = int(3 * max(sigma)) + 1
+    window = (slice(max(r0 - pad, 0), r1 + pad), slice(max(c0 - pad, 0), c1 + pad))
+    smooth = ndimage.gaussian_filter(grey[window], sigma)[inner[window]]
+    q25, q75 = np.percentile(smooth, [25, 75])
+    heterogeneity = float(q75 - q25) / 255.0
     values = grey[inner]
     foci = float((values > np.median(values) + FOCUS_CONTRAST).mean())
     circle = 2.0 * math.sqrt(math.pi * max(area, 1.0))

@@ -38,7 +38,7 @@ from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 4  # 4: per-view measurements (the auxiliary loss's targets)
+CACHE_VERSION = 5  # 4: per-view measurements (the auxiliary loss's targets); 5: their heterogeneity
 
 
 @dataclass
@@ -134,7 +134,7 @@ def view_arrays(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
     its measurements (`llnm.features.measures`: the auxiliary loss's targets, never an input)."""
     feats = extract_features(image, gland, nodule, spacing, **config.feature_options())
     return (feats.images(), clinical_vector(sex, age, feats, config.shape_input, config.location_input),
-            view_measures(image, nodule, feats))
+            view_measures(image, nodule, feats, spacing))
 
 
 @dataclass
