@@ -47,6 +47,23 @@ def test_the_baseline_learns_what_its_inputs_carry_and_each_ablation_only_its_ow
     assert demographics_only < 0.7
 
 
+def test_one_comparison_reads_each_study_geometry_once_and_scores_the_same(layouts, monkeypatch):
+    """The fits of one comparison share a memo: the geometry (every image and mask read) is computed once
+    per study, and the scores are those of fits without it."""
+    from llnm.model import baseline
+
+    train, test = layouts
+    expected = [fit(train, inputs=inputs).predict(test) for inputs in (("report", "image", "demographics"), ("image",))]
+    calls = []
+    geometry = baseline.SOURCES["image"]
+    monkeypatch.setitem(baseline.SOURCES, "image", lambda study: calls.append(study.study_uid) or geometry(study))
+    memo: baseline.Memo = {}
+    got = [fit(train, inputs=inputs, memo=memo).predict(test, memo)
+           for inputs in (("report", "image", "demographics"), ("image",))]
+    assert all(np.array_equal(e, g) for e, g in zip(expected, got))
+    assert sorted(calls) == sorted(s.study_uid for s in train + test)
+
+
 def test_paired_bootstrap_of_the_difference():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)

@@ -102,12 +102,22 @@ def demographics(study: StudyRecord) -> dict[str, float]:
 SOURCES = {"report": lambda study: report_fields(study.report), "image": geometry, "demographics": demographics}
 
 
-def design(studies: list[StudyRecord], inputs: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+#: per (study, source) values already computed, shared by the fits of one comparison (`compare`): the
+#: geometry reads every image and mask, so the full fit and the ablations read them once
+Memo = dict[tuple[int, str], dict[str, float]]
+
+
+def design(studies: list[StudyRecord], inputs: tuple[str, ...],
+           memo: Memo | None = None) -> tuple[np.ndarray, list[str]]:
     rows, names = [], None
+    memo = {} if memo is None else memo
     for study in studies:
         values: dict[str, float] = {}
         for source in inputs:
-            values.update({f"{source}.{k}": v for k, v in SOURCES[source](study).items()})
+            key = (id(study), source)
+            if key not in memo:
+                memo[key] = SOURCES[source](study)
+            values.update({f"{source}.{k}": v for k, v in memo[key].items()})
         names = names or sorted(values)
         rows.append([values[n] for n in names])
     return np.asarray(rows, dtype=np.float64), names or []
@@ -121,22 +131,22 @@ class Baseline:
     names: list[str]
     model: object
 
-    def predict(self, studies: list[StudyRecord]) -> np.ndarray:
-        x, names = design(studies, self.inputs)
+    def predict(self, studies: list[StudyRecord], memo: Memo | None = None) -> np.ndarray:
+        x, names = design(studies, self.inputs, memo)
         assert names == self.names, "the evaluation folder gives other baseline columns than training"
         return self.model.predict_proba(x)[:, 1]
 
 
 def fit(train: list[StudyRecord] | Path, inputs: tuple[str, ...] = ("report", "image", "demographics"),
-        c: float = 1.0) -> Baseline:
+        c: float = 1.0, memo: Memo | None = None) -> Baseline:
     """L2-regularised logistic regression on standardised inputs (C=`c`, fixed: nothing is tuned on the
-    evaluation set)."""
+    evaluation set). `memo`: values computed by an earlier fit on the same study objects."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     studies = read_layout(train) if isinstance(train, Path) else train
-    x, names = design(studies, inputs)
+    x, names = design(studies, inputs, memo)
     y = np.asarray([s.llnm for s in studies])
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     model.fit(x, y)
@@ -170,7 +180,9 @@ def compare(train_dir: Path, data_dir: Path, uids: list[str], p_model: np.ndarra
     by_uid = {s.study_uid: s for s in read_layout(data_dir)}
     studies = [by_uid[u] for u in uids]
     out: dict = {"train": str(train_dir), "train_studies": len(train), "inputs": list(SOURCES)}
-    out.update(paired_bootstrap(p_model, fit(train).predict(studies), y, n=n, seed=seed, groups=groups))
+    memo: Memo = {}
+    out.update(paired_bootstrap(p_model, fit(train, memo=memo).predict(studies, memo), y, n=n, seed=seed,
+                                groups=groups))
     for name, inputs in (("report_only_auc", ("report",)), ("image_only_auc", ("image",))):
-        out[name] = float(auc(fit(train, inputs=inputs).predict(studies), y))
+        out[name] = float(auc(fit(train, inputs=inputs, memo=memo).predict(studies, memo), y))
     return out
