@@ -35,3 +35,43 @@ def test_an_onnx_file_that_is_not_a_yolov8_seg_export_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="not a YOLOv8-seg export"):
         checkpoint_from_onnx(MODEL_REPOSITORY / "thyroid_seg" / "1" / "model.onnx", [], tmp_path / "x.pt")
+
+
+def test_regrade_maps_grey_levels_by_a_display_curve():
+    from llnm.segmentation.preprocess import regrade
+
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(regrade(image, 1.0), image)
+    dark, bright = regrade(image, 1.4).astype(int), regrade(image, 0.7).astype(int)
+    assert (dark <= image).all() and (bright >= image).all() and dark[8, 0] < 128 - 20 < bright[8, 0] - 40
+    assert dark[0, 0] == bright[0, 0] == 0 and dark[-1, -1] == bright[-1, -1] == 255
+    assert (np.diff(dark.ravel()) >= 0).all()
+
+
+@pytest.mark.parametrize("gamma_range", [None, (0.7, 1.4)])
+def test_gamma_augmentation_regrades_only_the_later_copies_of_whole_frames(tmp_path, gamma_range):
+    """The first copy of each real whole frame is the frame as the runtime sees it; with a gamma range
+    the second is regraded (another device's display curve), without one it is the same image."""
+    from PIL import Image
+
+    from llnm.segmentation.data import case_split
+    from llnm.segmentation.train_nodule import NoduleTrainConfig, build_dataset, gamma_draw
+
+    frames = tmp_path / "data" / "ddti_frames"
+    (frames / "image").mkdir(parents=True)
+    (frames / "mask").mkdir()
+    for empty in ("tg3k/train/image", "tg3k/train/mask", "ddti/cropped", "ddti/mask"):  # no crops, no TG3K
+        (tmp_path / "data" / empty).mkdir(parents=True)
+    names = [f"{case}_1" for case in range(40) if case_split(f"{case}_1.jpg") == "train"][:3]
+    for k, name in enumerate(names):
+        Image.fromarray(ultrasound_like(seed=k, nodule_at=(150, 200, 30))).save(frames / "image" / f"{name}.png")
+        yy, xx = np.mgrid[:300, :400]
+        Image.fromarray((((yy - 150) ** 2 + (xx - 200) ** 2 < 900) * 255).astype(np.uint8)).save(
+            frames / "mask" / f"{name}.png")
+    cfg = NoduleTrainConfig(data=tmp_path / "data", out=tmp_path / "out", gamma_range=gamma_range)
+    images = build_dataset(cfg).parent / "images" / "train"
+    for name in names:
+        first, second = (np.asarray(Image.open(images / f"frame{k}_{name}.png")) for k in (0, 1))
+        assert np.array_equal(first, second) == (gamma_range is None)
+    draws = [gamma_draw(np.random.default_rng(s), (0.7, 1.4)) for s in range(400)]
+    assert 0.7 <= min(draws) and max(draws) <= 1.4 and abs(np.mean(np.log(draws)) - np.log(0.7 * 1.4) / 2) < 0.03

@@ -46,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 gland, 2e-3 nodule)")
     parser.add_argument("--frame-share", type=float, default=0.125,
                         help="gland model: share of each batch from ddti_frames/ train cases, pseudo-labelled by --init (0: none)")
+    parser.add_argument("--gamma-augment", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="nodule model: regrade each real whole frame's second and later copies by a gamma "
+                             "drawn log-uniformly from LOW..HIGH (other devices' display curves; e.g. 0.7 1.4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
     parser.add_argument("--model-repository", type=Path, default=None,
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                                              max_minutes=args.max_minutes, init=args.init, lr=args.lr or 0.002,
                                              mosaic=args.mosaic, arch=args.arch, device=args.device,
                                              workers=args.workers, close_mosaic=args.close_mosaic,
+                                             gamma_range=tuple(args.gamma_augment) if args.gamma_augment else None,
                                              **({"imgsz": args.imgsz} if args.imgsz else {}),
                                              **({"batch": args.batch} if args.batch else {}))
         summary = train_nodule.train(cfg)

@@ -94,7 +94,7 @@ def matched_nodule(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def evaluate_pairs(backend: InferenceBackend, model: str, pairs: list[tuple[Path, Path]],
                    nodule_masks: Path | None = None, region: bool = True) -> list[dict]:
-    """One record per picture: dice, iou, empty, truth_empty, gate reasons, nodule-inside-gland."""
+    """One record per picture (`evaluate_image`) of (image, mask) files."""
     if model not in ("nodule", "gland"):
         raise ValueError(f"unknown model {model!r}: expected 'nodule' or 'gland'")
     records = []
@@ -102,23 +102,31 @@ def evaluate_pairs(backend: InferenceBackend, model: str, pairs: list[tuple[Path
         image, truth = read_grey(image_path), read_mask(mask_path)
         if truth.shape != image.shape:
             raise ValueError(f"{mask_path.name}: mask {truth.shape} does not match image {image.shape}")
-        seg = segment_picture(backend, image, region)
-        pred = seg.nodule if model == "nodule" else seg.gland
-        target = matched_nodule(pred, truth) if model == "nodule" else truth
-        record = {"name": image_path.stem, "dice": dice(pred, target), "iou": iou(pred, target),
-                  "dice_all": dice(pred, truth),
-                  "empty": not pred.any(), "truth_empty": not truth.any(), "score": seg.nodule_score,
-                  "gate": list(seg.gate_reasons), "nodule_inside_gland": None}
         nodule_truth = None
         if model == "gland" and nodule_masks is not None:
             candidates = [p for p in Path(nodule_masks).glob(f"{image_path.stem}.*")]
             nodule_truth = read_mask(candidates[0]) if candidates else None
-        elif model == "nodule":
-            nodule_truth = truth
-        if nodule_truth is not None and nodule_truth.any():
-            record["nodule_inside_gland"] = float((seg.gland & nodule_truth).sum() / nodule_truth.sum())
-        records.append(record)
+        records.append(evaluate_image(backend, model, image_path.stem, image, truth, nodule_truth, region))
     return records
+
+
+def evaluate_image(backend: InferenceBackend, model: str, name: str, image: np.ndarray, truth: np.ndarray,
+                   nodule_truth: np.ndarray | None = None, region: bool = True) -> dict:
+    """One picture through the product's path against its outline: dice, iou, empty, truth_empty, gate
+    reasons, and the share of the true nodule inside the predicted gland (`truth` itself for the
+    nodule model; `nodule_truth` for the gland model, when given)."""
+    seg = segment_picture(backend, image, region)
+    pred = seg.nodule if model == "nodule" else seg.gland
+    target = matched_nodule(pred, truth) if model == "nodule" else truth
+    record = {"name": name, "dice": dice(pred, target), "iou": iou(pred, target),
+              "dice_all": dice(pred, truth),
+              "empty": not pred.any(), "truth_empty": not truth.any(), "score": seg.nodule_score,
+              "gate": list(seg.gate_reasons), "nodule_inside_gland": None}
+    if model == "nodule":
+        nodule_truth = truth
+    if nodule_truth is not None and nodule_truth.any():
+        record["nodule_inside_gland"] = float((seg.gland & nodule_truth).sum() / nodule_truth.sum())
+    return record
 
 
 def summarise(model: str, records: list[dict]) -> dict:

@@ -38,6 +38,14 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     return array
 
 
+def regrade(image: np.ndarray, gamma: float) -> np.ndarray:
+    """(H, W) uint8 with its grey levels mapped by 255 (g / 255)^gamma: the frame as another device's
+    display curve would show it (gamma > 1 darker mid-tones, < 1 brighter). For training augmentation
+    and the device-robustness benchmark; the runtime never regrades."""
+    lut = np.clip(np.round(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
+    return lut[np.asarray(image, dtype=np.uint8)]
+
+
 def letterbox(image: np.ndarray, size: int, pad_value: int) -> tuple[np.ndarray, Letterbox]:
     """Scale a (H, W) uint8 frame to fit `size` x `size` and centre it on `pad_value`."""
     grey = to_grey(image)

@@ -6,7 +6,10 @@ and the input size are options; the runtime's input size is `nodule.INPUT_SIZE`,
 at another size ships together with that constant and Triton's config. The training set, built once into
 `<out>/dataset` (outside the repository), holds, for the DDTI train cases (`case_split`, by case id):
 - the real whole frames of `ddti_frames/`, cropped to the ultrasound image as at run time
-  (llnm.segmentation.region), each `frame_repeats` times (they are the product's own input);
+  (llnm.segmentation.region), each `frame_repeats` times (they are the product's own input); with
+  `gamma_range`, every copy after the first with its grey levels regraded by a gamma drawn
+  log-uniformly from that range (another device's display curve: `bench/segmentation_devices.py`
+  measures the shipped model losing Dice on regraded frames; Ultralytics' own hsv_v is a linear gain);
 - the DDTI crop of each nodule (crop-like frames: the nodule fills much of the frame), and
 - `composed_per_crop` whole frames composed on TG3K train frames (llnm.segmentation.compose);
 plus, optionally, `llnm phantom` frames (each whole frame and a crop around its nodule).
@@ -34,6 +37,7 @@ from llnm.observability.logs import get_logger
 from llnm.segmentation import nodule
 from llnm.segmentation.compose import compose_frame
 from llnm.segmentation.data import case_split, ddti_frame_pairs, ddti_pairs, read_grey, read_mask, tg3k_pairs
+from llnm.segmentation.preprocess import regrade
 from llnm.segmentation.region import find_image_region
 
 log = get_logger(__name__)
@@ -55,6 +59,7 @@ class NoduleTrainConfig:
     lr: float = 0.002
     mosaic: bool = False  # fine-tuning stage only: keep mosaic on (a stage from random weights always uses it)
     frame_repeats: int = 2  # copies of each real whole frame in the training set
+    gamma_range: tuple[float, float] | None = None  # regrade whole-frame copies after the first (None: never)
     imgsz: int = nodule.INPUT_SIZE
     arch: str = "s"  # YOLOv8 scale built from yolov8{arch}-seg.yaml from random weights (s: the shipped stage 8)
     device: str = "cpu"  # "cpu", or a CUDA device ("0") where a GPU is lent
@@ -101,6 +106,12 @@ def phantom_pairs(folder: Path, rng: np.random.Generator) -> list[tuple[np.ndarr
     return pairs
 
 
+def gamma_draw(rng: np.random.Generator, gamma_range: tuple[float, float]) -> float:
+    """A gamma drawn log-uniformly from `gamma_range` (so 0.7 and 1/0.7 are alike likely)."""
+    low, high = (float(np.log(g)) for g in gamma_range)
+    return float(np.exp(rng.uniform(low, high)))
+
+
 def frame_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A whole frame and its mask cut to the ultrasound image, exactly as the runtime cuts it."""
     region = find_image_region(image)
@@ -113,6 +124,8 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
     root = cfg.out / "dataset"
     stamp = {"version": DATASET_VERSION, "seed": cfg.seed, "composed_per_crop": cfg.composed_per_crop,
              "phantom": str(cfg.phantom or ""), "frame_repeats": cfg.frame_repeats}
+    if cfg.gamma_range is not None:  # datasets written before the option keep their stamp
+        stamp["gamma_range"] = list(cfg.gamma_range)
     yaml_path = root / "data.yaml"
     if (root / "stamp.json").is_file() and json.loads((root / "stamp.json").read_text()) == stamp:
         _write_yaml(yaml_path)
@@ -129,7 +142,10 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
             for image_path, mask_path in tqdm(ddti_frame_pairs(frames, case_splits), desc=f"frames {split}"):
                 image, mask = frame_crop(read_grey(image_path), read_mask(mask_path))
                 for k in range(repeats):
-                    counts[split] += write_sample(root, split, f"frame{k}_{image_path.stem}", image, mask)
+                    copy = image
+                    if k > 0 and cfg.gamma_range is not None:
+                        copy = regrade(image, gamma_draw(rng, cfg.gamma_range))
+                    counts[split] += write_sample(root, split, f"frame{k}_{image_path.stem}", copy, mask)
     backgrounds = tg3k_pairs(cfg.data / "tg3k", "train")
     for image_path, mask_path in tqdm(ddti_pairs(cfg.data / "ddti", "train"), desc="compose train"):
         if case_split(image_path.name) != "train":

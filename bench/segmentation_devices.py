@@ -1,0 +1,101 @@
+"""How the segmentation holds on frames that look as if another device made them: other sizes and another
+grey-level response, through the product's path (image found, both models, the quality gate).
+
+    .venv/bin/python bench/segmentation_devices.py --data ../shared/data --split select \
+        --scales 0.6 1.0 1.6 --gammas 0.7 1.0 1.4
+
+Each ddti_frames frame of the split (and its outline) is resized by each scale (bilinear for the image,
+nearest for the outline; DDTI frames are 560 x 360, other devices send 640 x 480 to 1280 x 1024), and
+its grey levels mapped by each gamma (255 (g / 255)^gamma: another display curve), one change at a
+time beside the unchanged frame. Per condition: nodule Dice (mean), the share of frames with IoU >= 0.5,
+the true nodule inside the predicted gland (median), the gate's declines, with 95 % CIs by bootstrap
+over cases, and the paired difference to the unchanged frames. A condition that falls clearly below the
+unchanged frames names a dependence on the device that the independent check on other devices would
+find. Nothing is chosen here; run it on `select` to look, and once on `val` to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
+from llnm.segmentation.data import ddti_case, ddti_frame_pairs, read_grey, read_mask
+from llnm.segmentation.evaluate import evaluate_image
+from llnm.segmentation.preprocess import regrade
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segmentation_frames import STATS, bootstrap_by_case  # noqa: E402
+
+
+def rescale(image: np.ndarray, truth: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    outline = np.asarray(Image.fromarray(truth.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+    return resized, outline
+
+
+def conditions(scales: list[float], gammas: list[float]) -> list[tuple[str, float, float]]:
+    out = [("unchanged", 1.0, 1.0)]
+    out += [(f"scale {s:g}", s, 1.0) for s in scales if s != 1.0]
+    out += [(f"gamma {g:g}", 1.0, g) for g in gammas if g != 1.0]
+    return out
+
+
+def paired_difference(records: list[dict], reference: list[dict], key: str, rounds: int = 1000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Mean of (record - reference) over frames, 95 % CI resampling cases."""
+    diffs = [(ddti_case(r["name"]), float(r[key]) - float(q[key])) for r, q in zip(records, reference)]
+    by_case: dict[str, list[float]] = {}
+    for case, d in diffs:
+        by_case.setdefault(case, []).append(d)
+    cases = sorted(by_case)
+    rng = np.random.default_rng(seed)
+    boot = [np.mean([d for k in rng.integers(0, len(cases), len(cases)) for d in by_case[cases[int(k)]]])
+            for _ in range(rounds)]
+    return (float(np.mean([d for _, d in diffs])), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--split", choices=["val", "select"], default="select")
+    parser.add_argument("--repo", type=Path, default=Path("model_repository"))
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.6, 1.6])
+    parser.add_argument("--gammas", type=float, nargs="+", default=[0.7, 1.4])
+    parser.add_argument("--out", type=Path, default=Path("runs/seg-devices"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frames = ddti_frame_pairs(args.data / "ddti_frames", (args.split,))
+    backend = OnnxRuntimeBackend(args.repo, threads=1)
+    table, reference = {}, None
+    for label, scale, gamma in conditions(args.scales, args.gammas):
+        records = []
+        for image_path, mask_path in frames:
+            image, truth = read_grey(image_path), read_mask(mask_path)
+            if scale != 1.0:
+                image, truth = rescale(image, truth, scale)
+            if gamma != 1.0:
+                image = regrade(image, gamma)
+            records.append(evaluate_image(backend, "nodule", image_path.stem, image, truth))
+        row = {name: [round(v, 3) if v is not None else None for v in bootstrap_by_case(records, stat)]
+               for name, stat in STATS.items()}
+        if reference is None:
+            reference = records
+        else:
+            row["dice_minus_unchanged"] = [round(v, 3) for v in paired_difference(records, reference, "dice")]
+        row["frames"] = len(records)
+        table[label] = row
+        print(json.dumps({label: row}), flush=True)
+    (args.out / f"summary-{args.split}.json").write_text(json.dumps(table, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
