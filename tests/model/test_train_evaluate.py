@@ -207,19 +207,23 @@ def test_modality_dropout_leaves_one_whole_stream_on_the_asked_share_of_views():
     assert (modality_dropout_keep(rng, before, 0.0) == before).all()
 
 
+def trained_weights(layout, out, **options):
+    """(model.json, state dict) of a 2-epoch tiny model trained with seed 0 and `options`."""
+    import torch
+
+    meta = train(layout, out, preset("tiny"), encode_text=fake_text_encoder, epochs=2, patience=5,
+                 progress=False, seed=0, **options)
+    return meta, torch.load(out / "model.pt", weights_only=True)
+
+
 def test_group_dropout_changes_training_and_zero_keeps_it_as_before(tiny_layout, tmp_path):
     """A model trained without the option is the model trained with 0 (same random stream, same weights);
     with group dropout the training sees occluded views (other weights), and model.json says so."""
     import torch
 
-    def weights(out, **kw):
-        meta = train(tiny_layout, tmp_path / out, preset("tiny"), encode_text=fake_text_encoder, epochs=2,
-                     patience=5, progress=False, seed=0, **kw)
-        return meta, torch.load(tmp_path / out / "model.pt", weights_only=True)
-
-    _, plain = weights("plain")
-    zero_meta, zero = weights("zero", group_dropout=0.0)
-    dropped_meta, dropped = weights("dropped", group_dropout=0.5)
+    _, plain = trained_weights(tiny_layout, tmp_path / "plain")
+    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", group_dropout=0.0)
+    dropped_meta, dropped = trained_weights(tiny_layout, tmp_path / "dropped", group_dropout=0.5)
     assert all(torch.equal(plain[k], zero[k]) for k in plain)
     assert not all(torch.equal(plain[k], dropped[k]) for k in plain)
     assert zero_meta["group_dropout"] == 0.0 and dropped_meta["group_dropout"] == 0.5
@@ -233,14 +237,9 @@ def test_the_auxiliary_measurement_loss_trains_the_same_model_shape_and_is_recor
 
     from llnm.features.measures import MEASURES
 
-    def weights(out, **kw):
-        meta = train(tiny_layout, tmp_path / out, preset("tiny"), encode_text=fake_text_encoder, epochs=2,
-                     patience=5, progress=False, seed=0, **kw)
-        return meta, torch.load(tmp_path / out / "model.pt", weights_only=True)
-
-    _, plain = weights("plain")
-    zero_meta, zero = weights("zero", aux_measures=0.0)
-    aux_meta, aux = weights("aux", aux_measures=1.0)
+    _, plain = trained_weights(tiny_layout, tmp_path / "plain")
+    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", aux_measures=0.0)
+    aux_meta, aux = trained_weights(tiny_layout, tmp_path / "aux", aux_measures=1.0)
     assert all(torch.equal(plain[k], zero[k]) for k in plain) and zero_meta["aux_measure_names"] is None
     assert set(aux) == set(plain) and not all(torch.equal(plain[k], aux[k]) for k in plain)
     assert aux_meta["aux_measures"] == 1.0 and aux_meta["aux_measure_names"] == list(MEASURES)
