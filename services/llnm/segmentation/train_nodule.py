@@ -209,7 +209,8 @@ def train(cfg: NoduleTrainConfig) -> dict:
     best = cfg.out / "yolo" / "weights" / "best.pt"
     summary = {"best": str(best), "minutes": (time.monotonic() - started) / 60, "seed": cfg.seed,
                "imgsz": cfg.imgsz, "arch": cfg.arch, "device": cfg.device, "init": str(cfg.init or ""),
-               "mosaic": cfg.mosaic, "dataset": str(yaml_path.parent)}
+               "mosaic": cfg.mosaic, "gamma_range": list(cfg.gamma_range) if cfg.gamma_range else None,
+               "dataset": str(yaml_path.parent)}
     results = cfg.out / "yolo" / "results.csv"
     if results.is_file():
         summary["results_csv"] = str(results)
