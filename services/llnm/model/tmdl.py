@@ -195,8 +195,11 @@ class TMDL(nn.Module):
         `orientation` (B,) indexes ORIENTATIONS (pooled fusion only; None: unknown)."""
         x, attentions, mask = self.tokens(images, text_states, text_mask, clinical, group_keep, orientation,
                                           return_attention)
-        pooled = (x * pool_weights(mask, self.config.image_tokens, self.config.pooling)[:, :, None]).sum(dim=1)
-        return pooled, attentions, mask
+        return self.pool(x, mask), attentions, mask
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The masked mean pooling of the output tokens (config.pooling): (B, N, hidden) -> (B, hidden)."""
+        return (x * pool_weights(mask, self.config.image_tokens, self.config.pooling)[:, :, None]).sum(dim=1)
 
     def tokens(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
                clinical: torch.Tensor, group_keep: torch.Tensor | None = None,

@@ -32,7 +32,7 @@ from llnm.features.measures import MEASURES
 from llnm.model.config import GROUPS, TMDLConfig
 from llnm.model.data import FeatureCache, build_cache, generator_record, git_commit, layout_sha256
 from llnm.model.metrics import auc, youden_threshold
-from llnm.model.tmdl import TMDL, pool_weights
+from llnm.model.tmdl import TMDL
 from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
@@ -290,7 +290,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                                                         torch.from_numpy(local), per)
                 elif measure_head is not None:
                     x, _, token_mask = model.tokens(images, states, mask, clinical, keep)
-                    out = model.head((x * pool_weights(token_mask, config.image_tokens, config.pooling)[:, :, None]).sum(dim=1))
+                    out = model.head(model.pool(x, token_mask))
                     logit, risk = out[:, 0], out[:, 1:]
                     target = torch.from_numpy(cache.measures[views, variants]).to(device)
                     aux = measure_head.loss(x, token_mask, config.image_tokens, target)
