@@ -54,8 +54,8 @@ def view_measures(image: np.ndarray, nodule: np.ndarray, features: NoduleFeature
     if inner.sum() < 16:
         inner = nodule
     grey = image.astype(np.float32)
-    r0, c0 = (int(v) for v in np.argwhere(nodule).min(axis=0))
-    r1, c1 = (int(v) + 1 for v in np.argwhere(nodule).max(axis=0))
+    points = np.argwhere(nodule)
+    (r0, c0), (r1, c1) = points.min(axis=0), points.max(axis=0) + 1
     sigma = (SPECKLE_SIGMA_PX, SPECKLE_SIGMA_PX) if spacing_mm is None else (
         SPECKLE_SIGMA_MM / float(spacing_mm[0]), SPECKLE_SIGMA_MM / float(spacing_mm[1]))
     pad = int(3 * max(sigma)) + 1
