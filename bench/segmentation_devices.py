@@ -2,12 +2,15 @@
 grey-level response, through the product's path (image found, both models, the quality gate).
 
     .venv/bin/python bench/segmentation_devices.py --data ../shared/data --split select \
-        --scales 0.6 1.0 1.6 --gammas 0.7 1.0 1.4
+        --scales 0.6 1.0 1.6 --gammas 0.7 1.0 1.4 --blurs 1.5 --calipers
 
 Each ddti_frames frame of the split (and its outline) is resized by each scale (bilinear for the image,
 nearest for the outline; DDTI frames are 560 x 360, other devices send 640 x 480 to 1280 x 1024), and
-its grey levels mapped by each gamma (255 (g / 255)^gamma: another display curve), one change at a
-time beside the unchanged frame. Per condition: nodule Dice (mean), the share of frames with IoU >= 0.5,
+its grey levels mapped by each gamma (255 (g / 255)^gamma: another display curve), blurred by a
+Gaussian of each sigma in pixels (a lower-frequency transducer, a softer vendor filter), or marked with
+the sonographer's calipers (a bright "+" at both ends of the nodule's long and short axes, joined by
+dotted lines, as most devices burn them in when the nodule is measured), one change at a time beside
+the unchanged frame. Per condition: nodule Dice (mean), the share of frames with IoU >= 0.5,
 the true nodule inside the predicted gland (median), the gate's declines, with 95 % CIs by bootstrap
 over cases, and the paired difference to the unchanged frames. A condition that falls clearly below the
 unchanged frames names a dependence on the device that the independent check on other devices would
@@ -22,7 +25,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
+from scipy import ndimage
 
 from llnm.inference.onnxruntime_backend import OnnxRuntimeBackend
 from llnm.segmentation.data import ddti_case, ddti_frame_pairs, read_grey, read_mask
@@ -41,11 +45,67 @@ def rescale(image: np.ndarray, truth: np.ndarray, scale: float) -> tuple[np.ndar
     return resized, outline
 
 
-def conditions(scales: list[float], gammas: list[float]) -> list[tuple[str, float, float]]:
-    out = [("unchanged", 1.0, 1.0)]
-    out += [(f"scale {s:g}", s, 1.0) for s in scales if s != 1.0]
-    out += [(f"gamma {g:g}", 1.0, g) for g in gammas if g != 1.0]
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
+
+
+def axis_ends(truth: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The two ends of the outlined nodule's long axis and of its short axis (principal axes of its
+    pixels), (row, col) each: where a sonographer puts the calipers."""
+    rows, cols = np.nonzero(truth)
+    points = np.stack([rows, cols], axis=1).astype(float)
+    centre = points.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov((points - centre).T))
+    pairs = []
+    for axis in (vectors[:, 1], vectors[:, 0]):  # long axis first
+        along = (points - centre) @ axis
+        pairs.append((centre + along.min() * axis, centre + along.max() * axis))
+    return pairs
+
+
+def draw_calipers(image: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The frame with calipers burned in on every outlined nodule: a white "+" (arms 1 % of the width)
+    at each axis end and a dotted line between each pair, one pixel wide, as the measured frames of
+    most devices show."""
+    out = image.copy()
+    h, w = out.shape
+    arm = max(3, round(0.01 * w))
+    labels, count = ndimage.label(truth)
+    ends = [pair for k in range(1, count + 1) if (labels == k).sum() >= 12 for pair in axis_ends(labels == k)]
+    for start, end in ends:
+        steps = max(1, int(np.hypot(*(end - start))))
+        for k in range(0, steps, 4):
+            r, c = np.round(start + (end - start) * k / steps).astype(int)
+            if 0 <= r < h and 0 <= c < w:
+                out[r, c] = 255
+        for r, c in (np.round(start).astype(int), np.round(end).astype(int)):
+            out[max(0, r - arm):r + arm + 1, min(max(c, 0), w - 1)] = 255
+            out[min(max(r, 0), h - 1), max(0, c - arm):c + arm + 1] = 255
     return out
+
+
+def conditions(scales: list[float], gammas: list[float], blurs: list[float] = (),
+               calipers: bool = False) -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = [("unchanged", {})]
+    out += [(f"scale {s:g}", {"scale": s}) for s in scales if s != 1.0]
+    out += [(f"gamma {g:g}", {"gamma": g}) for g in gammas if g != 1.0]
+    out += [(f"blur {b:g}", {"blur": b}) for b in blurs if b > 0]
+    if calipers:
+        out.append(("calipers", {"calipers": True}))
+    return out
+
+
+def altered(image: np.ndarray, truth: np.ndarray, change: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The frame and its outline under one condition of `conditions`."""
+    if "scale" in change:
+        image, truth = rescale(image, truth, change["scale"])
+    if "gamma" in change:
+        image = regrade(image, change["gamma"])
+    if "blur" in change:
+        image = blur(image, change["blur"])
+    if change.get("calipers"):
+        image = draw_calipers(image, truth)
+    return image, truth
 
 
 def paired_difference(records: list[dict], reference: list[dict], key: str, rounds: int = 1000,
@@ -69,20 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--scales", type=float, nargs="+", default=[0.6, 1.6])
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.7, 1.4])
+    parser.add_argument("--blurs", type=float, nargs="*", default=[], help="Gaussian sigmas in pixels")
+    parser.add_argument("--calipers", action="store_true", help="also a condition with calipers burned in")
     parser.add_argument("--out", type=Path, default=Path("runs/seg-devices"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     frames = ddti_frame_pairs(args.data / "ddti_frames", (args.split,))
     backend = OnnxRuntimeBackend(args.repo, threads=1)
     table, reference = {}, None
-    for label, scale, gamma in conditions(args.scales, args.gammas):
+    for label, change in conditions(args.scales, args.gammas, args.blurs, args.calipers):
         records = []
         for image_path, mask_path in frames:
-            image, truth = read_grey(image_path), read_mask(mask_path)
-            if scale != 1.0:
-                image, truth = rescale(image, truth, scale)
-            if gamma != 1.0:
-                image = regrade(image, gamma)
+            image, truth = altered(read_grey(image_path), read_mask(mask_path), change)
             records.append(evaluate_image(backend, "nodule", image_path.stem, image, truth))
         row = {name: [round(v, 3) if v is not None else None for v in bootstrap_by_case(records, stat)]
                for name, stat in STATS.items()}

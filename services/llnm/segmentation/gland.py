@@ -11,7 +11,8 @@ import numpy as np
 
 from llnm.inference.backend import THYROID_SEG, InferenceBackend
 from llnm.segmentation.postprocess import plausible_components
-from llnm.segmentation.preprocess import letterbox, unletterbox
+from llnm.segmentation.marks import remove_marks
+from llnm.segmentation.preprocess import letterbox, to_grey, unletterbox
 
 INPUT_SIZE = 128  # model input side (pixels); fixed in the ONNX graph
 INPUT_NAME = "image"  # (N, 1, 128, 128) float32 in [0, 1]
@@ -23,8 +24,9 @@ MIN_GLAND_PIXELS = 64
 
 
 def gland_input(image: np.ndarray):
-    """The model input for one frame, and where the frame sits in it."""
-    boxed, box = letterbox(image, INPUT_SIZE, PAD_VALUE)
+    """The model input for one frame (burned-in calipers filled in: llnm.segmentation.marks), and where
+    the frame sits in it."""
+    boxed, box = letterbox(remove_marks(to_grey(image)), INPUT_SIZE, PAD_VALUE)
     return (boxed.astype(np.float32) / 255.0)[None, None], box
 
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from llnm.inference.backend import NODULE_SEG, InferenceBackend
 from llnm.segmentation.postprocess import assemble_mask, decode_yolo_seg, largest_component, open_mask
-from llnm.segmentation.preprocess import letterbox, unletterbox
+from llnm.segmentation.marks import remove_marks
+from llnm.segmentation.preprocess import letterbox, to_grey, unletterbox
 
 INPUT_SIZE = 320  # model input side (pixels); fixed in the ONNX graph and Triton's config.pbtxt
 INPUT_NAME = "images"  # (N, 3, 320, 320) float32 in [0, 1], grey repeated over 3 channels
@@ -71,8 +72,9 @@ class NoduleDetection:
 
 
 def nodule_input(image: np.ndarray):
-    """The model input for one frame, and where the frame sits in it."""
-    boxed, box = letterbox(image, INPUT_SIZE, PAD_VALUE)
+    """The model input for one frame (burned-in calipers filled in: llnm.segmentation.marks), and where
+    the frame sits in it."""
+    boxed, box = letterbox(remove_marks(to_grey(image)), INPUT_SIZE, PAD_VALUE)
     tensor = np.repeat((boxed.astype(np.float32) / 255.0)[None, None], 3, axis=1)
     return tensor, box
 
