@@ -281,3 +281,26 @@ def test_secondary_capture_of_ultrasound_is_read_and_our_own_outputs_are_not(us_
     (study,), _ = read_studies([tmp_path])
     (view,) = study.views
     assert view.source.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7" and view.spacing_mm == (0.1, 0.1)
+
+
+def test_coloured_calipers_are_filled_in_from_the_grey_tissue(us_factory, tmp_path):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(80, 100, (120, 160), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    cross = np.zeros((120, 160), bool)
+    cross[55:66, 80] = cross[60, 75:86] = True
+    rgb[cross] = (0, 255, 0)  # a green "+" (luma 150), as some devices draw calipers
+    ds = us_factory("calipers.dcm", pixel=np.zeros((120, 160), np.uint8))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(tmp_path / "calipers.dcm", enforce_file_format=True)
+    (study,), _ = read_studies([tmp_path])
+    (view,) = study.views
+    (r0, c0), (h, w) = view.crop_offset, view.image.shape
+    window = (slice(r0, r0 + h), slice(c0, c0 + w))
+    on_cross, near_cross = cross[window], ndimage.binary_dilation(cross, np.ones((3, 3), bool))[window]
+    assert on_cross.any()
+    assert 75 <= view.image[on_cross].min() and view.image[on_cross].max() <= 105  # tissue grey, not 150
+    assert np.array_equal(view.image[~near_cross], grey[window][~near_cross])  # the rest as it came

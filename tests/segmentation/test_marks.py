@@ -70,3 +70,10 @@ def test_the_nodule_model_never_sees_the_calipers():
     segment_nodule(backend, marked)
     seen = backend.batches[0][0, 0] * 255.0  # the frame is letterboxed 1:1 at this size
     assert seen[drawn].max() < 200
+
+
+def test_the_fast_opening_is_the_grey_opening():
+    from llnm.segmentation.marks import opening3
+
+    frame = tissue((37, 53), seed=4)
+    assert np.array_equal(opening3(frame), ndimage.grey_opening(frame, size=(3, 3)))

@@ -7,6 +7,11 @@ COLOUR_FRACTION of clearly coloured pixels is not B-mode (a whole frame without 
 judged on its central part, away from the vendor's coloured chrome). A Doppler region (RegionDataType 2-7) in
 SequenceOfUltrasoundRegions also rules the instance out.
 
+In a B-mode crop, the few coloured pixels there are drawn over the tissue: calipers, their dotted
+lines and labels in a vendor's colour. `overlay_mask` finds them (with the one-pixel fringe JPEG leaves
+around them) so that the view's grey image is filled in there from the tissue around them
+(llnm.segmentation.marks.fill) instead of carrying a green or yellow cross at some grey level.
+
 Cine loops (multi-frame US): every frame is one acquisition of the same view, so one frame stands for
 the loop. We score up to MAX_SCORED_FRAMES evenly spaced frames by mean gradient magnitude of the grey
 crop (a sharp, well-contrasted frame, not a blurred one mid-sweep) and keep the best; equal scores keep
@@ -16,6 +21,7 @@ the frame nearest the middle of the loop. The choice is deterministic.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 #: A pixel is "coloured" when its RGB channels spread by more than this (grey tissue: near 0, JPEG
 #: chroma noise on grey stays below ~12).
@@ -31,6 +37,15 @@ def colour_fraction(rgb_crop: np.ndarray) -> float:
     rgb = rgb_crop.astype(np.int16)
     spread = rgb.max(axis=2) - rgb.min(axis=2)
     return float((spread > CHROMA_THRESHOLD).mean())
+
+
+def overlay_mask(rgb_crop: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the coloured pixels of a B-mode crop and their one-pixel fringe."""
+    rgb = np.asarray(rgb_crop).astype(np.int16)
+    coloured = (rgb.max(axis=2) - rgb.min(axis=2)) > CHROMA_THRESHOLD
+    if not coloured.any():
+        return coloured
+    return ndimage.binary_dilation(coloured, np.ones((3, 3), dtype=bool))
 
 
 def is_bmode(rgb_crop: np.ndarray, whole_frame: bool = False) -> bool:

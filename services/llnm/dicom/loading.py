@@ -37,6 +37,7 @@ from llnm.dicom.reading import (
 )
 from llnm.dicom.regions import Crop, has_doppler_region, tissue_crops
 from llnm.observability.logs import get_logger
+from llnm.segmentation.marks import fill
 from llnm.segmentation.region import find_image_region
 from llnm.storage.names import InvalidUID, validate_uid
 from llnm.study import StudyInput, View
@@ -300,7 +301,8 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str],
         if crop.spacing_mm is None:
             warnings.append(f"instance {_label(inst)}: uncalibrated (no ultrasound region calibration "
                             f"or PixelSpacing): measured in pixels")
-        out.append(View(image=rgb_to_grey(part), spacing_mm=crop.spacing_mm, source=ref,
+        grey = fill(rgb_to_grey(part), frame_choice.overlay_mask(part))  # coloured calipers: not tissue
+        out.append(View(image=grey, spacing_mm=crop.spacing_mm, source=ref,
                         crop_offset=crop.offset))
     return out
 

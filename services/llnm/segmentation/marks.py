@@ -29,15 +29,30 @@ MIN_RISE = 80
 FILL_SIGMA = 2.0
 
 
+def _extreme3(image: np.ndarray, axis: int, pick) -> np.ndarray:
+    """The min or max (`pick`) of each pixel and its two neighbours along `axis`, edges repeated."""
+    padded = np.pad(image, [(1, 1) if a == axis else (0, 0) for a in range(2)], mode="edge")
+    n = image.shape[axis]
+    return pick(pick(padded.take(range(0, n), axis), padded.take(range(1, n + 1), axis)),
+                padded.take(range(2, n + 2), axis))
+
+
+def opening3(image: np.ndarray) -> np.ndarray:
+    """The 3 x 3 grey opening (scipy.ndimage.grey_opening, size (3, 3)), as separable numpy min/max:
+    twenty times faster on a frame, and this runs before both models on every view."""
+    eroded = _extreme3(_extreme3(image, 0, np.minimum), 1, np.minimum)
+    return _extreme3(_extreme3(eroded, 0, np.maximum), 1, np.maximum)
+
+
 def find_marks(image: np.ndarray) -> np.ndarray:
     """(H, W) bool: the pixels of thin bright marks in an (H, W) uint8 frame."""
     grey = np.asarray(image, dtype=np.int16)
-    opened = ndimage.grey_opening(grey, size=(3, 3))
-    rise = grey - opened
+    rise = grey - opening3(grey)
     core = (grey >= MIN_LEVEL) & (rise >= MIN_RISE)
     if not core.any():
         return core
-    return ndimage.binary_dilation(core, np.ones((3, 3), dtype=bool)) & (rise >= MIN_RISE // 2)
+    near = _extreme3(_extreme3(core, 0, np.maximum), 1, np.maximum)  # the 3 x 3 dilation of the core
+    return near & (rise >= MIN_RISE // 2)
 
 
 def fill(image: np.ndarray, marks: np.ndarray) -> np.ndarray:
@@ -46,8 +61,8 @@ def fill(image: np.ndarray, marks: np.ndarray) -> np.ndarray:
     if not marks.any():
         return out
     keep = (~marks).astype(np.float32)
-    weighted = ndimage.gaussian_filter(out.astype(np.float32) * keep, FILL_SIGMA)
-    weights = ndimage.gaussian_filter(keep, FILL_SIGMA)
+    weighted = ndimage.gaussian_filter(out.astype(np.float32) * keep, FILL_SIGMA, truncate=2.5)
+    weights = ndimage.gaussian_filter(keep, FILL_SIGMA, truncate=2.5)
     filled = weighted / np.maximum(weights, 1e-3)
     out[marks] = np.clip(np.rint(filled[marks]), 0, 255).astype(np.uint8)
     return out
