@@ -12,6 +12,12 @@ effect on the mean logit over the sum of the four effects), `choose_index_view` 
 lies closest to the capsule, compared in mm among calibrated views, else in pixels: never mm against px);
 the reported measurements are the index view's.
 
+Burned-in calipers are not tissue: each view's image has them filled in first
+(llnm.segmentation.marks), and every step reads that image. The masks, features and out-of-distribution
+check would otherwise follow the marks (select cases with calipers drawn on every nodule: the
+masks held once the models' inputs were cleaned, but all 56 views the gate passed were then declined as
+unlike the training data, their texture and echogenicity read through the crosses).
+
 Missing inputs get neutral values and a warning: no report -> the report tokens are masked out;
 unknown sex -> 0 (between M = +1 and F = -1); unknown age -> 0 (= 45 years on the model's scale).
 
@@ -26,7 +32,7 @@ Neither is an error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -143,6 +149,13 @@ def contribution_shares(full_logit: float, occluded_logits: dict[str, float]) ->
     return {g: e / total for g, e in effects.items()}
 
 
+def without_marks(study: StudyInput) -> StudyInput:
+    """The study with each view's burned-in calipers filled in (llnm.segmentation.marks)."""
+    from llnm.segmentation.marks import remove_marks
+
+    return replace(study, views=[replace(view, image=remove_marks(view.image)) for view in study.views])
+
+
 def segment_views(study: StudyInput, backend: InferenceBackend, segmenter: Segmenter, config: TMDLConfig,
                   warnings: list[str]) -> tuple[list[ViewResult], list[int]]:
     """Per view: segment the nodule and the gland, run the quality gate, compute the features of views that
@@ -249,6 +262,7 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
     # and refuses the study before any model runs; the result names these versions
     versions = _versions(backend)
     warnings = list(study.warnings)
+    study = without_marks(study)
     views, analysable = segment_views(study, backend, segmenter, config, warnings)
 
     out_of_distribution = _drop_unlike_training(backend, study, views, analysable, warnings)

@@ -183,3 +183,31 @@ def test_analyse_study_reports_the_mean_of_distinct_views_and_the_closest_view(t
     assert result.index_view == 1  # NEAR lies closer to the capsule
     assert result.capsule_distance_mm == pytest.approx(result.views[1].features.capsule_distance_mm)
     assert result.contributions[GROUPS[3]] > result.contributions[GROUPS[0]]  # effects 0.4 vs 0.1
+
+
+def test_burned_in_calipers_reach_neither_the_segmentation_nor_the_features(tmp_path):
+    @dataclass
+    class Detection:
+        mask: np.ndarray
+        score: float = 0.9
+
+    seen: list[np.ndarray] = []
+
+    def segmenter(backend, img):
+        seen.append(img)
+        return Detection(FAR if len(seen) % 2 else NEAR), GLAND
+
+    cross = np.zeros(SHAPE, bool)
+    cross[40:51, 48] = cross[45, 43:54] = True  # a white "+" on the edge of the FAR nodule
+    marked = study()
+    for view in marked.views:
+        view.image = view.image.copy()
+        view.image[cross] = 255
+    clean = analyse_study(study(), ViewEchoBackend(tmp_path), config=CONFIG, segmenter=segmenter)
+    result = analyse_study(marked, ViewEchoBackend(tmp_path), config=CONFIG, segmenter=segmenter)
+    assert all(img[cross].max() < 200 for img in seen)
+    as_marked = extract_features(marked.views[0].image, GLAND, FAR, (0.2, 0.2), size=CONFIG.image_size)
+    read = np.abs(result.views[0].features.images() - clean.views[0].features.images()).sum()
+    unread = np.abs(as_marked.images() - clean.views[0].features.images()).sum()
+    assert read < 0.2 * unread
+    assert result.probability == pytest.approx(clean.probability)
