@@ -232,9 +232,11 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited {self.process.returncode}: {self.log_tail()}")
-            try:
+            try:  # ready, and its metrics endpoint up too (Triton opens that port a moment later)
                 with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
+                    ready = r.status == 200
+                if ready:
+                    with urllib.request.urlopen(self.metrics_url, timeout=1):
                         return self
             except OSError:
                 pass

@@ -58,7 +58,7 @@ def distinct_views(data_dir: Path, limit: int | None = None) -> list:
 
 def train_descriptors(data_dir: Path, config: "TMDLConfig", limit: int) -> np.ndarray:
     from llnm.features import extract_features
-    from llnm.model.data import read_png
+    from llnm.model.data import read_png, read_view_image
     from llnm.model.ood import features_descriptor
 
     out = []
@@ -66,7 +66,7 @@ def train_descriptors(data_dir: Path, config: "TMDLConfig", limit: int) -> np.nd
         nodule, gland = read_png(view.nodule_mask) > 127, read_png(view.gland_mask) > 127
         if not nodule.any() or not gland.any():
             continue
-        image = read_png(view.image)
+        image = read_view_image(view.image)
         feats = extract_features(image, gland, nodule, view.spacing_mm, **config.feature_options())
         out.append(features_descriptor(feats, image, gland))
     return np.array(out)
@@ -91,12 +91,12 @@ def product_descriptor(backend, image: np.ndarray, spacing_mm, config: "TMDLConf
 
 def runtime_descriptors(data_dir: Path, backend, config: "TMDLConfig") -> tuple[np.ndarray, int]:
     """Descriptors of the views the product would use (segmentation + gate); and the views seen."""
-    from llnm.model.data import read_png
+    from llnm.model.data import read_view_image
 
     out, seen = [], 0
     for view in distinct_views(data_dir):
         seen += 1
-        _, descriptor = product_descriptor(backend, read_png(view.image), view.spacing_mm, config)
+        _, descriptor = product_descriptor(backend, read_view_image(view.image), view.spacing_mm, config)
         if descriptor is not None:
             out.append(descriptor)
     return np.array(out), seen

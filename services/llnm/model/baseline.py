@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from llnm.features import extract_features
-from llnm.model.data import StudyRecord, read_layout, read_png
+from llnm.model.data import StudyRecord, read_layout, read_png, read_view_image
 from llnm.model.metrics import auc, resample
 
 #: report fields: name -> pattern (case-insensitive) whose presence sets the field to 1
@@ -64,7 +64,7 @@ def geometry(study: StudyRecord) -> dict[str, float]:
     long/short axis, mean aspect ratio and echogenicity contrast. mm when calibrated, else pixels."""
     rows = []
     for view in study.views:
-        image, gland, nodule = read_png(view.image), read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
+        image, gland, nodule = read_view_image(view.image), read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
         if not nodule.any() or not gland.any():
             continue
         f = extract_features(image, gland, nodule, view.spacing_mm, size=16)

@@ -38,7 +38,7 @@ from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 5  # 4: per-view measurements (the auxiliary loss's targets); 5: their heterogeneity
+CACHE_VERSION = 6  # 4: per-view measurements (the auxiliary loss's targets); 5: their heterogeneity; 6: marks filled
 
 
 @dataclass
@@ -109,6 +109,15 @@ def read_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im.convert("L"))
+
+
+def read_view_image(path: Path) -> np.ndarray:
+    """A layout view's grey image as the runtime reads it: its burned-in calipers filled in
+    (llnm.segmentation.marks, as `llnm.pipeline.without_marks` does), so that training, the baseline and
+    the out-of-distribution fit see the pixels the worker will see."""
+    from llnm.segmentation.marks import remove_marks
+
+    return remove_marks(read_png(path))
 
 
 def jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -182,7 +191,7 @@ def _study_features(args: tuple[int, StudyRecord, TMDLConfig, int, int]
     si, study, config, jitters, seed = args
     out = []
     for vi, view in enumerate(study.views):
-        image = read_png(view.image)
+        image = read_view_image(view.image)
         gland = read_png(view.gland_mask) > 127
         nodule = read_png(view.nodule_mask) > 127
         if not gland.any() or not nodule.any():

@@ -89,7 +89,7 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, enco
 
     from llnm.features import clinical_vector, extract_features
     from llnm.features.heatmap import tokens_to_heatmap
-    from llnm.model.data import orientation_code, read_layout, read_png
+    from llnm.model.data import orientation_code, read_layout, read_png, read_view_image
     from llnm.model.explain import grad_cam_pp
     from llnm.model.tmdl import attention_rollout
 
@@ -102,7 +102,7 @@ def explain_examples(model, data_dir: Path, out_path: Path, count: int = 4, enco
             states = torch.zeros(1, model.config.text_tokens, model.config.text_dim)
             mask = torch.zeros(1, model.config.text_tokens)
         view = study.views[0]
-        image = read_png(view.image)
+        image = read_view_image(view.image)
         gland, nodule = read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
         feats = extract_features(image, gland, nodule, view.spacing_mm, **model.config.feature_options())
         images = torch.from_numpy(feats.images())[None]
@@ -197,11 +197,11 @@ def runtime_predict(data_dir: Path, backend, config, masks: str, progress: bool 
     abstained: list[str] = []
     for study in tqdm(read_layout(data_dir), desc=f"runtime ({masks} masks)", unit="study", disable=not progress):
         images = [read_png(v.image) for v in study.views]
-        truth = {id(img): (read_png(v.nodule_mask) > 127, read_png(v.gland_mask) > 127)
-                 for img, v in zip(images, study.views)}
+        # the pipeline segments each view once, in order (and on its own copy of the image: the marks filled)
+        truths = iter([(read_png(v.nodule_mask) > 127, read_png(v.gland_mask) > 127) for v in study.views])
 
         def truth_segmenter(_backend, image):
-            nodule, gland = truth[id(image)]
+            nodule, gland = next(truths)
             return _Truth(nodule), gland
 
         result = analyse_study(
