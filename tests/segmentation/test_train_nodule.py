@@ -48,10 +48,21 @@ def test_regrade_maps_grey_levels_by_a_display_curve():
     assert (np.diff(dark.ravel()) >= 0).all()
 
 
-@pytest.mark.parametrize("gamma_range", [None, (0.7, 1.4)])
-def test_gamma_augmentation_regrades_only_the_later_copies_of_whole_frames(tmp_path, gamma_range):
+def test_soften_blurs_without_moving_the_mean():
+    from llnm.segmentation.preprocess import soften
+
+    image = ultrasound_like(seed=1, nodule_at=(150, 200, 30))
+    soft = soften(image, 1.5).astype(float)
+    detail = lambda a: float(np.abs(np.diff(a.astype(float), axis=1)).mean())  # noqa: E731
+    assert detail(soft) < 0.7 * detail(image) and abs(soft.mean() - image.mean()) < 1.0
+    assert np.array_equal(soften(image, 0.0), image)
+
+
+@pytest.mark.parametrize("gamma_range, blur_max", [(None, None), ((0.7, 1.4), None), (None, 2.0)])
+def test_device_augmentation_changes_only_the_later_copies_of_whole_frames(tmp_path, gamma_range, blur_max):
     """The first copy of each real whole frame is the frame as the runtime sees it; with a gamma range
-    the second is regraded (another device's display curve), without one it is the same image."""
+    the second is regraded (another device's display curve), with a blur it is softer (another
+    transducer or filter), without either it is the same image."""
     from PIL import Image
 
     from llnm.segmentation.data import case_split
@@ -68,10 +79,13 @@ def test_gamma_augmentation_regrades_only_the_later_copies_of_whole_frames(tmp_p
         yy, xx = np.mgrid[:300, :400]
         Image.fromarray((((yy - 150) ** 2 + (xx - 200) ** 2 < 900) * 255).astype(np.uint8)).save(
             frames / "mask" / f"{name}.png")
-    cfg = NoduleTrainConfig(data=tmp_path / "data", out=tmp_path / "out", gamma_range=gamma_range)
+    cfg = NoduleTrainConfig(data=tmp_path / "data", out=tmp_path / "out", gamma_range=gamma_range, blur_max=blur_max)
     images = build_dataset(cfg).parent / "images" / "train"
     for name in names:
-        first, second = (np.asarray(Image.open(images / f"frame{k}_{name}.png")) for k in (0, 1))
-        assert np.array_equal(first, second) == (gamma_range is None)
+        first, second = (np.asarray(Image.open(images / f"frame{k}_{name}.png")).astype(float) for k in (0, 1))
+        assert np.array_equal(first, second) == (gamma_range is None and blur_max is None)
+        if blur_max is not None:  # softer, the same brightness
+            detail = [float(np.abs(np.diff(a, axis=1)).mean()) for a in (first, second)]
+            assert detail[1] < detail[0] and abs(first.mean() - second.mean()) < 1.0
     draws = [gamma_draw(np.random.default_rng(s), (0.7, 1.4)) for s in range(400)]
     assert 0.7 <= min(draws) and max(draws) <= 1.4 and abs(np.mean(np.log(draws)) - np.log(0.7 * 1.4) / 2) < 0.03

@@ -49,6 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma-augment", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="nodule model: regrade each real whole frame's second and later copies by a gamma "
                              "drawn log-uniformly from LOW..HIGH (other devices' display curves; e.g. 0.7 1.4)")
+    parser.add_argument("--blur-augment", type=float, default=None, metavar="SIGMA",
+                        help="nodule model: blur each real whole frame's second and later copies by a Gaussian "
+                             "of sigma drawn from 0..SIGMA pixels (softer transducers and filters; e.g. 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
     parser.add_argument("--model-repository", type=Path, default=None,
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                              mosaic=args.mosaic, arch=args.arch, device=args.device,
                                              workers=args.workers, close_mosaic=args.close_mosaic,
                                              gamma_range=tuple(args.gamma_augment) if args.gamma_augment else None,
+                                             blur_max=args.blur_augment,
                                              **({"imgsz": args.imgsz} if args.imgsz else {}),
                                              **({"batch": args.batch} if args.batch else {}))
         summary = train_nodule.train(cfg)

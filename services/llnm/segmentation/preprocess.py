@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,16 @@ def regrade(image: np.ndarray, gamma: float) -> np.ndarray:
     and the device-robustness benchmark; the runtime never regrades."""
     lut = np.clip(np.round(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
     return lut[np.asarray(image, dtype=np.uint8)]
+
+
+def soften(image: np.ndarray, sigma: float) -> np.ndarray:
+    """(H, W) uint8 blurred by a Gaussian of `sigma` pixels (Pillow's): the frame as a lower-frequency
+    transducer or a softer vendor filter would show it. For training augmentation and the
+    device-robustness benchmark; the runtime never blurs."""
+    image = np.asarray(image, dtype=np.uint8)
+    if sigma <= 0:
+        return image.copy()
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
 
 
 def letterbox(image: np.ndarray, size: int, pad_value: int) -> tuple[np.ndarray, Letterbox]:

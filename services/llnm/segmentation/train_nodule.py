@@ -9,7 +9,9 @@ at another size ships together with that constant and Triton's config. The train
   (llnm.segmentation.region), each `frame_repeats` times (they are the product's own input); with
   `gamma_range`, every copy after the first with its grey levels regraded by a gamma drawn
   log-uniformly from that range (another device's display curve: `bench/segmentation_devices.py`
-  measures the shipped model losing Dice on regraded frames; Ultralytics' own hsv_v is a linear gain);
+  measures the shipped model losing Dice on regraded frames; Ultralytics' own hsv_v is a linear gain)
+  and, with `blur_max`, blurred by a Gaussian of sigma drawn uniformly from 0-`blur_max` pixels (a
+  softer transducer or vendor filter: sigma 1.5 costs the shipped model 0.04-0.05 Dice; the bench);
 - the DDTI crop of each nodule (crop-like frames: the nodule fills much of the frame), and
 - `composed_per_crop` whole frames composed on TG3K train frames (llnm.segmentation.compose);
 plus, optionally, `llnm phantom` frames (each whole frame and a crop around its nodule).
@@ -37,7 +39,7 @@ from llnm.observability.logs import get_logger
 from llnm.segmentation import nodule
 from llnm.segmentation.compose import compose_frame
 from llnm.segmentation.data import case_split, ddti_frame_pairs, ddti_pairs, read_grey, read_mask, tg3k_pairs
-from llnm.segmentation.preprocess import regrade
+from llnm.segmentation.preprocess import regrade, soften
 from llnm.segmentation.region import find_image_region
 
 log = get_logger(__name__)
@@ -60,6 +62,7 @@ class NoduleTrainConfig:
     mosaic: bool = False  # fine-tuning stage only: keep mosaic on (a stage from random weights always uses it)
     frame_repeats: int = 2  # copies of each real whole frame in the training set
     gamma_range: tuple[float, float] | None = None  # regrade whole-frame copies after the first (None: never)
+    blur_max: float | None = None  # blur whole-frame copies after the first by sigma 0..blur_max px (None: never)
     imgsz: int = nodule.INPUT_SIZE
     arch: str = "s"  # YOLOv8 scale built from yolov8{arch}-seg.yaml from random weights (s: the shipped stage 8)
     device: str = "cpu"  # "cpu", or a CUDA device ("0") where a GPU is lent
@@ -126,6 +129,8 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
              "phantom": str(cfg.phantom or ""), "frame_repeats": cfg.frame_repeats}
     if cfg.gamma_range is not None:  # datasets written before the option keep their stamp
         stamp["gamma_range"] = list(cfg.gamma_range)
+    if cfg.blur_max is not None:
+        stamp["blur_max"] = cfg.blur_max
     yaml_path = root / "data.yaml"
     if (root / "stamp.json").is_file() and json.loads((root / "stamp.json").read_text()) == stamp:
         _write_yaml(yaml_path)
@@ -144,7 +149,9 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
                 for k in range(repeats):
                     copy = image
                     if k > 0 and cfg.gamma_range is not None:
-                        copy = regrade(image, gamma_draw(rng, cfg.gamma_range))
+                        copy = regrade(copy, gamma_draw(rng, cfg.gamma_range))
+                    if k > 0 and cfg.blur_max is not None:
+                        copy = soften(copy, float(rng.uniform(0.0, cfg.blur_max)))
                     counts[split] += write_sample(root, split, f"frame{k}_{image_path.stem}", copy, mask)
     backgrounds = tg3k_pairs(cfg.data / "tg3k", "train")
     for image_path, mask_path in tqdm(ddti_pairs(cfg.data / "ddti", "train"), desc="compose train"):
@@ -210,6 +217,7 @@ def train(cfg: NoduleTrainConfig) -> dict:
     summary = {"best": str(best), "minutes": (time.monotonic() - started) / 60, "seed": cfg.seed,
                "imgsz": cfg.imgsz, "arch": cfg.arch, "device": cfg.device, "init": str(cfg.init or ""),
                "mosaic": cfg.mosaic, "gamma_range": list(cfg.gamma_range) if cfg.gamma_range else None,
+               "blur_max": cfg.blur_max,
                "dataset": str(yaml_path.parent)}
     results = cfg.out / "yolo" / "results.csv"
     if results.is_file():
