@@ -1,6 +1,6 @@
 """Real whole frames wrapped as DICOM, through the product's `llnm predict` path, against their outlines.
 
-    .venv/bin/python bench/predict_frames.py --data ../shared/data --split val --out runs/predict-frames [--calipers]
+    .venv/bin/python bench/predict_frames.py --data ../shared/data --split val --out runs/predict-frames [--marks calipers text]
 
 Each ddti_frames frame of the split becomes a one-view study (US Image Storage, RGB, the frame exactly
 as published), twice: WITHOUT SequenceOfUltrasoundRegions (the product finds the ultrasound image in
@@ -9,10 +9,10 @@ image's rectangle; a nominal 0.1 mm per pixel, since DDTI publishes no calibrati
 through `llnm.predict.predict_study` (what `llnm predict` runs per study); the masks of the view are
 placed back on the frame and compared with the outline. Reported per variant, with 95 % CIs by
 bootstrap over cases: nodule Dice, share with IoU >= 0.5, nodule inside the predicted gland (median),
-the share of studies the quality gate declined ("not assessable") and their reasons. With --calipers,
-a third variant burns the sonographer's calipers into every frame (without regions;
-`segmentation_devices.draw_calipers`) and compares each study's P(LLNM) with the unchanged frame's:
-the calipers must change neither the masks nor the answer.
+the share of studies the quality gate declined ("not assessable") and their reasons. With --marks,
+one more variant per kind burns those marks into every frame (the sonographer's calipers, text over
+the tissue: `segmentation_devices.MARKS`; without regions) and compares each study's P(LLNM) with the
+unchanged frame's: the marks must change neither the masks nor the answer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segmentation_devices import draw_calipers  # noqa: E402
+from segmentation_devices import MARKS  # noqa: E402
 from segmentation_frames import bootstrap_by_case  # noqa: E402
 
 from llnm.config import Settings  # noqa: E402
@@ -72,17 +72,18 @@ def us_dataset(rgb: np.ndarray, region: tuple[int, int, int, int] | None, spacin
     return ds
 
 
-def run_variant(pairs, backend, settings, with_regions: bool, folder: Path, calipers: bool = False) -> list[dict]:
+def run_variant(pairs, backend, settings, with_regions: bool, folder: Path, marks: str | None = None) -> list[dict]:
     from PIL import Image
 
     records = []
     for image_path, mask_path in pairs:
         rgb = np.asarray(Image.open(image_path).convert("RGB"))
         truth = read_mask(mask_path)
-        if calipers:
-            marked = draw_calipers(rgb.mean(axis=2).astype(np.uint8), truth) == 255
+        if marks:
+            grey = rgb.mean(axis=2).astype(np.uint8)
+            drawn = MARKS[marks](grey, truth)
             rgb = rgb.copy()
-            rgb[marked] = 255
+            rgb[drawn != grey] = drawn[drawn != grey, None]
         region = None
         if with_regions:
             found = find_image_region(rgb.mean(axis=2).astype(np.uint8))
@@ -126,19 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=["val", "select"], default="val")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--out", type=Path, default=Path("runs/predict-frames"))
-    parser.add_argument("--calipers", action="store_true", help="a third variant with calipers burned in")
+    parser.add_argument("--marks", nargs="*", default=[], choices=sorted(MARKS),
+                        help="one more variant per kind, with these marks burned in (calipers, text)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = ddti_frame_pairs(args.data / "ddti_frames", (args.split,))
     backend = OnnxRuntimeBackend(args.repo, threads=1)
     settings = Settings.from_env(model_repository=args.repo, key_images=False)
     table, unchanged = {}, None
-    variants = [("without US regions", False, False, "noregions"), ("with US regions", True, False, "regions")]
-    if args.calipers:
-        variants.append(("calipers burned in, without US regions", False, True, "calipers"))
-    for label, with_regions, calipers, tag in variants:
+    variants = [("without US regions", False, None, "noregions"), ("with US regions", True, None, "regions")]
+    variants += [(f"{kind} burned in, without US regions", False, kind, kind) for kind in args.marks]
+    for label, with_regions, marks, tag in variants:
         with tempfile.TemporaryDirectory() as tmp:
-            records = run_variant(pairs, backend, settings, with_regions, Path(tmp), calipers)
+            records = run_variant(pairs, backend, settings, with_regions, Path(tmp), marks)
         unchanged = unchanged or records
         (args.out / f"{args.split}-{tag}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in records))
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         row["reasons"] = reasons
         both = [(r["probability"], q["probability"]) for r, q in zip(records, unchanged)
                 if r["probability"] is not None and q["probability"] is not None]
-        if calipers and both:
+        if marks and both:
             change = np.abs(np.subtract(*zip(*both)))
             row["probability_change_vs_unchanged"] = {"studies": len(both), "median": round(float(np.median(change)), 4),
                                                       "max": round(float(change.max()), 4)}
