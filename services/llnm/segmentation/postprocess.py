@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from llnm.segmentation.morphology import disc_opening
+
 
 @dataclass
 class Detections:
@@ -127,9 +129,7 @@ def open_mask(mask: np.ndarray, fraction: float) -> np.ndarray:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     y0, x0 = max(int(rows[0]) - radius - 1, 0), max(int(cols[0]) - radius - 1, 0)
     y1, x1 = int(rows[-1]) + radius + 2, int(cols[-1]) + radius + 2
-    span = np.arange(-radius, radius + 1) ** 2
-    disc = np.add.outer(span, span) <= radius * radius
-    opened = largest_component(ndimage.binary_opening(mask[y0:y1, x0:x1], disc))
+    opened = largest_component(disc_opening(mask[y0:y1, x0:x1], radius))
     if not opened.any():
         return mask
     out = np.zeros_like(mask, dtype=bool)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from llnm.segmentation.morphology import square_closing, square_opening
+
 #: grey level above which a pixel is "not background" (interface backgrounds are 0-5 after JPEG)
 CONTENT_LEVEL = 12
 #: the block must cover at least this share of the frame, else the whole frame is kept
@@ -71,11 +73,11 @@ def find_image_region(grey: np.ndarray) -> ImageRegion:
     short = min(h, w)
     content = grey > CONTENT_LEVEL
     stroke = max(3, int(round(short * STROKE_FRACTION)) | 1)
-    opened = ndimage.binary_opening(content, structure=np.ones((stroke, stroke), dtype=bool))
+    opened = square_opening(content, stroke)
     gap = max(3, int(round(short * GAP_FRACTION)))
     # pad so that the closing does not erode blocks that touch the frame's edge
     padded = np.pad(opened, gap, mode="constant")
-    padded = ndimage.binary_closing(padded, structure=np.ones((gap, gap), dtype=bool))
+    padded = square_closing(padded, gap)
     content = ndimage.binary_fill_holes(padded[gap:gap + h, gap:gap + w])
     labels, count = ndimage.label(content)
     if count == 0:
