@@ -3,10 +3,11 @@
 scipy.ndimage's binary erosion costs the frame's pixels times the structuring element's, and both
 grow with the frame: the image region's square closing and the nodule mask's disc opening made a
 1904 x 1224 frame take 15 s to segment, 1120 x 720 1.9 s, 560 x 360 0.3 s
-(`bench/frame_size_latency.py`). A square is two lines, so its erosion and dilation are done along the rows and then the columns;
-a disc's erosion and dilation are thresholds of the exact Euclidean distance transform. Both give
-exactly what `ndimage.binary_opening` / `binary_closing` give with the same element and the default
-border (outside the image counts as background; tests compare them on random masks).
+(`bench/frame_size_latency.py`). A square is two lines, so its erosion and dilation are done along
+the columns and then the rows; a disc's erosion and dilation are thresholds of the exact Euclidean
+distance transform. Both give exactly what `ndimage.binary_opening` / `binary_closing` give with the
+same element and the default border (outside the image counts as background; tests compare them on
+random masks).
 """
 
 from __future__ import annotations
