@@ -21,9 +21,9 @@ its speckle is as much coarser. On the select cases' frames resized x 2, caliper
 the nodule Dice 0.46 and text 0.07 with a fixed 3 x 3 opening, 0.01 and 0.00 with this one; on frames of
 DDTI's size nothing changes. A 5 x 5 opening on every frame was measured and dropped: it also finds
 three-pixel marks on small frames, but fills the speckle of TG3K's noisy frames (gland Dice -0.02) and
-more echogenic foci (model card, "Burned-in marks on other devices"). An echogenic focus is rarely that thin and bright:
-on the 377 DDTI frames the rule fills 0.003-0.03 % of the outlined nodules' pixels whatever their
-calcification label, and nothing on phantom views.
+more echogenic foci (model card, "Burned-in marks on other devices"). An echogenic focus is rarely
+that thin and bright: on the 377 DDTI frames the rule fills 0.003-0.03 % of the outlined nodules'
+pixels whatever their calcification label, and nothing on phantom views.
 """
 
 from __future__ import annotations
