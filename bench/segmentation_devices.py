@@ -7,7 +7,8 @@ grey-level response, through the product's path (image found, both models, the q
 Each ddti_frames frame of the split (and its outline) is resized by each scale (bilinear for the image,
 nearest for the outline; DDTI frames are 560 x 360, other devices send 640 x 480 to 1280 x 1024), and
 its grey levels mapped by each gamma (255 (g / 255)^gamma: another display curve), blurred by a
-Gaussian of each sigma in pixels (a lower-frequency transducer, a softer vendor filter), or marked with
+Gaussian of each sigma in pixels (a lower-frequency transducer, a softer vendor filter), re-encoded as
+JPEG at each quality (`--jpegs`: a lossy transfer syntax or another device's export), or marked with
 the sonographer's calipers (a bright "+" at both ends of the nodule's long and short axes, joined by
 dotted lines, as most devices burn them in when the nodule is measured; wider or dimmer as other
 devices draw them) or text written over the tissue (`MARKS`), one change at a time beside
@@ -23,6 +24,7 @@ find. Nothing is chosen here; run it on `select` to look, and once on `val` to r
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -84,6 +86,13 @@ def draw_calipers(image: np.ndarray, truth: np.ndarray, width: int = 1, level: i
     return out
 
 
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """The frame encoded as baseline JPEG at `quality` and decoded again (Pillow, 4:2:0 is moot for grey)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
+
+
 def draw_labels(image: np.ndarray, truth: np.ndarray, thickness: int = 1, level: int = 255) -> np.ndarray:
     """The frame with a sonographer's text written over the tissue: "N1", "N2", ... just above and left of
     each outlined nodule, and the view's label ("RT LOBE TRANS") across the upper third of the frame,
@@ -116,7 +125,7 @@ MARKS = {
 
 
 def conditions(scales: list[float], gammas: list[float], blurs: list[float] = (), marks: list[str] = (),
-               mark_scales: list[float] = (1.0,)) -> list[tuple[str, dict, str | None]]:
+               mark_scales: list[float] = (1.0,), jpegs: list[int] = ()) -> list[tuple[str, dict, str | None]]:
     """(label, change, the label of the condition it is paired with) per condition: the frame changes
     are paired with the unchanged frame, marks with the frame at the same scale without them (a device
     with a larger matrix: the frame resized, then the marks drawn)."""
@@ -125,6 +134,7 @@ def conditions(scales: list[float], gammas: list[float], blurs: list[float] = ()
     out += [(f"scale {s:g}", {"scale": s}, "unchanged") for s in scales if s != 1.0]
     out += [(f"gamma {g:g}", {"gamma": g}, "unchanged") for g in gammas if g != 1.0]
     out += [(f"blur {b:g}", {"blur": b}, "unchanged") for b in blurs if b > 0]
+    out += [(f"jpeg {q}", {"jpeg": q}, "unchanged") for q in jpegs]
     for s in mark_scales:
         out += [(kind, {"marks": kind}, "unchanged") if s == 1.0 else
                 (f"{kind} x{s:g}", {"scale": s, "marks": kind}, f"scale {s:g}") for kind in marks]
@@ -139,6 +149,8 @@ def altered(image: np.ndarray, truth: np.ndarray, change: dict) -> tuple[np.ndar
         image = regrade(image, change["gamma"])
     if "blur" in change:
         image = soften(image, change["blur"])
+    if "jpeg" in change:
+        image = jpeg(image, change["jpeg"])
     if "marks" in change:
         image = MARKS[change["marks"]](image, truth)
     return image, truth
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blurs", type=float, nargs="*", default=[], help="Gaussian sigmas in pixels")
     parser.add_argument("--marks", nargs="*", default=[], choices=sorted(MARKS),
                         help="also conditions with these marks burned in (calipers, text over the tissue)")
+    parser.add_argument("--jpegs", type=int, nargs="*", default=[],
+                        help="JPEG qualities: the frame re-encoded (lossy transfer syntaxes, other devices' exports)")
     parser.add_argument("--mark-scales", type=float, nargs="+", default=[1.0],
                         help="draw the marks on the frame resized by each of these (larger matrices)")
     parser.add_argument("--out", type=Path, default=Path("runs/seg-devices"))
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = ddti_frame_pairs(args.data / "ddti_frames", (args.split,))
     backend = OnnxRuntimeBackend(args.repo, threads=1)
     table, done = {}, {}
-    for label, change, paired in conditions(args.scales, args.gammas, args.blurs, args.marks, args.mark_scales):
+    for label, change, paired in conditions(args.scales, args.gammas, args.blurs, args.marks, args.mark_scales, args.jpegs):
         records = []
         for image_path, mask_path in frames:
             image, truth = altered(read_grey(image_path), read_mask(mask_path), change)
