@@ -12,7 +12,8 @@ bootstrap over cases: nodule Dice, share with IoU >= 0.5, nodule inside the pred
 the share of studies the quality gate declined ("not assessable") and their reasons. With --marks,
 one more variant per kind burns those marks into every frame (the sonographer's calipers, text over
 the tissue: `segmentation_devices.MARKS`; without regions) and compares each study's P(LLNM) with the
-unchanged frame's: the marks must change neither the masks nor the answer.
+unchanged frame's: the marks must change neither the masks nor the answer. With --scale every frame
+is resized first (bilinear; the outline nearest), as a device with another matrix would send it.
 """
 
 from __future__ import annotations
@@ -72,13 +73,19 @@ def us_dataset(rgb: np.ndarray, region: tuple[int, int, int, int] | None, spacin
     return ds
 
 
-def run_variant(pairs, backend, settings, with_regions: bool, folder: Path, marks: str | None = None) -> list[dict]:
+def run_variant(pairs, backend, settings, with_regions: bool, folder: Path, marks: str | None = None,
+                scale: float = 1.0) -> list[dict]:
     from PIL import Image
 
     records = []
     for image_path, mask_path in pairs:
-        rgb = np.asarray(Image.open(image_path).convert("RGB"))
+        image = Image.open(image_path).convert("RGB")
         truth = read_mask(mask_path)
+        if scale != 1.0:  # a device with a larger or smaller matrix
+            size = (round(image.width * scale), round(image.height * scale))
+            image = image.resize(size, Image.BILINEAR)
+            truth = np.asarray(Image.fromarray(truth.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+        rgb = np.asarray(image)
         if marks:
             grey = rgb.mean(axis=2).astype(np.uint8)
             drawn = MARKS[marks](grey, truth)
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=["val", "select"], default="val")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
     parser.add_argument("--out", type=Path, default=Path("runs/predict-frames"))
+    parser.add_argument("--scale", type=float, default=1.0, help="resize every frame first (another matrix size)")
     parser.add_argument("--marks", nargs="*", default=[], choices=sorted(MARKS),
                         help="one more variant per kind, with these marks burned in (calipers, text)")
     args = parser.parse_args(argv)
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     variants += [(f"{kind} burned in, without US regions", False, kind, kind) for kind in args.marks]
     for label, with_regions, marks, tag in variants:
         with tempfile.TemporaryDirectory() as tmp:
-            records = run_variant(pairs, backend, settings, with_regions, Path(tmp), marks)
+            records = run_variant(pairs, backend, settings, with_regions, Path(tmp), marks, args.scale)
         unchanged = unchanged or records
         (args.out / f"{args.split}-{tag}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in records))
