@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segmentation_devices import MARKS  # noqa: E402
+from segmentation_devices import MARKS, rescale  # noqa: E402
 from segmentation_frames import bootstrap_by_case  # noqa: E402
 
 from llnm.config import Settings  # noqa: E402
@@ -79,13 +79,10 @@ def run_variant(pairs, backend, settings, with_regions: bool, folder: Path, mark
 
     records = []
     for image_path, mask_path in pairs:
-        image = Image.open(image_path).convert("RGB")
+        rgb = np.asarray(Image.open(image_path).convert("RGB"))
         truth = read_mask(mask_path)
         if scale != 1.0:  # a device with a larger or smaller matrix
-            size = (round(image.width * scale), round(image.height * scale))
-            image = image.resize(size, Image.BILINEAR)
-            truth = np.asarray(Image.fromarray(truth.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
-        rgb = np.asarray(image)
+            rgb, truth = rescale(rgb, truth, scale)
         if marks:
             grey = rgb.mean(axis=2).astype(np.uint8)
             drawn = MARKS[marks](grey, truth)

@@ -43,7 +43,8 @@ from segmentation_frames import STATS, bootstrap_by_case  # noqa: E402
 
 
 def rescale(image: np.ndarray, truth: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    h, w = image.shape
+    """The frame (grey or RGB; bilinear) and its outline (nearest) resized by `scale`."""
+    h, w = image.shape[:2]
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
     resized = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     outline = np.asarray(Image.fromarray(truth.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
@@ -70,8 +71,7 @@ def draw_calipers(image: np.ndarray, truth: np.ndarray, width: int = 1, level: i
     of white is what most devices draw on a 560-pixel frame; wider or dimmer marks stand in for larger
     matrices and other vendors' overlays."""
     out = image.copy()
-    h, w = out.shape
-    arm = max(3, round(0.01 * w))
+    arm = max(3, round(0.01 * out.shape[1]))
     lo, hi = -((width - 1) // 2), width // 2 + 1  # the brush: `width` pixels across the line
     labels, count = ndimage.label(truth)
     ends = [pair for k in range(1, count + 1) if (labels == k).sum() >= 12 for pair in axis_ends(labels == k)]
