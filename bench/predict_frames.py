@@ -13,7 +13,8 @@ the share of studies the quality gate declined ("not assessable") and their reas
 one more variant per kind burns those marks into every frame (the sonographer's calipers, text over
 the tissue: `segmentation_devices.MARKS`; without regions) and compares each study's P(LLNM) with the
 unchanged frame's: the marks must change neither the masks nor the answer. With --scale every frame
-is resized first (bilinear; the outline nearest), as a device with another matrix would send it.
+is resized first (bilinear; the outline nearest), as a device with another matrix would send it
+(the region's calibration scaled with it: the same tissue over more or fewer pixels).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_variant(pairs, backend, settings, with_regions: bool, folder: Path, mark
             found = find_image_region(rgb.mean(axis=2).astype(np.uint8))
             region = (found.row0, found.col0, found.row1, found.col1)
         path = folder / f"{image_path.stem}-{'r' if with_regions else 'n'}.dcm"
-        us_dataset(rgb, region).save_as(path, enforce_file_format=True)
+        us_dataset(rgb, region, 0.01 / scale).save_as(path, enforce_file_format=True)  # the same tissue, finer pixels
         groups, _ = group_by_study([path])
         (files,) = groups.values()
         output = predict_study(files, backend, settings)

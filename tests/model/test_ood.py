@@ -9,7 +9,8 @@ import pytest
 from llnm import pipeline
 from llnm.features import extract_features
 from llnm.model.config import preset
-from llnm.model.ood import DESCRIPTOR, OOD_FILE, OodModel, descriptor, features_descriptor, fit
+from llnm.model.ood import (DESCRIPTOR, OOD_FILE, REFERENCE_SIZE, OodModel, area_resample, descriptor,
+                            features_descriptor, fit, reference_scale, tissue_statistics)
 from llnm.pipeline import analyse_study
 from llnm.study import View
 
@@ -132,7 +133,67 @@ def test_sources_survive_a_round_trip_and_a_single_source_file_still_loads(tmp_p
     assert again.score(v) == pytest.approx(model.score(v)) and again.threshold == 1.0
     single = fit(rng.normal(size=(60, n)), rng.normal(size=(30, n)))
     (part,) = single.components
-    legacy = {"descriptor": list(DESCRIPTOR), "mean": part.mean.tolist(), "precision": part.precision.tolist(),
-              "threshold": part.threshold, "quantile": 0.96, "source": "v1"}
+    legacy = {"descriptor": list(DESCRIPTOR), "reference_size": REFERENCE_SIZE, "mean": part.mean.tolist(),
+              "precision": part.precision.tolist(), "threshold": part.threshold, "quantile": 0.96, "source": "v1"}
     (tmp_path / "v1.json").write_text(json.dumps(legacy))
     assert OodModel.load(tmp_path / "v1.json").score(v) == pytest.approx(single.score(v))
+
+
+def test_statistics_fitted_on_another_pixel_grid_are_refused(tmp_path):
+    """A file fitted before the tissue statistics were measured at the reference size (or at another one)
+    has the same descriptor names but other numbers behind them: refused, not misread."""
+    rng = np.random.default_rng(4)
+    fit(rng.normal(size=(60, len(DESCRIPTOR))), rng.normal(size=(30, len(DESCRIPTOR)))).save(tmp_path / "ood.json")
+    raw = json.loads((tmp_path / "ood.json").read_text())
+    for stale in ({k: v for k, v in raw.items() if k != "reference_size"}, {**raw, "reference_size": 2 * REFERENCE_SIZE}):
+        (tmp_path / "stale.json").write_text(json.dumps(stale))
+        with pytest.raises(ValueError, match="refit with llnm ood-fit"):
+            OodModel.load(tmp_path / "stale.json")
+
+
+def test_area_resample_averages_what_each_coarser_pixel_covers():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 255, (60, 90))
+    halved = area_resample(x, 0.5)
+    assert halved.shape == (30, 45)
+    assert np.allclose(halved, x.reshape(30, 2, 45, 2).mean(axis=(1, 3)))
+    odd = area_resample(x, 0.37)
+    assert odd.shape == (22, 33) and odd.mean() == pytest.approx(x.mean(), rel=1e-9)
+    assert np.array_equal(area_resample(x, 1.0), x)
+
+
+def test_only_views_larger_than_the_reference_size_are_reduced():
+    assert reference_scale((REFERENCE_SIZE // 2, REFERENCE_SIZE)) == 1.0
+    assert reference_scale((300, 200)) == 1.0
+    assert reference_scale((2 * REFERENCE_SIZE, REFERENCE_SIZE)) == pytest.approx(0.5)
+
+
+def _tissue(scale: float) -> list[float]:
+    """tissue_statistics of one correlated speckle field (300 x 400: the reference size) resized by
+    `scale` as a device with another matrix would record it."""
+    from PIL import Image
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(np.random.default_rng(6).normal(size=(300, 400)), 0.8)
+    img = np.clip(110 + field / field.std() * 25, 0, 255).astype(np.uint8)
+    gland = np.zeros(img.shape, np.uint8)
+    gland[80:220, 60:340] = 1
+    if scale != 1.0:
+        size = (round(400 * scale), round(300 * scale))
+        img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
+        gland = np.asarray(Image.fromarray(gland).resize(size, Image.Resampling.NEAREST))
+    return tissue_statistics(img, gland.astype(bool))
+
+
+def test_speckle_correlation_reads_alike_on_a_larger_matrix(monkeypatch):
+    """The same tissue at 1.5, 2 and 3 x the pixels has the same speckle correlation at the reference
+    size, near the original's; measured in the view's own pixels, x 2 moves it far (select frames
+    resized x 2 were declined as unlike the training data in a third of the views)."""
+    lags = [DESCRIPTOR.index(n) - DESCRIPTOR.index("tissue_skew") for n in
+            ("tissue_lag1_rows", "tissue_lag1_cols", "tissue_lag3_rows", "tissue_lag3_cols")]
+    native = np.array(_tissue(1.0))[lags]
+    larger = [np.array(_tissue(s))[lags] for s in (1.5, 2.0, 3.0)]
+    assert all(np.abs(v - larger[1]).max() < 0.02 for v in larger)
+    assert np.abs(larger[1] - native).max() < 0.1
+    monkeypatch.setattr("llnm.model.ood.REFERENCE_SIZE", 10 ** 6)
+    assert np.abs(np.array(_tissue(2.0))[lags] - native).max() > 0.2

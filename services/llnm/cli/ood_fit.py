@@ -74,19 +74,17 @@ def train_descriptors(data_dir: Path, config: "TMDLConfig", limit: int) -> np.nd
 
 def product_descriptor(backend, image: np.ndarray, spacing_mm, config: "TMDLConfig"):
     """(the quality gate's verdict, the view's OOD descriptor or None when the gate declines it): what
-    llnm.pipeline computes for one view before TMDL, with the shipped segmentation models."""
-    from llnm.features import extract_features
+    llnm.pipeline computes for one view before TMDL (burned-in marks filled in, the shipped segmentation
+    models, the gate, the features), by the pipeline's own steps."""
     from llnm.model.ood import features_descriptor
-    from llnm.pipeline import default_segmenter
-    from llnm.quality import assess_view
+    from llnm.pipeline import default_segmenter, segment_views, without_marks
+    from llnm.study import StudyInput, View
 
-    detection, gland = default_segmenter(backend, image)
-    nodule = None if detection is None else detection.mask
-    quality = assess_view(image, nodule, gland, 0.0 if detection is None else detection.score, spacing_mm)
-    if not quality.passed:
-        return quality, None
-    feats = extract_features(image, gland, nodule, spacing_mm, **config.feature_options())
-    return quality, features_descriptor(feats, image, gland)
+    study = without_marks(StudyInput("ood-fit", [View(image, spacing_mm)]))
+    (view,), analysable = segment_views(study, backend, default_segmenter, config, [])
+    if not analysable:
+        return view.quality, None
+    return view.quality, features_descriptor(view.features, study.views[0].image, view.gland_mask)
 
 
 def runtime_descriptors(data_dir: Path, backend, config: "TMDLConfig") -> tuple[np.ndarray, int]:

@@ -32,6 +32,8 @@ DESCRIPTOR = ("xt_mean", "xt_std", "xt_grad", "xt_lag1", "xt_lag3", "xt_dark", "
               "tissue_skew", "tissue_cv", "tissue_lag1_rows", "tissue_lag1_cols", "tissue_lag3_rows",
               "tissue_lag3_cols")
 SHRINKAGE = 0.05  # covariance shrunk towards its diagonal: stable with a few hundred views
+#: px on a view's longer side at which the tissue statistics are measured (views larger are reduced)
+REFERENCE_SIZE = 400
 
 
 def _lag_correlation(img: np.ndarray, lag: int) -> float:
@@ -61,11 +63,40 @@ def _axis_correlation(x: np.ndarray, lag: int, axis: int) -> float:
     return float((a * b).mean() / var)
 
 
+def reference_scale(shape: tuple[int, ...]) -> float:
+    """The factor that brings a view to REFERENCE_SIZE on its longer side: larger views are reduced,
+    smaller ones kept (interpolating up would add the very correlation the statistics measure)."""
+    return min(1.0, REFERENCE_SIZE / max(int(shape[0]), int(shape[1]), 1))
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in): each output pixel the mean of the input pixels it covers (fractions at its edges)."""
+    edges = np.linspace(0.0, float(n_in), n_out + 1)
+    start = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(edges[1:, None], start + 1) - np.maximum(edges[:-1, None], start), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def area_resample(image: np.ndarray, scale: float) -> np.ndarray:
+    """`image` (H, W) reduced by `scale` (<= 1) by area averaging: what a coarser pixel grid records."""
+    x = np.asarray(image, dtype=np.float64)
+    if scale >= 1.0:
+        return x
+    rows, cols = (max(1, round(n * scale)) for n in x.shape)
+    return _area_weights(x.shape[0], rows) @ x @ _area_weights(x.shape[1], cols).T
+
+
 def tissue_statistics(image: np.ndarray, gland: np.ndarray) -> list[float]:
     """Grey-level shape and speckle correlation of the tissue: inside the gland (skewness, coefficient
-    of variation) and over the gland's bounding box (correlation at 1 and 3 pixels, rows then columns)."""
-    grey = np.asarray(image, dtype=np.float64) / 255.0
-    gland = np.asarray(gland, dtype=bool)
+    of variation) and over the gland's bounding box (correlation at 1 and 3 pixels, rows then columns).
+
+    Measured on the view brought to the reference size (`reference_scale`): a pixel lag is a length
+    only on one grid, and a device with a larger matrix records the same speckle over more pixels
+    (select frames resized x 2 read as unlike the training data in a third of the views, with TMDL's
+    answer unchanged; model card, "Frames of another matrix size")."""
+    scale = reference_scale(np.shape(image))
+    grey = area_resample(image, scale) / 255.0
+    gland = area_resample(np.asarray(gland, dtype=np.float64), scale) >= 0.5
     values = grey[gland] if gland.any() else grey.ravel()
     mean, std = float(values.mean()), float(values.std())
     skew = float(((values - mean) ** 3).mean() / std ** 3) if std > 1e-9 else 0.0
@@ -137,7 +168,8 @@ class OodModel:
         return self.score(vector) > self.threshold
 
     def to_json(self) -> dict:
-        return {"descriptor": list(DESCRIPTOR), "quantile": self.quantile, "source": self.source,
+        return {"descriptor": list(DESCRIPTOR), "reference_size": REFERENCE_SIZE,
+                "quantile": self.quantile, "source": self.source,
                 "components": [{"name": c.name, "mean": c.mean.tolist(), "precision": c.precision.tolist(),
                                 "threshold": c.threshold} for c in self.components]}
 
@@ -149,6 +181,9 @@ class OodModel:
         raw = json.loads(Path(path).read_text())
         if raw.get("descriptor") != list(DESCRIPTOR):
             raise ValueError(f"{path}: descriptor {raw.get('descriptor')} is not this version's {list(DESCRIPTOR)}")
+        if raw.get("reference_size") != REFERENCE_SIZE:
+            raise ValueError(f"{path}: tissue statistics measured at {raw.get('reference_size')} px, this version "
+                             f"measures them at {REFERENCE_SIZE} px: refit with llnm ood-fit")
         parts = raw.get("components") or [{"name": "train", **{k: raw[k] for k in ("mean", "precision", "threshold")}}]
         return cls(tuple(Component(str(c["name"]), np.asarray(c["mean"]), np.asarray(c["precision"]),
                                    float(c["threshold"])) for c in parts),
