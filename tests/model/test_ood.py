@@ -145,7 +145,8 @@ def test_statistics_fitted_on_another_pixel_grid_are_refused(tmp_path):
     rng = np.random.default_rng(4)
     fit(rng.normal(size=(60, len(DESCRIPTOR))), rng.normal(size=(30, len(DESCRIPTOR)))).save(tmp_path / "ood.json")
     raw = json.loads((tmp_path / "ood.json").read_text())
-    for stale in ({k: v for k, v in raw.items() if k != "reference_size"}, {**raw, "reference_size": 2 * REFERENCE_SIZE}):
+    unrecorded = {k: v for k, v in raw.items() if k != "reference_size"}
+    for stale in (unrecorded, {**raw, "reference_size": 2 * REFERENCE_SIZE}):
         (tmp_path / "stale.json").write_text(json.dumps(stale))
         with pytest.raises(ValueError, match="refit with llnm ood-fit"):
             OodModel.load(tmp_path / "stale.json")
@@ -197,3 +198,17 @@ def test_speckle_correlation_reads_alike_on_a_larger_matrix(monkeypatch):
     assert np.abs(larger[1] - native).max() < 0.1
     monkeypatch.setattr("llnm.model.ood.REFERENCE_SIZE", 10 ** 6)
     assert np.abs(np.array(_tissue(2.0))[lags] - native).max() > 0.2
+
+
+def test_a_training_view_reduced_as_a_smaller_matrix_keeps_its_tissue_in_mm():
+    """`llnm ood-fit` also fits each training view as a device with a smaller matrix would send it: the
+    same anatomy over fewer, coarser pixels (the masks' areas in mm2 kept, the calibration scaled)."""
+    from llnm.cli.ood_fit import reduced
+
+    img = speckle(7)
+    image, gland, nodule, spacing = reduced(img, GLAND, NODULE, (0.1, 0.1), 0.8)
+    assert image.shape == (round(SHAPE[0] * 0.8), round(SHAPE[1] * 0.8)) and image.dtype == np.uint8
+    assert spacing == pytest.approx((0.125, 0.125))
+    for before, after in ((GLAND, gland), (NODULE, nodule)):
+        assert after.sum() * spacing[0] * spacing[1] == pytest.approx(before.sum() * 0.01, rel=0.05)
+    assert reduced(img, GLAND, NODULE, None, 0.8)[3] is None

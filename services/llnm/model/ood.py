@@ -6,12 +6,14 @@ by the statistics of what TMDL actually sees (the texture crop x_t and the margi
 images: brightness, contrast, speckle grain, gradient energy, saturation; and the scalar inputs x_e,
 x_s) and of the tissue it comes from (the grey levels inside the gland: skewness, coefficient of
 variation, speckle correlation at 1 and 3 pixels along rows and columns: a scanner's and a
-simulator's speckle differ most there) and scored by its Mahalanobis distance to the training views'
-descriptors, one Gaussian per training source (the phantom, real frames: a mean and a shrunk covariance
-each, `fit_sources`). Each source's threshold is the `quantile` of the distances of HELD-OUT views of
-that source run through the product (segmentation masks, not ground truth), so at most 1 - quantile of
-such views abstain; the score is the smallest distance relative to its source's threshold (1.0: the
-boundary). A study abstains when every analysed view is beyond it.
+simulator's speckle differ most there; measured on the view reduced to REFERENCE_SIZE when larger,
+since a pixel lag is a length only on one grid) and scored by its Mahalanobis distance to the
+training views' descriptors, one Gaussian per training source (the phantom, real frames: a mean and a
+shrunk covariance each, `fit_sources`; `llnm ood-fit` adds each training view reduced as a smaller
+matrix would send it). Each source's threshold is the `quantile` of the distances of HELD-OUT views
+of that source run through the product (segmentation masks, not ground truth), so at most
+1 - quantile of such views abstain; the score is the smallest distance relative to its source's
+threshold (1.0: the boundary). A study abstains when every analysed view is beyond it.
 
 The fitted statistics live beside the model (`model_repository/tmdl/1/ood.json`), written by
 `llnm ood-fit`; numpy only at run time, so the worker, `llnm predict` and a Triton-backed worker
