@@ -212,3 +212,21 @@ def test_a_training_view_reduced_as_a_smaller_matrix_keeps_its_tissue_in_mm():
     for before, after in ((GLAND, gland), (NODULE, nodule)):
         assert after.sum() * spacing[0] * spacing[1] == pytest.approx(before.sum() * 0.01, rel=0.05)
     assert reduced(img, GLAND, NODULE, None, 0.8)[3] is None
+
+
+def test_a_blended_edge_of_a_resized_frame_does_not_read_as_speckle(monkeypatch):
+    """A gland reaching the image's edge: on a frame resized down, the edge column is a blend of image
+    and the dark background around it. The tissue statistics leave the view's border out, so that
+    column changes nothing; read with it, the speckle correlation along rows drops."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(np.random.default_rng(8).normal(size=(240, 320)), 0.8)
+    img = np.clip(110 + field / field.std() * 25, 0, 255).astype(np.uint8)
+    gland = np.zeros(img.shape, bool)
+    gland[60:180, :200] = True
+    blended = img.copy()
+    blended[:, 0] //= 3
+    assert tissue_statistics(blended, gland) == pytest.approx(tissue_statistics(img, gland))
+    monkeypatch.setattr("llnm.model.ood.EDGE", 0)
+    with_edge = np.array(tissue_statistics(blended, gland)) - np.array(tissue_statistics(img, gland))
+    assert np.abs(with_edge).max() > 0.02

@@ -37,6 +37,22 @@ def test_the_image_is_found_and_the_interface_cut_away(seed):
     assert max(abs(a - b) for a, b in zip(found, box)) <= 3, (found, box)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_marker_touching_a_small_frame_s_image_does_not_widen_the_crop(seed):
+    """On a small matrix an interface marker drawn just above the image (a focus or depth arrow) touches
+    it, survives the opening with it, and carried two nearly empty rows into the crop (DDTI frames
+    resized x 0.6: a dark strip in every view, and a third of them then read as unlike the training
+    data). Edge rows and columns with almost no content are not image."""
+    rng = np.random.default_rng(seed)
+    box = (5, 21, 186, 316)
+    frame = scanner_frame(rng, shape=(216, 336), image_box=box)
+    frame[:5, 20:320] = 0
+    frame[2:5, 300:310] = 120  # the marker, three rows tall, touching the image's top edge
+    frame[8:186, 5:12] = 0  # no grey bar beside this small image
+    region = find_image_region(frame)
+    assert (region.row0, region.col0, region.row1, region.col1) == pytest.approx(box, abs=1)
+
+
 def test_a_dual_display_stays_one_image():
     rng = np.random.default_rng(7)
     region = find_image_region(scanner_frame(rng, image_box=(10, 40, 300, 520), dual_seam=280))

@@ -4,7 +4,8 @@ Scanners surround the B-mode image with their interface: a black background with
 ticks, a grey bar, side labels (DER/IZQ, RT/LT) and a probe pictogram. The segmentation models must
 see the image, not the chrome, and nothing may be measured outside it. Without DICOM regions the
 pixels decide: the image is the largest solid block of non-black pixels once thin strokes (text,
-ticks, dotted scales) are opened away; its bounding box is the crop. A frame whose block is implausibly
+ticks, dotted scales) are opened away; its bounding box, without nearly empty edge rows and columns
+(an interface marker that touches the image survives the opening with it), is the crop. A frame whose block is implausibly
 small (a blank or nearly black frame, a frame that is all chrome) keeps its whole extent, and the
 caller's quality gate judges what is in it.
 
@@ -33,6 +34,9 @@ RUN_FRACTION = 0.08
 SEAM_FRACTION = 0.02
 #: closing bridges dark tissue (cysts, shadows, the trachea's air) up to this share of the shorter side
 GAP_FRACTION = 0.06
+#: an edge row or column of the box with content in under this share of its pixels is background that
+#: the closing carried in (on small frames: a two-pixel black strip above the image), and is trimmed
+EDGE_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,26 @@ def find_image_region(grey: np.ndarray) -> ImageRegion:
     # seam between the two halves of a dual display, which stays one image)
     flags = opened[r0:r1, c0:c1].mean(axis=0) > RUN_FRACTION
     c0, c1 = _longest_run(_bridge(flags, max(1, int(round(w * SEAM_FRACTION)))), c0)
+    r0, c0, r1, c1 = _trim_empty_edges(grey > CONTENT_LEVEL, r0, c0, r1, c1, gap)
     if (r1 - r0) * (c1 - c0) < MIN_AREA_FRACTION * h * w:
         return whole
     return ImageRegion(r0, c0, r1, c1, found=True)
+
+
+def _trim_empty_edges(content: np.ndarray, r0: int, c0: int, r1: int, c1: int,
+                      limit: int) -> tuple[int, int, int, int]:
+    """The box without edge rows and columns that hold content in under EDGE_FRACTION of their pixels,
+    at most `limit` from each side (background carried in by the closing, not dark tissue deeper in)."""
+    for _ in range(limit):
+        if r1 - r0 > 2 and content[r0, c0:c1].mean() < EDGE_FRACTION:
+            r0 += 1
+        if r1 - r0 > 2 and content[r1 - 1, c0:c1].mean() < EDGE_FRACTION:
+            r1 -= 1
+        if c1 - c0 > 2 and content[r0:r1, c0].mean() < EDGE_FRACTION:
+            c0 += 1
+        if c1 - c0 > 2 and content[r0:r1, c1 - 1].mean() < EDGE_FRACTION:
+            c1 -= 1
+    return r0, c0, r1, c1
 
 
 def _bridge(flags: np.ndarray, gap: int) -> np.ndarray:
