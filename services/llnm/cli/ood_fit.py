@@ -3,10 +3,10 @@ shipped TMDL (`--train DIR --calibrate DIR`: one source).
 
 Per training source (e.g. the phantom and real frames, each a training layout): the training
 descriptors come from its views with their ground-truth masks (what TMDL was trained on; each distinct
-image once, spread over the whole folder, and each again as a device with a smaller matrix would send
-it: `--also-reduced`, default SMALLER_MATRICES); the threshold from HELD-OUT studies of the same source run
-through the product (segmentation models and the quality gate), so that at most 1 - quantile of such
-views abstain at run time. Writes `model_repository/tmdl/1/ood.json` (llnm.model.ood). Numpy and the
+image once, spread over the whole folder, and each again as a device with a smaller matrix would
+send it: `--also-reduced`, default SMALLER_MATRICES); the threshold from HELD-OUT studies of the same
+source run through the product (segmentation models and the quality gate), so that at most
+1 - quantile of such views abstain at run time. Writes `model_repository/tmdl/1/ood.json` (llnm.model.ood). Numpy and the
 ONNX segmentation models only.
 """
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: training views also enter the fit reduced by these factors: the tissue statistics are measured at a
 #: reference size only for views larger than it (llnm.model.ood.reference_scale), and TMDL's answer holds
-#: on select frames at 0.6 x (median change of P(LLNM) 0.006), which the check declined in 29 % of views
+#: on select frames at 0.6 x (median change of P(LLNM) 0.006), of which the check declined 29 % without them
 SMALLER_MATRICES = (0.8,)
 
 

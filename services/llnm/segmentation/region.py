@@ -5,9 +5,9 @@ ticks, a grey bar, side labels (DER/IZQ, RT/LT) and a probe pictogram. The segme
 see the image, not the chrome, and nothing may be measured outside it. Without DICOM regions the
 pixels decide: the image is the largest solid block of non-black pixels once thin strokes (text,
 ticks, dotted scales) are opened away; its bounding box, without nearly empty edge rows and columns
-(an interface marker that touches the image survives the opening with it), is the crop. A frame whose block is implausibly
-small (a blank or nearly black frame, a frame that is all chrome) keeps its whole extent, and the
-caller's quality gate judges what is in it.
+(an interface marker that touches the image survives the opening with it), is the crop. A frame
+whose block is implausibly small (a blank or nearly black frame, a frame that is all chrome) keeps
+its whole extent, and the caller's quality gate judges what is in it.
 
 Pure numpy/scipy on an (H, W) uint8 array; used by DICOM loading (frames without regions), by
 `llnm evaluate-seg` on whole frames and by training, so the three crop alike.
@@ -35,7 +35,7 @@ SEAM_FRACTION = 0.02
 #: closing bridges dark tissue (cysts, shadows, the trachea's air) up to this share of the shorter side
 GAP_FRACTION = 0.06
 #: an edge row or column of the box with content in under this share of its pixels is background that
-#: the closing carried in (on small frames: a two-pixel black strip above the image), and is trimmed
+#: a marker touching the image brought in (on small frames: a two-pixel black strip above the image)
 EDGE_FRACTION = 0.05
 
 
@@ -107,7 +107,7 @@ def find_image_region(grey: np.ndarray) -> ImageRegion:
 def _trim_empty_edges(content: np.ndarray, r0: int, c0: int, r1: int, c1: int,
                       limit: int) -> tuple[int, int, int, int]:
     """The box without edge rows and columns that hold content in under EDGE_FRACTION of their pixels,
-    at most `limit` from each side (background carried in by the closing, not dark tissue deeper in)."""
+    at most `limit` from each side (background a touching marker brought in, not dark tissue deeper in)."""
     for _ in range(limit):
         if r1 - r0 > 2 and content[r0, c0:c1].mean() < EDGE_FRACTION:
             r0 += 1
