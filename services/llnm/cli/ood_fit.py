@@ -6,8 +6,8 @@ descriptors come from its views with their ground-truth masks (what TMDL was tra
 image once, spread over the whole folder, and each again as a device with a smaller matrix would
 send it: `--also-reduced`, default SMALLER_MATRICES); the threshold from HELD-OUT studies of the same
 source run through the product (segmentation models and the quality gate), so that at most
-1 - quantile of such views abstain at run time. Writes `model_repository/tmdl/1/ood.json` (llnm.model.ood). Numpy and the
-ONNX segmentation models only.
+1 - quantile of such views abstain at run time. Writes `model_repository/tmdl/1/ood.json`
+(llnm.model.ood). Numpy and the ONNX segmentation models only.
 """
 
 from __future__ import annotations
