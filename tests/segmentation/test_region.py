@@ -41,8 +41,8 @@ def test_the_image_is_found_and_the_interface_cut_away(seed):
 def test_a_marker_touching_a_small_frame_s_image_does_not_widen_the_crop(seed):
     """On a small matrix an interface marker drawn just above the image (a focus or depth arrow) touches
     it, survives the opening with it, and carried two nearly empty rows into the crop (DDTI frames
-    resized x 0.6: a dark strip in every view, and a third of them then read as unlike the training
-    data). Edge rows and columns with almost no content are not image."""
+    resized x 0.6: a dark strip at the top of every view). Edge rows and columns with almost no
+    content are not image."""
     rng = np.random.default_rng(seed)
     box = (5, 21, 186, 316)
     frame = scanner_frame(rng, shape=(216, 336), image_box=box)
