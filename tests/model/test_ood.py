@@ -230,3 +230,48 @@ def test_a_blended_edge_of_a_resized_frame_does_not_read_as_speckle(monkeypatch)
     monkeypatch.setattr("llnm.model.ood.EDGE", 0)
     with_edge = np.array(tissue_statistics(blended, gland)) - np.array(tissue_statistics(img, gland))
     assert np.abs(with_edge).max() > 0.02
+
+
+def test_each_view_is_scored_by_a_fit_without_its_case():
+    """Cross-fitted calibration: a case unlike the others lies far from a fit that never saw it, while a
+    fit that includes it (in-sample) calls it close; every view gets a distance from the fit of the
+    other folds."""
+    from llnm.model.ood import cross_fitted_distances, gaussian
+
+    rng = np.random.default_rng(9)
+    groups = np.repeat([f"case{i}" for i in range(20)], 15)
+    train = rng.normal(size=(len(groups), 4))
+    train[groups == "case3"] += 4.0
+    crossed = cross_fitted_distances(train, groups, train, groups, folds=5)
+    in_sample = gaussian("all", train)
+    odd = groups == "case3"
+    assert crossed.shape == (len(train),) and np.isfinite(crossed).all()
+    assert crossed[odd].mean() > 1.5 * np.mean([in_sample.distance(v) for v in train[odd]])
+    assert np.median(crossed[~odd]) == pytest.approx(np.median([in_sample.distance(v) for v in train[~odd]]),
+                                                     rel=0.15)
+    with pytest.raises(ValueError, match="groups"):
+        cross_fitted_distances(train[:30], groups[:30], train[:30], groups[:30], folds=5)
+
+
+def test_the_threshold_pools_held_out_and_cross_fitted_distances():
+    from llnm.model.ood import fit_component
+
+    rng = np.random.default_rng(10)
+    train, held = rng.normal(size=(200, 3)), rng.normal(size=(40, 3))
+    alone = fit_component("x", train, held, 0.96)
+    far = np.full(400, 9.0)
+    pooled = fit_component("x", train, held, 0.96, cross_fitted=far)
+    assert pooled.threshold == pytest.approx(9.0) and alone.threshold < 4.0
+    assert np.array_equal(pooled.precision, alone.precision)
+
+
+
+def test_ood_fit_groups_views_by_patient_case_else_by_study(tmp_path):
+    """Cross-fitting must hold out every view of a patient together (`llnm real-studies` makes several
+    studies of one case's frames); a phantom study is its own patient."""
+    from llnm.cli.ood_fit import study_cases
+
+    (tmp_path / "labels.csv").write_text("study_uid,llnm,report,case\n1.1,0,a,17\n1.2,1,b,17\n1.3,0,c,\n")
+    assert study_cases(tmp_path) == {"1.1": "17", "1.2": "17", "1.3": "1.3"}
+    (tmp_path / "labels.csv").write_text("study_uid,llnm,report\n2.1,0,a\n")
+    assert study_cases(tmp_path) == {"2.1": "2.1"}
