@@ -115,9 +115,14 @@ def measure(views: Iterable[tuple[str, np.ndarray, object]], backend, ood, confi
         if r["ood"] is not None:
             ood_by_group.setdefault(group, []).append(r["ood"])
         declined_by_group.setdefault(group, []).append(bool(r["gate"]) or bool(r["ood"]))
-    return {"views": len(gate), "gate_declined": round(float(np.mean(gate)), 3) if gate else None,
-            "views_scored": sum(len(v) for v in ood_by_group.values()),
-            "ood_abstained": rate_ci(ood_by_group), "not_assessable": rate_ci(declined_by_group)}
+    out = {"views": len(gate), "gate_declined": round(float(np.mean(gate)), 3) if gate else None,
+           "views_scored": sum(len(v) for v in ood_by_group.values()),
+           "ood_abstained": rate_ci(ood_by_group), "not_assessable": rate_ci(declined_by_group)}
+    for prefix, source in (("p-", "phantom"), ("r-", "real_frames")):  # the altered sets mix both
+        part = {g: v for g, v in ood_by_group.items() if g.startswith(prefix)}
+        if part and len(part) < len(ood_by_group):
+            out[f"ood_abstained_{source}"] = rate_ci(part)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
