@@ -10,7 +10,7 @@ from llnm.model.tmdl import TMDL
 
 
 @pytest.mark.parametrize("overrides", [{}, {"shape_input": "length_width", "location_input": "map_and_position"},
-                                       {"pooling": "streams", "patch_size": 4}])
+                                       {"pooling": "streams", "patch_size": 4}, {"image_stem": "conv"}])
 def test_tmdl_export_matches_pytorch(tmp_path, overrides):
     torch.manual_seed(0)
     model = TMDL(preset("tiny", **overrides))

@@ -215,3 +215,26 @@ def test_smaller_patches_give_the_image_stream_more_tokens():
     assert mask.shape[1] == model.config.image_tokens + model.config.text_side_tokens
     with pytest.raises(ValueError):
         preset("compact", patch_size=7)
+
+
+def test_the_conv_stem_gives_the_same_tokens_and_reads_what_a_patch_projection_cannot():
+    """Early convolutions: the same token grid and outputs as the patch projection; and, unlike a linear
+    projection of a patch, the stem reads a texture whatever its phase: a fine checkerboard and its
+    inverse average, through a linear projection, to exactly what a flat grey of the same mean gives."""
+    config = preset("tiny", image_stem="conv")
+    model = TMDL(config).eval()
+    with torch.no_grad():
+        logit, risk, _, mask = model(**dummy_inputs(config, batch=2))
+        assert logit.shape == (2,) and risk.shape == (2, 3)
+        assert mask.shape[1] == config.image_tokens + config.text_side_tokens
+        maps = model.embed_images(torch.rand(1, 3, config.image_size, config.image_size))
+    assert all(m.shape[-2:] == (config.image_size // config.patch_size,) * 2 for m in maps)
+    checker = (torch.arange(config.image_size)[:, None] + torch.arange(config.image_size)[None, :]) % 2
+    flat, fine = torch.full((1, 1, config.image_size, config.image_size), 0.5), checker[None, None].float()
+    patch = TMDL(preset("tiny")).eval().patch_embed[0]
+    with torch.no_grad():
+        texture = [((stem(fine) + stem(1 - fine)) / 2 - stem(flat)).abs().max().item()
+                   for stem in (patch, model.patch_embed[0])]
+    assert texture[0] < 1e-5 and texture[1] > 1e-3
+    with pytest.raises(ValueError, match="multiple of 4"):
+        preset("compact", image_stem="conv", patch_size=6)

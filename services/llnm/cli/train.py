@@ -59,6 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, default=None,
                         help="side of each feature image's patches (the image tokens: (image side / patch)^2 per "
                              "image); smaller patches give the image stream more tokens; default: the preset's")
+    parser.add_argument("--image-stem", choices=("patch", "conv"), default=None,
+                        help="patch: each patch projected linearly (the paper, the shipped model); conv: two stride-2 "
+                             "3 x 3 convolutions first (early convolutions); default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--workers", type=int, default=1,
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                                         ("location_input", args.location_input),
                                         ("text_tokens", args.text_tokens),
                                         ("patch_size", args.patch_size),
-                                        ("pooling", args.pooling)) if v is not None})
+                                        ("pooling", args.pooling),
+                                        ("image_stem", args.image_stem)) if v is not None})
     config = preset(args.preset, **overrides)
     meta = train(args.data, args.out, config, encode_text=onnx_text_encoder(settings.model_repository),
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
@@ -105,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
                       "image_sampling": config.image_sampling, "location_aspect": config.location_aspect,
                       "location_input": config.location_input,
                       "text_tokens": config.text_tokens, "patch_size": config.patch_size,
-                      "pooling": config.pooling}))
+                      "pooling": config.pooling, "image_stem": config.image_stem}))
     return 0

@@ -39,6 +39,13 @@
   150-token report gives it 48 beside 154, so the report dominates the pooled vector;
 - "streams" (a measured deviation, issue 15): the mean of the image stream's mean and the text side's
   mean, each stream weighted alike whatever its token count.
+`image_stem` says how each feature image becomes tokens:
+- "patch" (default, the shipped model and the paper): one linear projection of each patch (a strided
+  convolution), as ViT;
+- "conv" (a measured deviation, issue 15): two 3 x 3 convolutions of stride 2 (GELU) before a patch
+  projection of patch_size / 4, the "early convolutions" of Xiao et al. 2021: local texture (grain,
+  foci, an irregular edge) is read before the patches are mixed, which a linear projection of a patch
+  cannot do. The same tokens, the same graph outputs.
 `location_aspect` says how x_l frames the gland:
 - "stretch" (default, the shipped model): the box of gland and nodule resampled onto the square image,
   so a long thin lobe is squeezed and the nodule's shape and place in it are distorted;
@@ -72,6 +79,8 @@ LOCATION_ASPECTS = ("stretch", "keep")
 LOCATION_INPUTS = ("map", "map_and_position")
 #: how the tokens are pooled before the head (see the module docstring)
 POOLINGS = ("tokens", "streams")
+#: how each feature image becomes tokens (see the module docstring)
+IMAGE_STEMS = ("patch", "conv")
 #: the numbers of the position token x_p (location_input "map_and_position")
 POSITION_INPUTS = ("x_p_capsule", "x_p_vertical", "x_p_horizontal")
 
@@ -97,15 +106,20 @@ class TMDLConfig:
     location_aspect: str = "stretch"  # LOCATION_ASPECTS; absent from older preset.json files
     location_input: str = "map"  # LOCATION_INPUTS; absent from older preset.json files
     pooling: str = "tokens"  # POOLINGS; absent from older preset.json files
+    image_stem: str = "patch"  # IMAGE_STEMS; absent from older preset.json files
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or self.image_size % self.patch_size:
             raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         for name, allowed in (("view_fusion", VIEW_FUSIONS), ("shape_input", SHAPE_INPUTS),
                               ("image_sampling", IMAGE_SAMPLINGS), ("location_aspect", LOCATION_ASPECTS),
-                              ("location_input", LOCATION_INPUTS), ("pooling", POOLINGS)):
+                              ("location_input", LOCATION_INPUTS), ("pooling", POOLINGS),
+                              ("image_stem", IMAGE_STEMS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r}: choose from {allowed}")
+        if self.image_stem == "conv" and self.patch_size % 4:
+            raise ValueError(f"image_stem 'conv' halves the image twice: patch_size {self.patch_size} must be a "
+                             "multiple of 4")
 
     def feature_options(self) -> dict[str, object]:
         """The keyword arguments of `llnm.features.extract_features` this model was trained with."""
@@ -149,7 +163,7 @@ class TMDLConfig:
     def from_json(cls, text: str) -> "TMDLConfig":
         """Fields missing from older files take their defaults (view_fusion "probability", shape_input
         "ratio", image_sampling "point", location_aspect "stretch", location_input "map", pooling
-        "tokens": what those models were trained with)."""
+        "tokens", image_stem "patch": what those models were trained with)."""
         return cls(**json.loads(text))
 
     @classmethod

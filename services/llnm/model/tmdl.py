@@ -137,14 +137,24 @@ class SelfBlock(nn.Module):
         return x, attention
 
 
+def image_stem(config: TMDLConfig) -> nn.Module:
+    """One feature image (B, 1, S, S) -> its token map (B, hidden, S / patch, S / patch) (config.image_stem)."""
+    d, patch = config.hidden, config.patch_size
+    if config.image_stem == "patch":
+        return nn.Conv2d(1, d, kernel_size=patch, stride=patch)
+    width = max(8, d // 4)
+    return nn.Sequential(nn.Conv2d(1, width, 3, stride=2, padding=1), nn.GELU(),
+                         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+                         nn.Conv2d(2 * width, d, kernel_size=patch // 4, stride=patch // 4))
+
+
 class TMDL(nn.Module):
     def __init__(self, config: TMDLConfig) -> None:
         super().__init__()
         self.config = c = config
         d = c.hidden
         # image side: one conv patch embedding per feature image (x_l, x_t, x_m)
-        self.patch_embed = nn.ModuleList(
-            nn.Conv2d(1, d, kernel_size=c.patch_size, stride=c.patch_size) for _ in range(3))
+        self.patch_embed = nn.ModuleList(image_stem(c) for _ in range(3))
         self.image_pos = nn.Parameter(torch.zeros(1, c.image_tokens, d))
         # text side: report token states -> hidden; sex, age, x_e, x_s (and x_p): one linear projection
         # each (x_s from one number, the ratio, or two, length and width: config.shape_input; x_p from
