@@ -15,7 +15,10 @@ is not a nodule-mask check but protects the capsule distance, so it is set at on
   thyroid nodule lies in the thyroid: one of the masks is wrong; a nodule breaking through the capsule
   still lies mostly inside);
 - implausible sizes: nodule or gland area outside plausible shares of the image, or (calibrated) a
-  nodule longer than `MAX_NODULE_MM` or shorter than `MIN_NODULE_MM`;
+  nodule outside `NODULE_MM_RANGE`, or an image deeper than `MAX_DEPTH_MM`: thyroid ultrasound images
+  the neck with a high-frequency linear probe set to a few centimetres of depth, while abdominal,
+  pelvic, obstetric and cardiac views show 12-20 cm (a pelvic view routed by mistake passed every other
+  check, and the out-of-distribution check only by 1 %);
 - irregular mask: the nodule mask is not compact (solidity, area over convex hull, below
   `MIN_SOLIDITY`): fragments or a mask cut by a wrong box rather than a nodule outline.
 
@@ -37,6 +40,7 @@ MIN_INSIDE_GLAND = 0.5  # below: the capsule distance would be measured to a gla
 NODULE_AREA_RANGE = (0.0008, 0.5)  # share of the view's pixels
 GLAND_AREA_RANGE = (0.02, 0.9)
 NODULE_MM_RANGE = (2.0, 80.0)  # long axis, calibrated views only
+MAX_DEPTH_MM = 100.0  # rows x row spacing of a calibrated view: neck views show 3-6 cm, a large goiter 8
 MIN_SOLIDITY = 0.7
 
 #: Reason codes: bounded, stable (metric labels and tests use them).
@@ -103,6 +107,10 @@ def assess_view(image: np.ndarray, nodule: np.ndarray | None, gland: np.ndarray 
     total = float(image.size) or 1.0
     if float(image.std()) < MIN_IMAGE_STD:
         reasons.append(Reason(BLANK_IMAGE, "blank image: no ultrasound content"))
+    if spacing_mm is not None and image.shape[0] * spacing_mm[0] > MAX_DEPTH_MM:
+        depth = image.shape[0] * spacing_mm[0]
+        reasons.append(Reason(IMPLAUSIBLE_SIZE, f"the image shows {depth / 10:.1f} cm of depth, a thyroid view "
+                              f"at most {MAX_DEPTH_MM / 10:g} cm: another examination"))
     has_gland = gland is not None and bool(np.any(gland))
     has_nodule = nodule is not None and bool(np.any(nodule))
     if not has_gland:

@@ -80,10 +80,20 @@ def test_implausible_sizes():
     big_gland = ellipse(50, 60, 49, 59)  # 76% of the image
     assert codes(nodule=ellipse(50, 60, 45, 55), gland=big_gland) == [Q.IMPLAUSIBLE_SIZE]  # nodule 65%
     assert codes(nodule=ellipse(50, 60, 30, 40), gland=big_gland) == []  # nodule 31%
-    assert codes(spacing=(5.0, 5.0)) == [Q.IMPLAUSIBLE_SIZE]  # 105 mm long
+    too_long = Q.assess_view(image(), NODULE, GLAND, 0.9, (5.0, 5.0)).reasons  # 105 mm long (and 50 cm deep)
+    assert {r.code for r in too_long} == {Q.IMPLAUSIBLE_SIZE} and any("long axis 105" in r.text for r in too_long)
     assert codes(spacing=(0.05, 0.05)) == [Q.IMPLAUSIBLE_SIZE]  # 1 mm long
     tiny = ellipse(50, 60, 1, 1)  # 5 pixels: below the area share
     assert Q.IMPLAUSIBLE_SIZE in codes(nodule=tiny, spacing=None)
+
+
+def test_a_calibrated_view_deeper_than_a_neck_examination_is_declined():
+    """A pelvic view routed by mistake (gdcm-US-ALOKA-16: 15 cm deep) gives a "gland" and a "nodule" that
+    pass every mask check; the depth a calibrated image shows tells the examination apart. A deep
+    goiter view (9 cm) and an uncalibrated view pass."""
+    q = Q.assess_view(image(), NODULE, GLAND, 0.9, (1.5, 1.5))  # 100 rows: 15 cm; nodule 31 mm
+    assert [r.code for r in q.reasons] == [Q.IMPLAUSIBLE_SIZE] and "15.0 cm of depth" in q.reasons[0].text
+    assert codes(spacing=(0.9, 0.9)) == [] and codes(spacing=None) == []
 
 
 def test_irregular_mask():
