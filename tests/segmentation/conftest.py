@@ -28,6 +28,28 @@ def yolo_outputs(instances: list[tuple[tuple[float, float, float, float], float,
     return output0, protos
 
 
+def mirror_view(output0: np.ndarray) -> np.ndarray:
+    """What the model answers on the mirror image: box centres mirrored (prototypes: mirror them too)."""
+    mirrored = output0.copy()
+    mirrored[:, 0] = nodule.INPUT_SIZE - output0[:, 0]
+    return mirrored
+
+
+def smaller_view(output0: np.ndarray, protos: np.ndarray, fill: float):
+    """What the model answers on the frame letterboxed into `fill` of the side: every box and prototype
+    shrunk by `fill` about the input's centre (within a pixel of the runtime's rounding)."""
+    from scipy import ndimage
+
+    centre = nodule.INPUT_SIZE / 2
+    small0 = output0.copy()
+    small0[:, :2] = centre + (output0[:, :2] - centre) * fill
+    small0[:, 2:4] = output0[:, 2:4] * fill
+    grid_centre = (protos.shape[-1] - 1) / 2
+    small1 = np.stack([[ndimage.affine_transform(p, np.eye(2) / fill, offset=grid_centre * (1 - 1 / fill),
+                                                 order=0, cval=-10.0) for p in image] for image in protos])
+    return small0, small1.astype(np.float32)
+
+
 class FakeBackend:
     """Answers like the shipped models: nodule outputs given up front; gland probability = `gland_mask`
     letterboxed exactly as the runtime letterboxes its input (so a perfect model)."""
@@ -41,13 +63,14 @@ class FakeBackend:
         self.calls.append(model)
         if model == "nodule_seg":
             batch = inputs[nodule.INPUT_NAME]
-            assert batch.shape == (2, 3, nodule.INPUT_SIZE, nodule.INPUT_SIZE)  # the frame and its mirror image
+            # the frame, its mirror image, and both again at SMALL_FILL of the side
+            assert batch.shape == (4, 3, nodule.INPUT_SIZE, nodule.INPUT_SIZE)
             np.testing.assert_array_equal(batch[1], batch[0][..., ::-1])
+            np.testing.assert_array_equal(batch[3], batch[2][..., ::-1])
             out0, out1 = self.nodule_outputs or yolo_outputs([])
-            mirror0 = out0.copy()
-            mirror0[:, 0] = nodule.INPUT_SIZE - out0[:, 0]  # box centres mirrored; the same prototypes, mirrored
-            return {nodule.OUTPUT_BOXES: np.concatenate([out0, mirror0]),
-                    nodule.OUTPUT_PROTOS: np.concatenate([out1, out1[..., ::-1]])}
+            small0, small1 = smaller_view(out0, out1, nodule.SMALL_FILL)
+            return {nodule.OUTPUT_BOXES: np.concatenate([out0, mirror_view(out0), small0, mirror_view(small0)]),
+                    nodule.OUTPUT_PROTOS: np.concatenate([out1, out1[..., ::-1], small1, small1[..., ::-1]])}
         batch = inputs[gland.INPUT_NAME]
         assert batch.shape == (2, 1, gland.INPUT_SIZE, gland.INPUT_SIZE)  # the frame and its mirror image
         np.testing.assert_array_equal(batch[1], batch[0][..., ::-1])

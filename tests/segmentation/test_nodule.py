@@ -101,3 +101,31 @@ def test_the_index_nodule_is_chosen_by_agreement_with_the_mirror_image():
     larger = nodule_from_outputs(np.concatenate([frame0, seen_both[0]]),
                                  np.concatenate([frame1, seen_both[1]]), box)
     assert larger.mask[100, 80]  # both seen in both orientations: the largest confident one again
+
+
+def test_the_smaller_view_refines_the_mask_but_never_chooses_the_index_nodule():
+    """Rows 2-3 (the frame at SMALL_FILL of the side, and its mirror): their detections of the index
+    nodule enter the mask's mean on the frame's grid; a nodule only they see changes nothing; the choice
+    of the index nodule stays with the frame and its full-size mirror image."""
+    from llnm.segmentation.nodule import nodule_from_outputs, nodule_input
+
+    from .conftest import mirror_view, smaller_view
+
+    size = nodule.INPUT_SIZE
+    frame = np.zeros((size, size), dtype=np.uint8)
+    boxes = [nodule_input(frame)[1], nodule_input(frame, nodule.SMALL_FILL)[1]]
+    frame0, frame1 = yolo_outputs([((100, 100, 40, 40), 0.9, 0)])
+    pair = (np.concatenate([frame0, mirror_view(frame0)]), np.concatenate([frame1, frame1[..., ::-1]]))
+    alone = nodule_from_outputs(*pair, boxes[0])
+    same0, same1 = smaller_view(frame0, frame1, nodule.SMALL_FILL)
+    seen = nodule_from_outputs(np.concatenate([pair[0], same0, mirror_view(same0)]),
+                               np.concatenate([pair[1], same1, same1[..., ::-1]]), boxes)
+    assert seen.score == alone.score and abs(int(seen.mask.sum()) - int(alone.mask.sum())) < 0.1 * alone.mask.sum()
+    narrow0, narrow1 = smaller_view(*yolo_outputs([((108, 100, 24, 40), 0.8, 1)]), nodule.SMALL_FILL)
+    refined = nodule_from_outputs(np.concatenate([pair[0], narrow0, mirror_view(narrow0)]),
+                                  np.concatenate([pair[1], narrow1, narrow1[..., ::-1]]), boxes)
+    assert refined.mask[100, 108] and not refined.mask[100, 84]  # three of four views see x = 84 only once
+    other0, other1 = smaller_view(*yolo_outputs([((230, 220, 60, 60), 0.95, 2)]), nodule.SMALL_FILL)
+    unrelated = nodule_from_outputs(np.concatenate([pair[0], other0, mirror_view(other0)]),
+                                    np.concatenate([pair[1], other1, other1[..., ::-1]]), boxes)
+    np.testing.assert_array_equal(unrelated.mask, alone.mask)

@@ -56,13 +56,17 @@ def soften(image: np.ndarray, sigma: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
 
 
-def letterbox(image: np.ndarray, size: int, pad_value: int) -> tuple[np.ndarray, Letterbox]:
-    """Scale a (H, W) uint8 frame to fit `size` x `size` and centre it on `pad_value`."""
+def letterbox(image: np.ndarray, size: int, pad_value: int, fill: float = 1.0) -> tuple[np.ndarray, Letterbox]:
+    """Scale a (H, W) uint8 frame to fit `size` x `size` and centre it on `pad_value`; with `fill` < 1
+    the frame fits a centred square of that share of the side instead (a smaller view of the same
+    frame, for test-time augmentation)."""
+    if not 0.0 < fill <= 1.0:
+        raise ValueError(f"fill must lie in (0, 1], got {fill}")
     grey = to_grey(image)
     h, w = grey.shape
     if h == 0 or w == 0:
         raise ValueError("empty image")
-    scale = min(size / h, size / w)
+    scale = min(size / h, size / w) * fill
     new_w, new_h = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
     resized = np.asarray(Image.fromarray(grey).resize((new_w, new_h), Image.BILINEAR))
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
@@ -79,6 +83,19 @@ def unletterbox(grid: np.ndarray, box: Letterbox) -> np.ndarray:
                                  dtype=np.float32)
     h, w = box.frame_shape
     return np.asarray(Image.fromarray(inner).resize((w, h), Image.BILINEAR))
+
+
+def rebox(grid: np.ndarray, source: Letterbox, target: Letterbox) -> np.ndarray:
+    """A float map on `source`'s model grid moved onto `target`'s, both letterboxes of the same frame
+    (one resize of the frame's part, bilinear): to compare and average what the model saw at two fills."""
+    if source.frame_shape != target.frame_shape:
+        raise ValueError("the two letterboxes hold different frames")
+    inner = np.ascontiguousarray(grid[source.pad_y:source.pad_y + source.height,
+                                      source.pad_x:source.pad_x + source.width], dtype=np.float32)
+    out = np.zeros((target.size, target.size), dtype=np.float32)
+    out[target.pad_y:target.pad_y + target.height, target.pad_x:target.pad_x + target.width] = np.asarray(
+        Image.fromarray(inner).resize((target.width, target.height), Image.BILINEAR))
+    return out
 
 
 def box_to_frame(xyxy: np.ndarray, box: Letterbox) -> tuple[int, int, int, int]:
