@@ -11,7 +11,10 @@ home, and from quoting DICOM header values in logs. Applied once, when `llnm` is
 - pydicom and highdicom log (and `warnings.warn`) the values they find non-conformant, a malformed
   UID, date or name from a received header included ("Invalid value for VR UI: '../../x'"). Only their
   errors reach our logs, and their value warnings never reach stderr; our own code says what it refused
-  or repaired by attribute keyword.
+  or repaired by attribute keyword. pydicom sets its own logger to WARNING when it is first imported
+  (`pydicom.config.debug(False, False)`), so it is imported here, before the level is set: a service
+  imports `llnm` before anything reads a data set, and the level set first was undone (found by the
+  hostile-data tests run after another test folder: "Invalid value for VR UI: '../../x'" in the log).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def apply() -> None:
     """Set each variable unless the environment already has it; quiet the value-quoting loggers."""
     for name, value in PRIVATE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    import pydicom.config  # noqa: F401  (its import resets the "pydicom" logger: before the levels)
+
     for name in VALUE_QUOTING_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r"Invalid value for VR", category=UserWarning)

@@ -532,3 +532,25 @@ def test_prediction_writes_nothing_under_home(tmp_path: Path):
     assert "study analysed" in proc.stderr  # the JSON logs are there ...
     for secret in (BAD_BIRTH_DATE, PATIENT_NAME):  # ... without the header's values
         assert secret not in proc.stdout + proc.stderr
+
+
+def test_pydicom_value_warnings_stay_out_of_the_logs_whatever_imports_first():
+    """pydicom sets its logger to WARNING when first imported; a service imports `llnm` (which sets it to
+    ERROR) before anything reads a data set. In a fresh interpreter, in that order, a malformed UID and
+    birth date read through pydicom reach neither the JSON logs nor stderr."""
+    code = (
+        "import llnm, logging\n"
+        "from llnm.observability.logs import configure_logging\n"
+        "configure_logging('DEBUG')\n"
+        "import pydicom\n"
+        "from pydicom.dataset import Dataset\n"
+        "ds = Dataset()\n"
+        "ds.StudyInstanceUID = '../../../../tmp/pwnresults'\n"
+        f"ds.PatientBirthDate = {BAD_BIRTH_DATE!r}\n"
+        "logging.getLogger('llnm').warning('done')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"done"' in proc.stderr or "done" in proc.stderr  # the product's own log line is there ...
+    assert "pwnresults" not in proc.stderr + proc.stdout  # ... pydicom's quoting of the values is not
+    assert BAD_BIRTH_DATE not in proc.stderr + proc.stdout
