@@ -19,6 +19,7 @@ home, and from quoting DICOM header values in logs. Applied once, when `llnm` is
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -37,8 +38,7 @@ def apply() -> None:
     """Set each variable unless the environment already has it; quiet the value-quoting loggers."""
     for name, value in PRIVATE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    import pydicom.config  # noqa: F401  (its import resets the "pydicom" logger: before the levels)
-
+    importlib.import_module("pydicom.config")  # its first import resets the "pydicom" logger: before the levels
     for name in VALUE_QUOTING_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r"Invalid value for VR", category=UserWarning)

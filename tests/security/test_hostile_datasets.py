@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import socket
 import struct
 import subprocess
 import sys
