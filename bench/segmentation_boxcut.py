@@ -6,8 +6,8 @@ YOLOv8-seg cuts each instance's mask to its box (llnm.segmentation.postprocess.a
 `BOX_MARGIN`). Where the mixed prototypes stay above the mask threshold beyond the box, the mask ends in a
 straight edge along the cut line: a box-shaped part that is no nodule outline. Per ddti_frames frame of
 the split (ultrasound image found as at run time; the index nodule chosen as the product chooses it, by
-agreement with the mirror image), on the model grid: the index nodule's mask from the frame (thresholded,
-largest component, then opened with each `--opening` fraction),
+agreement with the mirror image), on the model grid: the index nodule's mask as the product makes it (the
+mean of the views that see it, thresholded, largest component, then opened with each `--opening` fraction),
 and the share of its outline lying on the cut line while the uncut mask goes on beyond it. Reported: how
 many frames have >= 5 % and >= 15 % of their outline there, and the worst frames by name.
 """
@@ -50,10 +50,11 @@ def cut_share(mask: np.ndarray, uncut: np.ndarray, box: tuple[int, int, int, int
 
 
 def frame_shares(backend, image: np.ndarray, openings: list[float]) -> list[float] | None:
-    """The cut share of the frame's index nodule for each opening fraction; None when nothing is found."""
+    """The cut share of the frame's index nodule for each opening fraction; None when nothing is found.
+    The mask is the product's: the mean of the views that see the index nodule (the frame, its mirror
+    image, both smaller: `nodule.augmented_input`), on the frame's model grid, cut by the frame's box."""
     size = nodule.INPUT_SIZE
-    tensor, _ = nodule.nodule_input(find_image_region(image).crop(image))
-    batch = np.ascontiguousarray(np.concatenate([tensor, tensor[..., ::-1]]))  # the frame and its mirror
+    batch, boxes_lb = nodule.augmented_input(find_image_region(image).crop(image))
     outputs = backend.infer("nodule_seg", {nodule.INPUT_NAME: batch})
     boxes, protos = outputs[nodule.OUTPUT_BOXES], outputs[nodule.OUTPUT_PROTOS]
     found = decode_yolo_seg(boxes[:1], nodule.NUM_MASKS, nodule.CONF_THRESHOLD, nodule.IOU_THRESHOLD)
@@ -62,18 +63,20 @@ def frame_shares(backend, image: np.ndarray, openings: list[float]) -> list[floa
     cut = [assemble_mask(found.coefficients[i], protos[:1], found.boxes[i], size, nodule.BOX_MARGIN)
            for i in range(len(found))]
     masks = [largest_component(c > nodule.MASK_THRESHOLD) for c in cut]
-    matches = nodule._mirror_matches(cut, boxes[1:2], protos[1:2])
-    agreement = (found.scores + np.array([m[0] if m else 0.0 for m in matches], dtype=np.float32)) / 2
+    views = [nodule._view_matches(cut, boxes[row:row + 1], protos[row:row + 1], row % 2 == 1,
+                                  boxes_lb[row // 2], boxes_lb[0]) for row in range(1, len(boxes))]
+    agreement = (found.scores + np.array([m[0] if m else 0.0 for m in views[0]], dtype=np.float32)) / 2
     chosen = nodule.select_index(agreement, np.array([int(m.sum()) for m in masks]))
-    protos = protos[:1]
     if chosen is None:
         return None
-    uncut = assemble_mask(found.coefficients[chosen], protos, UNCUT, size) > nodule.MASK_THRESHOLD
+    seen = [matches[chosen][1] for matches in views if matches[chosen] is not None]
+    mask = largest_component((cut[chosen] + sum(seen)) / (1 + len(seen)) > nodule.MASK_THRESHOLD)
+    uncut = assemble_mask(found.coefficients[chosen], protos[:1], UNCUT, size) > nodule.MASK_THRESHOLD
     box = found.boxes[chosen].copy()
     dx, dy = (box[2] - box[0]) * nodule.BOX_MARGIN, (box[3] - box[1]) * nodule.BOX_MARGIN
     widened = np.clip(box + np.array([-dx, -dy, dx, dy], dtype=np.float32), 0, size)
     edges = tuple(int(round(float(v))) for v in widened)
-    return [cut_share(open_mask(masks[chosen], fraction), uncut, edges) for fraction in openings]
+    return [cut_share(open_mask(mask, fraction), uncut, edges) for fraction in openings]
 
 
 def main(argv: list[str] | None = None) -> int:
