@@ -129,3 +129,22 @@ def test_the_smaller_view_refines_the_mask_but_never_chooses_the_index_nodule():
     unrelated = nodule_from_outputs(np.concatenate([pair[0], other0, mirror_view(other0)]),
                                     np.concatenate([pair[1], other1, other1[..., ::-1]]), boxes)
     np.testing.assert_array_equal(unrelated.mask, alone.mask)
+
+
+def test_the_smaller_views_do_not_vote_on_which_nodule_is_the_index_nodule():
+    """Two nodules both seen by the frame and its mirror image: the larger one is the index nodule, even
+    when the smaller views see only the other (an agreement read over all four views would flip it)."""
+    from llnm.segmentation.nodule import nodule_from_outputs, nodule_input
+
+    from .conftest import mirror_view, smaller_view
+
+    size = nodule.INPUT_SIZE
+    boxes = [nodule_input(np.zeros((size, size), dtype=np.uint8))[1],
+             nodule_input(np.zeros((size, size), dtype=np.uint8), nodule.SMALL_FILL)[1]]
+    frame0, frame1 = yolo_outputs([((90, 100, 80, 80), 0.9, 0), ((230, 220, 40, 40), 0.85, 1)])
+    only_small0, only_small1 = smaller_view(*yolo_outputs([((230, 220, 40, 40), 0.85, 1)]), nodule.SMALL_FILL)
+    found = nodule_from_outputs(
+        np.concatenate([frame0, mirror_view(frame0), only_small0, mirror_view(only_small0)]),
+        np.concatenate([frame1, frame1[..., ::-1], only_small1, only_small1[..., ::-1]]), boxes)
+    assert found.mask[100, 90] and not found.mask[220, 230]
+    assert found.score == np.float32(0.9)
