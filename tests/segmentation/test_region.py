@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from llnm.segmentation.region import find_image_region
+from llnm.segmentation.region import dual_display_seam, find_image_region, image_panels
 
 from .conftest import ultrasound_like
 
@@ -79,3 +79,45 @@ def test_paste_places_a_crop_mask_back_on_the_frame():
     mask = np.ones(region.shape, dtype=bool)
     back = region.paste(mask, frame.shape)
     assert back.sum() == mask.sum() and back[region.row0, region.col0] and not back[0, 0]
+
+
+def speckle(shape, seed: int, band: tuple[float, float] | None = None) -> np.ndarray:
+    """Ultrasound-like speckle whose grains span a few pixels (neighbouring columns alike, as on real
+    frames), with an optional brighter band of rows (a gland)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    grains = ndimage.gaussian_filter(rng.rayleigh(1.0, shape), 1.5)
+    level = np.full(shape, 60.0)
+    if band is not None:
+        level[int(shape[0] * band[0]):int(shape[0] * band[1])] = 140.0
+    return np.clip(level * grains / grains.mean(), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gap", [0, 3])
+def test_a_dual_display_s_seam_is_found(gap):
+    """Two images side by side (abutting, or with a dark gap the image region keeps whole): the second
+    begins at the seam, where the speckle stops continuing."""
+    left, right = speckle((300, 240), 1), speckle((300, 250), 2)
+    dual = np.concatenate([left, np.zeros((300, gap), dtype=np.uint8), right], axis=1)
+    seam = dual_display_seam(dual)
+    assert seam is not None and 240 <= seam <= 240 + gap + 1, seam
+    assert image_panels(dual) == [(0, seam), (seam, dual.shape[1])]
+
+
+@pytest.mark.parametrize("change", ["none", "shadow", "calipers", "bright line"])
+def test_a_single_image_is_not_split(change):
+    """One image is never cut in two: not at a shadow's edge (the grey level changes, not the speckle),
+    not at calipers standing one above the other in the middle, not at a bright vertical line."""
+    image = speckle((300, 490), 3).astype(np.float32)
+    if change == "shadow":
+        image[:, 245:] *= 0.35
+    elif change == "calipers":
+        for row in (40, 120, 200, 280):
+            image[row - 6:row + 7, 245] = 255
+            image[row, 239:252] = 255
+    elif change == "bright line":
+        image[20:280, 244:246] = 230
+    image = image.astype(np.uint8)
+    assert dual_display_seam(image) is None
+    assert image_panels(image) == [(0, 490)]

@@ -9,6 +9,10 @@ ticks, dotted scales) are opened away; its bounding box, without nearly empty ed
 whose block is implausibly small (a blank or nearly black frame, a frame that is all chrome) keeps
 its whole extent, and the caller's quality gate judges what is in it.
 
+A dual display (two images side by side: transverse and longitudinal, or both lobes) stays one image
+here, since the nodule model reads it best whole; `dual_display_seam` finds where its second image
+begins, for the models that must see each image alone (the gland: llnm.segmentation.gland).
+
 Pure numpy/scipy on an (H, W) uint8 array; used by DICOM loading (frames without regions), by
 `llnm evaluate-seg` on whole frames and by training, so the three crop alike.
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from llnm.segmentation.marks import remove_marks
 from llnm.segmentation.morphology import square_closing, square_opening
 
 #: grey level above which a pixel is "not background" (interface backgrounds are 0-5 after JPEG)
@@ -34,6 +39,17 @@ RUN_FRACTION = 0.08
 SEAM_FRACTION = 0.02
 #: closing bridges dark tissue (cysts, shadows, the trachea's air) up to this share of the shorter side
 GAP_FRACTION = 0.06
+#: a dual display's seam lies in this share of the image's width (the two images are about alike in width)
+DUAL_SEAM_WINDOW = (0.4, 0.6)
+#: ... and, in every horizontal band, neighbouring columns there are this many times less alike than the
+#: image's typical neighbours, and at least DUAL_SEAM_MIN_DECORRELATION unlike (1 - correlation). Chosen on
+#: the DDTI train and select frames (never val), the frames also resized x 0.6 and x 1.6 (other matrices),
+#: the DDTI crops and every tenth TG3K frame: no single image split (185 frames x 3 sizes, 420 crops, 287
+#: TG3K frames); dual displays found 110 / 55 / 80 of 114 (x 1 / 0.6 / 1.6). A missed seam leaves the
+#: image whole, as before; a false one would cut a gland in two, so the rule errs towards missing.
+DUAL_SEAM_SCORE = 4.0
+DUAL_SEAM_MIN_DECORRELATION = 0.15
+DUAL_SEAM_BANDS = 4
 #: an edge row or column of the box with content in under this share of its pixels is background that
 #: a marker touching the image brought in (on small frames: a two-pixel black strip above the image)
 EDGE_FRACTION = 0.05
@@ -102,6 +118,50 @@ def find_image_region(grey: np.ndarray) -> ImageRegion:
     if (r1 - r0) * (c1 - c0) < MIN_AREA_FRACTION * h * w:
         return whole
     return ImageRegion(r0, c0, r1, c1, found=True)
+
+
+def dual_display_seam(grey: np.ndarray) -> int | None:
+    """The first column of a dual display's second image in an ultrasound image (the crop of
+    `find_image_region`, or one DICOM region), or None for a single image.
+
+    Two images side by side meet at a seam across which the speckle does not continue: there the
+    correlation of neighbouring columns drops far below its typical value, from top to bottom (a
+    shadow's edge changes the grey level, not the pattern; burned-in calipers, which often stand one
+    above the other, are filled in first: llnm.segmentation.marks). A dark gap between the images
+    counts as a seam too (a column without variation)."""
+    grey = np.asarray(grey)
+    if grey.ndim != 2:
+        raise ValueError(f"expected an (H, W) image, got shape {grey.shape}")
+    h, w = grey.shape
+    if h < 4 * DUAL_SEAM_BANDS or w < 32:
+        return None
+    pixels = remove_marks(grey.astype(np.uint8)).astype(np.float32)
+    edges = np.linspace(0.05 * h, 0.95 * h, DUAL_SEAM_BANDS + 1).astype(int)
+    unlike = np.stack([_column_decorrelation(pixels[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+    relative = unlike / np.maximum(np.median(unlike, axis=1, keepdims=True), 1e-3)
+    score = relative.min(axis=0)  # a seam runs the image's whole height
+    lo, hi = int(w * DUAL_SEAM_WINDOW[0]), int(w * DUAL_SEAM_WINDOW[1])
+    k = lo + int(np.argmax(score[lo:hi]))
+    if score[k] < DUAL_SEAM_SCORE or unlike[:, k].min() < DUAL_SEAM_MIN_DECORRELATION:
+        return None
+    return k + 1
+
+
+def image_panels(grey: np.ndarray) -> list[tuple[int, int]]:
+    """The column ranges (start, end) of the images in an ultrasound image: two for a dual display."""
+    width = np.asarray(grey).shape[1]
+    seam = dual_display_seam(grey)
+    return [(0, width)] if seam is None else [(0, seam), (seam, width)]
+
+
+def _column_decorrelation(rows: np.ndarray) -> np.ndarray:
+    """1 - the correlation over rows of each column with the next (width - 1 values; 1 where a column
+    does not vary)."""
+    a = rows[:, :-1] - rows[:, :-1].mean(axis=0)
+    b = rows[:, 1:] - rows[:, 1:].mean(axis=0)
+    norm = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+    corr = np.divide((a * b).sum(axis=0), norm, out=np.zeros(a.shape[1], dtype=np.float32), where=norm > 1e-6)
+    return 1.0 - corr
 
 
 def _trim_empty_edges(content: np.ndarray, r0: int, c0: int, r1: int, c1: int,

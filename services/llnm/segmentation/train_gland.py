@@ -126,15 +126,13 @@ def frame_view(image: np.ndarray, nodule: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def predict_gland(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """The model's gland mask as at run time (flip test-time augmentation, plausible regions); all
-    False when none is found."""
-    tensor, box = gland.gland_input(image)
-    x = torch.from_numpy(np.concatenate([tensor, tensor[..., ::-1]]).copy())
+    """The model's gland mask as at run time (each image of a dual display alone, flip test-time
+    augmentation, plausible regions); all False when none is found."""
+    batch, panels, boxes = gland.gland_batch(image)
     model.eval()
     with torch.no_grad():
-        prob = torch.sigmoid(model(x)).numpy()
-    mean = np.ascontiguousarray((prob[0, 0] + prob[1, 0, :, ::-1]) / 2)
-    pred = gland.gland_from_probability(mean, box)
+        prob = torch.sigmoid(model(torch.from_numpy(batch))).numpy()
+    pred = gland.gland_from_batch(prob, panels, boxes, image.shape[:2])
     return np.zeros(image.shape, dtype=bool) if pred is None else pred
 
 
