@@ -177,17 +177,13 @@ def composed_frames(crops_root: Path, backgrounds: list[tuple[np.ndarray, np.nda
 
 def coverage(model: torch.nn.Module, frames: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     """Median share of each nodule covered by the predicted gland, and the median gland share of the
-    image, on whole frames (the whole-frame measure of a gland model; the second keeps it honest)."""
-    model.eval()
+    image, on whole frames (the whole-frame measure of a gland model; the second keeps it honest), with
+    the gland predicted as at run time (`predict_gland`)."""
     covered, area = [], []
-    with torch.no_grad():
-        for image, nodule in frames:
-            x, box = letterbox(image, gland.INPUT_SIZE, gland.PAD_VALUE)
-            prob = torch.sigmoid(model(torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]))[0, 0].numpy()
-            pred = gland.gland_from_probability(prob, box)
-            pred = np.zeros(image.shape, dtype=bool) if pred is None else pred
-            covered.append(float((pred & nodule).sum() / max(1, nodule.sum())))
-            area.append(float(pred.mean()))
+    for image, nodule in frames:
+        pred = predict_gland(model, image)
+        covered.append(float((pred & nodule).sum() / max(1, nodule.sum())))
+        area.append(float(pred.mean()))
     model.train()
     return float(np.median(covered)), float(np.median(area))
 
