@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--split", choices=["val", "select"], default="select")
     parser.add_argument("--repo", type=Path, default=Path("model_repository"))
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.6, 1.6])
-    parser.add_argument("--gammas", type=float, nargs="+", default=[0.7, 1.4])
+    parser.add_argument("--scales", type=float, nargs="*", default=[0.6, 1.6], help="none: no resized frames")
+    parser.add_argument("--gammas", type=float, nargs="*", default=[0.7, 1.4], help="none: no regraded frames")
     parser.add_argument("--blurs", type=float, nargs="*", default=[], help="Gaussian sigmas in pixels")
     parser.add_argument("--marks", nargs="*", default=[], choices=sorted(MARKS),
                         help="also conditions with these marks burned in (calipers, text over the tissue)")
