@@ -32,16 +32,21 @@ MIN_GLAND_PIXELS = 64
 def gland_input(image: np.ndarray):
     """The model input for one frame (burned-in calipers filled in: llnm.segmentation.marks), and where
     the frame sits in it."""
-    boxed, box = letterbox(remove_marks(to_grey(image)), INPUT_SIZE, PAD_VALUE)
+    return _boxed(remove_marks(to_grey(image)))
+
+
+def _boxed(grey: np.ndarray):
+    """The model input for a grey image whose marks are already filled in, and where it sits in it."""
+    boxed, box = letterbox(grey, INPUT_SIZE, PAD_VALUE)
     return (boxed.astype(np.float32) / 255.0)[None, None], box
 
 
 def gland_batch(image: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]], list[Letterbox]]:
     """The model's batch for one view: each image of it (two for a dual display) and its mirror image,
     with the column range and letterbox of each image."""
-    grey = to_grey(image)
-    panels = image_panels(grey)
-    inputs = [gland_input(grey[:, c0:c1]) for c0, c1 in panels]
+    grey = remove_marks(to_grey(image))  # once for the whole view: the seam and both images read it
+    panels = image_panels(grey, marks_filled=True)
+    inputs = [_boxed(grey[:, c0:c1]) for c0, c1 in panels]
     batch = np.concatenate([np.concatenate([tensor, tensor[..., ::-1]]) for tensor, _ in inputs])
     return np.ascontiguousarray(batch), panels, [box for _, box in inputs]
 

@@ -132,10 +132,24 @@ def dual_display_seam(grey: np.ndarray) -> int | None:
     grey = np.asarray(grey)
     if grey.ndim != 2:
         raise ValueError(f"expected an (H, W) image, got shape {grey.shape}")
-    h, w = grey.shape
+    return _seam(remove_marks(grey.astype(np.uint8)))
+
+
+def image_panels(grey: np.ndarray, marks_filled: bool = False) -> list[tuple[int, int]]:
+    """The column ranges (start, end) of the images in an (H, W) uint8 ultrasound image: two for a dual
+    display (`dual_display_seam`). `marks_filled`: its burned-in marks are already filled in
+    (llnm.segmentation.marks.remove_marks, as the models' inputs are), so they are not looked for again."""
+    grey = np.asarray(grey)
+    seam = _seam(grey) if marks_filled else dual_display_seam(grey)
+    return [(0, grey.shape[1])] if seam is None else [(0, seam), (seam, grey.shape[1])]
+
+
+def _seam(filled: np.ndarray) -> int | None:
+    """`dual_display_seam` of an image whose marks are filled in."""
+    h, w = filled.shape
     if h < 4 * DUAL_SEAM_BANDS or w < 32:
         return None
-    pixels = remove_marks(grey.astype(np.uint8)).astype(np.float32)
+    pixels = filled.astype(np.float32)
     edges = np.linspace(0.05 * h, 0.95 * h, DUAL_SEAM_BANDS + 1).astype(int)
     unlike = np.stack([_column_decorrelation(pixels[a:b]) for a, b in zip(edges[:-1], edges[1:])])
     relative = unlike / np.maximum(np.median(unlike, axis=1, keepdims=True), 1e-3)
@@ -145,13 +159,6 @@ def dual_display_seam(grey: np.ndarray) -> int | None:
     if score[k] < DUAL_SEAM_SCORE or unlike[:, k].min() < DUAL_SEAM_MIN_DECORRELATION:
         return None
     return k + 1
-
-
-def image_panels(grey: np.ndarray) -> list[tuple[int, int]]:
-    """The column ranges (start, end) of the images in an ultrasound image: two for a dual display."""
-    width = np.asarray(grey).shape[1]
-    seam = dual_display_seam(grey)
-    return [(0, width)] if seam is None else [(0, seam), (seam, width)]
 
 
 def _column_decorrelation(rows: np.ndarray) -> np.ndarray:
