@@ -94,6 +94,19 @@ def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
     assert '"parameters": 48964' in capsys.readouterr().out
 
 
+
+def test_cli_train_sets_the_feature_image_size_and_the_mirror_share(tiny_layout, tmp_path):
+    """--image-size reaches the saved configuration (so evaluation and the runtime extract features at the
+    size the model was trained on); --mirror-augment reaches model.json."""
+    from llnm.cli import main
+
+    out = tmp_path / "sized"
+    assert main(["train", "--data", str(tiny_layout), "--out", str(out), "--preset", "tiny", "--epochs", "1",
+                 "--image-size", "16", "--mirror-augment", "0.5", "--atlas-views", "0", "--nice", "0",
+                 "--no-progress"]) == 0
+    assert json.loads((out / "preset.json").read_text())["image_size"] == 16
+    assert json.loads((out / "model.json").read_text())["mirror_augment"] == 0.5
+
 @pytest.mark.parametrize("options", [{}, {"shape_input": "length_width", "image_sampling": "area",
                                           "location_aspect": "keep", "text_tokens": 100}],
                          ids=["shipped-inputs", "paper-inputs-two-windows"])
@@ -207,6 +220,23 @@ def test_modality_dropout_leaves_one_whole_stream_on_the_asked_share_of_views():
     assert (modality_dropout_keep(rng, before, 0.0) == before).all()
 
 
+
+def test_mirror_augment_mirrors_only_texture_and_margin_on_the_asked_share_of_views():
+    """x_t and x_m mirrored left-right on about the asked share of rows, the same rows for both; x_l
+    (whose left and right carry the location factors) never; 0 changes nothing."""
+    import torch
+
+    from llnm.model.train import mirror_images
+
+    images = torch.rand(4000, 3, 6, 6)
+    out = mirror_images(images, np.random.default_rng(0), 0.3)
+    assert torch.equal(out[:, 0], images[:, 0])
+    mirrored = [(out[:, k] == images[:, k].flip(-1)).flatten(1).all(dim=1) for k in (1, 2)]
+    kept = [(out[:, k] == images[:, k]).flatten(1).all(dim=1) for k in (1, 2)]
+    assert torch.equal(mirrored[0], mirrored[1]) and bool((mirrored[0] ^ kept[0]).all())
+    assert abs(mirrored[0].float().mean().item() - 0.3) < 0.03
+    assert torch.equal(mirror_images(images, np.random.default_rng(0), 0.0), images)
+
 def trained_weights(layout, out, **options):
     """(model.json, state dict) of a 2-epoch tiny model trained with seed 0 and `options`."""
     import torch
@@ -250,6 +280,17 @@ def test_the_auxiliary_measurement_loss_trains_the_same_model_shape_and_is_recor
         train(tiny_layout, tmp_path / "pooled", preset("tiny", view_fusion="pooled"), encode_text=fake_text_encoder,
               epochs=1, progress=False, aux_measures=1.0)
 
+
+
+def test_mirror_augment_changes_training_is_recorded_and_zero_keeps_it_as_before(tiny_layout, tmp_path):
+    import torch
+
+    _, plain = trained_weights(tiny_layout, tmp_path / "plain")
+    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", mirror_augment=0.0)
+    meta, mirrored = trained_weights(tiny_layout, tmp_path / "mirrored", mirror_augment=0.5)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert not all(torch.equal(plain[k], mirrored[k]) for k in plain)
+    assert zero_meta["mirror_augment"] == 0.0 and meta["mirror_augment"] == 0.5
 
 def test_the_measurement_loss_skips_views_whose_image_groups_were_occluded():
     """A view with an occluded image group is not asked to predict what it was not shown: its error does

@@ -59,6 +59,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int, default=None,
                         help="side of each feature image's patches (the image tokens: (image side / patch)^2 per "
                              "image); smaller patches give the image stream more tokens; default: the preset's")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="side of each feature image in pixels (compact 48, paper 224); the patch size must "
+                             "divide it; default: the preset's")
+    parser.add_argument("--mirror-augment", type=float, default=0.0,
+                        help="share of training views whose texture and margin images are mirrored left-right "
+                             "(x_l never: its left and right say medial / lateral, cranial / caudal; 0: none)")
     parser.add_argument("--image-stem", choices=("patch", "conv"), default=None,
                         help="patch: each patch projected linearly (the paper, the shipped model); conv: two stride-2 "
                              "3 x 3 convolutions first (early convolutions); default: the preset's")
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                         ("location_aspect", args.location_aspect),
                                         ("location_input", args.location_input),
                                         ("text_tokens", args.text_tokens),
+                                        ("image_size", args.image_size),
                                         ("patch_size", args.patch_size),
                                         ("pooling", args.pooling),
                                         ("image_stem", args.image_stem)) if v is not None})
@@ -97,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
                  val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers,
-                 modality_dropout=args.modality_dropout, aux_measures=args.aux_measures)
+                 modality_dropout=args.modality_dropout, aux_measures=args.aux_measures,
+                 mirror_augment=args.mirror_augment)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                       "view_fusion": config.view_fusion, "shape_input": config.shape_input,
                       "image_sampling": config.image_sampling, "location_aspect": config.location_aspect,
                       "location_input": config.location_input,
-                      "text_tokens": config.text_tokens, "patch_size": config.patch_size,
+                      "text_tokens": config.text_tokens, "image_size": config.image_size,
+                      "patch_size": config.patch_size,
                       "pooling": config.pooling, "image_stem": config.image_stem}))
     return 0

@@ -163,6 +163,26 @@ def modality_dropout_keep(rng: np.random.Generator, keep: np.ndarray, p: float) 
     return keep
 
 
+#: the feature-image channels `mirror_keep` may mirror (IMAGE_FEATURES order: x_l, x_t, x_m): texture and
+#: margin, whose left and right mean nothing; x_l's left and right are medial / lateral (transverse) or
+#: cranial / caudal (longitudinal), which the location factors read
+MIRRORED_CHANNELS = (1, 2)
+
+
+def mirror_images(images: torch.Tensor, rng: np.random.Generator, p: float) -> torch.Tensor:
+    """`images` (B, 3, S, S) with, on a share `p` of its rows, x_t and x_m mirrored left-right: the same
+    nodule seen from the other side, so the image stream learns textures and outlines rather than where
+    in its pixels a speckle grain or a spicule fell (the compact model fits its training studies in a
+    few epochs)."""
+    chosen = torch.from_numpy(np.flatnonzero(rng.random(len(images)) < p))
+    if len(chosen) == 0:
+        return images
+    images = images.clone()
+    channels = list(MIRRORED_CHANNELS)
+    images[chosen[:, None], channels] = images[chosen[:, None], channels].flip(-1)
+    return images
+
+
 class MeasureHead(torch.nn.Module):
     """The auxiliary loss (training only): a linear read-out of the image stream's mean output token,
     asked to predict the view's measurements (`llnm.features.measures`, standardised on the training
@@ -190,7 +210,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
           batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
           progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0,
-          workers: int = 1, modality_dropout: float = 0.0, aux_measures: float = 0.0) -> dict:
+          workers: int = 1, modality_dropout: float = 0.0, aux_measures: float = 0.0,
+          mirror_augment: float = 0.0) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
@@ -199,8 +220,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     the contribution shares and the ablations are inputs the model has seen (0: none, as before).
     `modality_dropout`: the share of training views scored from one stream alone
     (`modality_dropout_keep`; 0: none, as before). `aux_measures`: the weight of the auxiliary
-    measurement loss (`MeasureHead`; 0: none, as before; probability fusion only). `workers`: processes
-    for the feature cache.
+    measurement loss (`MeasureHead`; 0: none, as before; probability fusion only). `mirror_augment`:
+    the share of training views with x_t and x_m mirrored (`mirror_images`; 0: none, as before).
+    `workers`: processes for the feature cache.
 
     config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
     the simulated missing report / demographics and the group dropout are drawn once per study and
@@ -267,6 +289,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                     per, local = len(views), np.arange(len(views))
                 variants = rng.integers(0, cache.images.shape[1], len(views))
                 images, states, mask, clinical, studies = _batch(cache, views, variants, device)
+                if mirror_augment > 0:  # no draw at 0: the random stream unchanged
+                    images = mirror_images(images, rng, mirror_augment)
                 # simulate missing inputs at run time: no report (10 %), unknown sex and age (5 %)
                 mask = mask * torch.from_numpy((rng.random(per) >= 0.1).astype(np.float32)[local])[:, None]
                 unknown = torch.from_numpy((rng.random(per) < 0.05).astype(np.float32)[local])
@@ -330,7 +354,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
         "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
-        "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
+        "aux_measures": aux_measures, "mirror_augment": mirror_augment, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": git_commit(), "data_sha256": layout_sha256(data_dir),
