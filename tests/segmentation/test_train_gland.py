@@ -25,6 +25,7 @@ def test_checkpoint_rebuilt_from_an_exported_gland_model_computes_what_the_file_
             model(torch.from_numpy(np.stack([gland.gland_input(f)[0][0] for f in frames])))
     torch.save(model.state_dict(), tmp_path / "trained.pt")
     onnx_path = export_onnx(tmp_path / "trained.pt", tmp_path / "model.onnx")
+    assert _stored_in_half(onnx_path)
     calibration = [ultrasound_like((120, 160), seed=100 + k) for k in range(8)]
     rebuilt = load_checkpoint(checkpoint_from_onnx(onnx_path, calibration, tmp_path / "rebuilt.pt"))
     x = np.stack([gland.gland_input(ultrasound_like((100, 140), seed=200 + k))[0][0] for k in range(3)])
@@ -32,6 +33,37 @@ def test_checkpoint_rebuilt_from_an_exported_gland_model_computes_what_the_file_
     with torch.no_grad():
         got = torch.sigmoid(rebuilt(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _stored_in_half(path) -> bool:
+    """Every large weight of the file is a float16 initializer (`llnm.inference.half_storage`)."""
+    import onnx
+    from onnx import TensorProto
+
+    from llnm.inference.half_storage import HALF_SUFFIX, MIN_ELEMENTS
+
+    large = [i for i in onnx.load(str(path)).graph.initializer if int(np.prod(i.dims)) >= MIN_ELEMENTS]
+    return bool(large) and all(i.name.endswith(HALF_SUFFIX) and i.data_type == TensorProto.FLOAT16 for i in large)
+
+
+def test_the_shipped_gland_model_is_stored_in_half_and_rebuilds_into_what_it_computes(tmp_path):
+    """The shipped file (weights in half, computed in float32) still turns back into a trainable
+    checkpoint: fine-tuning (`llnm train-seg --model gland --init model.onnx`) starts from what ships."""
+    import onnxruntime as ort
+
+    from llnm.segmentation.train_gland import checkpoint_from_onnx, load_checkpoint
+
+    from .conftest import MODEL_REPOSITORY
+
+    onnx_path = MODEL_REPOSITORY / "thyroid_seg" / "1" / "model.onnx"
+    assert _stored_in_half(onnx_path)
+    calibration = [ultrasound_like((120, 160), seed=300 + k) for k in range(8)]
+    rebuilt = load_checkpoint(checkpoint_from_onnx(onnx_path, calibration, tmp_path / "rebuilt.pt"))
+    x = np.stack([gland.gland_input(ultrasound_like((100, 140), seed=400 + k))[0][0] for k in range(3)])
+    expected = ort.InferenceSession(str(onnx_path)).run(None, {gland.INPUT_NAME: x})[0]
+    with torch.no_grad():
+        got = torch.sigmoid(rebuilt(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
 def test_an_onnx_file_that_is_not_the_gland_architecture_is_refused(tmp_path):

@@ -36,6 +36,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from llnm.inference.half_storage import read_weights, store_weights_in_half
 from llnm.observability.logs import get_logger
 from llnm.segmentation import gland
 from llnm.segmentation.data import case_split, ddti_frame_pairs, paired_files, read_grey, read_mask, tg3k_pairs
@@ -328,7 +329,9 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
 
 
 def export_onnx(checkpoint: Path, target: Path) -> Path:
-    """Write the gland model as ONNX (input `image`, output `probability`, dynamic batch)."""
+    """Write the gland model as ONNX (input `image`, output `probability`, dynamic batch), its weights
+    stored in half precision and computed in float32 (`llnm.inference.half_storage`: half the bytes
+    in git and in every worker image)."""
     model = _WithSigmoid(load_checkpoint(checkpoint)).eval()
     target.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 1, gland.INPUT_SIZE, gland.INPUT_SIZE)
@@ -336,6 +339,7 @@ def export_onnx(checkpoint: Path, target: Path) -> Path:
                       output_names=[gland.OUTPUT_NAME], opset_version=17, dynamo=False,
                       dynamic_axes={gland.INPUT_NAME: {0: "batch"}, gland.OUTPUT_NAME: {0: "batch"}})
     _simplify(target)
+    store_weights_in_half(target)
     return target
 
 
@@ -364,10 +368,9 @@ def checkpoint_from_onnx(onnx_path: Path, calibration: list[np.ndarray], target:
     convolutions matched to the file's nodes by their export scope names, batch norms re-estimated on
     `calibration` frames."""
     import onnx
-    from onnx import numpy_helper
 
     graph = onnx.load(str(onnx_path)).graph
-    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    tensors = {name: torch.from_numpy(array) for name, array in read_weights(onnx_path).items()}
     model = build_model()
     modules = dict(model.named_modules())
     order = list(modules)
