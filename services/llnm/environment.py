@@ -38,7 +38,10 @@ def apply() -> None:
     """Set each variable unless the environment already has it; quiet the value-quoting loggers."""
     for name, value in PRIVATE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    importlib.import_module("pydicom.config")  # its first import resets the "pydicom" logger: before the levels
+    try:
+        importlib.import_module("pydicom.config")  # its first import resets the "pydicom" logger: before the levels
+    except ModuleNotFoundError:  # a machine that only trains (a lent GPU machine) reads no data set and has none
+        pass
     for name in VALUE_QUOTING_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r"Invalid value for VR", category=UserWarning)

@@ -89,3 +89,20 @@ def test_device_augmentation_changes_only_the_later_copies_of_whole_frames(tmp_p
             assert detail[1] < detail[0] and abs(first.mean() - second.mean()) < 1.0
     draws = [gamma_draw(np.random.default_rng(s), (0.7, 1.4)) for s in range(400)]
     assert 0.7 <= min(draws) and max(draws) <= 1.4 and abs(np.mean(np.log(draws)) - np.log(0.7 * 1.4) / 2) < 0.03
+
+
+def test_a_training_set_written_elsewhere_is_found_and_pointed_at_where_it_now_lies(tmp_path):
+    """`llnm train-seg --dataset DIR` (a set packed for a GPU machine, scripts/device/pack_nodule.py):
+    its yaml names the folder it lies in now; a folder that is no training set is refused by name."""
+    from llnm.segmentation.train_nodule import prepared_dataset
+
+    root = tmp_path / "moved" / "nodule"
+    for part in ("images/train", "images/val", "labels/train", "labels/val"):
+        (root / part).mkdir(parents=True)
+    (root / "data.yaml").write_text("path: /somewhere/else\ntrain: images/train\nval: images/val\n")
+    yaml_path = prepared_dataset(root)
+    assert yaml_path == root / "data.yaml"
+    assert f"path: {root.resolve()}\n" in yaml_path.read_text() and "0: nodule" in yaml_path.read_text()
+    (root / "labels" / "val").rmdir()
+    with pytest.raises(FileNotFoundError, match="labels/val"):
+        prepared_dataset(root)

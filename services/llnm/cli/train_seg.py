@@ -52,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blur-augment", type=float, default=None, metavar="SIGMA",
                         help="nodule model: blur each real whole frame's second and later copies by a Gaussian "
                              "of sigma drawn from 0..SIGMA pixels (softer transducers and filters; e.g. 2)")
+    parser.add_argument("--dataset", type=Path, default=None,
+                        help="nodule model: train on this training set, written earlier (its images/ and labels/; "
+                             "scripts/device/pack_nodule.py) instead of building one from --data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
     parser.add_argument("--model-repository", type=Path, default=None,
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                                              mosaic=args.mosaic, arch=args.arch, device=args.device,
                                              workers=args.workers, close_mosaic=args.close_mosaic,
                                              gamma_range=tuple(args.gamma_augment) if args.gamma_augment else None,
-                                             blur_max=args.blur_augment,
+                                             blur_max=args.blur_augment, dataset=args.dataset,
                                              **({"imgsz": args.imgsz} if args.imgsz else {}),
                                              **({"batch": args.batch} if args.batch else {}))
         summary = train_nodule.train(cfg)

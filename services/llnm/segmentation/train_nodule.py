@@ -68,6 +68,7 @@ class NoduleTrainConfig:
     device: str = "cpu"  # "cpu", or a CUDA device ("0") where a GPU is lent
     workers: int = 0  # data-loading processes (0: in the training process, as on a shared CPU)
     close_mosaic: int | None = None  # last epochs without mosaic (default: 4 fine-tuning, 2 from random weights)
+    dataset: Path | None = None  # a training set already written (`prepared_dataset`): `data` is then not read
 
 
 def polygons(mask: np.ndarray, min_area: float = 12.0) -> list[np.ndarray]:
@@ -176,6 +177,19 @@ def build_dataset(cfg: NoduleTrainConfig) -> Path:
     return yaml_path
 
 
+def prepared_dataset(root: Path) -> Path:
+    """The data yaml of a training set written earlier, elsewhere (`build_dataset`, or
+    scripts/device/pack_nodule.py, which shrinks it to travel to a GPU machine without the data):
+    images/{train,val} and labels/{train,val} under `root`; the yaml is rewritten with root's path."""
+    root = Path(root)
+    missing = [d for d in ("images/train", "images/val", "labels/train", "labels/val") if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root} is no nodule training set: {', '.join(missing)} missing")
+    yaml_path = root / "data.yaml"
+    _write_yaml(yaml_path)
+    return yaml_path
+
+
 def _write_yaml(yaml_path: Path) -> None:
     root = yaml_path.parent.resolve()
     yaml_path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: nodule\n")
@@ -192,10 +206,10 @@ def train(cfg: NoduleTrainConfig) -> dict:
 
     torch_utils.NUM_THREADS = cfg.threads  # Ultralytics resets torch threads to its own default on CPU
     torch.set_num_threads(cfg.threads)
-    yaml_path = build_dataset(cfg)
+    yaml_path = build_dataset(cfg) if cfg.dataset is None else prepared_dataset(cfg.dataset)
     init = cfg.init
     if init is not None and init.suffix == ".onnx":
-        images = sorted((yaml_path.parent / "images" / "train").glob("*.png"))
+        images = sorted(p for p in (yaml_path.parent / "images" / "train").iterdir() if p.suffix in (".png", ".jpg"))
         calibration = [read_grey(p) for p in random.Random(cfg.seed).sample(images, min(64, len(images)))]
         init = checkpoint_from_onnx(init, calibration, cfg.out / "init_from_onnx.pt")
     if cfg.arch not in ("n", "s", "m"):
