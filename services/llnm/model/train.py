@@ -163,7 +163,7 @@ def modality_dropout_keep(rng: np.random.Generator, keep: np.ndarray, p: float) 
     return keep
 
 
-#: the feature-image channels `mirror_keep` may mirror (IMAGE_FEATURES order: x_l, x_t, x_m): texture and
+#: the feature-image channels `mirror_images` may mirror (IMAGE_FEATURES order: x_l, x_t, x_m): texture and
 #: margin, whose left and right mean nothing; x_l's left and right are medial / lateral (transverse) or
 #: cranial / caudal (longitudinal), which the location factors read
 MIRRORED_CHANNELS = (1, 2)
@@ -354,7 +354,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
         "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
-        "aux_measures": aux_measures, "mirror_augment": mirror_augment, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
+        "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
+        "mirror_augment": mirror_augment,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": git_commit(), "data_sha256": layout_sha256(data_dir),
