@@ -12,9 +12,7 @@ from .conftest import ultrasound_like  # noqa: E402
 
 
 def test_checkpoint_rebuilt_from_an_exported_gland_model_computes_what_the_file_computes(tmp_path):
-    import onnxruntime as ort
-
-    from llnm.segmentation.train_gland import build_model, checkpoint_from_onnx, export_onnx, load_checkpoint
+    from llnm.segmentation.train_gland import build_model, export_onnx
 
     torch.manual_seed(0)
     model = build_model()
@@ -26,13 +24,24 @@ def test_checkpoint_rebuilt_from_an_exported_gland_model_computes_what_the_file_
     torch.save(model.state_dict(), tmp_path / "trained.pt")
     onnx_path = export_onnx(tmp_path / "trained.pt", tmp_path / "model.onnx")
     assert _stored_in_half(onnx_path)
-    calibration = [ultrasound_like((120, 160), seed=100 + k) for k in range(8)]
+    got, expected = _rebuilt_and_file_outputs(onnx_path, tmp_path, seed=100)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _rebuilt_and_file_outputs(onnx_path, tmp_path, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the checkpoint rebuilt from the file, calibrated on frames of `seed`; the file through ONNX
+    Runtime), both on the same three frames none of the calibration saw."""
+    import onnxruntime as ort
+
+    from llnm.segmentation.train_gland import checkpoint_from_onnx, load_checkpoint
+
+    calibration = [ultrasound_like((120, 160), seed=seed + k) for k in range(8)]
     rebuilt = load_checkpoint(checkpoint_from_onnx(onnx_path, calibration, tmp_path / "rebuilt.pt"))
-    x = np.stack([gland.gland_input(ultrasound_like((100, 140), seed=200 + k))[0][0] for k in range(3)])
+    x = np.stack([gland.gland_input(ultrasound_like((100, 140), seed=seed + 100 + k))[0][0] for k in range(3)])
     expected = ort.InferenceSession(str(onnx_path)).run(None, {gland.INPUT_NAME: x})[0]
     with torch.no_grad():
         got = torch.sigmoid(rebuilt(torch.from_numpy(x))).numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    return got, expected
 
 
 def _stored_in_half(path) -> bool:
@@ -49,20 +58,11 @@ def _stored_in_half(path) -> bool:
 def test_the_shipped_gland_model_is_stored_in_half_and_rebuilds_into_what_it_computes(tmp_path):
     """The shipped file (weights in half, computed in float32) still turns back into a trainable
     checkpoint: fine-tuning (`llnm train-seg --model gland --init model.onnx`) starts from what ships."""
-    import onnxruntime as ort
-
-    from llnm.segmentation.train_gland import checkpoint_from_onnx, load_checkpoint
-
     from .conftest import MODEL_REPOSITORY
 
     onnx_path = MODEL_REPOSITORY / "thyroid_seg" / "1" / "model.onnx"
     assert _stored_in_half(onnx_path)
-    calibration = [ultrasound_like((120, 160), seed=300 + k) for k in range(8)]
-    rebuilt = load_checkpoint(checkpoint_from_onnx(onnx_path, calibration, tmp_path / "rebuilt.pt"))
-    x = np.stack([gland.gland_input(ultrasound_like((100, 140), seed=400 + k))[0][0] for k in range(3)])
-    expected = ort.InferenceSession(str(onnx_path)).run(None, {gland.INPUT_NAME: x})[0]
-    with torch.no_grad():
-        got = torch.sigmoid(rebuilt(torch.from_numpy(x))).numpy()
+    got, expected = _rebuilt_and_file_outputs(onnx_path, tmp_path, seed=300)
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
