@@ -144,6 +144,19 @@ def test_runtime_pipeline_scores_like_the_checkpoint(tiny_layout, tmp_path, opti
     assert abs(runtime["metrics"]["auc"] - checkpoint["metrics"]["auc"]) < 1e-3
 
 
+def test_model_json_names_the_commit_the_training_started_on(tiny_layout, tmp_path, monkeypatch):
+    """A run of half an hour outlives commits made meanwhile: the commit recorded is the one the code
+    was read from, at the start, not whatever HEAD is when the model is saved."""
+    import llnm.model.train as train_module
+
+    commits = iter(["a" * 40, "b" * 40, "b" * 40])
+    monkeypatch.setattr(train_module, "git_commit", lambda *paths: next(commits))
+    meta = train(tiny_layout, tmp_path / "m", preset("tiny"), encode_text=fake_text_encoder, epochs=1,
+                 progress=False, seed=0)
+    assert meta["code_commit"] == "a" * 40
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["code_commit"] == "a" * 40
+
+
 def test_a_separate_validation_folder_and_the_provenance_in_model_json(tiny_layout, tmp_path):
     """--val-data: every training study is trained on, early stopping and the threshold come from the
     other folder (patients apart); model.json names the code commit, the generator's record and a

@@ -274,6 +274,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     best_auc, best_epoch, step, stale = -1.0, -1, 0, 0
     log_path = out_dir / "train_log.jsonl"
     started = time.time()
+    commit = git_commit()  # the code that trains, read before a long run in which the checkout may move on
     with log_path.open("w", encoding="utf-8") as log_file:
         bar = tqdm(range(epochs), desc=f"train {config.name}", unit="epoch", disable=not progress)
         for epoch in bar:
@@ -358,7 +359,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "mirror_augment": mirror_augment,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
-        "code_commit": git_commit(), "data_sha256": layout_sha256(data_dir),
+        "code_commit": commit, "data_sha256": layout_sha256(data_dir),
         "val_data_sha256": layout_sha256(val_dir) if val_dir is not None else None,
         "data_generator": generator_record(data_dir),
         "val_data_generator": generator_record(val_dir) if val_dir is not None else None,
