@@ -149,8 +149,15 @@ def test_model_json_names_the_commit_the_training_started_on(tiny_layout, tmp_pa
     was read from, at the start, not whatever HEAD is when the model is saved."""
     import llnm.model.train as train_module
 
-    commits = iter(["a" * 40, "b" * 40, "b" * 40])
-    monkeypatch.setattr(train_module, "git_commit", lambda *paths: next(commits))
+    head = ["a" * 40]
+    real_auc = train_module.auc
+
+    def auc_while_a_commit_lands(*args, **kwargs):  # scored after every epoch: HEAD moves on meanwhile
+        head[0] = "b" * 40
+        return real_auc(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "git_commit", lambda *paths: head[0])
+    monkeypatch.setattr(train_module, "auc", auc_while_a_commit_lands)
     meta = train(tiny_layout, tmp_path / "m", preset("tiny"), encode_text=fake_text_encoder, epochs=1,
                  progress=False, seed=0)
     assert meta["code_commit"] == "a" * 40
