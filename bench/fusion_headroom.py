@@ -10,7 +10,12 @@ profile). For the held-out set it prints, with paired 95 % bootstrap CIs against
   every input (what the report states, everything the pixels show, age and sex), trained on the
   training folder's own latent draws: a model that reads every input perfectly and learns from as many
   studies as TMDL does; also on the report's and on the image's latent values alone;
-- the structured baseline (`llnm.model.baseline`, fitted on the training folder, as `llnm evaluate`).
+- the structured baseline (`llnm.model.baseline`, fitted on the training folder, as `llnm evaluate`);
+- a hand-made pixel reader: the baseline with the `pixels` source added (internal heterogeneity, bright
+  punctate foci and outline irregularity measured on the masks, `llnm.features.measures`), and how
+  legible each pixel-only factor is: the Spearman correlation of its measurement with the latent value
+  on the held-out studies (foci on the nodules that have punctate foci). A factor the measurements
+  cannot read is one no image model can be expected to read either.
 
 A learned model can at best approach the oracle reader, so "model - baseline" can only clear 0 with
 its CI where "oracle - baseline" clears it by a margin. Pure CPU; minutes (the baseline reads the masks).
@@ -24,6 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from llnm.model import baseline
 from llnm.model.data import read_layout
@@ -75,18 +81,34 @@ def main() -> None:
     test, uids = latent_rows(args.test)
     y = np.array([r[3] for r in test])
     studies = {s.study_uid: s for s in read_layout(args.test)}
-    base = baseline.fit(args.train).predict([studies[u] for u in uids])
+    train_studies = read_layout(args.train)
+    test_studies = [studies[u] for u in uids]
+    memo: baseline.Memo = {}
+    base = baseline.fit(train_studies, memo=memo).predict(test_studies, memo)
+    reader = baseline.fit(train_studies, inputs=baseline.DEFAULT_INPUTS + ("pixels",), memo=memo)
     scores = {"Bayes-optimal (p_true)": np.array([r[2] for r in test])}
     for parts in (("report", "image"), ("report",), ("image",)):
         scores[f"oracle reader, latent {' + '.join(parts)} + age/sex"] = oracle_scores(train, test, parts)
+    scores["pixel reader: baseline + measured heterogeneity, foci, outline irregularity"] = reader.predict(
+        test_studies, memo)
+    measured = {k: np.array([memo[(id(s), "pixels")][k] for s in test_studies]) for k in baseline.PIXEL_MEASURES}
+    latent = {"heterogeneity": np.array([r[0].heterogeneity for r in test]),
+              "foci": np.array([r[0].foci_per_cm2 for r in test]),
+              "irregularity": np.array([r[0].spiculation for r in test])}
+    has_foci = latent["foci"] > 0
+    legibility = {k: float(spearmanr(measured[k][has_foci] if k == "foci" else measured[k],
+                                     latent[k][has_foci] if k == "foci" else latent[k]).correlation)
+                  for k in baseline.PIXEL_MEASURES}
     out = {"train": str(args.train), "test": str(args.test), "train_studies": len(train), "test_studies": len(test),
-           "baseline_auc": auc(base, y), "rows": []}
+           "baseline_auc": auc(base, y), "legibility_spearman": legibility, "rows": []}
     print(f"held-out {len(test)} studies, trained on {len(train)}; baseline AUC {out['baseline_auc']:.3f}\n")
     print("| scores | AUC | - baseline (paired 95 % CI) |\n|---|---|---|")
     for name, s in scores.items():
         d = baseline.paired_bootstrap(s, base, y, n=args.bootstrap)
         out["rows"].append({"name": name, **d})
         print(f"| {name} | {d['model_auc']:.3f} | {d['difference']:+.3f} ({d['ci_low']:+.3f} to {d['ci_high']:+.3f}) |")
+    print("\nlegibility (Spearman, measured vs latent; foci on nodules with foci): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in legibility.items()))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

@@ -2,6 +2,7 @@
 each one moves with what it names, and with nothing else."""
 
 import numpy as np
+from scipy import ndimage
 
 from llnm.features import extract_features
 from llnm.features.measures import MEASURES, view_measures
@@ -62,14 +63,33 @@ def test_coarse_internal_texture_reads_as_heterogeneity_and_fine_speckle_does_no
 
 
 def test_bright_punctate_foci_read_as_foci():
+    """Foci of 0.2 mm (2 x 2 pixels at 0.1 mm): a punctate echogenic focus is a point of tissue, and the
+    measurement smooths away single-pixel noise (FOCUS_POINT_MM) before comparing a point with its
+    surroundings."""
     nodule = disc(SHAPE, 80, 100, 25)
     plain = speckle(3)
     dotted = plain.copy()
     rng = np.random.default_rng(4)
     rr, cc = np.nonzero(nodule)
     pick = rng.choice(len(rr), 40, replace=False)
-    dotted[rr[pick], cc[pick]] = 250
+    for dr in (0, 1):
+        for dc in (0, 1):
+            dotted[rr[pick] + dr, cc[pick] + dc] = 250
     a = measure(np.clip(plain, 0, 255).astype(np.uint8), nodule)
     b = measure(np.clip(dotted, 0, 255).astype(np.uint8), nodule)
     assert b["foci"] > a["foci"] + 1.0
     assert abs(b["length"] - a["length"]) < 1e-6 and abs(b["irregularity"] - a["irregularity"]) < 1e-6
+
+
+def test_a_coarse_bright_texture_is_not_read_as_foci():
+    """The bright patches of a coarse texture (a heterogeneous nodule) are no punctate foci: each point
+    is compared with the tissue around it, not with the nodule's median."""
+    nodule = disc(SHAPE, 80, 100, 25)
+    plain = speckle(5)
+    mottled = plain.copy()
+    field = ndimage.gaussian_filter(np.random.default_rng(6).normal(size=SHAPE), 6.0)  # patches of ~1 mm
+    mottled[nodule] += (45.0 * field / field.std())[nodule]
+    a = measure(np.clip(plain, 0, 255).astype(np.uint8), nodule)
+    b = measure(np.clip(mottled, 0, 255).astype(np.uint8), nodule)
+    assert b["heterogeneity"] > 3 * a["heterogeneity"]
+    assert b["foci"] < a["foci"] + 0.3

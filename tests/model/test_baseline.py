@@ -75,3 +75,17 @@ def test_paired_bootstrap_of_the_difference():
     assert same["difference"] == same["ci_low"] == same["ci_high"] == 0.0
     worse = paired_bootstrap(noise, perfect, y, n=300)
     assert worse["ci_high"] < 0
+
+
+def test_the_pixel_reader_is_a_separate_source_never_in_the_default_baseline(layouts):
+    """`pixels` (heterogeneity, foci, outline irregularity measured on the masks) makes the regression a
+    hand-made pixel reader for benchmarks; the baseline beside TMDL keeps report + geometry + demographics."""
+    from llnm.model import baseline
+
+    train, test = layouts
+    default = fit(train)
+    assert not any(n.startswith("pixels.") for n in default.names)
+    reader = fit(train, inputs=baseline.DEFAULT_INPUTS + ("pixels",))
+    assert {f"pixels.{k}" for k in baseline.PIXEL_MEASURES} <= set(reader.names)
+    assert reader.predict(test).shape == (len(test),)
+    assert baseline.pixels(test[0])["measured"] == 1.0

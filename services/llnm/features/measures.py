@@ -26,8 +26,14 @@ from llnm.features.extract import NoduleFeatures
 #: the measurements, in the order of `view_measures`' vector
 MEASURES = ("capsule", "length", "width", "upper", "middle", "aspect", "echo", "heterogeneity", "foci",
             "irregularity")
-#: grey levels (0-255) a focus must stand above the nodule's median
-FOCUS_CONTRAST = 60.0
+#: grey levels (0-255) a focus must stand above the tissue around it (FOCUS_BACKGROUND_MM)
+FOCUS_CONTRAST = 45.0
+#: a punctate focus is a point: its grey is compared with the tissue within this Gaussian sigma (mm;
+#: pixels when uncalibrated: FOCUS_BACKGROUND_PX), so a coarse bright texture is not counted as foci
+FOCUS_BACKGROUND_MM = 0.5
+FOCUS_BACKGROUND_PX = 5.0
+#: the point itself, lightly smoothed (mm; pixels when uncalibrated: 1 px)
+FOCUS_POINT_MM = 0.08
 #: smoothing (mm, Gaussian sigma; pixels when uncalibrated: SPECKLE_SIGMA_PX) that removes speckle
 #: before the heterogeneity is read
 SPECKLE_SIGMA_MM = 0.6
@@ -63,8 +69,11 @@ def view_measures(image: np.ndarray, nodule: np.ndarray, features: NoduleFeature
     smooth = ndimage.gaussian_filter(grey[window], sigma)[inner[window]]
     q25, q75 = np.percentile(smooth, [25, 75])
     heterogeneity = float(q75 - q25) / 255.0
-    values = grey[inner]
-    foci = float((values > np.median(values) + FOCUS_CONTRAST).mean())
+    point, background = ((1.0, 1.0), (FOCUS_BACKGROUND_PX,) * 2) if spacing_mm is None else (
+        tuple(FOCUS_POINT_MM / float(s) for s in spacing_mm), tuple(FOCUS_BACKGROUND_MM / float(s) for s in spacing_mm))
+    patch = grey[window]
+    contrast = ndimage.gaussian_filter(patch, point) - ndimage.gaussian_filter(patch, background)
+    foci = float((contrast[inner[window]] > FOCUS_CONTRAST).mean())
     circle = 2.0 * math.sqrt(math.pi * max(area, 1.0))
     vertical = features.location.get("vertical")
     return np.array([

@@ -10,6 +10,11 @@ the same evaluation folder, and `paired_bootstrap` gives the AUC difference TMDL
 CI over the same resampled studies: a model that does not beat this baseline has not learned more than
 its parsed inputs carry.
 
+A fourth source, `pixels` (never in the default fit), measures what only the pixels show
+(`llnm.features.measures`: internal heterogeneity, bright punctate foci, outline irregularity): with it
+the regression is a hand-made pixel reader, the yardstick of whether a benchmark's pixel-only factors
+can be read at all (`bench/fusion_headroom.py`).
+
 Pure numpy/scikit-learn; no torch, no DICOM.
 """
 
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from llnm.features import extract_features
+from llnm.features.measures import MEASURES, view_measures
 from llnm.model.data import StudyRecord, read_layout, read_png, read_view_image
 from llnm.model.metrics import auc, resample
 
@@ -91,6 +97,26 @@ def geometry(study: StudyRecord) -> dict[str, float]:
     }
 
 
+#: the `pixels` source's measurements (`llnm.features.measures.MEASURES`), averaged over the views
+PIXEL_MEASURES = ("heterogeneity", "foci", "irregularity")
+
+
+def pixels(study: StudyRecord) -> dict[str, float]:
+    """What only the pixels show, measured on the masks of each view and averaged over the views:
+    internal heterogeneity, bright punctate foci, outline irregularity (`llnm.features.measures`)."""
+    rows = []
+    for view in study.views:
+        image, gland, nodule = read_view_image(view.image), read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
+        if not nodule.any() or not gland.any():
+            continue
+        f = extract_features(image, gland, nodule, view.spacing_mm, size=16)
+        m = view_measures(image, nodule, f, view.spacing_mm)
+        rows.append([float(m[MEASURES.index(k)]) for k in PIXEL_MEASURES])
+    if not rows:
+        return {k: 0.0 for k in PIXEL_MEASURES} | {"measured": 0.0}
+    return dict(zip(PIXEL_MEASURES, np.mean(rows, axis=0).tolist())) | {"measured": 1.0}
+
+
 def demographics(study: StudyRecord) -> dict[str, float]:
     sex = (study.sex or "").upper()[:1]
     return {"male": float(sex == "M"), "sex_known": float(sex in ("M", "F")),
@@ -99,7 +125,10 @@ def demographics(study: StudyRecord) -> dict[str, float]:
 
 
 #: the baseline's inputs by source; `Baseline.inputs` picks some (ablations: report only, image only)
-SOURCES = {"report": lambda study: report_fields(study.report), "image": geometry, "demographics": demographics}
+SOURCES = {"report": lambda study: report_fields(study.report), "image": geometry, "demographics": demographics,
+           "pixels": pixels}
+#: the baseline that stands beside every TMDL figure
+DEFAULT_INPUTS = ("report", "image", "demographics")
 
 
 #: per (study, source) values already computed, shared by the fits of one comparison (`compare`): the
@@ -137,7 +166,7 @@ class Baseline:
         return self.model.predict_proba(x)[:, 1]
 
 
-def fit(train: list[StudyRecord] | Path, inputs: tuple[str, ...] = ("report", "image", "demographics"),
+def fit(train: list[StudyRecord] | Path, inputs: tuple[str, ...] = DEFAULT_INPUTS,
         c: float = 1.0, memo: Memo | None = None) -> Baseline:
     """L2-regularised logistic regression on standardised inputs (C=`c`, fixed: nothing is tuned on the
     evaluation set). `memo`: values computed by an earlier fit on the same study objects."""
@@ -179,7 +208,7 @@ def compare(train_dir: Path, data_dir: Path, uids: list[str], p_model: np.ndarra
     train = read_layout(train_dir)
     by_uid = {s.study_uid: s for s in read_layout(data_dir)}
     studies = [by_uid[u] for u in uids]
-    out: dict = {"train": str(train_dir), "train_studies": len(train), "inputs": list(SOURCES)}
+    out: dict = {"train": str(train_dir), "train_studies": len(train), "inputs": list(DEFAULT_INPUTS)}
     memo: Memo = {}
     out.update(paired_bootstrap(p_model, fit(train, memo=memo).predict(studies, memo), y, n=n, seed=seed,
                                 groups=groups))
