@@ -204,3 +204,27 @@ def test_a_report_without_impression_is_written_without_one() -> None:
     ds = report_sr_dataset(study)
     assert len(ds.ContentSequence) == 1
     assert ds.ContentSequence[0].ContentSequence[0].TextValue == study.report.text == study.report.findings
+
+
+def test_the_pixel_only_factors_are_legible_to_a_simple_measurement() -> None:
+    """A benchmark's pixel-only factor is only a test of image reading if the pixels show it: over 150
+    studies, the measurements of `llnm.features.measures` on the true masks (mean of both views) rank
+    with the latent heterogeneity and spiculation (Spearman; at full size on 1,000 studies:
+    heterogeneity 0.51, irregularity 0.79; the rendering before 2026-12-07 gave heterogeneity 0.33)."""
+    from scipy.stats import spearmanr
+
+    from llnm.features import extract_features
+    from llnm.features.measures import MEASURES, view_measures
+
+    latent, measured = [], []
+    for index in range(150):
+        study = generate_study(31, index, rows=300, cols=400, profile="fusion")
+        rows = [view_measures(v.image, v.nodule, extract_features(v.image, v.gland, v.nodule, v.spacing_mm, size=16),
+                              v.spacing_mm) for v in study.views if v.nodule.any()]
+        latent.append((study.findings.heterogeneity, study.findings.spiculation))
+        measured.append(np.mean(rows, axis=0))
+    latent_a, measured_a = np.array(latent), np.array(measured)
+    heterogeneity = spearmanr(latent_a[:, 0], measured_a[:, MEASURES.index("heterogeneity")]).correlation
+    irregularity = spearmanr(latent_a[:, 1], measured_a[:, MEASURES.index("irregularity")]).correlation
+    assert heterogeneity >= 0.38, heterogeneity  # 0.44 here; 0.29 with the rendering before
+    assert irregularity >= 0.6, irregularity
