@@ -234,6 +234,39 @@ def test_area_sampling_changes_only_the_texture_and_margin_images():
         extract_features(image, gland, nodule, (0.1, 0.1), sampling="nearest")
 
 
+def test_energy_sampling_makes_a_coarse_texture_bright_in_x_t_and_leaves_the_rest_as_area():
+    """sampling "energy": x_t is the texture's local contrast (band-pass 0.4-1.2 mm), so a nodule with a
+    coarse internal texture shows bright there and a uniform one dark whatever its grey level; x_m,
+    x_l and the measurements are those of "area"."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:200, :200]
+    gland = (yy - 100) ** 2 + (xx - 100) ** 2 <= 90 ** 2
+    nodule = (yy - 100) ** 2 + (xx - 100) ** 2 <= 45 ** 2  # 9 mm across at 0.1 mm
+    image = np.where(gland, 100, 20) - 50 * nodule
+    speckled = np.clip(image.astype(float) + rng.normal(0, 8, image.shape), 0, 255)
+    field = ndimage.gaussian_filter(rng.normal(size=image.shape), 6.0)  # patches of ~1 mm at 0.1 mm
+    textured = speckled.copy()
+    textured[nodule] += (40.0 * field / field.std())[nodule]
+    brighter = np.clip(speckled + 60.0 * nodule, 0, 255)  # a uniform nodule, only brighter
+    plain_e, textured_e, brighter_e = (extract_features(np.clip(im, 0, 255).astype(np.uint8), gland, nodule, (0.1, 0.1),
+                                                        size=16, sampling="energy")
+                                       for im in (speckled, textured, brighter))
+    centre = (slice(6, 10), slice(6, 10))
+    assert textured_e.x_t[centre].mean() > 4 * plain_e.x_t[centre].mean()
+    assert brighter_e.x_t[centre].mean() < 0.25 * textured_e.x_t[centre].mean()
+    assert (plain_e.x_t >= 0).all()
+    area = extract_features(np.clip(textured, 0, 255).astype(np.uint8), gland, nodule, (0.1, 0.1), size=16,
+                            sampling="area")
+    np.testing.assert_array_equal(area.x_m, textured_e.x_m)
+    np.testing.assert_array_equal(area.x_l, textured_e.x_l)
+    assert area.echogenicity == textured_e.echogenicity
+    uncalibrated = extract_features(np.clip(textured, 0, 255).astype(np.uint8), gland, nodule, None, size=16,
+                                    sampling="energy")
+    assert uncalibrated.x_t[centre].mean() > 4 * plain_e.x_t[centre].mean()
+
+
 def test_keeping_the_aspect_frames_the_gland_in_a_square_at_one_scale():
     """location_aspect "keep" (the paper keeps the aspect ratio): a round nodule stays round in x_l
     inside a lobe twice as wide as deep; "stretch" (the shipped model) squeezes it."""

@@ -41,9 +41,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape-input", choices=("ratio", "length_width"), default=None,
                         help="what the shape token x_s reads: the aspect ratio (compact: the shipped model) or the "
                              "nodule's length and width in mm (the paper); default: the preset's")
-    parser.add_argument("--image-sampling", choices=("point", "area"), default=None,
+    parser.add_argument("--image-sampling", choices=("point", "area", "energy"), default=None,
                         help="texture and margin images sampled at pixel centres (compact) or low-passed to "
-                             "their pixel size first (area); default: the preset's")
+                             "their pixel size first (area; energy: x_t the texture's local contrast); "
+                             "default: the preset's")
     parser.add_argument("--location-aspect", choices=("stretch", "keep"), default=None,
                         help="x_l: the gland's box stretched onto the square image (compact) or a square box "
                              "around it, the aspect kept (the paper); default: the preset's")

@@ -24,6 +24,9 @@
   image taken from a 300-500 px nodule then aliases the speckle;
 - "area": the frame low-pass filtered to the output pixel size first (Gaussian, sigma (zoom - 1) / 2),
   so coarse internal texture survives and speckle averages out.
+- "energy": as "area", but x_t shows the texture's local contrast instead of the grey: the absolute
+  band-pass of the frame between 0.4 and 1.2 mm (`llnm.features.extract.texture_energy`), so that a
+  patch token's linear projection reads how coarse the internal texture is (the grey's level is x_e).
 
 `location_input` says what the location group reads:
 - "map" (default, the shipped model and the paper): the CPDT map x_l only; the capsule distance and
@@ -72,7 +75,7 @@ ORIENTATIONS = ("transverse", "longitudinal", "unknown")
 #: what the shape token x_s reads (see the module docstring)
 SHAPE_INPUTS = ("ratio", "length_width")
 #: how x_t and x_m are resampled (see the module docstring)
-IMAGE_SAMPLINGS = ("point", "area")
+IMAGE_SAMPLINGS = ("point", "area", "energy")
 #: how x_l frames the gland (see the module docstring)
 LOCATION_ASPECTS = ("stretch", "keep")
 #: what the location group reads (see the module docstring)
