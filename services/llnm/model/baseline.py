@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from llnm.features import extract_features
+from llnm.features.extract import NoduleFeatures
 from llnm.features.measures import MEASURES, view_measures
 from llnm.model.data import StudyRecord, read_layout, read_png, read_view_image
 from llnm.model.metrics import auc, resample
@@ -64,17 +65,22 @@ def report_fields(text: str | None) -> dict[str, float]:
     return out
 
 
+def measured_views(study: StudyRecord) -> list[tuple[np.ndarray, np.ndarray, NoduleFeatures, tuple[float, float] | None]]:
+    """(image, nodule mask, features, spacing) of each view with a nodule and a gland on its masks: what
+    the `image` and `pixels` sources measure."""
+    out = []
+    for view in study.views:
+        image, gland, nodule = read_view_image(view.image), read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
+        if nodule.any() and gland.any():
+            out.append((image, nodule, extract_features(image, gland, nodule, view.spacing_mm, size=16), view.spacing_mm))
+    return out
+
+
 def geometry(study: StudyRecord) -> dict[str, float]:
     """The nodule's geometry over the study's views, measured on its masks (the layout's, i.e. the truth in
     a phantom or a cohort's outlines): the closest view's capsule distance and vertical third, the largest
     long/short axis, mean aspect ratio and echogenicity contrast. mm when calibrated, else pixels."""
-    rows = []
-    for view in study.views:
-        image, gland, nodule = read_view_image(view.image), read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
-        if not nodule.any() or not gland.any():
-            continue
-        f = extract_features(image, gland, nodule, view.spacing_mm, size=16)
-        rows.append(f)
+    rows = [f for _, _, f, _ in measured_views(study)]
     if not rows:
         return {"capsule": 0.0, "length": 0.0, "width": 0.0, "upper": 0.0, "middle": 0.0, "aspect": 0.0,
                 "echo": 0.0, "extrathyroidal": 0.0, "measured": 0.0}
@@ -105,12 +111,8 @@ def pixels(study: StudyRecord) -> dict[str, float]:
     """What only the pixels show, measured on the masks of each view and averaged over the views:
     internal heterogeneity, bright punctate foci, outline irregularity (`llnm.features.measures`)."""
     rows = []
-    for view in study.views:
-        image, gland, nodule = read_view_image(view.image), read_png(view.gland_mask) > 127, read_png(view.nodule_mask) > 127
-        if not nodule.any() or not gland.any():
-            continue
-        f = extract_features(image, gland, nodule, view.spacing_mm, size=16)
-        m = view_measures(image, nodule, f, view.spacing_mm)
+    for image, nodule, f, spacing in measured_views(study):
+        m = view_measures(image, nodule, f, spacing)
         rows.append([float(m[MEASURES.index(k)]) for k in PIXEL_MEASURES])
     if not rows:
         return {k: 0.0 for k in PIXEL_MEASURES} | {"measured": 0.0}
