@@ -1,6 +1,7 @@
 #!/bin/sh
 # A nodule-model training stage on a lent GPU machine (scripts/device/README.md): run THERE, from the
-# repository root, after scripts/device/pack_nodule.py ran HERE, with `carry` [".device"]:
+# repository root, after scripts/device/pack_nodule.py ran HERE, with `carry` [".device/nodule.tar.gz",
+# ".device/whl", ".device/stubs"]:
 #
 #   sh scripts/device/nodule_stage.sh MINUTES [more `llnm train-seg` flags]
 #

@@ -64,6 +64,30 @@ def test_one_comparison_reads_each_study_geometry_once_and_scores_the_same(layou
     assert sorted(calls) == sorted(s.study_uid for s in train + test)
 
 
+def test_measuring_in_several_processes_fills_the_same_memo_and_gives_the_same_comparison(layouts):
+    """`workers` only spreads the mask measurements: every (study, source) value is the one measured in
+    this process, and the comparison's figures are identical."""
+    from llnm.model import baseline
+
+    train, test = layouts
+    one: baseline.Memo = {}
+    baseline.design(train + test, baseline.DEFAULT_INPUTS + ("pixels",), one)
+    spread: baseline.Memo = {}
+    baseline.prefill(train + test, baseline.DEFAULT_INPUTS + ("pixels",), spread, workers=2)
+    assert {k for k in one if k[1] in baseline.MEASURED_SOURCES} == set(spread)
+    assert all(spread[k] == one[k] for k in spread)
+
+
+def test_the_comparison_is_the_same_with_its_measurements_in_several_processes(tmp_path):
+    train, test = write_layout(tmp_path / "train", 40, seed=3), write_layout(tmp_path / "test", 30, seed=4)
+    studies = read_layout(test)
+    uids, y = [s.study_uid for s in studies], np.array([s.llnm for s in studies])
+    p = np.linspace(0.0, 1.0, len(y))
+    from llnm.model.baseline import compare
+
+    assert compare(train, test, uids, p, y, n=50) == compare(train, test, uids, p, y, n=50, workers=2)
+
+
 def test_paired_bootstrap_of_the_difference():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)

@@ -331,3 +331,38 @@ def test_the_measurement_loss_skips_views_whose_image_groups_were_occluded():
         assert torch.isclose(head.loss(x, mask, 4, target), only_first)
     mask[0, 2] = 0.0
     assert head.loss(x, mask, 4, target) == 0.0
+
+
+def test_a_time_budget_ends_training_with_a_chosen_model_and_is_recorded(tiny_layout, tmp_path):
+    """`max_minutes`: no epoch starts once the budget is spent (a lent GPU's fixed time), yet the folder
+    holds a model chosen on the validation set; without a budget the same seed trains all its epochs."""
+    budget = train(tiny_layout, tmp_path / "budget", preset("tiny"), encode_text=fake_text_encoder, epochs=6,
+                   patience=6, progress=False, seed=0, max_minutes=0.0)
+    full = train(tiny_layout, tmp_path / "full", preset("tiny"), encode_text=fake_text_encoder, epochs=6,
+                 patience=6, progress=False, seed=0)
+    assert budget["epochs_run"] == 1 and full["epochs_run"] == 6
+    assert budget["max_minutes"] == 0.0 and full["max_minutes"] is None and full["device"] == "cpu"
+    model, _ = load_model(tmp_path / "budget")
+    assert model.config.name == "tiny" and 0.0 <= budget["threshold"] <= 1.0
+
+
+def test_training_and_scoring_hold_under_bfloat16_autocast(tiny_layout, tmp_path, monkeypatch):
+    """On a GPU the passes run in bfloat16 autocast (`llnm.model.train.autocast`). The same autocast on
+    the CPU, here, must leave every dtype consistent: finite losses, a saved float32 model, and study
+    probabilities within bfloat16's precision of the float32 ones of the same weights."""
+    import torch
+
+    from llnm.model import train as training
+
+    monkeypatch.setattr(training, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    meta = train(tiny_layout, tmp_path / "bf16", preset("tiny"), encode_text=fake_text_encoder, epochs=2,
+                 patience=2, progress=False, seed=0, group_dropout=0.5, modality_dropout=0.3)
+    log = [json.loads(line) for line in (tmp_path / "bf16" / "train_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(entry["train_loss"]) for entry in log) and meta["epochs_run"] == 2
+    model, _ = load_model(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    cache = build_cache(tiny_layout, model.config, fake_text_encoder, jitters=0, progress=False)
+    _, p_bf16, _ = training.predict_studies(model, cache)
+    monkeypatch.setattr(training, "autocast", lambda device: torch.autocast("cpu", enabled=False))
+    _, p_fp32, _ = training.predict_studies(model, cache)
+    assert np.abs(p_bf16 - p_fp32).max() < 0.05

@@ -70,6 +70,16 @@ def test_same_seed_gives_identical_bytes(phantom_set: Path, tmp_path: Path) -> N
     assert _rows(other / "labels.csv")[0]["study_uid"] != _rows(phantom_set / "labels.csv")[0]["study_uid"]
 
 
+def test_a_layout_only_set_is_the_same_layout_without_the_dicom_studies(phantom_set: Path, tmp_path: Path) -> None:
+    """What training and evaluation read is written byte for byte as in the full set; no study folder
+    and no DICOM file (a GPU machine without pydicom builds its benchmark this way)."""
+    layout = write_phantom_set(tmp_path / "layout", studies=3, seed=11, rows=ROWS, cols=COLS, rgb_fraction=0.5,
+                               dicom=False)
+    full = {k: v for k, v in _digest(phantom_set).items() if k.split("/")[0] in {"labels.csv", "views.csv", "truth"}}
+    assert _digest(layout) == full
+    assert not list(layout.rglob("*.dcm"))
+
+
 def test_dicom_views_match_truth_crop_and_masks(phantom_set: Path) -> None:
     photometric = set()
     params = {p["study_uid"]: p for p in map(json.loads, (phantom_set / "truth" / "params.jsonl").read_text().splitlines())}

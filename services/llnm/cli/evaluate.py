@@ -19,6 +19,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes for the feature cache and the baseline's mask measurements")
+    parser.add_argument("--device", default="cpu",
+                        help="where the checkpoint scores: cpu, or a CUDA device in bfloat16 autocast (the paper preset)")
     parser.add_argument("--examples", type=int, default=4, help="explained studies in the report")
     parser.add_argument("--atlas-studies", type=int, default=100,
                         help="studies scored with the model's location atlas (0: skip)")
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                       bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress,
                       examples=args.examples, atlas_studies=args.atlas_studies,
                       jittered_masks=args.jittered_masks, runtime=args.runtime, backend=backend,
-                      baseline_train=args.baseline_train)
+                      baseline_train=args.baseline_train, device=args.device, workers=args.workers)
     summary = {"studies": report["studies"], "positives": report["positives"],
                **{k: round(v, 4) for k, v in report["metrics"].items()},
                "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in report["ci95"].items()},

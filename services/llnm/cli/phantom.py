@@ -28,6 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="standard",
                         help="generator preset (default standard); fusion: pixel-only risk factors, noisy "
                              "reports, risk on the latent anatomy (a benchmark that needs image and report)")
+    parser.add_argument("--layout-only", action="store_true",
+                        help="write the training layout and the truth without the DICOM studies (training and "
+                             "evaluation read only those; pydicom need not be installed)")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -37,6 +40,8 @@ def command_line(args: argparse.Namespace) -> str:
              "--rgb-fraction", str(args.rgb_fraction), "--profile", args.profile]
     if args.textures:
         words += ["--textures", str(args.textures)]
+    if args.layout_only:
+        words.append("--layout-only")
     return shlex.join(words)
 
 
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = write_phantom_set(args.out, args.studies, args.seed, rows=args.rows, cols=args.cols,
                             rgb_fraction=args.rgb_fraction, jobs=args.jobs, start=args.start,
-                            textures=args.textures, progress=sys.stderr.isatty(), profile=args.profile)
+                            textures=args.textures, progress=sys.stderr.isatty(), profile=args.profile,
+                            dicom=not args.layout_only)
     labels = read_labels(out / "labels.csv")
     n = len(labels)
     positives = sum(int(r["llnm"]) for r in labels)

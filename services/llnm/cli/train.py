@@ -70,6 +70,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="patch: each patch projected linearly (the paper, the shipped model); conv: two stride-2 "
                              "3 x 3 convolutions first (early convolutions); default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="where to train: cpu, or a CUDA device (cuda, cuda:1) in bfloat16 autocast (the "
+                             "paper preset; scripts/device/README.md)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no epoch after this many minutes of training (default: no budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes for the feature cache (the same cache for any number)")
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
                  val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers,
                  modality_dropout=args.modality_dropout, aux_measures=args.aux_measures,
-                 mirror_augment=args.mirror_augment)
+                 mirror_augment=args.mirror_augment, device=args.device, max_minutes=args.max_minutes)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

@@ -138,6 +138,31 @@ DEFAULT_INPUTS = ("report", "image", "demographics")
 Memo = dict[tuple[int, str], dict[str, float]]
 
 
+#: the sources that read every image and mask (the rest parse text or copy numbers)
+MEASURED_SOURCES = ("image", "pixels")
+
+
+def _measure(args: tuple[StudyRecord, tuple[str, ...]]) -> list[dict[str, float]]:
+    study, sources = args
+    return [SOURCES[source](study) for source in sources]
+
+
+def prefill(studies: list[StudyRecord], inputs: tuple[str, ...], memo: Memo, workers: int = 1) -> None:
+    """Compute the measured sources of `studies` into `memo` in `workers` processes (each value is a
+    function of its study alone, so the memo is the same for any number; 1: nothing done here, `design`
+    computes them as it goes)."""
+    sources = tuple(s for s in inputs if s in MEASURED_SOURCES)
+    todo = [s for s in studies if any((id(s), source) not in memo for source in sources)]
+    if workers <= 1 or not sources or not todo:
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for study, values in zip(todo, pool.map(_measure, [(s, sources) for s in todo], chunksize=8)):
+            for source, value in zip(sources, values):
+                memo[(id(study), source)] = value
+
+
 def design(studies: list[StudyRecord], inputs: tuple[str, ...],
            memo: Memo | None = None) -> tuple[np.ndarray, list[str]]:
     rows, names = [], None
@@ -203,15 +228,17 @@ def paired_bootstrap(p_model: np.ndarray, p_baseline: np.ndarray, y: np.ndarray,
 
 
 def compare(train_dir: Path, data_dir: Path, uids: list[str], p_model: np.ndarray, y: np.ndarray, n: int = 1000,
-            seed: int = 0, groups: np.ndarray | None = None) -> dict:
+            seed: int = 0, groups: np.ndarray | None = None, workers: int = 1) -> dict:
     """The baseline fitted on `train_dir` beside a model's study probabilities `p_model` for the studies
     `uids` of `data_dir` (labels `y`): the full baseline's paired difference, and its report-only and
-    image-only fits (what each source alone carries for a linear reader)."""
+    image-only fits (what each source alone carries for a linear reader). `workers`: processes that
+    measure the masks (`prefill`; the same figures for any number)."""
     train = read_layout(train_dir)
     by_uid = {s.study_uid: s for s in read_layout(data_dir)}
     studies = [by_uid[u] for u in uids]
     out: dict = {"train": str(train_dir), "train_studies": len(train), "inputs": list(DEFAULT_INPUTS)}
     memo: Memo = {}
+    prefill(train + studies, DEFAULT_INPUTS, memo, workers)
     out.update(paired_bootstrap(p_model, fit(train, memo=memo).predict(studies, memo), y, n=n, seed=seed,
                                 groups=groups))
     for name, inputs in (("report_only_auc", ("report",)), ("image_only_auc", ("image",))):

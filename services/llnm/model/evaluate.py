@@ -288,7 +288,7 @@ def _ratio_ci(p: np.ndarray, p_true: np.ndarray, y: np.ndarray, n: int, seed: in
 
 
 def _baseline(model_dir: Path, meta: dict, train: Path | None, data_dir: Path, uids: list[str], p: np.ndarray,
-              y: np.ndarray, bootstrap: int, seed: int, groups: np.ndarray | None) -> dict:
+              y: np.ndarray, bootstrap: int, seed: int, groups: np.ndarray | None, workers: int = 1) -> dict:
     """The baseline beside the model on the same studies, or why there is none."""
     from llnm.model.baseline import compare
 
@@ -299,26 +299,28 @@ def _baseline(model_dir: Path, meta: dict, train: Path | None, data_dir: Path, u
     if train is None or not (Path(train) / "labels.csv").is_file():
         return {"skipped": "no baseline training folder (--baseline-train DIR; the model's own "
                            f"{meta.get('data')!r} is not here)"}
-    return compare(Path(train), data_dir, uids, p, y, n=bootstrap, seed=seed, groups=groups)
+    return compare(Path(train), data_dir, uids, p, y, n=bootstrap, seed=seed, groups=groups, workers=workers)
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, bootstrap: int = 1000,
              seed: int = 0, progress: bool = True, examples: int = 4, atlas_studies: int = 100,
              jittered_masks: bool = False, runtime: str | None = None, backend=None,
-             baseline_train: Path | None = None) -> dict:
+             baseline_train: Path | None = None, device: str = "cpu", workers: int = 1) -> dict:
     """`jittered_masks`: score on perturbed masks (as from a segmentation model) instead of the given ones.
     `runtime` ("truth" or "segmentation"): score through the runtime pipeline on `backend` instead of
     the PyTorch checkpoint (the threshold still comes from the model folder). `baseline_train`: the
     training folder of the logistic-regression baseline (llnm.model.baseline; default: the model's own
-    training folder from model.json, when it is there)."""
+    training folder from model.json, when it is there). `device`: where the checkpoint scores ("cpu",
+    or a CUDA device in bfloat16 autocast); the explained examples run on the CPU. `workers`: processes
+    for the feature cache and the baseline's mask measurements (the same figures for any number)."""
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, meta = load_model(model_dir)
+    model, meta = load_model(model_dir, device)
     if runtime and model.config.view_fusion != "probability":
         raise ValueError(f"view_fusion={model.config.view_fusion} has no ONNX export yet, so the runtime "
                          "cannot score this model; evaluate the checkpoint (without runtime)")
     cache = build_cache(data_dir, model.config, encode_text, jitters=int(jittered_masks), seed=seed,
-                        progress=progress)
+                        progress=progress, workers=workers)
     no_finding, contributions, abstained_uids = None, None, []
     if runtime:
         uids, p, risk, abstained_uids, contributions = runtime_predict(data_dir, backend, model.config, runtime,
@@ -368,7 +370,8 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
             p[answered], [grades.get(cache.study_uids[present[k]], "") for k in answered], threshold, seed=seed,
             groups=None if groups is None else [str(groups[k]) for k in answered])
     report["atlas"] = atlas_auc(model_dir, data_dir, atlas_studies)
-    report["baseline"] = _baseline(model_dir, meta, baseline_train, data_dir, uids, p, y, bootstrap, seed, groups)
+    report["baseline"] = _baseline(model_dir, meta, baseline_train, data_dir, uids, p, y, bootstrap, seed, groups,
+                                   workers)
     if not runtime:  # the model's own ablations: groups occluded at inference (GROUPS order)
         report["ablations"] = {
             name: auc(predict_studies(model, cache, present, variant=int(jittered_masks), group_keep=keep)[1], y)
@@ -376,7 +379,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, encode_text, boo
                                ("without_report", (1.0, 1.0, 0.0, 1.0)))}
     images = _plots(out_dir, p, y, p_true if has_truth else None, calibration, decision)
     if examples:
-        explain_examples(model, data_dir, out_dir / "explanations.png", examples, encode_text)
+        explain_examples(model.cpu(), data_dir, out_dir / "explanations.png", examples, encode_text)
         images.append("explanations.png")
     if (model_dir / "atlas.png").is_file():
         (out_dir / "atlas.png").write_bytes((model_dir / "atlas.png").read_bytes())

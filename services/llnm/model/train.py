@@ -18,6 +18,7 @@ and the data generator's record) and train_log.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -54,6 +55,14 @@ def onnx_text_encoder(model_repository: Path):
         export_text_encoder(model_repository / TEXT_ENCODER / "1")
     tokenizer = ReportTokenizer(tokenizer_path(model_repository))
     return lambda texts, tokens=MAX_TOKENS: encode_reports(backend, tokenizer, texts, tokens)
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on a GPU (the paper preset's 146 GFLOPs a view), nothing on the CPU: the CPU
+    results stay bit-for-bit what they were."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _batch(cache: FeatureCache, views: np.ndarray, variants: np.ndarray, device: torch.device):
@@ -95,9 +104,10 @@ def predict_studies(model: TMDL, cache: FeatureCache, studies: np.ndarray | None
         images, states, mask, clinical, _ = _batch(cache, sel, np.full(len(sel), variant, dtype=np.int64), device)
         keep = None if group_keep is None else torch.tensor(group_keep, dtype=images.dtype,
                                                                  device=device).expand(len(sel), -1)
-        logit, risk, _, _ = model(images, states, mask, clinical, keep)
-        probs[start:start + len(sel)] = torch.sigmoid(logit).cpu().numpy()
-        risks[start:start + len(sel)] = risk.softmax(-1).cpu().numpy()
+        with autocast(device):
+            logit, risk, _, _ = model(images, states, mask, clinical, keep)
+        probs[start:start + len(sel)] = torch.sigmoid(logit.float()).cpu().numpy()
+        risks[start:start + len(sel)] = risk.float().softmax(-1).cpu().numpy()
     owner = cache.view_study[views]
     present = np.unique(owner)
     p = np.array([probs[owner == s].mean() for s in present])
@@ -115,11 +125,12 @@ def _predict_pooled(model: TMDL, cache: FeatureCache, studies: np.ndarray, batch
         images, states, mask, clinical, _ = _batch(cache, views, np.full(len(views), variant, dtype=np.int64), device)
         keep = None if group_keep is None else torch.tensor(group_keep, dtype=images.dtype,
                                                                  device=device).expand(len(views), -1)
-        logit, risk = model.forward_studies(images, states, mask, clinical, keep,
-                                            torch.from_numpy(cache.view_orientation[views]).to(device),
-                                            torch.from_numpy(local).to(device), len(chunk))
-        probs[start:start + len(chunk)] = torch.sigmoid(logit).cpu().numpy()
-        risks[start:start + len(chunk)] = risk.softmax(-1).cpu().numpy()
+        with autocast(device):
+            logit, risk = model.forward_studies(images, states, mask, clinical, keep,
+                                                torch.from_numpy(cache.view_orientation[views]).to(device),
+                                                torch.from_numpy(local).to(device), len(chunk))
+        probs[start:start + len(chunk)] = torch.sigmoid(logit.float()).cpu().numpy()
+        risks[start:start + len(chunk)] = risk.float().softmax(-1).cpu().numpy()
     return present, probs, risks
 
 
@@ -174,7 +185,7 @@ def mirror_images(images: torch.Tensor, rng: np.random.Generator, p: float) -> t
     nodule seen from the other side, so the image stream learns textures and outlines rather than where
     in its pixels a speckle grain or a spicule fell (the compact model fits its training studies in a
     few epochs)."""
-    chosen = torch.from_numpy(np.flatnonzero(rng.random(len(images)) < p))
+    chosen = torch.from_numpy(np.flatnonzero(rng.random(len(images)) < p)).to(images.device)
     if len(chosen) == 0:
         return images
     images = images.clone()
@@ -211,7 +222,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
           progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0,
           workers: int = 1, modality_dropout: float = 0.0, aux_measures: float = 0.0,
-          mirror_augment: float = 0.0) -> dict:
+          mirror_augment: float = 0.0, device: str = "cpu", max_minutes: float | None = None) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
@@ -222,7 +233,11 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     (`modality_dropout_keep`; 0: none, as before). `aux_measures`: the weight of the auxiliary
     measurement loss (`MeasureHead`; 0: none, as before; probability fusion only). `mirror_augment`:
     the share of training views with x_t and x_m mirrored (`mirror_images`; 0: none, as before).
-    `workers`: processes for the feature cache.
+    `workers`: processes for the feature cache. `device`: "cpu" or a CUDA device ("cuda", "cuda:1"),
+    where the forward and backward passes run in bfloat16 autocast (the paper preset is a GPU model;
+    the weights, the optimiser and every saved tensor stay float32). `max_minutes`: no epoch starts
+    after this much training time (the cosine schedule still spans `epochs`; None: no budget), so a
+    lent machine's fixed time ends with a chosen model rather than none.
 
     config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
     the simulated missing report / demographics and the group dropout are drawn once per study and
@@ -235,6 +250,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         raise ValueError("the auxiliary measurement loss reads each view's own tokens: view_fusion='probability' only")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
+    device = torch.device(device)
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +271,6 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     # what one permutation orders: views, or (pooled) the studies with a usable view, about as many views a step
     units = np.unique(cache.view_study[train_views]) if pooled else train_views
     unit_batch = max(1, round(batch_size * len(units) / len(train_views))) if pooled else batch_size
-    device = torch.device("cpu")
     model = TMDL(config).to(device)
     parameters = list(model.parameters())
     measure_head = None
@@ -293,13 +308,13 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                 if mirror_augment > 0:  # no draw at 0: the random stream unchanged
                     images = mirror_images(images, rng, mirror_augment)
                 # simulate missing inputs at run time: no report (10 %), unknown sex and age (5 %)
-                mask = mask * torch.from_numpy((rng.random(per) >= 0.1).astype(np.float32)[local])[:, None]
-                unknown = torch.from_numpy((rng.random(per) < 0.05).astype(np.float32)[local])
+                mask = mask * torch.from_numpy((rng.random(per) >= 0.1).astype(np.float32)[local])[:, None].to(device)
+                unknown = torch.from_numpy((rng.random(per) < 0.05).astype(np.float32)[local]).to(device)
                 clinical = clinical.clone()
                 clinical[:, :2] *= (1.0 - unknown)[:, None]
                 targets = batch_studies if pooled else studies
-                y = torch.from_numpy(cache.llnm[targets].astype(np.float32))
-                level = torch.from_numpy(cache.risk_level[targets] - 1)
+                y = torch.from_numpy(cache.llnm[targets].astype(np.float32)).to(device)
+                level = torch.from_numpy(cache.risk_level[targets] - 1).to(device)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step)
                 keep = None
@@ -308,23 +323,25 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                             else np.ones((per, len(GROUPS)), dtype=np.float32))
                     if modality_dropout > 0:
                         rows = modality_dropout_keep(rng, rows, modality_dropout)
-                    keep = torch.from_numpy(rows[local])
-                if pooled:
-                    logit, risk = model.forward_studies(images, states, mask, clinical, keep,
-                                                        torch.from_numpy(cache.view_orientation[views]),
-                                                        torch.from_numpy(local), per)
-                elif measure_head is not None:
-                    x, _, token_mask = model.tokens(images, states, mask, clinical, keep)
-                    out = model.head(model.pool(x, token_mask))
-                    logit, risk = out[:, 0], out[:, 1:]
-                    target = torch.from_numpy(cache.measures[views, variants]).to(device)
-                    aux = measure_head.loss(x, token_mask, config.image_tokens, target)
-                    aux_losses.append(aux.item())
-                else:
-                    logit, risk, _, _ = model(images, states, mask, clinical, keep)
-                loss = F.binary_cross_entropy_with_logits(logit, y) + 0.5 * F.cross_entropy(risk, level)
+                    keep = torch.from_numpy(rows[local]).to(device)
+                with autocast(device):
+                    if pooled:
+                        logit, risk = model.forward_studies(images, states, mask, clinical, keep,
+                                                            torch.from_numpy(cache.view_orientation[views]).to(device),
+                                                            torch.from_numpy(local).to(device), per)
+                    elif measure_head is not None:
+                        x, _, token_mask = model.tokens(images, states, mask, clinical, keep)
+                        out = model.head(model.pool(x, token_mask))
+                        logit, risk = out[:, 0], out[:, 1:]
+                        target = torch.from_numpy(cache.measures[views, variants]).to(device)
+                        aux = measure_head.loss(x, token_mask, config.image_tokens, target)
+                        aux_losses.append(aux.item())
+                    else:
+                        logit, risk, _, _ = model(images, states, mask, clinical, keep)
+                loss = (F.binary_cross_entropy_with_logits(logit.float(), y)
+                        + 0.5 * F.cross_entropy(risk.float(), level))
                 if measure_head is not None:
-                    loss = loss + aux_measures * aux
+                    loss = loss + aux_measures * aux.float()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -348,6 +365,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                 stale += 1
                 if stale >= patience:
                     break
+            if max_minutes is not None and time.time() - started >= 60 * max_minutes:
+                log.info("training time budget reached", minutes=max_minutes, epoch=epoch)
+                break
     model.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True))
     present, p, _ = predict_studies(model, val_cache, val_studies)
     meta = {
@@ -356,7 +376,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
         "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
         "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
-        "mirror_augment": mirror_augment,
+        "mirror_augment": mirror_augment, "device": str(device), "max_minutes": max_minutes,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": commit, "data_sha256": layout_sha256(data_dir),
@@ -364,6 +384,6 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "data_generator": generator_record(data_dir),
         "val_data_generator": generator_record(val_dir) if val_dir is not None else None,
     }
-    save_model(model, out_dir, meta)
+    save_model(model.cpu(), out_dir, meta)
     log.info("training finished", preset=config.name, value=best_auc, epoch=best_epoch)
     return meta

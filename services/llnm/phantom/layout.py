@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .dicom import write_study_dicom
 from .profiles import PROFILES, STANDARD, PhantomProfile, get_profile
 from .study import generate_study
 
@@ -30,11 +29,15 @@ def _png(path: Path, array: np.ndarray) -> None:
 
 
 def _write_one(out: Path, seed: int, index: int, rows: int, cols: int, rgb_fraction: float,
-               textures: str | None, profile: str = "standard") -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+               textures: str | None, profile: str = "standard", dicom: bool = True
+               ) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     study = generate_study(seed, index, rows=rows, cols=cols, textures=textures, profile=profile)
-    pick = np.random.default_rng([seed, index, 7]).random(len(study.views))
-    rgb_views = {k + 1 for k in range(len(study.views)) if pick[k] < rgb_fraction}
-    write_study_dicom(study, out / study.study_uid, rgb_views)
+    if dicom:  # imported here: a layout-only set is written where pydicom is not installed (a GPU machine)
+        from .dicom import write_study_dicom
+
+        pick = np.random.default_rng([seed, index, 7]).random(len(study.views))
+        rgb_views = {k + 1 for k in range(len(study.views)) if pick[k] < rgb_fraction}
+        write_study_dicom(study, out / study.study_uid, rgb_views)
     view_rows = []
     for view in study.views:
         uid = view.sop_instance_uid
@@ -60,11 +63,13 @@ def _write_one(out: Path, seed: int, index: int, rows: int, cols: int, rgb_fract
 def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols: int = 800,
                       rgb_fraction: float = 0.0, jobs: int = 1, start: int = 0,
                       textures: str | Path | None = None, progress: bool = False,
-                      profile: str | PhantomProfile | None = None) -> Path:
+                      profile: str | PhantomProfile | None = None, dicom: bool = True) -> Path:
     """Write studies start .. start+studies-1 of this seed under `out`; return `out`. Files of the
     same names are overwritten; other files already in `out` are left alone. A non-standard
     `profile` is recorded in a last labels.csv column `profile`, in params.jsonl and, with all its
-    settings, in truth/profile.json (a standard set is written exactly as before profiles existed)."""
+    settings, in truth/profile.json (a standard set is written exactly as before profiles existed).
+    `dicom` False: the training layout and the truth only, the same files as with DICOM (what training
+    and evaluation read; the DICOM studies are what the worker reads)."""
     prof = get_profile(profile)
     if prof.name not in PROFILES or PROFILES[prof.name] != prof:
         raise ValueError("write_phantom_set takes a named profile (profiles.PROFILES): worker processes get the name")
@@ -73,7 +78,7 @@ def write_phantom_set(out: Path, studies: int, seed: int, rows: int = 600, cols:
     (out / "truth" / "masks").mkdir(parents=True, exist_ok=True)
     indices = range(start, start + studies)
     tex = str(textures) if textures else None
-    args = [(out, seed, i, rows, cols, rgb_fraction, tex, prof.name) for i in indices]
+    args = [(out, seed, i, rows, cols, rgb_fraction, tex, prof.name, dicom) for i in indices]
     if jobs > 1 and studies > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             results = list(tqdm(pool.map(_write_one, *zip(*args), chunksize=4), total=studies,
