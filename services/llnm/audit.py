@@ -195,6 +195,21 @@ class AuditTrail:
         sets = ", ".join(["state = ?", "updated_at = ?"] + [f"{k} = ?" for k in fields])
         c.execute(f"UPDATE studies SET {sets} WHERE study_uid = ?", (state, now, *fields.values(), study_uid))
 
+    @staticmethod
+    def put_fields(c: sqlite3.Connection, study_uid: str, fields: dict[str, Any]) -> None:
+        """Set fields of an existing study row inside an open `transaction()`, its state and
+        updated_at unchanged (e.g. the task id of a study already queued)."""
+        unknown = set(fields) - set(_STUDY_FIELDS)
+        if unknown or not fields:
+            raise ValueError(f"unknown or no study fields {sorted(unknown)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        c.execute(f"UPDATE studies SET {sets} WHERE study_uid = ?", (*fields.values(), study_uid))
+
+    @staticmethod
+    def count_instance(c: sqlite3.Connection, study_uid: str) -> None:
+        """One more instance of the study received, inside an open `transaction()`."""
+        c.execute("UPDATE studies SET instances = instances + 1 WHERE study_uid = ?", (study_uid,))
+
     def transition(self, study_uid: str, from_states: tuple[str, ...], state: str, event: str | None = None,
                    detail: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Set `state` only if the study is now in one of `from_states`; True if it was changed."""
@@ -232,6 +247,12 @@ class AuditTrail:
                 self.put_state(c, uid, to_state, {})
                 self.add_event(c, uid, event, {"from": from_state})
         return uids
+
+    def due_now(self, state: str) -> None:
+        """Every study in `state` due at once (start-up: a send that was waiting out a backoff when the
+        process stopped is tried again now)."""
+        with self.transaction() as c:
+            c.execute("UPDATE studies SET next_at = 0 WHERE state = ?", (state,))
 
     # -- reading -------------------------------------------------------------------------------------
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:

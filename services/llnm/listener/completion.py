@@ -132,7 +132,7 @@ class CompletionTracker:
                 " instances = instances + ?, completed = 0",
                 (study_uid, series_uid, now, 0 if duplicate else 1))
             if not duplicate:
-                c.execute("UPDATE studies SET instances = instances + 1 WHERE study_uid = ?", (study_uid,))
+                AuditTrail.count_instance(c, study_uid)
 
     def instances(self, study_uid: str) -> int:
         """Instances received so far in the study's current (pending) round."""
@@ -215,7 +215,7 @@ class CompletionTracker:
                                                          "instances": r["instances"],
                                                          "ignored": json.loads(r["ignored"])})
             else:
-                c.execute("UPDATE studies SET task_id = ? WHERE study_uid = ?", (task_id, uid))
+                AuditTrail.put_fields(c, uid, {"task_id": task_id})
                 AuditTrail.add_event(c, uid, "queued", {"task_id": task_id})
             if current is not None and current["last_at"] > r["last_at"]:
                 c.execute("UPDATE pending_studies SET state = 'receiving', retry_at = 0 WHERE study_uid = ?",

@@ -38,8 +38,7 @@ class LocalQueue:
     def recover(self) -> None:
         for uid in self.audit.reset_states(A.PROCESSING, A.QUEUED, "queued again after a restart"):
             log.info("study interrupted by a restart queued again", study_uid=uid)
-        with self.audit.transaction() as c:
-            c.execute("UPDATE studies SET next_at = 0 WHERE state = ?", (A.SENDING,))
+        self.audit.due_now(A.SENDING)
 
     def run_once(self) -> bool:
         """Claim and run one due step; False when nothing was due."""
