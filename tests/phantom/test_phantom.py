@@ -248,6 +248,10 @@ def test_cli_prints_summary_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     expected = risk.bayes_auc(tmp_path / "cli" / "labels.csv")
     assert summary["bayes_auc"] is None if np.isnan(expected) else summary["bayes_auc"] == pytest.approx(expected, abs=1e-4)
     assert main(["phantom", "--out", str(tmp_path / "bad"), "--studies", "0"]) == 2
+    assert main(["phantom", "--out", str(tmp_path / "layout"), "--studies", "1", "--seed", "4", "--rows", "160",
+                 "--cols", "200", "--layout-only"]) == 0
+    record = json.loads((tmp_path / "layout" / "generator.json").read_text())
+    assert record["command"].endswith("--layout-only") and not list((tmp_path / "layout").rglob("*.dcm"))
 
 
 def test_dicom_reader_sees_what_to_input_gives(phantom_set: Path) -> None:
