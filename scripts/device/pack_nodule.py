@@ -22,18 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 from PIL import Image
 
-from llnm.config import REPO_ROOT
-from llnm.segmentation.train_nodule import NoduleTrainConfig, build_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from travel import download_wheels, exclude_pack, fits, folder_bytes  # noqa: E402
+
+from llnm.config import REPO_ROOT  # noqa: E402
+from llnm.segmentation.train_nodule import NoduleTrainConfig, build_dataset  # noqa: E402
 
 PACK = REPO_ROOT / ".device"
-LIMIT = 64 * 2**20  # the device tool's limit on what travels
 WHEELS = ("ultralytics", "ultralytics-thop", "ultralytics-platform")
 POLARS_STUB = '''"""Stand-in for polars on the GPU machine (scripts/device/pack_nodule.py): Ultralytics imports it only
 to read its results.csv back into a checkpoint, inside `try ... except Exception`."""
@@ -42,18 +43,6 @@ to read its results.csv back into a checkpoint, inside `try ... except Exception
 def __getattr__(name):
     raise ImportError(f"polars.{name}: polars is not installed on this machine")
 '''
-
-
-def tracked_bytes() -> int:
-    """Bytes of the tracked files and the untracked files git does not ignore (what always travels)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                            check=True, capture_output=True).stdout.split(b"\0")
-    return sum((REPO_ROOT / name.decode()).stat().st_size for name in listed
-               if name and (REPO_ROOT / name.decode()).is_file())
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def shrink_copy(source: Path, target: Path, imgsz: int, quality: int) -> None:
@@ -67,15 +56,6 @@ def shrink_copy(source: Path, target: Path, imgsz: int, quality: int) -> None:
             picture.save(target / "images" / split / f"{image.stem}.jpg", "JPEG", quality=quality)
         for label in (source / "labels" / split).iterdir():
             shutil.copy2(label, target / "labels" / split / label.name)
-
-
-def exclude_pack() -> None:
-    """`.device/` stays out of git (and out of what always travels): .git/info/exclude names it."""
-    exclude = REPO_ROOT / ".git" / "info" / "exclude"
-    lines = exclude.read_text().splitlines() if exclude.is_file() else []
-    if "/.device/" not in lines:
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        exclude.write_text("\n".join(lines + ["/.device/"]) + "\n")
 
 
 def main() -> int:
@@ -112,29 +92,17 @@ def main() -> int:
 
     wheels = PACK / "whl"
     shutil.rmtree(wheels, ignore_errors=True)
-    versions = [f"{name}=={_installed(name)}" for name in WHEELS]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "-d", str(wheels), *versions], check=True)
+    download_wheels(WHEELS, wheels)
     stub = PACK / "stubs" / "polars"
     stub.mkdir(parents=True, exist_ok=True)
     (stub / "__init__.py").write_text(POLARS_STUB)
 
-    sizes = {"tree": tracked_bytes(), "nodule": (PACK / "nodule.tar.gz").stat().st_size, "whl": folder_bytes(wheels),
+    sizes = {"nodule": (PACK / "nodule.tar.gz").stat().st_size, "whl": folder_bytes(wheels),
              "stubs": folder_bytes(PACK / "stubs")}
-    total = sum(sizes.values())
-    print(json.dumps({**{k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()}, "total": f"{total / 2**20:.1f} MiB",
-                      "limit": "64 MiB",
-                      "carry": [".device/nodule.tar.gz", ".device/whl", ".device/stubs"]}, indent=2))
-    if total > LIMIT:
+    if not fits(sizes, [".device/nodule.tar.gz", ".device/whl", ".device/stubs"]):
         print("too large to travel: lower --imgsz, --quality or --composed-per-crop", file=sys.stderr)
         return 1
     return 0
-
-
-def _installed(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pack_nodule import LIMIT, exclude_pack, folder_bytes, tracked_bytes  # noqa: E402
+from travel import download_wheels, exclude_pack, fits, folder_bytes  # noqa: E402
 from text_encoder import TextEncoder, TorchTextBackend, pack, unpack  # noqa: E402
 
 from llnm.config import REPO_ROOT  # noqa: E402
@@ -80,8 +79,7 @@ def main() -> int:
     config = json.loads((source / "config.json").read_text())
     pack(load_file(str(source / "model.safetensors")), config, keep, pack_dir / "encoder.npz")
     shutil.copyfile(tokenizer_path(repo), pack_dir / "tokenizer.json")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "-d", str(pack_dir / "whl"), f"pydicom=={_installed('pydicom')}"], check=True)
+    download_wheels(("pydicom",), pack_dir / "whl")
 
     sample = texts[:: max(1, len(texts) // args.check)][: args.check]
     tokens = 3 * MAX_TOKENS
@@ -100,23 +98,14 @@ def main() -> int:
                 "int8_against_onnx": deviation}
     (pack_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
-    sizes = {"tree": tracked_bytes(), "tmdl": folder_bytes(pack_dir)}
-    total = sum(sizes.values())
-    print(json.dumps({**manifest, **{k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()},
-                      "total": f"{total / 2**20:.1f} MiB", "limit": "64 MiB", "carry": [".device/tmdl"]}, indent=2))
+    small_enough = fits({"tmdl": folder_bytes(pack_dir)}, [".device/tmdl"], manifest)
     if deviation["cosine_min"] < 0.99:
         print("the int8 encoder strays too far from the runtime's", file=sys.stderr)
         return 1
-    if total > LIMIT:
+    if not small_enough:
         print("too large to travel", file=sys.stderr)
         return 1
     return 0
-
-
-def _installed(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 if __name__ == "__main__":
