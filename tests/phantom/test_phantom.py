@@ -72,7 +72,7 @@ def test_same_seed_gives_identical_bytes(phantom_set: Path, tmp_path: Path) -> N
 
 def test_a_layout_only_set_is_the_same_layout_without_the_dicom_studies(phantom_set: Path, tmp_path: Path) -> None:
     """What training and evaluation read is written byte for byte as in the full set; no study folder
-    and no DICOM file (a GPU machine without pydicom builds its benchmark this way)."""
+    and no DICOM file (a lent GPU machine writes its benchmark this way: scripts/device)."""
     layout = write_phantom_set(tmp_path / "layout", studies=3, seed=11, rows=ROWS, cols=COLS, rgb_fraction=0.5,
                                dicom=False)
     full = {k: v for k, v in _digest(phantom_set).items() if k.split("/")[0] in {"labels.csv", "views.csv", "truth"}}

@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "reports, risk on the latent anatomy (a benchmark that needs image and report)")
     parser.add_argument("--layout-only", action="store_true",
                         help="write the training layout and the truth without the DICOM studies (training and "
-                             "evaluation read only those; pydicom need not be installed)")
+                             "evaluation read only those)")
 
 
 def command_line(args: argparse.Namespace) -> str:

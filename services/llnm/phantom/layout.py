@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .dicom import write_study_dicom
 from .profiles import PROFILES, STANDARD, PhantomProfile, get_profile
 from .study import generate_study
 
@@ -32,9 +33,7 @@ def _write_one(out: Path, seed: int, index: int, rows: int, cols: int, rgb_fract
                textures: str | None, profile: str = "standard", dicom: bool = True
                ) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     study = generate_study(seed, index, rows=rows, cols=cols, textures=textures, profile=profile)
-    if dicom:  # imported here: a layout-only set is written where pydicom is not installed (a GPU machine)
-        from .dicom import write_study_dicom
-
+    if dicom:
         pick = np.random.default_rng([seed, index, 7]).random(len(study.views))
         rgb_views = {k + 1 for k in range(len(study.views)) if pick[k] < rgb_fraction}
         write_study_dicom(study, out / study.study_uid, rgb_views)
