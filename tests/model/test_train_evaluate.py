@@ -95,17 +95,20 @@ def test_cli_train_evaluate_model_info(tiny_layout, tmp_path, capsys):
 
 
 
-def test_cli_train_sets_the_feature_image_size_and_the_mirror_share(tiny_layout, tmp_path):
-    """--image-size reaches the saved configuration (so evaluation and the runtime extract features at the
-    size the model was trained on); --mirror-augment reaches model.json."""
+def test_cli_train_sets_the_feature_image_size_the_mirror_share_and_the_optimiser(tiny_layout, tmp_path):
+    """--image-size and --dropout reach the saved configuration (so evaluation and the runtime extract
+    features at the size the model was trained on); --mirror-augment, --lr and --weight-decay reach
+    model.json (a training run is reproducible from its record, not only from its command line)."""
     from llnm.cli import main
 
     out = tmp_path / "sized"
     assert main(["train", "--data", str(tiny_layout), "--out", str(out), "--preset", "tiny", "--epochs", "1",
-                 "--image-size", "16", "--mirror-augment", "0.5", "--atlas-views", "0", "--nice", "0",
-                 "--no-progress"]) == 0
-    assert json.loads((out / "preset.json").read_text())["image_size"] == 16
-    assert json.loads((out / "model.json").read_text())["mirror_augment"] == 0.5
+                 "--image-size", "16", "--mirror-augment", "0.5", "--lr", "2e-4", "--weight-decay", "0.3",
+                 "--dropout", "0.25", "--atlas-views", "0", "--nice", "0", "--no-progress"]) == 0
+    saved = json.loads((out / "preset.json").read_text())
+    assert saved["image_size"] == 16 and saved["dropout"] == 0.25
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["mirror_augment"] == 0.5 and meta["lr"] == 2e-4 and meta["weight_decay"] == 0.3
 
 @pytest.mark.parametrize("options", [{}, {"shape_input": "length_width", "image_sampling": "area",
                                           "location_aspect": "keep", "text_tokens": 100}],

@@ -16,7 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="compact", help="paper, compact or tiny")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, cosine after 3 warm-up epochs)")
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     parser.add_argument("--patience", type=int, default=8, help="early stopping on the validation AUC")
     parser.add_argument("--val-fraction", type=float, default=0.15,
                         help="share of --data held out for early stopping and the threshold (without --val-data)")
@@ -69,6 +70,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-stem", choices=("patch", "conv"), default=None,
                         help="patch: each patch projected linearly (the paper, the shipped model); conv: two stride-2 "
                              "3 x 3 convolutions first (early convolutions); default: the preset's")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="dropout in TMDL's attention and MLP blocks; default: the preset's (0.1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu",
                         help="where to train: cpu, or a CUDA device (cuda, cuda:1) in bfloat16 autocast (the "
@@ -103,10 +106,12 @@ def run(args: argparse.Namespace) -> int:
                                         ("image_size", args.image_size),
                                         ("patch_size", args.patch_size),
                                         ("pooling", args.pooling),
-                                        ("image_stem", args.image_stem)) if v is not None})
+                                        ("image_stem", args.image_stem),
+                                        ("dropout", args.dropout)) if v is not None})
     config = preset(args.preset, **overrides)
     meta = train(args.data, args.out, config, encode_text=onnx_text_encoder(settings.model_repository),
-                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                 patience=args.patience,
                  val_fraction=args.val_fraction, jitters=args.jitters, seed=args.seed, threads=args.threads,
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
                  val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers,

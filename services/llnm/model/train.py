@@ -373,6 +373,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     meta = {
         "preset": config.name, "config": asdict(config), "threshold": youden_threshold(p, val_cache.llnm[present]),
         "val_auc": best_auc, "best_epoch": best_epoch, "epochs_run": epoch + 1, "seed": seed,
+        "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
         "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
         "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
