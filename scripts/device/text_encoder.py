@@ -43,7 +43,7 @@ def quantise(weight: np.ndarray, group: int = GROUP) -> tuple[np.ndarray, np.nda
 
 
 def dequantise(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The float32 weight of `quantise`'s output (a scale per row of older packs: one group per row)."""
+    """The float32 weight of `quantise`'s output."""
     scale = scale.reshape(q.shape[0], -1)
     rows, cols = q.shape
     return (q.astype(np.float32).reshape(rows, scale.shape[1], -1) * scale[:, :, None]).reshape(rows, cols)

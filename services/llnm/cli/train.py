@@ -16,7 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="compact", help="paper, compact or tiny")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, cosine after 3 warm-up epochs)")
+    parser.add_argument("--lr", type=float, default=5e-4,
+                        help="peak learning rate (AdamW, cosine after 3 warm-up epochs)")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     parser.add_argument("--patience", type=int, default=8, help="early stopping on the validation AUC")
     parser.add_argument("--val-fraction", type=float, default=0.15,
