@@ -1,7 +1,7 @@
 """The report encoder (all-MiniLM-L6-v2, a 6-layer BERT) small enough to travel to a lent GPU machine.
 
 The runtime's encoder is an ONNX file of 88 MB exported at set-up from the installed package; the
-device tool carries 64 MiB in all, 46 of which are the tracked tree. So `pack` stores:
+device tool carries 64 MiB in all, about 44 of which are the tracked tree. So `pack` stores:
 - the rows of the word-embedding table that the benchmark's reports use (of 30,522; the rest are
   zeros there, and `check_coverage` refuses a report with any other token), in float16;
 - every linear weight of the six layers as int8, symmetric, with one float32 scale per `GROUP` input
