@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llnm.model.baseline import fit, paired_bootstrap, report_fields
+from llnm.model.baseline import cross_fitted, fit, paired_bootstrap, report_fields
 from llnm.model.data import read_layout
 from llnm.model.metrics import auc
 
@@ -113,3 +113,21 @@ def test_the_pixel_reader_is_a_separate_source_never_in_the_default_baseline(lay
     assert {f"pixels.{k}" for k in baseline.PIXEL_MEASURES} <= set(reader.names)
     assert reader.predict(test).shape == (len(test),)
     assert baseline.pixels(test[0])["measured"] == 1.0
+
+
+def test_cross_fitted_estimates_never_come_from_a_fit_on_the_study_itself(layouts):
+    """The soft targets of `llnm train --distill`. On labels shuffled at random an in-sample fit still
+    ranks its own studies (it has learned their labels); the cross-fitted estimates do not (five
+    shuffles, averaged); on the real labels they rank as a held-out fit does."""
+    import dataclasses
+
+    train, _ = layouts
+    y = np.array([s.llnm for s in train])
+    assert auc(cross_fitted(train), y) > 0.85
+    in_sample, cross = [], []
+    for k in range(5):
+        shuffled = np.random.default_rng(k).permutation(y)
+        noise = [dataclasses.replace(s, llnm=int(v)) for s, v in zip(train, shuffled)]
+        in_sample.append(auc(fit(noise).predict(noise), shuffled))
+        cross.append(auc(cross_fitted(noise, seed=k), shuffled))
+    assert np.mean(in_sample) > 0.62 and np.mean(cross) < 0.58

@@ -9,6 +9,7 @@ from .conftest import fake_text_encoder
 from llnm.model.config import preset
 from llnm.model.data import build_cache, read_layout
 from llnm.model.evaluate import evaluate
+from llnm.model.metrics import auc
 from llnm.model.train import load_model, train
 
 
@@ -314,6 +315,32 @@ def test_mirror_augment_changes_training_is_recorded_and_zero_keeps_it_as_before
     assert all(torch.equal(plain[k], zero[k]) for k in plain)
     assert not all(torch.equal(plain[k], mirrored[k]) for k in plain)
     assert zero_meta["mirror_augment"] == 0.0 and meta["mirror_augment"] == 0.5
+
+def test_distillation_trains_towards_the_baselines_held_out_estimates_and_zero_keeps_it_as_before(
+        tiny_layout, tmp_path, monkeypatch):
+    """With --distill the loss reads the baseline's cross-fitted probabilities beside the labels: with
+    weight 1 and every soft target at 0.5 the model is pulled to 0.5 whatever the labels say; 0 trains the
+    plain model (the baseline is not even fitted); model.json records the weight."""
+    import torch
+
+    from llnm.model import baseline
+    from llnm.model.train import predict_studies
+
+    _, plain = trained_weights(tiny_layout, tmp_path / "plain")
+    monkeypatch.setattr(baseline, "cross_fitted", lambda *a, **k: pytest.fail("fitted at weight 0"))
+    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", distill=0.0)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain) and zero_meta["distill"] == 0.0
+    monkeypatch.setattr(baseline, "cross_fitted", lambda studies, *a, **k: np.full(len(studies), 0.5))
+    meta = train(tiny_layout, tmp_path / "soft", preset("tiny"), encode_text=fake_text_encoder, epochs=6,
+                 patience=6, progress=False, seed=0, lr=3e-3, distill=1.0)
+    hard = train(tiny_layout, tmp_path / "hard", preset("tiny"), encode_text=fake_text_encoder, epochs=6,
+                 patience=6, progress=False, seed=0, lr=3e-3)
+    assert meta["distill"] == 1.0 and hard["distill"] == 0.0 and hard["distill_sources"] is None
+    assert meta["distill_sources"] == ["report", "image", "demographics"]
+    cache = build_cache(tiny_layout, preset("tiny"), fake_text_encoder, jitters=0, seed=0, progress=False)
+    spread = {name: float(np.std(predict_studies(load_model(tmp_path / name)[0], cache)[1])) for name in ("soft", "hard")}
+    assert spread["soft"] < 0.5 * spread["hard"]
+
 
 def test_the_measurement_loss_skips_views_whose_image_groups_were_occluded():
     """A view with an occluded image group is not asked to predict what it was not shown: its error does

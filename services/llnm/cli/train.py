@@ -71,6 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-stem", choices=("patch", "conv"), default=None,
                         help="patch: each patch projected linearly (the paper, the shipped model); conv: two stride-2 "
                              "3 x 3 convolutions first (early convolutions); default: the preset's")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="weight of soft targets from the structured baseline (llnm.model.baseline, "
+                             "cross-fitted on --data in five folds) beside the labels (0: the labels alone)")
+    parser.add_argument("--distill-sources", default="report,image,demographics",
+                        help="the teacher's inputs (llnm.model.baseline sources; adding pixels makes it the "
+                             "hand-made pixel reader)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout in TMDL's attention and MLP blocks; default: the preset's (0.1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -117,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                  progress=not args.no_progress, command="llnm " + shlex.join(sys.argv[1:]),
                  val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers,
                  modality_dropout=args.modality_dropout, aux_measures=args.aux_measures,
-                 mirror_augment=args.mirror_augment, device=args.device, max_minutes=args.max_minutes)
+                 mirror_augment=args.mirror_augment, distill=args.distill,
+                 distill_sources=tuple(args.distill_sources.split(",")), device=args.device, max_minutes=args.max_minutes)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

@@ -209,6 +209,23 @@ def fit(train: list[StudyRecord] | Path, inputs: tuple[str, ...] = DEFAULT_INPUT
     return Baseline(inputs, names, model)
 
 
+def cross_fitted(studies: list[StudyRecord], inputs: tuple[str, ...] = DEFAULT_INPUTS, folds: int = 5,
+                 seed: int = 0, memo: Memo | None = None, workers: int = 1) -> np.ndarray:
+    """Each study's baseline probability from a fit on the other folds (stratified by the label), never
+    on itself: soft training targets for TMDL (`llnm train --distill`) that carry no more of a study's own
+    label than a held-out prediction does. An in-sample fit would hand back its labels, overfitted."""
+    from sklearn.model_selection import StratifiedKFold
+
+    memo = {} if memo is None else memo
+    prefill(studies, inputs, memo, workers)
+    y = np.asarray([s.llnm for s in studies])
+    out = np.full(len(studies), np.nan)
+    for fit_rows, score_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        model = fit([studies[i] for i in fit_rows], inputs, memo=memo)
+        out[score_rows] = model.predict([studies[i] for i in score_rows], memo)
+    return out
+
+
 def paired_bootstrap(p_model: np.ndarray, p_baseline: np.ndarray, y: np.ndarray, n: int = 1000,
                      seed: int = 0, groups: np.ndarray | None = None) -> dict[str, float]:
     """AUC(model) - AUC(baseline) on the same studies, with a 95 % percentile CI from resampling the

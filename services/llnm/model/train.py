@@ -222,7 +222,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
           progress: bool = True, command: str = "", val_dir: Path | None = None, group_dropout: float = 0.0,
           workers: int = 1, modality_dropout: float = 0.0, aux_measures: float = 0.0,
-          mirror_augment: float = 0.0, device: str = "cpu", max_minutes: float | None = None) -> dict:
+          mirror_augment: float = 0.0, distill: float = 0.0,
+          distill_sources: tuple[str, ...] = ("report", "image", "demographics"), device: str = "cpu",
+          max_minutes: float | None = None) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
@@ -233,6 +235,10 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     (`modality_dropout_keep`; 0: none, as before). `aux_measures`: the weight of the auxiliary
     measurement loss (`MeasureHead`; 0: none, as before; probability fusion only). `mirror_augment`:
     the share of training views with x_t and x_m mirrored (`mirror_images`; 0: none, as before).
+    `distill`: the weight of the structured baseline's cross-fitted probabilities as soft targets
+    beside the labels (`baseline.cross_fitted`: a label drawn from a probability is noisy, the
+    baseline's estimate of that probability less so; 0: the labels alone, as before), fitted on
+    `distill_sources` (`baseline.SOURCES`; with "pixels" the teacher is the hand-made pixel reader).
     `workers`: processes for the feature cache. `device`: "cpu" or a CUDA device ("cuda", "cuda:1"),
     where the forward and backward passes run in bfloat16 autocast (the paper preset is a GPU model;
     the weights, the optimiser and every saved tensor stay float32). `max_minutes`: no epoch starts
@@ -257,6 +263,14 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     cache = build_cache(data_dir, config, encode_text, jitters=jitters, seed=seed, progress=progress,
                         workers=workers)
     n_studies = len(cache.llnm)
+    teacher = None
+    if distill > 0:
+        from llnm.model.baseline import cross_fitted
+        from llnm.model.data import read_layout
+
+        by_uid = {s.study_uid: s for s in read_layout(data_dir)}
+        teacher = cross_fitted([by_uid[u] for u in cache.study_uids], tuple(distill_sources), seed=seed,
+                               workers=workers).astype(np.float32)
     order = rng.permutation(n_studies)
     if val_dir is not None:
         val_cache = build_cache(val_dir, config, encode_text, jitters=0, seed=seed, progress=progress,
@@ -338,8 +352,11 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                         aux_losses.append(aux.item())
                     else:
                         logit, risk, _, _ = model(images, states, mask, clinical, keep)
-                loss = (F.binary_cross_entropy_with_logits(logit.float(), y)
-                        + 0.5 * F.cross_entropy(risk.float(), level))
+                bce = F.binary_cross_entropy_with_logits(logit.float(), y)
+                if teacher is not None:
+                    soft = torch.from_numpy(teacher[targets]).to(device)
+                    bce = (1 - distill) * bce + distill * F.binary_cross_entropy_with_logits(logit.float(), soft)
+                loss = bce + 0.5 * F.cross_entropy(risk.float(), level)
                 if measure_head is not None:
                     loss = loss + aux_measures * aux.float()
                 optimizer.zero_grad(set_to_none=True)
@@ -377,7 +394,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
         "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
         "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
-        "mirror_augment": mirror_augment, "device": str(device), "max_minutes": max_minutes,
+        "mirror_augment": mirror_augment, "distill": distill,
+        "distill_sources": list(distill_sources) if distill > 0 else None, "device": str(device), "max_minutes": max_minutes,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": commit, "data_sha256": layout_sha256(data_dir),
