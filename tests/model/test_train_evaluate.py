@@ -320,7 +320,8 @@ def test_distillation_trains_towards_the_baselines_held_out_estimates_and_zero_k
         tiny_layout, tmp_path, monkeypatch):
     """With --distill the loss reads the baseline's cross-fitted probabilities beside the labels: with
     weight 1 and every soft target at 0.5 the model is pulled to 0.5 whatever the labels say; 0 trains the
-    plain model (the baseline is not even fitted); model.json records the weight."""
+    plain model (the baseline is not even fitted); the teacher is fitted on the training studies alone
+    (not the validation share); model.json records the weight and the teacher's inputs."""
     import torch
 
     from llnm.model import baseline
@@ -330,15 +331,22 @@ def test_distillation_trains_towards_the_baselines_held_out_estimates_and_zero_k
     monkeypatch.setattr(baseline, "cross_fitted", lambda *a, **k: pytest.fail("fitted at weight 0"))
     zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", distill=0.0)
     assert all(torch.equal(plain[k], zero[k]) for k in plain) and zero_meta["distill"] == 0.0
-    monkeypatch.setattr(baseline, "cross_fitted", lambda studies, *a, **k: np.full(len(studies), 0.5))
+    taught = []
+    monkeypatch.setattr(baseline, "cross_fitted",
+                        lambda studies, *a, **k: taught.append(len(studies)) or np.full(len(studies), 0.5))
     meta = train(tiny_layout, tmp_path / "soft", preset("tiny"), encode_text=fake_text_encoder, epochs=6,
                  patience=6, progress=False, seed=0, lr=3e-3, distill=1.0)
     hard = train(tiny_layout, tmp_path / "hard", preset("tiny"), encode_text=fake_text_encoder, epochs=6,
                  patience=6, progress=False, seed=0, lr=3e-3)
     assert meta["distill"] == 1.0 and hard["distill"] == 0.0 and hard["distill_sources"] is None
     assert meta["distill_sources"] == ["report", "image", "demographics"]
+    assert taught == [meta["train_studies"]] and meta["val_studies"] > 0  # the validation studies' labels: never
+    with pytest.raises(ValueError, match="distill sources"):
+        train(tiny_layout, tmp_path / "typo", preset("tiny"), encode_text=fake_text_encoder, epochs=1,
+              progress=False, distill=0.5, distill_sources=("report", "imaging"))
     cache = build_cache(tiny_layout, preset("tiny"), fake_text_encoder, jitters=0, seed=0, progress=False)
-    spread = {name: float(np.std(predict_studies(load_model(tmp_path / name)[0], cache)[1])) for name in ("soft", "hard")}
+    spread = {name: float(np.std(predict_studies(load_model(tmp_path / name)[0], cache)[1]))
+              for name in ("soft", "hard")}
     assert spread["soft"] < 0.5 * spread["hard"]
 
 

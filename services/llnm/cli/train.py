@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
                  val_dir=args.val_data, group_dropout=args.group_dropout, workers=args.workers,
                  modality_dropout=args.modality_dropout, aux_measures=args.aux_measures,
                  mirror_augment=args.mirror_augment, distill=args.distill,
-                 distill_sources=tuple(args.distill_sources.split(",")), device=args.device, max_minutes=args.max_minutes)
+                 distill_sources=tuple(args.distill_sources.split(",")), device=args.device,
+                 max_minutes=args.max_minutes)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

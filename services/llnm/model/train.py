@@ -217,6 +217,23 @@ class MeasureHead(torch.nn.Module):
         return (error * whole).sum() / whole.sum().clamp(min=1.0)
 
 
+def _teacher(data_dir: Path, study_uids: list[str], train_studies: np.ndarray, sources, seed: int,
+             workers: int) -> np.ndarray:
+    """The structured baseline's cross-fitted estimate for each training study (`--distill`), fitted on
+    the training studies alone: a validation study's label never reaches a training target (NaN there)."""
+    from llnm.model.baseline import SOURCES, cross_fitted
+    from llnm.model.data import read_layout
+
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        raise ValueError(f"distill sources {unknown}: choose from {sorted(SOURCES)}")
+    by_uid = {s.study_uid: s for s in read_layout(data_dir)}
+    teacher = np.full(len(study_uids), np.nan, dtype=np.float32)
+    teacher[train_studies] = cross_fitted([by_uid[study_uids[i]] for i in train_studies], tuple(sources),
+                                          seed=seed, workers=workers)
+    return teacher
+
+
 def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epochs: int = 40,
           batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, patience: int = 8,
           val_fraction: float = 0.15, jitters: int = 2, seed: int = 0, threads: int = 1,
@@ -252,6 +269,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     unchanged."""
     from tqdm import tqdm
 
+    if not 0.0 <= distill <= 1.0:
+        raise ValueError(f"distill {distill}: a weight between 0 and 1")
     if aux_measures > 0 and config.view_fusion != "probability":
         raise ValueError("the auxiliary measurement loss reads each view's own tokens: view_fusion='probability' only")
     torch.set_num_threads(threads)
@@ -263,14 +282,6 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     cache = build_cache(data_dir, config, encode_text, jitters=jitters, seed=seed, progress=progress,
                         workers=workers)
     n_studies = len(cache.llnm)
-    teacher = None
-    if distill > 0:
-        from llnm.model.baseline import cross_fitted
-        from llnm.model.data import read_layout
-
-        by_uid = {s.study_uid: s for s in read_layout(data_dir)}
-        teacher = cross_fitted([by_uid[u] for u in cache.study_uids], tuple(distill_sources), seed=seed,
-                               workers=workers).astype(np.float32)
     order = rng.permutation(n_studies)
     if val_dir is not None:
         val_cache = build_cache(val_dir, config, encode_text, jitters=0, seed=seed, progress=progress,
@@ -281,6 +292,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         n_val = max(2, int(round(val_fraction * n_studies)))
         val_studies, train_studies = np.sort(order[:n_val]), np.sort(order[n_val:])
     train_views = np.flatnonzero(np.isin(cache.view_study, train_studies))
+    teacher = (_teacher(data_dir, cache.study_uids, train_studies, distill_sources, seed, workers)
+               if distill > 0 else None)
     pooled = config.view_fusion == "pooled"
     # what one permutation orders: views, or (pooled) the studies with a usable view, about as many views a step
     units = np.unique(cache.view_study[train_views]) if pooled else train_views
@@ -395,7 +408,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
         "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
         "mirror_augment": mirror_augment, "distill": distill,
-        "distill_sources": list(distill_sources) if distill > 0 else None, "device": str(device), "max_minutes": max_minutes,
+        "distill_sources": list(distill_sources) if distill > 0 else None,
+        "device": str(device), "max_minutes": max_minutes,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": commit, "data_sha256": layout_sha256(data_dir),
