@@ -350,6 +350,20 @@ def test_distillation_trains_towards_the_baselines_held_out_estimates_and_zero_k
     assert spread["soft"] < 0.5 * spread["hard"]
 
 
+def test_training_can_start_from_given_weights_and_records_them(tiny_layout, tmp_path):
+    """--init starts from a state dict instead of random weights: with a learning rate of 0 the saved
+    model is exactly the one it started from (and not the random start), and model.json names it."""
+    import torch
+
+    first_meta, first = trained_weights(tiny_layout, tmp_path / "first")
+    assert first_meta["init"] is None
+    meta, again = trained_weights(tiny_layout, tmp_path / "again", init=tmp_path / "first" / "model.pt", lr=0.0)
+    _, random_start = trained_weights(tiny_layout, tmp_path / "random", lr=0.0)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], random_start[k]) for k in first)
+    assert meta["init"] == str(tmp_path / "first" / "model.pt")
+
+
 def test_the_measurement_loss_skips_views_whose_image_groups_were_occluded():
     """A view with an occluded image group is not asked to predict what it was not shown: its error does
     not enter the loss, whatever it is."""

@@ -77,6 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill-sources", default="report,image,demographics",
                         help="the teacher's inputs (llnm.model.baseline sources; adding pixels makes it the "
                              "hand-made pixel reader)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these weights (a state dict of the same configuration) instead of random ones")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout in TMDL's attention and MLP blocks; default: the preset's (0.1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                  modality_dropout=args.modality_dropout, aux_measures=args.aux_measures,
                  mirror_augment=args.mirror_augment, distill=args.distill,
                  distill_sources=tuple(args.distill_sources.split(",")), device=args.device,
-                 max_minutes=args.max_minutes)
+                 max_minutes=args.max_minutes, init=args.init)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

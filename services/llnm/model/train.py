@@ -241,7 +241,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
           workers: int = 1, modality_dropout: float = 0.0, aux_measures: float = 0.0,
           mirror_augment: float = 0.0, distill: float = 0.0,
           distill_sources: tuple[str, ...] = ("report", "image", "demographics"), device: str = "cpu",
-          max_minutes: float | None = None) -> dict:
+          max_minutes: float | None = None, init: Path | None = None) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
@@ -260,7 +260,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     where the forward and backward passes run in bfloat16 autocast (the paper preset is a GPU model;
     the weights, the optimiser and every saved tensor stay float32). `max_minutes`: no epoch starts
     after this much training time (the cosine schedule still spans `epochs`; None: no budget), so a
-    lent machine's fixed time ends with a chosen model rather than none.
+    lent machine's fixed time ends with a chosen model rather than none. `init`: a state dict of the
+    same configuration to start from instead of random weights (e.g. an image stream first trained on
+    the measurements, `bench/tmdl_stream_measures.py --save`; None: random, as before).
 
     config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
     the simulated missing report / demographics and the group dropout are drawn once per study and
@@ -298,7 +300,10 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     # what one permutation orders: views, or (pooled) the studies with a usable view, about as many views a step
     units = np.unique(cache.view_study[train_views]) if pooled else train_views
     unit_batch = max(1, round(batch_size * len(units) / len(train_views))) if pooled else batch_size
-    model = TMDL(config).to(device)
+    model = TMDL(config)
+    if init is not None:
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    model = model.to(device)
     parameters = list(model.parameters())
     measure_head = None
     if aux_measures > 0:  # created after the model: its initial weights are the same with or without
@@ -409,7 +414,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
         "mirror_augment": mirror_augment, "distill": distill,
         "distill_sources": list(distill_sources) if distill > 0 else None,
-        "device": str(device), "max_minutes": max_minutes,
+        "device": str(device), "max_minutes": max_minutes, "init": str(init) if init is not None else None,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
         "command": command, "seconds": round(time.time() - started, 1),
         "code_commit": commit, "data_sha256": layout_sha256(data_dir),
