@@ -9,7 +9,6 @@ from .conftest import fake_text_encoder
 from llnm.model.config import preset
 from llnm.model.data import build_cache, read_layout
 from llnm.model.evaluate import evaluate
-from llnm.model.metrics import auc
 from llnm.model.train import load_model, train
 
 
