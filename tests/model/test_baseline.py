@@ -131,3 +131,16 @@ def test_cross_fitted_estimates_never_come_from_a_fit_on_the_study_itself(layout
         in_sample.append(auc(fit(noise).predict(noise), shuffled))
         cross.append(auc(cross_fitted(noise, seed=k), shuffled))
     assert np.mean(in_sample) > 0.62 and np.mean(cross) < 0.58
+
+
+def test_cross_fitting_a_small_cohort_uses_fewer_folds_and_refuses_one_without_both_labels(layouts):
+    import dataclasses
+
+    train, _ = layouts
+    positives = [s for s in train if s.llnm == 1][:3]
+    small = positives + [s for s in train if s.llnm == 0][:20]
+    estimates = cross_fitted(small)  # three positives: three folds, each scoring one
+    assert estimates.shape == (23,) and np.isfinite(estimates).all()
+    one_positive = [dataclasses.replace(s, llnm=0) for s in small[1:]] + small[:1]
+    with pytest.raises(ValueError, match="two studies with and two without"):
+        cross_fitted(one_positive)

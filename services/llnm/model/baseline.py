@@ -219,6 +219,10 @@ def cross_fitted(studies: list[StudyRecord], inputs: tuple[str, ...] = DEFAULT_I
     memo = {} if memo is None else memo
     prefill(studies, inputs, memo, workers)
     y = np.asarray([s.llnm for s in studies])
+    rarest = min(int((y == 1).sum()), int((y == 0).sum()))
+    if rarest < 2:
+        raise ValueError(f"cross-fitting needs at least two studies with and two without LLNM ({rarest} of the rarer)")
+    folds = min(folds, rarest)  # a small cohort: fewer folds rather than a fold without a positive
     out = np.full(len(studies), np.nan)
     for fit_rows, score_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         model = fit([studies[i] for i in fit_rows], inputs, memo=memo)
