@@ -73,7 +73,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "3 x 3 convolutions first (early convolutions); default: the preset's")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="weight of soft targets from the structured baseline (llnm.model.baseline, "
-                             "cross-fitted on --data in five folds) beside the labels (0: the labels alone)")
+                             "cross-fitted in up to five folds on the training studies, never the validation "
+                             "ones) beside the labels (0: the labels alone)")
     parser.add_argument("--distill-sources", default="report,image,demographics",
                         help="the teacher's inputs (llnm.model.baseline sources; adding pixels makes it the "
                              "hand-made pixel reader)")
