@@ -35,6 +35,42 @@ def study_auc(p_view: np.ndarray, view_study: np.ndarray, llnm: np.ndarray) -> f
     return float(auc(total[seen] / count[seen], llnm[seen]))
 
 
+def load_caches(train: Path, test: Path, preset_name: str, text_tokens: int, workers: int):
+    """The training and held-out feature caches (no jitter: the given masks), and the preset's config."""
+    from llnm.config import Settings
+    from llnm.model.config import preset
+    from llnm.model.data import build_cache
+    from llnm.model.train import onnx_text_encoder
+
+    config = preset(preset_name, text_tokens=text_tokens)
+    encode = onnx_text_encoder(Settings.from_env().model_repository)
+    return config, *(build_cache(d, config, encode, jitters=0, seed=0, progress=False, workers=workers)
+                     for d in (train, test))
+
+
+def pixels(cache, groups: list[int]) -> np.ndarray:
+    """Each view's feature images of `groups` (0 x_l, 1 x_t, 2 x_m) as one row; variant 0, the given masks."""
+    images = cache.images[:, 0].astype(np.float32)
+    return np.concatenate([images[:, g].reshape(len(images), -1) for g in groups], axis=1)
+
+
+def linear_r2(train, test, components: int) -> np.ndarray:
+    """Held-out R^2 of each measurement (`llnm.features.measures`) from a ridge read-out of the three
+    feature images, PCA-reduced: what a linear reader of TMDL's image inputs recovers."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    projection = make_pipeline(StandardScaler(), PCA(components, random_state=0))
+    z_train = projection.fit_transform(pixels(train, [0, 1, 2]))
+    z_test = projection.transform(pixels(test, [0, 1, 2]))
+    measured_train, measured_test = train.measures[:, 0], test.measures[:, 0]
+    predicted = np.stack([Ridge(1.0).fit(z_train, measured_train[:, j]).predict(z_test)
+                          for j in range(measured_train.shape[1])], axis=1)
+    return 1 - ((predicted - measured_test) ** 2).mean(axis=0) / measured_test.var(axis=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=Path, required=True)
@@ -47,25 +83,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from llnm.config import Settings
     from llnm.features.measures import MEASURES
-    from llnm.model.config import preset
-    from llnm.model.data import build_cache
-    from llnm.model.train import onnx_text_encoder
 
-    config = preset(args.preset, text_tokens=args.text_tokens)
-    encode = onnx_text_encoder(Settings.from_env().model_repository)
-    train, test = (build_cache(d, config, encode, jitters=0, seed=0, progress=False, workers=args.workers)
-                   for d in (args.train, args.test))
+    _, train, test = load_caches(args.train, args.test, args.preset, args.text_tokens, args.workers)
     y_views = train.llnm[train.view_study]
-
-    def pixels(cache, groups: list[int]) -> np.ndarray:
-        images = cache.images[:, 0].astype(np.float32)  # variant 0: the given masks
-        return np.concatenate([images[:, g].reshape(len(images), -1) for g in groups], axis=1)
 
     def reader(components: int | None):
         steps = [StandardScaler()] + ([PCA(components, random_state=0)] if components else [])
@@ -82,16 +107,12 @@ def main() -> None:
     rows["the ten measurements of the full-resolution view"] = study_auc(
         model.predict_proba(measured_test)[:, 1], test.view_study, test.llnm)
 
-    projection = make_pipeline(StandardScaler(), PCA(args.components, random_state=0))
-    z_train = projection.fit_transform(pixels(train, [0, 1, 2]))
-    z_test = projection.transform(pixels(test, [0, 1, 2]))
+    r2 = linear_r2(train, test, args.components)
     per_measure = {}
     for j, name in enumerate(MEASURES):
-        fit = Ridge(1.0).fit(z_train, measured_train[:, j])
-        r2 = 1 - np.mean((fit.predict(z_test) - measured_test[:, j]) ** 2) / np.var(measured_test[:, j])
         rest = [k for k in range(len(MEASURES)) if k != j]
         without = reader(None).fit(measured_train[:, rest], y_views)
-        per_measure[name] = {"r2_from_feature_images": float(r2),
+        per_measure[name] = {"r2_from_feature_images": float(r2[j]),
                              "auc_without_it": study_auc(without.predict_proba(measured_test[:, rest])[:, 1],
                                                          test.view_study, test.llnm)}
 

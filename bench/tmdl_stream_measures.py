@@ -41,26 +41,19 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from tmdl_inputs_probe import linear_r2, load_caches, study_auc
 
-    from llnm.config import Settings
     from llnm.features.measures import MEASURES
-    from llnm.model.config import preset
-    from llnm.model.data import build_cache
-    from llnm.model.metrics import auc
     from llnm.model.tmdl import TMDL
-    from llnm.model.train import MeasureHead, onnx_text_encoder
+    from llnm.model.train import MeasureHead
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    config = preset(args.preset, text_tokens=args.text_tokens)
-    encode = onnx_text_encoder(Settings.from_env().model_repository)
-    train, test = (build_cache(d, config, encode, jitters=0, seed=0, progress=False, workers=args.workers)
-                   for d in (args.train, args.test))
+    config, train, test = load_caches(args.train, args.test, args.preset, args.text_tokens, args.workers)
     model, head = TMDL(config), MeasureHead(config.hidden, train.measures[:, :1])
     optimiser = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.05)
 
@@ -104,30 +97,16 @@ def main() -> None:
     p_train, p_test = predicted(train), predicted(test)
     m_train, m_test = train.measures[:, 0], test.measures[:, 0]
 
-    def pixels(cache) -> np.ndarray:
-        images = cache.images[:, 0].astype(np.float32)
-        return images.reshape(len(images), -1)
-
-    projection = make_pipeline(StandardScaler(), PCA(100, random_state=0))
-    z_train, z_test = projection.fit_transform(pixels(train)), projection.transform(pixels(test))
-    rows = {}
-    for j, name in enumerate(MEASURES):
-        variance = np.var(m_test[:, j])
-        linear = Ridge(1.0).fit(z_train, m_train[:, j]).predict(z_test)
-        rows[name] = {"r2_stream": float(1 - np.mean((p_test[:, j] - m_test[:, j]) ** 2) / variance),
-                      "r2_linear": float(1 - np.mean((linear - m_test[:, j]) ** 2) / variance)}
-
-    def study_auc(p_view: np.ndarray) -> float:
-        total, count = np.zeros(len(test.llnm)), np.zeros(len(test.llnm))
-        np.add.at(total, test.view_study, p_view)
-        np.add.at(count, test.view_study, 1)
-        seen = count > 0
-        return float(auc(total[seen] / count[seen], test.llnm[seen]))
+    r2_stream = 1 - ((p_test - m_test) ** 2).mean(axis=0) / m_test.var(axis=0)
+    r2_linear = linear_r2(train, test, 100)
+    rows = {name: {"r2_stream": float(r2_stream[j]), "r2_linear": float(r2_linear[j])}
+            for j, name in enumerate(MEASURES)}
 
     y_views = train.llnm[train.view_study]
     reader = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
-    aucs = {"stream's predicted measurements": study_auc(reader.fit(p_train, y_views).predict_proba(p_test)[:, 1]),
-            "the measurements themselves": study_auc(reader.fit(m_train, y_views).predict_proba(m_test)[:, 1])}
+    aucs = {name: study_auc(reader.fit(x_train, y_views).predict_proba(x_test)[:, 1], test.view_study, test.llnm)
+            for name, x_train, x_test in (("stream's predicted measurements", p_train, p_test),
+                                          ("the measurements themselves", m_train, m_test))}
     print(f"\n{args.preset} image stream, {args.epochs} epochs on {len(views)} training views "
           f"({time.time() - started:.0f} s); held-out views: {len(test.view_study)}")
     print("\n| measurement | R^2, TMDL's image stream trained on it | R^2, linear read-out of the images |\n|---|---|---|")
