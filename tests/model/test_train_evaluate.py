@@ -229,6 +229,17 @@ def test_group_dropout_occludes_at_most_one_group_per_view_at_the_asked_rate():
     assert (group_dropout_keep(np.random.default_rng(0), 100, 0.0) == 1).all()
 
 
+def test_token_dropout_hides_report_tokens_one_by_one_at_the_asked_rate():
+    from llnm.model.train import token_dropout_keep
+
+    keep = token_dropout_keep(np.random.default_rng(0), 400, 150, 0.3)
+    assert keep.shape == (400, 150) and set(np.unique(keep)) == {0.0, 1.0}
+    assert abs((keep == 0).mean() - 0.3) < 0.01
+    assert np.abs((keep == 0).mean(axis=0) - 0.3).max() < 0.1  # every position alike, not a fixed window
+    assert len({row.tobytes() for row in keep}) == len(keep)  # each study's own draw
+    assert (token_dropout_keep(np.random.default_rng(0), 10, 150, 0.0) == 1).all()
+
+
 def test_modality_dropout_leaves_one_whole_stream_on_the_asked_share_of_views():
     from llnm.model.train import MODALITIES, group_dropout_keep, modality_dropout_keep
 
@@ -314,6 +325,20 @@ def test_mirror_augment_changes_training_is_recorded_and_zero_keeps_it_as_before
     assert all(torch.equal(plain[k], zero[k]) for k in plain)
     assert not all(torch.equal(plain[k], mirrored[k]) for k in plain)
     assert zero_meta["mirror_augment"] == 0.0 and meta["mirror_augment"] == 0.5
+
+def test_token_dropout_changes_training_is_recorded_and_zero_keeps_it_as_before(tiny_layout, tmp_path):
+    import torch
+
+    _, plain = trained_weights(tiny_layout, tmp_path / "plain")
+    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", token_dropout=0.0)
+    meta, dropped = trained_weights(tiny_layout, tmp_path / "dropped", token_dropout=0.3)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert not all(torch.equal(plain[k], dropped[k]) for k in plain)
+    assert zero_meta["token_dropout"] == 0.0 and meta["token_dropout"] == 0.3
+    with pytest.raises(ValueError, match="token_dropout"):
+        train(tiny_layout, tmp_path / "all", preset("tiny"), encode_text=fake_text_encoder, epochs=1,
+              progress=False, token_dropout=1.0)
+
 
 def test_distillation_trains_towards_the_baselines_held_out_estimates_and_zero_keeps_it_as_before(
         tiny_layout, tmp_path, monkeypatch):

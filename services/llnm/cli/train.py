@@ -75,6 +75,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="weight of soft targets from the structured baseline (llnm.model.baseline, "
                              "cross-fitted in up to five folds on the training studies, never the validation "
                              "ones) beside the labels (0: the labels alone)")
+    parser.add_argument("--token-dropout", type=float, default=0.0,
+                        help="share of report tokens hidden at random from each training study at every step "
+                             "(word dropout, against learning a study's label from its report's token states; "
+                             "0: none)")
     parser.add_argument("--distill-sources", default="report,image,demographics",
                         help="the teacher's inputs (llnm.model.baseline sources; adding pixels makes it the "
                              "hand-made pixel reader)")
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                  modality_dropout=args.modality_dropout, aux_measures=args.aux_measures,
                  mirror_augment=args.mirror_augment, distill=args.distill,
                  distill_sources=tuple(args.distill_sources.split(",")), device=args.device,
-                 max_minutes=args.max_minutes, init=args.init)
+                 max_minutes=args.max_minutes, init=args.init, token_dropout=args.token_dropout)
     if args.atlas_views:
         from llnm.model.atlas import atlas_from_layout, atlas_png
 

@@ -160,6 +160,12 @@ def group_dropout_keep(rng: np.random.Generator, n: int, p: float) -> np.ndarray
     return keep
 
 
+def token_dropout_keep(rng: np.random.Generator, n: int, tokens: int, p: float) -> np.ndarray:
+    """(n, tokens) report-token keep rows: each token hidden with probability `p`, on its own (word
+    dropout; a hidden token is one the report mask leaves out, as padding is)."""
+    return (rng.random((n, tokens)) >= p).astype(np.float32)
+
+
 #: the token groups of each stream (GROUPS order): image (location, morphology), text side (report, demographics)
 MODALITIES = ((1.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 1.0))
 
@@ -241,7 +247,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
           workers: int = 1, modality_dropout: float = 0.0, aux_measures: float = 0.0,
           mirror_augment: float = 0.0, distill: float = 0.0,
           distill_sources: tuple[str, ...] = ("report", "image", "demographics"), device: str = "cpu",
-          max_minutes: float | None = None, init: Path | None = None) -> dict:
+          max_minutes: float | None = None, init: Path | None = None, token_dropout: float = 0.0) -> dict:
     """Train, keep the best validation-AUC weights in out_dir, return the summary (model.json).
 
     `val_dir`: a separate folder for early stopping and the threshold (then every study of data_dir
@@ -263,6 +269,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
     lent machine's fixed time ends with a chosen model rather than none. `init`: a state dict of the
     same configuration to start from instead of random weights (e.g. an image stream first trained on
     the measurements, `bench/tmdl_stream_measures.py --save`; None: random, as before).
+    `token_dropout`: the share of report tokens hidden at random from each training study, drawn
+    anew at every step (word dropout: 150 frozen token states are a per-study signature the model can
+    learn the label from; 0: none, as before).
 
     config.view_fusion="pooled" batches by study: each view keeps its own random mask variant, while
     the simulated missing report / demographics and the group dropout are drawn once per study and
@@ -273,6 +282,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
 
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"distill {distill}: a weight between 0 and 1")
+    if not 0.0 <= token_dropout < 1.0:
+        raise ValueError(f"token_dropout {token_dropout}: a share from 0 up to, not including, 1")
     if aux_measures > 0 and config.view_fusion != "probability":
         raise ValueError("the auxiliary measurement loss reads each view's own tokens: view_fusion='probability' only")
     torch.set_num_threads(threads)
@@ -341,6 +352,9 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                     images = mirror_images(images, rng, mirror_augment)
                 # simulate missing inputs at run time: no report (10 %), unknown sex and age (5 %)
                 mask = mask * torch.from_numpy((rng.random(per) >= 0.1).astype(np.float32)[local])[:, None].to(device)
+                if token_dropout > 0:  # no draw at 0: the random stream unchanged
+                    hidden = token_dropout_keep(rng, per, mask.shape[1], token_dropout)[local]
+                    mask = mask * torch.from_numpy(hidden).to(device)
                 unknown = torch.from_numpy((rng.random(per) < 0.05).astype(np.float32)[local]).to(device)
                 clinical = clinical.clone()
                 clinical[:, :2] *= (1.0 - unknown)[:, None]
@@ -412,7 +426,7 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
         "train_studies": int(len(train_studies)), "val_studies": int(len(val_studies)),
         "jitters": jitters, "group_dropout": group_dropout, "modality_dropout": modality_dropout,
         "aux_measures": aux_measures, "aux_measure_names": list(MEASURES) if aux_measures > 0 else None,
-        "mirror_augment": mirror_augment, "distill": distill,
+        "mirror_augment": mirror_augment, "distill": distill, "token_dropout": token_dropout,
         "distill_sources": list(distill_sources) if distill > 0 else None,
         "device": str(device), "max_minutes": max_minutes, "init": str(init) if init is not None else None,
         "data": str(data_dir), "val_data": str(val_dir) if val_dir is not None else None,
