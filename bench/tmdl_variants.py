@@ -5,7 +5,9 @@ difference to a reference variant (the same studies resampled for both, `llnm.mo
     .venv/bin/python bench/tmdl_variants.py --reference runs/ref-eval runs/lw-eval runs/area-eval ...
 
 Each folder is what `llnm evaluate --out DIR` wrote (metrics.json, predictions.json) for the same --data.
-Prints a Markdown table and writes the figures as JSON (--json).
+Prints a Markdown table and writes the figures as JSON (--json). `--mean` adds a row for the mean of
+every folder's study probabilities (e.g. the same flags trained with several seeds: a seed ensemble),
+with its baseline difference from the baseline refitted on the reference's training folder.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llnm.model.baseline import paired_bootstrap
+from llnm.model.baseline import compare, paired_bootstrap
+from llnm.model.metrics import auc, bootstrap_ci
 
 
 def load(folder: Path) -> tuple[dict, dict[str, float], dict[str, int]]:
@@ -25,12 +28,27 @@ def load(folder: Path) -> tuple[dict, dict[str, float], dict[str, int]]:
     return metrics, {r["study_uid"]: r["probability"] for r in rows}, {r["study_uid"]: r["llnm"] for r in rows}
 
 
+def mean_row(folders: list[Path], uids: list[str], y: np.ndarray, ref_metrics: dict, ref_p: dict[str, float],
+             bootstrap: int) -> dict:
+    """The row of the mean probability over `folders`, scored like a variant of its own."""
+    p = np.mean([[load(folder)[1][u] for u in uids] for folder in folders], axis=0)
+    base = compare(Path(ref_metrics["baseline"]["train"]), Path(ref_metrics["data"]), uids, p, y, n=bootstrap)
+    paired = paired_bootstrap(p, np.array([ref_p[u] for u in uids]), y, n=bootstrap)
+    bayes = ref_metrics.get("bayes_auc")
+    return {"variant": f"mean of {len(folders)}", "auc": auc(p, y), "ci95": bootstrap_ci(p, y, 0.5, n=bootstrap)["auc"],
+            "ratio_to_bayes": auc(p, y) / bayes if bayes else None, "baseline_difference": base["difference"],
+            "baseline_ci": [base["ci_low"], base["ci_high"]], "ablations": None,
+            "vs_reference": [paired["difference"], paired["ci_low"], paired["ci_high"]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, required=True, help="evaluate folder of the reference variant")
     parser.add_argument("variants", type=Path, nargs="+", help="evaluate folders of the other variants")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--mean", action="store_true",
+                        help="also the mean of every folder's probabilities (a seed ensemble)")
     args = parser.parse_args()
 
     ref_metrics, ref_p, labels = load(args.reference)
@@ -51,6 +69,8 @@ def main() -> None:
                                       n=args.bootstrap)
             row["vs_reference"] = [paired["difference"], paired["ci_low"], paired["ci_high"]]
         out.append(row)
+    if args.mean:
+        out.append(mean_row([args.reference, *args.variants], uids, y, ref_metrics, ref_p, args.bootstrap))
     print("| variant | AUC (95 % CI) | / Bayes | - baseline (CI) | vs reference (paired CI) | ablations |")
     print("|---|---|---|---|---|---|")
     for r in out:
