@@ -315,26 +315,20 @@ def test_the_auxiliary_measurement_loss_trains_the_same_model_shape_and_is_recor
               epochs=1, progress=False, aux_measures=1.0)
 
 
-
-def test_mirror_augment_changes_training_is_recorded_and_zero_keeps_it_as_before(tiny_layout, tmp_path):
+@pytest.mark.parametrize("option, value", [("mirror_augment", 0.5), ("token_dropout", 0.3)])
+def test_a_training_augmentation_changes_training_is_recorded_and_zero_keeps_it_as_before(
+        tiny_layout, tmp_path, option, value):
     import torch
 
     _, plain = trained_weights(tiny_layout, tmp_path / "plain")
-    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", mirror_augment=0.0)
-    meta, mirrored = trained_weights(tiny_layout, tmp_path / "mirrored", mirror_augment=0.5)
+    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", **{option: 0.0})
+    meta, augmented = trained_weights(tiny_layout, tmp_path / "augmented", **{option: value})
     assert all(torch.equal(plain[k], zero[k]) for k in plain)
-    assert not all(torch.equal(plain[k], mirrored[k]) for k in plain)
-    assert zero_meta["mirror_augment"] == 0.0 and meta["mirror_augment"] == 0.5
+    assert not all(torch.equal(plain[k], augmented[k]) for k in plain)
+    assert zero_meta[option] == 0.0 and meta[option] == value
 
-def test_token_dropout_changes_training_is_recorded_and_zero_keeps_it_as_before(tiny_layout, tmp_path):
-    import torch
 
-    _, plain = trained_weights(tiny_layout, tmp_path / "plain")
-    zero_meta, zero = trained_weights(tiny_layout, tmp_path / "zero", token_dropout=0.0)
-    meta, dropped = trained_weights(tiny_layout, tmp_path / "dropped", token_dropout=0.3)
-    assert all(torch.equal(plain[k], zero[k]) for k in plain)
-    assert not all(torch.equal(plain[k], dropped[k]) for k in plain)
-    assert zero_meta["token_dropout"] == 0.0 and meta["token_dropout"] == 0.3
+def test_token_dropout_of_every_token_is_refused(tiny_layout, tmp_path):
     with pytest.raises(ValueError, match="token_dropout"):
         train(tiny_layout, tmp_path / "all", preset("tiny"), encode_text=fake_text_encoder, epochs=1,
               progress=False, token_dropout=1.0)
