@@ -353,8 +353,8 @@ def train(data_dir: Path, out_dir: Path, config: TMDLConfig, *, encode_text, epo
                 # simulate missing inputs at run time: no report (10 %), unknown sex and age (5 %)
                 mask = mask * torch.from_numpy((rng.random(per) >= 0.1).astype(np.float32)[local])[:, None].to(device)
                 if token_dropout > 0:  # no draw at 0: the random stream unchanged
-                    hidden = token_dropout_keep(rng, per, mask.shape[1], token_dropout)[local]
-                    mask = mask * torch.from_numpy(hidden).to(device)
+                    kept = token_dropout_keep(rng, per, mask.shape[1], token_dropout)[local]
+                    mask = mask * torch.from_numpy(kept).to(device)
                 unknown = torch.from_numpy((rng.random(per) < 0.05).astype(np.float32)[local]).to(device)
                 clinical = clinical.clone()
                 clinical[:, :2] *= (1.0 - unknown)[:, None]
