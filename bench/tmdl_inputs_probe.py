@@ -71,6 +71,25 @@ def linear_r2(train, test, components: int) -> np.ndarray:
     return 1 - ((predicted - measured_test) ** 2).mean(axis=0) / measured_test.var(axis=0)
 
 
+def reader_auc(x_train: np.ndarray, x_test: np.ndarray, train, test, components: int | None = None) -> float:
+    """Held-out study AUC of the linear reader: a logistic regression (standardised inputs, PCA to
+    `components` where given) fitted on the training views' rows `x_train`, scoring `x_test`."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [StandardScaler()] + ([PCA(components, random_state=0)] if components else [])
+    model = make_pipeline(*steps, LogisticRegression(C=0.1, max_iter=3000)).fit(x_train, train.llnm[train.view_study])
+    return study_auc(model.predict_proba(x_test)[:, 1], test.view_study, test.llnm)
+
+
+def print_auc_table(title: str, rows: dict[str, float]) -> None:
+    print(f"\n| {title} | held-out AUC |\n|---|---|")
+    for name, value in rows.items():
+        print(f"| {name} | {value:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=Path, required=True)
@@ -82,44 +101,26 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from llnm.features.measures import MEASURES
 
     _, train, test = load_caches(args.train, args.test, args.preset, args.text_tokens, args.workers)
-    y_views = train.llnm[train.view_study]
-
-    def reader(components: int | None):
-        steps = [StandardScaler()] + ([PCA(components, random_state=0)] if components else [])
-        return make_pipeline(*steps, LogisticRegression(C=0.1, max_iter=3000))
-
     rows: dict[str, float] = {}
     for name, groups in (("x_l (CPDT map)", [0]), ("x_t (texture)", [1]), ("x_m (margin mosaic)", [2]),
                          ("x_l, x_t, x_m", [0, 1, 2])):
-        model = reader(args.components).fit(pixels(train, groups), y_views)
-        rows[f"feature images: {name}"] = study_auc(model.predict_proba(pixels(test, groups))[:, 1],
-                                                    test.view_study, test.llnm)
+        rows[f"feature images: {name}"] = reader_auc(pixels(train, groups), pixels(test, groups), train, test,
+                                                     args.components)
     measured_train, measured_test = train.measures[:, 0], test.measures[:, 0]
-    model = reader(None).fit(measured_train, y_views)
-    rows["the ten measurements of the full-resolution view"] = study_auc(
-        model.predict_proba(measured_test)[:, 1], test.view_study, test.llnm)
+    rows["the ten measurements of the full-resolution view"] = reader_auc(measured_train, measured_test, train, test)
 
     r2 = linear_r2(train, test, args.components)
     per_measure = {}
     for j, name in enumerate(MEASURES):
         rest = [k for k in range(len(MEASURES)) if k != j]
-        without = reader(None).fit(measured_train[:, rest], y_views)
         per_measure[name] = {"r2_from_feature_images": float(r2[j]),
-                             "auc_without_it": study_auc(without.predict_proba(measured_test[:, rest])[:, 1],
-                                                         test.view_study, test.llnm)}
+                             "auc_without_it": reader_auc(measured_train[:, rest], measured_test[:, rest], train, test)}
 
     print(f"held-out studies: {len(test.llnm)}; training views: {len(train.view_study)}")
-    print("\n| linear reader on | held-out AUC |\n|---|---|")
-    for name, value in rows.items():
-        print(f"| {name} | {value:.3f} |")
+    print_auc_table("linear reader on", rows)
     print("\n| measurement | R^2 from the feature images (linear, held out) | the measurements' AUC without it |\n|---|---|---|")
     for name, values in per_measure.items():
         print(f"| {name} | {values['r2_from_feature_images']:+.2f} | {values['auc_without_it']:.3f} |")

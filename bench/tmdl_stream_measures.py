@@ -41,10 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from tmdl_inputs_probe import linear_r2, load_caches, study_auc
+    from tmdl_inputs_probe import linear_r2, load_caches, print_auc_table, reader_auc
 
     from llnm.features.measures import MEASURES
     from llnm.model.tmdl import TMDL
@@ -102,19 +99,14 @@ def main() -> None:
     rows = {name: {"r2_stream": float(r2_stream[j]), "r2_linear": float(r2_linear[j])}
             for j, name in enumerate(MEASURES)}
 
-    y_views = train.llnm[train.view_study]
-    reader = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
-    aucs = {name: study_auc(reader.fit(x_train, y_views).predict_proba(x_test)[:, 1], test.view_study, test.llnm)
-            for name, x_train, x_test in (("stream's predicted measurements", p_train, p_test),
-                                          ("the measurements themselves", m_train, m_test))}
+    aucs = {"stream's predicted measurements": reader_auc(p_train, p_test, train, test),
+            "the measurements themselves": reader_auc(m_train, m_test, train, test)}
     print(f"\n{args.preset} image stream, {args.epochs} epochs on {len(views)} training views "
           f"({time.time() - started:.0f} s); held-out views: {len(test.view_study)}")
     print("\n| measurement | R^2, TMDL's image stream trained on it | R^2, linear read-out of the images |\n|---|---|---|")
     for name, values in rows.items():
         print(f"| {name} | {values['r2_stream']:+.2f} | {values['r2_linear']:+.2f} |")
-    print("\n| logistic regression on | held-out AUC |\n|---|---|")
-    for name, value in aucs.items():
-        print(f"| {name} | {value:.3f} |")
+    print_auc_table("logistic regression on", aucs)
     if args.json:
         args.json.write_text(json.dumps({"measures": rows, "auc": aucs, "epochs": args.epochs}, indent=1))
 
