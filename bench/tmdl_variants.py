@@ -28,14 +28,15 @@ def load(folder: Path) -> tuple[dict, dict[str, float], dict[str, int]]:
     return metrics, {r["study_uid"]: r["probability"] for r in rows}, {r["study_uid"]: r["llnm"] for r in rows}
 
 
-def mean_row(folders: list[Path], uids: list[str], y: np.ndarray, ref_metrics: dict, ref_p: dict[str, float],
+def mean_row(probabilities: list[np.ndarray], uids: list[str], y: np.ndarray, ref_metrics: dict,
              bootstrap: int) -> dict:
-    """The row of the mean probability over `folders`, scored like a variant of its own."""
-    p = np.mean([[load(folder)[1][u] for u in uids] for folder in folders], axis=0)
+    """The row of the mean of the folders' study probabilities (first: the reference's, in `uids`
+    order), scored like a variant of its own."""
+    p = np.mean(probabilities, axis=0)
     base = compare(Path(ref_metrics["baseline"]["train"]), Path(ref_metrics["data"]), uids, p, y, n=bootstrap)
-    paired = paired_bootstrap(p, np.array([ref_p[u] for u in uids]), y, n=bootstrap)
+    paired = paired_bootstrap(p, probabilities[0], y, n=bootstrap)
     bayes = ref_metrics.get("bayes_auc")
-    return {"variant": f"mean of {len(folders)}", "auc": auc(p, y), "ci95": bootstrap_ci(p, y, 0.5, n=bootstrap)["auc"],
+    return {"variant": f"mean of {len(probabilities)}", "auc": auc(p, y), "ci95": bootstrap_ci(p, y, 0.5, n=bootstrap)["auc"],
             "ratio_to_bayes": auc(p, y) / bayes if bayes else None, "baseline_difference": base["difference"],
             "baseline_ci": [base["ci_low"], base["ci_high"]], "ablations": None,
             "vs_reference": [paired["difference"], paired["ci_low"], paired["ci_high"]]}
@@ -54,23 +55,23 @@ def main() -> None:
     ref_metrics, ref_p, labels = load(args.reference)
     uids = sorted(ref_p)
     y = np.array([labels[u] for u in uids])
-    out = []
+    out, probabilities = [], []
     for folder in [args.reference, *args.variants]:
         metrics, p, _ = load(folder)
         if sorted(p) != uids:
             raise SystemExit(f"{folder}: not the reference's studies")
+        probabilities.append(np.array([p[u] for u in uids]))
         row = {"variant": folder.name, "auc": metrics["metrics"]["auc"], "ci95": metrics["ci95"]["auc"],
                "ratio_to_bayes": metrics.get("auc_ratio_to_bayes"),
                "baseline_difference": metrics["baseline"]["difference"],
                "baseline_ci": [metrics["baseline"]["ci_low"], metrics["baseline"]["ci_high"]],
                "ablations": metrics.get("ablations")}
         if folder != args.reference:
-            paired = paired_bootstrap(np.array([p[u] for u in uids]), np.array([ref_p[u] for u in uids]), y,
-                                      n=args.bootstrap)
+            paired = paired_bootstrap(probabilities[-1], probabilities[0], y, n=args.bootstrap)
             row["vs_reference"] = [paired["difference"], paired["ci_low"], paired["ci_high"]]
         out.append(row)
     if args.mean:
-        out.append(mean_row([args.reference, *args.variants], uids, y, ref_metrics, ref_p, args.bootstrap))
+        out.append(mean_row(probabilities, uids, y, ref_metrics, args.bootstrap))
     print("| variant | AUC (95 % CI) | / Bayes | - baseline (CI) | vs reference (paired CI) | ablations |")
     print("|---|---|---|---|---|---|")
     for r in out:
