@@ -301,3 +301,62 @@ def test_embedded_queue_starts_a_study_when_the_listener_queues_it_not_at_the_ne
     finally:
         queue.stop(timeout_s=5)
     assert not any(t.is_alive() for t in queue._workers)  # stop wakes the waiting threads too
+
+
+def _report_only(study_uid: str, folder: Path) -> Path:
+    """A Basic Text SR of the study (a report arriving after the images): no image in it."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID = generate_uid()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.Modality = study_uid, generate_uid(), "SR"
+    sr.PatientID, sr.PatientSex, sr.StudyDate, sr.StudyTime, sr.AccessionNumber = "P1", "F", "20250101", "120000", "A1"
+    sr.StudyID, sr.ReferringPhysicianName, sr.SeriesNumber, sr.InstanceNumber = "1", "", 2, 1
+    sr.ValueType, sr.ContentSequence = "CONTAINER", Sequence()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_late_report_after_retention_never_replaces_the_analysed_result_with_a_notice(make_settings, tmp_path):
+    """Retention removed the images of a done study; its report arrives later and reopens it. A run that
+    finds nothing to analyse must not write a "no image" notice superseding (and rejecting) the result
+    already sent: the study is dead-lettered with the reason, the earlier result stands."""
+    import pydicom
+
+    from llnm.storage.spool import Spool
+
+    settings = make_settings(retention_hours=1.0)
+    uid = _spool_study(settings, tmp_path)
+    worker = _worker(settings)
+    assert run_process(worker, uid, "t1", 1).action == "done"
+    summary_path = settings.results_path / uid / "summary.json"
+    first = json.loads(summary_path.read_text())
+    assert apply_retention(settings, worker.audit, now=time.time() + 7200) == [uid]
+
+    report = _report_only(uid, tmp_path / "late")
+    ds = pydicom.dcmread(report)
+    Spool(settings.spool_dir, 0).store(uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, report.read_bytes())
+    worker.audit.set_state(uid, A.QUEUED)
+    assert run_process(worker, uid, "t2", 1).action == "done"
+    row = worker.audit.study(uid)
+    assert row["state"] == A.FAILED and "earlier result stands" in row["error"]
+    assert json.loads(summary_path.read_text()) == first  # no notice, no rejection note written over it
+    assert [e["event"] for e in worker.audit.events(uid)].count("result") == 1
+
+    # Without an earlier analysed result (a study that never had an image), the notice is the result.
+    other = _spool_study(settings, tmp_path / "b")
+    for path in Spool(settings.spool_dir, 0).instances(other):
+        path.unlink()
+    ds = pydicom.dcmread(_report_only(other, tmp_path / "late-b"))
+    Spool(settings.spool_dir, 0).store(other, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                                       (tmp_path / "late-b" / "report.dcm").read_bytes())
+    assert run_process(worker, other, "t3", 1).action == "done"
+    assert worker.audit.study(other)["state"] == A.DONE
+    assert [e["event"] for e in worker.audit.events(other)].count("result") == 1

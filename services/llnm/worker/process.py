@@ -46,6 +46,12 @@ WriteOutput = Callable[[Any, Path], Path]
 
 BACKOFF_CAP_S = 600.0
 
+#: A run that finds no image to analyse in a study whose earlier result was analysed (retention removed
+#: the images, then a late report reopened it) must not replace that result with a "no image" notice and
+#: a rejection note of it: the earlier result stands, and the study waits for its images.
+NOTHING_LEFT_TO_ANALYSE = ("no image of this study is left to analyse (removed by retention?); the earlier "
+                           "result stands: send the study's images again to analyse it with what arrived since")
+
 
 class PermanentError(RuntimeError):
     """Retrying cannot help: the study goes to the dead letter. Its messages are fixed texts (no header
@@ -167,6 +173,9 @@ class StudyWorker:
         for output in outputs:  # the UID the spool validated is the one every output names
             if any(str(ds.get("StudyInstanceUID", "")) != study_uid for ds in output.datasets):
                 raise PermanentError("a result object names another study than the spooled one")
+        analysed = any(getattr(output, "result", None) is not None for output in outputs)
+        if not analysed and self.prior_analysed(study_uid):
+            raise PermanentError(NOTHING_LEFT_TO_ANALYSE)
         objects = 0
         probability = risk = None
         record: ResultRecord | None = None
@@ -186,7 +195,7 @@ class StudyWorker:
             self._record_gate(study_uid, getattr(output, "result", None))
         state = A.SENDING if self.nodes else A.DONE
         detail = {"objects": objects, "probability": probability, "risk_level": risk, "task_id": task_id,
-                  "result_record": record.as_dict() if record is not None else None}
+                  "analysed": analysed, "result_record": record.as_dict() if record is not None else None}
         # Only from PROCESSING: if new instances re-queued the study meanwhile, it stays queued.
         if not self.audit.transition(study_uid, (A.PROCESSING,), state, event="result", detail=detail,
                                      probability=probability, risk_level=risk, error=None,
@@ -203,9 +212,19 @@ class StudyWorker:
         """What the last run of this study wrote (its "result" event in the audit trail), if any: the audit
         trail outlives the outbox and the spool (retention), so a report arriving weeks later still
         supersedes the result that was sent."""
+        event = self._prior_event(study_uid)
+        return ResultRecord.from_dict(event["result_record"]) if event is not None else None
+
+    def prior_analysed(self, study_uid: str) -> bool:
+        """Did the last run that wrote a result analyse an image? Events written before the flag existed
+        count as analysed: a notice then never replaces them unasked."""
+        event = self._prior_event(study_uid)
+        return event is not None and bool(event.get("analysed", True))
+
+    def _prior_event(self, study_uid: str) -> dict | None:
         for event in reversed(self.audit.events(study_uid)):
             if event["event"] == "result" and event.get("result_record"):
-                return ResultRecord.from_dict(event["result_record"])
+                return event
         return None
 
     def _record_gate(self, study_uid: str, result: Any) -> None:
