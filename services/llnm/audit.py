@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS studies (
     probability REAL,
     risk_level INTEGER,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    run_owner TEXT,
+    run_until REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS studies_state ON studies(state, next_at);
 CREATE TABLE IF NOT EXISTS events (
@@ -136,8 +138,9 @@ class AuditTrail:
 
     def _add_missing_columns(self) -> None:
         """Columns added after a table first shipped (CREATE TABLE IF NOT EXISTS leaves an existing
-        table as it was): outcomes.largest_node_mm."""
-        for table, column, kind in (("outcomes", "largest_node_mm", "REAL"),):
+        table as it was): outcomes.largest_node_mm, studies.run_owner and run_until (`claim_run`)."""
+        for table, column, kind in (("outcomes", "largest_node_mm", "REAL"), ("studies", "run_owner", "TEXT"),
+                                    ("studies", "run_until", "REAL NOT NULL DEFAULT 0")):
             have = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
@@ -237,6 +240,40 @@ class AuditTrail:
             out = dict(row)
             out["state"] = to_state
             return out
+
+    def claim_run(self, study_uid: str, owner: str, lease_s: float, detail: dict[str, Any] | None = None,
+                  now: float | None = None) -> bool:
+        """Start a run of the study's pipeline (state processing, a "processing" event) unless another
+        owner's run holds it and its lease has not expired; True if claimed. The lease is apart from the
+        state, which the listener sets to queued when more instances arrive mid-run: two runs of one study
+        never overlap (an older run finishing last would supersede the newer result with the older one).
+        The same owner claims again (Celery redelivers a killed worker's task with its id)."""
+        now = time.time() if now is None else now
+        with self.transaction() as c:
+            row = c.execute("SELECT run_owner, run_until FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            if row is not None and row["run_owner"] not in (None, owner) and row["run_until"] > now:
+                return False
+            self.put_state(c, study_uid, PROCESSING, {"task_id": owner})
+            c.execute("UPDATE studies SET run_owner = ?, run_until = ? WHERE study_uid = ?",
+                      (owner, now + lease_s, study_uid))
+            self.add_event(c, study_uid, "processing", detail or {})
+            return True
+
+    def release_run(self, study_uid: str, owner: str) -> None:
+        """End `owner`'s run of the study (its lease), whatever the state; another owner's run is kept."""
+        with self.transaction() as c:
+            c.execute("UPDATE studies SET run_owner = NULL, run_until = 0 WHERE study_uid = ? AND run_owner = ?",
+                      (study_uid, owner))
+
+    def run_lease(self, study_uid: str) -> tuple[str | None, float]:
+        """(owner, until) of the study's current run lease; (None, 0) when none."""
+        rows = self.read("SELECT run_owner, run_until FROM studies WHERE study_uid = ?", (study_uid,))
+        return (rows[0]["run_owner"], float(rows[0]["run_until"])) if rows else (None, 0.0)
+
+    def release_all_runs(self) -> None:
+        """Start-up of the embedded queue: no run of this process's predecessor is alive any more."""
+        with self.transaction() as c:
+            c.execute("UPDATE studies SET run_owner = NULL, run_until = 0 WHERE run_owner IS NOT NULL")
 
     def reset_states(self, from_state: str, to_state: str, event: str) -> list[str]:
         """Move every study in `from_state` to `to_state` (start-up recovery of interrupted work)."""

@@ -360,3 +360,98 @@ def test_a_late_report_after_retention_never_replaces_the_analysed_result_with_a
     assert run_process(worker, other, "t3", 1).action == "done"
     assert worker.audit.study(other)["state"] == A.DONE
     assert [e["event"] for e in worker.audit.events(other)].count("result") == 1
+
+
+def test_two_runs_of_one_study_never_overlap_and_the_later_run_wins(make_settings, tmp_path):
+    """A second message for a study arrives while a run is in progress (the listener queued it again for
+    instances that came mid-run, or two worker threads got a message each): it waits for the first run
+    instead of racing it, so the result sent last is the one computed last, from every instance."""
+    import threading
+
+    settings = make_settings()
+    uid = _spool_study(settings, tmp_path)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_predict(paths, backend, s):
+        entered.set()
+        assert release.wait(30)
+        return standin_predict(paths, backend, s)
+
+    first = _worker(settings, predict=slow_predict)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("first", run_process(first, uid, "t1", 1)))
+    runner.start()
+    assert entered.wait(30)
+    second = _worker(settings)
+    step = run_process(second, uid, "t2", 1)  # the first still holds the study
+    assert step.action == "process" and step.attempt == 1 and step.delay_s > 0
+    assert [e["event"] for e in second.audit.events(uid)].count("result") == 0
+    assert second.audit.study(uid)["state"] == A.QUEUED  # it must run again after the first
+    release.set()
+    runner.join(30)
+    assert outcome["first"].action == "done"
+    assert second.audit.run_lease(uid) == (None, 0.0)  # the first run's lease ended with it
+    assert second.audit.study(uid)["state"] == A.QUEUED  # the first run does not close the study
+    assert run_process(second, uid, "t2", 1).action == "done"
+    events = second.audit.events(uid)
+    assert [e.get("task_id") for e in events if e["event"] == "result"] == ["t1", "t2"]
+    assert second.audit.study(uid)["state"] == A.DONE
+
+
+def test_a_run_lease_belongs_to_its_owner_until_it_expires(tmp_path):
+    audit = AuditTrail(tmp_path / "a.sqlite3")
+    now = 1000.0
+    assert audit.claim_run("1.2.3", "t1", 60, now=now)
+    assert not audit.claim_run("1.2.3", "t2", 60, now=now + 30)  # another owner, lease running
+    assert audit.claim_run("1.2.3", "t1", 60, now=now + 30)  # the same task redelivered after a kill
+    assert audit.claim_run("1.2.3", "t2", 60, now=now + 91)  # the lease expired: a crashed run
+    audit.release_run("1.2.3", "t1")  # an old owner cannot end the new owner's lease
+    assert audit.run_lease("1.2.3") == ("t2", now + 151)
+    audit.release_run("1.2.3", "t2")
+    assert audit.run_lease("1.2.3") == (None, 0.0) and audit.study("1.2.3")["state"] == A.PROCESSING
+
+
+def test_a_step_whose_bookkeeping_fails_runs_again_instead_of_ending_acknowledged():
+    """Celery acknowledges a failed task even with acks_late: an exception escaping a step (the audit
+    database locked while recording a failure, the broker gone while publishing the next step) would leave
+    the study with no message. The step is published again, or its message handed back."""
+    import sqlite3
+
+    from celery.exceptions import Reject
+
+    from llnm.worker.process import Next
+    from llnm.worker.tasks import guarded
+
+    def failing(exc):
+        def run():
+            raise exc
+        return run
+
+    published, again = [], []
+    guarded("1.2.3", lambda: Next("deliver", 2, 4.0), published.append, lambda: again.append(1))
+    assert published == [Next("deliver", 2, 4.0)] and again == []  # the normal path: the next step only
+
+    guarded("1.2.3", failing(sqlite3.OperationalError("database is locked")), published.append,
+            lambda: again.append(1))
+    assert again == [1]
+
+    def broker_gone(step):
+        raise ConnectionError("broker")
+
+    guarded("1.2.3", lambda: Next("deliver", 1, 0.0), broker_gone, lambda: again.append(2))
+    assert again == [1, 2]
+
+    with pytest.raises(Reject) as rejected:  # not even the same step can be published: back to the queue
+        guarded("1.2.3", failing(OSError(28, "No space left on device")), published.append, broker_gone)
+    assert rejected.value.requeue is True
+
+
+def test_requeue_takes_a_stranded_processing_study_but_not_one_a_run_holds(make_settings, tmp_path):
+    settings = make_settings()
+    uid = _spool_study(settings, tmp_path)
+    audit = AuditTrail.for_data_dir(settings.data_dir)
+    assert audit.claim_run(uid, "t1", 600)
+    queued, errors = requeue(settings, [uid], audit=audit)
+    assert queued == [] and "processed without a requeue" in errors[uid]
+    audit.release_run(uid, "t1")  # a worker gone without its message: processing, no run holds it
+    assert requeue(settings, [uid], audit=audit)[0] == [uid] and audit.study(uid)["state"] == A.QUEUED

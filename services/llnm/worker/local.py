@@ -36,6 +36,7 @@ class LocalQueue:
         return None
 
     def recover(self) -> None:
+        self.audit.release_all_runs()  # the runs of the process before this one ended with it
         for uid in self.audit.reset_states(A.PROCESSING, A.QUEUED, "queued again after a restart"):
             log.info("study interrupted by a restart queued again", study_uid=uid)
         self.audit.due_now(A.SENDING)

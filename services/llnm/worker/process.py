@@ -16,6 +16,7 @@ import hashlib
 import json
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +59,22 @@ class PermanentError(RuntimeError):
     value), so the audit trail keeps them."""
 
     audit_safe = True
+
+
+class StudyBusy(RuntimeError):
+    """Another run of this study is in progress (a second message for it, the listener having queued it
+    again mid-run): run again after `retry_in_s`, when that run has ended or its lease expired."""
+
+    audit_safe = True
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__("another run of this study is in progress")
+        self.retry_in_s = retry_in_s
+
+
+#: how soon a run that found its study busy looks again, and the most it waits for another run's lease
+BUSY_RETRY_S = 5.0
+BUSY_RETRY_MAX_S = 60.0
 
 
 class DeliveryPending(RuntimeError):
@@ -158,10 +175,19 @@ class StudyWorker:
 
     # -- processing -------------------------------------------------------------------------------------
     def process(self, study_uid: str, task_id: str | None = None, attempt: int = 1) -> Processed:
-        """Run the pipeline and stage the results. Raises on failure (see is_transient)."""
-        self.audit.set_state(study_uid, A.PROCESSING, event="processing", detail={"task_id": task_id,
-                                                                                   "attempt": attempt},
-                             task_id=task_id)
+        """Run the pipeline and stage the results. Raises on failure (see is_transient), and StudyBusy
+        while another run of the same study holds it (runs of one study never overlap)."""
+        owner = task_id or f"run-{uuid.uuid4()}"
+        if not self.audit.claim_run(study_uid, owner, self.settings.broker_visibility_timeout_s,
+                                    detail={"task_id": task_id, "attempt": attempt}):
+            _, until = self.audit.run_lease(study_uid)
+            raise StudyBusy(max(BUSY_RETRY_S, min(until - time.time(), BUSY_RETRY_MAX_S)))
+        try:
+            return self._process(study_uid, task_id, attempt)
+        finally:
+            self.audit.release_run(study_uid, owner)
+
+    def _process(self, study_uid: str, task_id: str | None, attempt: int) -> Processed:
         paths = self.spool.instances(study_uid)
         if not paths:
             raise PermanentError("no instances of this study in the spool (removed by retention?)")
@@ -335,6 +361,11 @@ def run_process(worker: StudyWorker, study_uid: str, task_id: str | None, attemp
     s = worker.settings
     try:
         worker.process(study_uid, task_id=task_id, attempt=attempt)
+    except StudyBusy as busy:  # not a failure: the same attempt again once the other run has ended
+        worker.audit.set_state(study_uid, A.QUEUED, event="waiting for another run",
+                               detail={"seconds": round(busy.retry_in_s, 1)}, next_at=time.time() + busy.retry_in_s)
+        log.info("study busy in another run, will run after it", study_uid=study_uid, seconds=round(busy.retry_in_s, 1))
+        return Next("process", attempt, busy.retry_in_s)
     except Exception as exc:
         if is_transient(exc) and attempt <= s.task_max_retries:
             delay = backoff_s(s.task_retry_backoff_s, attempt)

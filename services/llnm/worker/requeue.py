@@ -6,11 +6,20 @@ are not sent again (see llnm.storage.outbox).
 
 from __future__ import annotations
 
+import time
+
 from llnm import audit as A
 from llnm.audit import AuditTrail
 from llnm.config import Settings
 from llnm.storage.names import InvalidUID, validate_uid
 from llnm.storage.spool import Spool
+
+
+def running(audit: AuditTrail, study_uid: str, now: float | None = None) -> bool:
+    """Does a run of the study hold it now (its lease, `AuditTrail.claim_run`)? A study left processing
+    without one was stranded (its worker gone, its message lost) and may be queued again."""
+    owner, until = audit.run_lease(study_uid)
+    return owner is not None and until > (time.time() if now is None else now)
 
 
 def requeue(settings: Settings, study_uids: list[str], all_failed: bool = False,
@@ -35,7 +44,7 @@ def requeue(settings: Settings, study_uids: list[str], all_failed: bool = False,
             errors[str(raw)] = str(exc)
             continue
         row = audit.study(uid)
-        if row is not None and row["state"] in (A.RECEIVING, A.PROCESSING):
+        if row is not None and (row["state"] == A.RECEIVING or (row["state"] == A.PROCESSING and running(audit, uid))):
             errors[uid] = f"study is {row['state']}; it will be processed without a requeue"
             continue
         if not spool.instances(uid):
