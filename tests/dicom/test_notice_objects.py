@@ -137,6 +137,21 @@ def test_doppler_only_study_gets_a_not_analysed_notice(settings, us_factory, tmp
     assert _device(tmp_path, analysed_sr) == _device(tmp_path, sr)
 
 
+def test_a_doppler_image_of_a_retired_class_is_outlined_under_its_real_class(settings, us_factory, tmp_path):
+    """Ultrasound Image Storage (retired): highdicom has no IOD for it, the notice outlines it all the same."""
+    retired = "1.2.840.10008.5.1.4.1.1.6"
+    doppler = us_factory("doppler.dcm", regions=[DOPPLER_REGION], sop_class=retired)
+    output, summary, kinds, folder = _run(tmp_path, settings, [tmp_path / "doppler.dcm"])
+    (sr,) = kinds["SR"]
+    (region,) = [i for i in _walk(sr) if i.ValueType == "SCOORD"]
+    (ref,) = [r for image in region.ContentSequence for r in image.ReferencedSOPSequence]
+    assert (ref.ReferencedSOPInstanceUID, ref.ReferencedSOPClassUID) == (doppler.SOPInstanceUID, retired)
+    (study,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert [str(i.ReferencedSOPClassUID) for s in study.ReferencedSeriesSequence
+            for i in s.ReferencedSOPSequence] == [retired]
+    _clean(folder, summary)
+
+
 def test_unsupported_sop_class_in_a_us_study_gets_a_not_analysed_notice(settings, us_factory, tmp_path):
     volume = us_factory("volume.dcm", sop_class=ENHANCED_US_VOLUME)
     output, summary, kinds, folder = _run(tmp_path, settings, [tmp_path / "volume.dcm"])

@@ -184,3 +184,67 @@ def test_the_same_instance_twice_is_used_once(tmp_path, settings):
     (output,) = predict_paths([tmp_path], backend=None, settings=settings, analyse=drawn_analyse)
     assert len(output.summary["views"]) == 1 and len(output.datasets) == 3
     assert any("received twice" in w for w in output.summary["warnings"])
+
+
+RETIRED_US_IMAGE = "1.2.840.10008.5.1.4.1.1.6"
+RETIRED_US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3"
+
+
+def _references(ds) -> set[tuple[str, str, int | None]]:
+    """(ReferencedSOPInstanceUID, ReferencedSOPClassUID, ReferencedFrameNumber) of every reference in `ds`."""
+    found = set()
+    for elem in ds:
+        if elem.VR != "SQ":
+            continue
+        for item in elem.value:
+            if "ReferencedSOPInstanceUID" in item and "ReferencedSOPClassUID" in item:
+                frame = item.get("ReferencedFrameNumber")
+                found.add((str(item.ReferencedSOPInstanceUID), str(item.ReferencedSOPClassUID),
+                           int(frame) if frame is not None else None))
+            found |= _references(item)
+    return found
+
+
+def test_retired_ultrasound_classes_get_seg_and_sr_naming_their_real_class(tmp_path, settings):
+    """Ultrasound Image Storage (retired) single-frame and Multi-frame (retired) cine: highdicom has no IOD
+    for them; SEG and SR are written all the same and every reference names the source's real class."""
+    root = _phantom(tmp_path / "ph", studies=1)
+    (study,) = [p for p in root.iterdir() if p.is_dir() and p.name != "truth"]
+    single, cine = sorted(study.glob("US_*.dcm"))
+    ds = pydicom.dcmread(single)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = RETIRED_US_IMAGE
+    ds.save_as(single)
+    ds = pydicom.dcmread(cine)
+    ds.PixelData = np.stack([ds.pixel_array] * 3).tobytes()
+    ds.NumberOfFrames, ds.FrameTime, ds.FrameIncrementPointer = 3, 33.3, pydicom.tag.Tag("FrameTime")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = RETIRED_US_MULTIFRAME
+    ds.save_as(cine)
+    real = {str(pydicom.dcmread(p).SOPInstanceUID): c for p, c in
+            ((single, RETIRED_US_IMAGE), (cine, RETIRED_US_MULTIFRAME))}
+
+    (output,) = predict_paths([study], backend=None, settings=settings, analyse=drawn_analyse)
+    assert output.summary["status"] == "ok" and len(output.summary["views"]) == 2
+    segs = [ds for ds in output.datasets if ds.Modality == "SEG"]
+    (sr,) = [ds for ds in output.datasets if ds.Modality == "SR"]
+    assert len(segs) == 2
+    for seg in segs:
+        refs = {r for r in _references(seg) if r[0] in real}
+        (uid,) = {r[0] for r in refs}  # one SEG per source frame
+        assert {r[1] for r in refs} == {real[uid]}
+        if real[uid] == RETIRED_US_MULTIFRAME:
+            assert {r[2] for r in refs} - {None} == {2}  # the cine's analysed frame (the middle one)
+    sr_refs = {r for r in _references(sr) if r[0] in real}
+    assert {r[0] for r in sr_refs} == set(real)
+    assert all(r[1] == real[r[0]] for r in sr_refs)
+    evidence = {str(item.ReferencedSOPInstanceUID): str(item.ReferencedSOPClassUID)
+                for study_item in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study_item.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert {uid: evidence[uid] for uid in real} == real
+    folder = write_output(output, tmp_path / "out")
+    # dciodvfy does not count the retired Multi-frame class as multi-frame: its frame number is an "Error" there
+    not_multiframe = "Shall not be present for Referenced SOP Class that is not multi-frame"
+    for ds in output.datasets:
+        errors = dciodvfy_errors(folder / f"{ds.SOPInstanceUID}.dcm")
+        if any(r[1] == RETIRED_US_MULTIFRAME for r in _references(ds)):
+            errors = [e for e in errors if not_multiframe not in e]
+        assert errors == [], ds.Modality

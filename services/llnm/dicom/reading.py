@@ -32,6 +32,11 @@ US_SOP_CLASSES = frozenset({
     US_RETIRED_MULTIFRAME_IMAGE_STORAGE,
 })
 SC_SOP_CLASSES = frozenset({SECONDARY_CAPTURE_STORAGE, *MULTIFRAME_SC_STORAGE})
+#: Retired ultrasound SOP classes (PS3.4) and their current equivalents. highdicom knows only current IODs:
+#: what it builds from such an instance (SEG source, SR evidence and image regions) uses the current class,
+#: and every reference written then names the instance's real class again.
+CURRENT_CLASS = {US_RETIRED_IMAGE_STORAGE: US_IMAGE_STORAGE,
+                 US_RETIRED_MULTIFRAME_IMAGE_STORAGE: US_MULTIFRAME_IMAGE_STORAGE}
 #: Classes whose frames can be referenced one by one (ReferencedFrameNumber).
 MULTIFRAME_SOP_CLASSES = frozenset({
     US_MULTIFRAME_IMAGE_STORAGE, US_RETIRED_MULTIFRAME_IMAGE_STORAGE, *MULTIFRAME_SC_STORAGE,

@@ -48,7 +48,7 @@ from pydicom.dataset import Dataset
 from llnm import ALGORITHM_NAME, MANUFACTURER, __version__
 from llnm.dicom import codes
 from llnm.dicom.common import SERIES_NUMBER, AnalysedFrame, add_common, algorithm_key, reportable, versions_key
-from llnm.dicom.reading import US_IMAGE_STORAGE
+from llnm.dicom.reading import CURRENT_CLASS, US_IMAGE_STORAGE
 from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
 from llnm.study import StudyResult
 
@@ -78,7 +78,9 @@ def _single_frame_stand_in(frame: AnalysedFrame) -> Dataset:
             continue
         stand_in.add(copy.deepcopy(elem))
     stand_in.file_meta = header.file_meta
-    if frame.ref.number_of_frames > 1:
+    if frame.ref.number_of_frames > 1 or frame.ref.sop_class_uid in CURRENT_CLASS:
+        # one frame of a current class (highdicom has no IOD for the retired ultrasound classes);
+        # _point_at_source_frame names the real class again in every reference
         stand_in.SOPClassUID = US_IMAGE_STORAGE
     return stand_in
 

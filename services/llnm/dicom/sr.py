@@ -41,7 +41,6 @@ image (TID 1410; TID 1501 without ROI when no image was received).
 
 from __future__ import annotations
 
-import copy
 import io
 
 import highdicom as hd
@@ -56,7 +55,7 @@ from llnm.dicom import codes
 from llnm.dicom.common import (SERIES_NUMBER, AnalysedFrame, add_common, algorithm_key, calibration_state, frame_key,
                                laterality, outline, reportable, versions_key)
 from llnm.dicom.loading import FrameRef
-from llnm.dicom.reading import MULTIFRAME_SOP_CLASSES
+from llnm.dicom.reading import CURRENT_CLASS, MULTIFRAME_SOP_CLASSES
 from llnm.dicom.uids import deterministic_uid, output_instance_uid, output_series_uid
 from llnm.quality import view_declined
 from llnm.study import StudyResult, View
@@ -116,8 +115,8 @@ def _region(ref: FrameRef, view: View, mask: np.ndarray) -> hd.sr.ImageRegion | 
     row0, col0 = view.crop_offset
     # DICOM 2D coordinates: (column, row) with (0, 0) the top-left corner of the top-left pixel.
     graphic = xy + np.array([col0 + 0.5, row0 + 0.5])
-    source = hd.sr.SourceImageForRegion(
-        referenced_sop_class_uid=ref.sop_class_uid,
+    source = hd.sr.SourceImageForRegion(  # a retired class as its current one; _restore_classes puts it back
+        referenced_sop_class_uid=CURRENT_CLASS.get(ref.sop_class_uid, ref.sop_class_uid),
         referenced_sop_instance_uid=ref.sop_instance_uid,
         referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None,
     )
@@ -293,7 +292,7 @@ def _document(groups: list, library: list[Dataset], result: StudyResult, study_u
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=DIAGNOSTIC_ULTRASONOGRAPHY,
         imaging_measurements=groups,
-        referenced_images=library or None,
+        referenced_images=_current_classes(library)[0] or None,
     )
     report[0].ContentSequence.append(_qualitative_container(result, calibrated))
     stand_ins, real_classes = _current_classes(evidence)
@@ -321,21 +320,21 @@ def _document(groups: list, library: list[Dataset], result: StudyResult, study_u
     return sr
 
 
-#: Retired ultrasound SOP classes (PS3.4) and their current equivalents: highdicom knows only current IODs.
-CURRENT_CLASS = {"1.2.840.10008.5.1.4.1.1.6": "1.2.840.10008.5.1.4.1.1.6.1",
-                 "1.2.840.10008.5.1.4.1.1.3": "1.2.840.10008.5.1.4.1.1.3.1"}
-
-
 def _current_classes(evidence: list[Dataset]) -> tuple[list[Dataset], dict[str, str]]:
-    """The evidence with retired SOP classes replaced by their current equivalents (shallow copies), and
-    {SOP Instance UID: real SOP class} to put back (`_restore_classes`) once highdicom has built the SR."""
+    """The evidence with retired SOP classes replaced by their current equivalents (copies: the source
+    headers keep their class), and {SOP Instance UID: real SOP class} to put back (`_restore_classes`)
+    once highdicom has built the SR."""
     out, real = [], {}
     for ds in evidence:
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class in CURRENT_CLASS:
-            ds = copy.copy(ds)
-            ds.SOPClassUID = CURRENT_CLASS[sop_class]
+            # not copy.copy(ds): it shares pydicom's element dict, and the source header would change too
+            stand_in = Dataset()
+            for elem in ds:
+                stand_in.add(elem)
+            stand_in.add_new("SOPClassUID", "UI", CURRENT_CLASS[sop_class])
             real[str(ds.SOPInstanceUID)] = sop_class
+            ds = stand_in
         out.append(ds)
     return out, real
 
@@ -405,13 +404,15 @@ def _segment_group(frame: AnalysedFrame, seg: Dataset, tracking: hd.sr.TrackingI
 
 def _whole_image(header: Dataset) -> hd.sr.ImageRegion | None:
     """Closed outline around a whole image (pixel corners; DICOM 2D coordinates, PS3.3 C.18.6.1.2); None
-    for a SOP class highdicom has no IOD for (the retired ultrasound classes): no region then."""
+    for a SOP class highdicom has no IOD for: no region then. A retired ultrasound class is given as its
+    current one (`_restore_classes` names the real class again)."""
     rows, cols = float(header.Rows), float(header.Columns)
     graphic = np.array([[0.5, 0.5], [cols - 0.5, 0.5], [cols - 0.5, rows - 0.5], [0.5, rows - 0.5], [0.5, 0.5]],
                        dtype=np.float32)
     multi = str(header.SOPClassUID) in MULTIFRAME_SOP_CLASSES and int(header.get("NumberOfFrames", 1) or 1) > 1
     source = hd.sr.SourceImageForRegion(  # a single-frame class's frames cannot be referenced (loading.py)
-        referenced_sop_class_uid=str(header.SOPClassUID), referenced_sop_instance_uid=str(header.SOPInstanceUID),
+        referenced_sop_class_uid=CURRENT_CLASS.get(str(header.SOPClassUID), str(header.SOPClassUID)),
+        referenced_sop_instance_uid=str(header.SOPInstanceUID),
         referenced_frame_numbers=[1] if multi else None)
     try:
         return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=graphic,
