@@ -130,6 +130,45 @@ def test_broken_files_are_reported_and_the_rest_of_the_study_is_processed(tmp_pa
             assert uid not in text, f"{name} leaked into {ds.Modality}"
 
 
+def test_an_image_whose_class_is_only_in_the_file_meta_is_analysed(tmp_path, settings):
+    """No SOPClassUID in the dataset, MediaStorageSOPClassUID in the file meta (as classify reads it): the
+    image is analysed with the other, and what is written names its class."""
+    study_uid = generate_uid()
+    region = [{"x0": 0, "y0": 0, "x1": 159, "y1": 119}]
+    good = make_us(tmp_path / "in" / "a.dcm", study_uid=study_uid, regions=region, InstanceNumber=1)
+    meta_only = make_us(tmp_path / "in" / "b.dcm", study_uid=study_uid, regions=region, InstanceNumber=2)
+    ds = pydicom.dcmread(tmp_path / "in" / "b.dcm")
+    del ds.SOPClassUID
+    ds.save_as(tmp_path / "in" / "b.dcm")
+    (output,) = predict_paths([tmp_path / "in"], backend=None, settings=settings, analyse=drawn_analyse)
+    assert output.summary["status"] == "ok"
+    assert [v["sop_instance_uid"] for v in output.summary["views"]] == [good.SOPInstanceUID,
+                                                                        meta_only.SOPInstanceUID]
+    assert not [w for w in output.summary["warnings"] if "skipped" in w]
+    (sr,) = [ds for ds in output.datasets if ds.Modality == "SR"]
+    assert (meta_only.SOPInstanceUID, meta_only.file_meta.MediaStorageSOPClassUID, None) in _references(sr)
+    folder = write_output(output, tmp_path / "out")
+    for ds in output.datasets:
+        assert dciodvfy_errors(folder / f"{ds.SOPInstanceUID}.dcm") == [], ds.Modality
+
+
+def test_an_image_without_rows_is_skipped_with_a_warning_and_the_other_analysed(tmp_path, settings):
+    """An error the reader did not foresee (here int(Rows) of a header without Rows) loses that image, with
+    the usual warning naming its SOP Instance UID, never the study."""
+    study_uid = generate_uid()
+    region = [{"x0": 0, "y0": 0, "x1": 159, "y1": 119}]
+    good = make_us(tmp_path / "in" / "a.dcm", study_uid=study_uid, regions=region, InstanceNumber=1)
+    no_rows = make_us(tmp_path / "in" / "b.dcm", study_uid=study_uid, regions=region, InstanceNumber=2)
+    ds = pydicom.dcmread(tmp_path / "in" / "b.dcm")
+    del ds.Rows
+    ds.save_as(tmp_path / "in" / "b.dcm")
+    (output,) = predict_paths([tmp_path / "in"], backend=None, settings=settings, analyse=drawn_analyse)
+    assert output.summary["status"] == "ok"
+    assert [v["sop_instance_uid"] for v in output.summary["views"]] == [good.SOPInstanceUID]
+    assert f"instance {no_rows.SOPInstanceUID} skipped: it cannot be read (AttributeError)" in output.summary["warnings"]
+    assert len(output.datasets) == 3  # SEG, SR and key image of the good one
+
+
 def test_study_without_usable_image_writes_a_notice_and_no_seg(tmp_path, settings):
     shutil.copy(real_file("US1_UNCR.dcm"), tmp_path / "doppler.dcm")
     (output,) = predict_paths([tmp_path / "doppler.dcm"], backend=None, settings=settings,

@@ -41,7 +41,8 @@ def _shown_uid(uid: str) -> str:
     return uid if len(uid) <= 64 and _UID.match(uid) else "(malformed)"
 
 
-def _sop_class(ds: Dataset) -> str:
+def sop_class_uid(ds: Dataset) -> str:
+    """The dataset's SOP Class UID, else its file meta's MediaStorageSOPClassUID; "" when neither."""
     value = ds.get("SOPClassUID")
     if value is None and getattr(ds, "file_meta", None) is not None:
         value = ds.file_meta.get("MediaStorageSOPClassUID")
@@ -50,7 +51,7 @@ def _sop_class(ds: Dataset) -> str:
 
 def is_own_output(ds: Dataset) -> bool:
     """An SR/SEG/SC this worker wrote, coming back to it: never analyse it again."""
-    if _sop_class(ds) not in OWN_OUTPUT_SOP_CLASSES:
+    if sop_class_uid(ds) not in OWN_OUTPUT_SOP_CLASSES:
         return False
     # Ours set Manufacturer; someone else's object that merely lists us in ContributingEquipment
     # (e.g. a radiologist's edit of our SEG) is theirs and may be analysed.
@@ -59,7 +60,7 @@ def is_own_output(ds: Dataset) -> bool:
 
 def classify_instance(ds: Dataset) -> str:
     """"image", "report", "own_output" or "ignored:<reason>", from the header alone."""
-    sop_class = _sop_class(ds)
+    sop_class = sop_class_uid(ds)
     if is_own_output(ds):
         return "own_output"
     modality = str(ds.get("Modality", "") or "").strip().upper()

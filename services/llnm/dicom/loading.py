@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from llnm.dicom import frames as frame_choice
 from llnm.dicom import patient
-from llnm.dicom.classify import BASIC_TEXT_SR, ENHANCED_SR, classify_instance
+from llnm.dicom.classify import BASIC_TEXT_SR, ENHANCED_SR, classify_instance, sop_class_uid
 from llnm.dicom.reading import (
     MULTIFRAME_SOP_CLASSES,
     UnreadableInstance,
@@ -182,6 +182,11 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
             warnings.append(f"instance {_label(inst)} skipped: {exc}")
             log.warning("instance skipped", study_uid=files.study_uid,
                         sop_instance_uid=_label(inst), reason=str(exc).split(" (", 1)[0])
+        except Exception as exc:  # a header the reader did not foresee (no Rows...): this instance only
+            # the exception's type, never its message (a library's message may quote a header value)
+            warnings.append(f"instance {_label(inst)} skipped: it cannot be read ({type(exc).__name__})")
+            log.warning("instance skipped", study_uid=files.study_uid,
+                        sop_instance_uid=_label(inst), reason=type(exc).__name__)
     views = views[:MAX_VIEWS]
     if not images:
         warnings.append(NO_ULTRASOUND_IMAGE)
@@ -261,7 +266,7 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str],
     crops = tissue_crops(ds, crop_warnings)
     warnings.extend(f"instance {_label(inst)}: {w}" for w in crop_warnings)
     n = number_of_frames(ds)
-    if n > 1 and str(ds.SOPClassUID) not in MULTIFRAME_SOP_CLASSES:
+    if n > 1 and sop_class_uid(source) not in MULTIFRAME_SOP_CLASSES:
         # A single-frame SOP class cannot have its frames referenced: read it as its first frame.
         warnings.append(f"instance {_label(inst)}: {n} frames in a single-frame SOP class, first frame used")
         n = 1
@@ -293,7 +298,7 @@ def _views_of_instance(inst: InstanceFile, warnings: list[str],
             crop = image_crop(crop, rgb_to_grey(part))
             part = rgb[crop.row0:crop.row1, crop.col0:crop.col1]
         ref = FrameRef(  # identity and header from the header read (same_uids: the full read agrees)
-            sop_instance_uid=str(source.SOPInstanceUID), sop_class_uid=str(source.SOPClassUID),
+            sop_instance_uid=str(source.SOPInstanceUID), sop_class_uid=sop_class_uid(source),
             series_uid=str(source.SeriesInstanceUID),
             frame_number=chosen + 1 if n > 1 else None, number_of_frames=n,
             header=source, crop=crop, frame_rgb=rgb,
@@ -315,6 +320,8 @@ def writer_source(header: Dataset, repaired: dict[str, str] | None) -> Dataset:
     for keyword in UID_KEYWORDS:
         tag = tag_for_keyword(keyword)
         source[tag] = DataElement(tag, "UI", validate_uid(header.get(keyword)))
+    if "SOPClassUID" not in source and sop_class_uid(header):  # the class in the file meta only
+        source.add_new("SOPClassUID", "UI", sop_class_uid(header))
     if repaired is not None:
         repaired.update({k: v for k, v in fixed.items() if repaired.get(k) != "malformed"})
     return source
