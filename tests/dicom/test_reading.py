@@ -66,6 +66,19 @@ def test_regions_that_do_not_fit_the_image_are_not_trusted():
     assert any("uncalibrated" in w for w in study.warnings)
 
 
+@pytest.mark.parametrize("past_the_edge", [
+    {"x0": 0, "y0": 120, "x1": 159, "y1": 121},  # starts at Rows: within the edge tolerance, yet no row of it
+    {"x0": 160, "y0": 0, "x1": 161, "y1": 119},  # starts at Columns
+])
+def test_a_region_wholly_past_the_edge_is_not_trusted_and_gives_no_empty_view(us_factory, tmp_path, past_the_edge):
+    us_factory("a.dcm", regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}, past_the_edge])
+    (study,), _ = read_studies([tmp_path])
+    (view,) = study.views
+    assert view.crop_offset == (0, 0) and view.image.shape == (120, 160)
+    assert any("outside the image" in w for w in study.warnings)
+    assert all(c.shape[0] > 0 and c.shape[1] > 0 for c in regions.tissue_crops(read_full(tmp_path / "a.dcm")))
+
+
 def test_region_bounds_are_inclusive_and_spacing_is_cm_to_mm(us_factory, tmp_path):
     pixel = np.zeros((120, 160), np.uint8)
     pixel[10:101, 20:141] = 100  # the region 20..140 x 10..100 inclusive

@@ -138,6 +138,9 @@ def tissue_crops(ds: Dataset, warnings: list[str] | None = None) -> list[Crop]:
             distrusted = True
             continue
         x1, y1 = min(r.x1, cols - 1), min(r.y1, rows - 1)
+        if r.x0 > x1 or r.y0 > y1:  # within the tolerance yet wholly past the edge: nothing left to crop
+            distrusted = True
+            continue
         spacing = r.spacing_mm
         crops.append(Crop(
             row0=r.y0, col0=r.x0, row1=y1 + 1, col1=x1 + 1, spacing_mm=spacing,
