@@ -264,6 +264,28 @@ def test_two_views_share_one_tracking_uid(settings, tmp_path):
     assert np.asarray(seg.pixel_array)[0][:, :320].any() and np.asarray(seg.pixel_array)[0][:, 320:].any()
 
 
+@pytest.mark.parametrize("right, spacing", [
+    ({"units": 0}, None),  # the second region uncalibrated
+    ({"dx": 0.016, "dy": 0.016}, None),  # another PhysicalDelta
+    ({}, [0.1, 0.1]),  # the same calibration: the SEG states it
+])
+def test_a_dual_display_seg_states_a_spacing_only_when_its_regions_share_it(settings, us_factory, tmp_path,
+                                                                             right, spacing):
+    us_factory("dual.dcm", regions=[{"x0": 0, "y0": 0, "x1": 79, "y1": 119},
+                                    {"x0": 80, "y0": 0, "x1": 159, "y1": 119, **right}])
+    (output,) = _predict([tmp_path / "dual.dcm"], settings)
+    assert len(output.summary["views"]) == 2
+    (seg,) = _by_type(output)["SEG"]  # both views on one frame: one SEG, masks in both halves
+    pixels = np.asarray(seg.pixel_array)[0]
+    assert pixels[:, :80].any() and pixels[:, 80:].any()
+    stated = [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
+    if spacing is None:  # never the first region's spacing for the whole frame: the nominal, and said so
+        assert stated == [1.0, 1.0] and "uncalibrated, PixelSpacing 1 x 1 nominal" in seg.ContentDescription
+    else:
+        assert stated == pytest.approx(spacing) and "uncalibrated" not in seg.ContentDescription
+    assert dciodvfy_errors(_save(seg, tmp_path)) == []
+
+
 def test_classify_instance_decisions(us_factory, tmp_path):
     assert classify_instance(us_factory("a.dcm")) == "image"
     assert classify_instance(us_factory("b.dcm", modality="CT", sop_class="1.2.840.10008.5.1.4.1.1.2")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,17 @@ class AnalysedFrame:
 
     @property
     def spacing_mm(self) -> tuple[float, float] | None:
-        return self.views[0][1].spacing_mm
+        """The spacing of the whole frame: that of its views when they all have the same (a relative
+        difference up to 1e-6 aside), else None, as for an uncalibrated view. A dual display whose second
+        region is uncalibrated or calibrated differently has no one spacing, and the first region's would
+        be wrong for the other half (the SEG then states a nominal 1 x 1, llnm.dicom.seg)."""
+        first = self.views[0][1].spacing_mm
+        for _, view, _ in self.views[1:]:
+            other = view.spacing_mm
+            if first is None or other is None or not all(
+                    math.isclose(a, b, rel_tol=1e-6) for a, b in zip(first, other)):
+                return None
+        return first
 
 
 def calibration_state(views: list[View], result: StudyResult) -> bool | None:

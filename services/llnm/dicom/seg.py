@@ -15,9 +15,11 @@ references exactly the frame analysed, and no extra derived image is written.
 
 OHIF needs PixelMeasuresSequence and PlaneOrientationSequence in the shared functional groups; we
 write both and an empty PatientOrientation (Type 2C, dciodvfy asks for it). PixelSpacing is the
-ultrasound region's; when uncalibrated it is 1 x 1, a nominal value (PS3.3 C.7.6.16.2.1 has no "unknown"
-for PixelSpacing, and OHIF needs one), stated in ContentDescription, while the SR says "Uncalibrated"
-and gives sizes in {pixels}. SliceThickness and SpacingBetweenSlices are not written: a 2D ultrasound
+ultrasound region's, when every region written has the same (`AnalysedFrame.spacing_mm`); when uncalibrated,
+or when the regions of the frame differ (a dual display with one half uncalibrated or calibrated otherwise),
+it is 1 x 1, a nominal value (PS3.3 C.7.6.16.2.1 has no "unknown" for PixelSpacing, and OHIF needs one),
+stated in ContentDescription; the SR says whether its measurements are calibrated ("Uncalibrated": sizes in
+{pixels}). SliceThickness and SpacingBetweenSlices are not written: a 2D ultrasound
 frame without Frame of Reference has neither (Type 1C/3 in the Pixel Measures macro, required only for
 VOLUME or SAMPLED frames), and we do not invent them. highdicom's reader (hd.seg.segread, 0.28) insists on
 SliceThickness in any PixelMeasuresSequence and so refuses this SEG as written (docs/dicom-conformance.md 2.2).
