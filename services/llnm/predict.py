@@ -291,18 +291,25 @@ def _summary(study: StudyInput, result: StudyResult | None, datasets: list[Datas
 def write_output(output: StudyOutput, out_dir: Path) -> Path:
     """out_dir/<study_uid>/summary.json and <SOPInstanceUID>.dcm for each object; returns the folder.
 
-    Each file is written to a temporary name and renamed, so a reader never sees half a file, and a
-    rerun replaces the same names (deterministic UIDs) instead of adding new ones. Objects of an
+    Each file is written to a temporary name, fsynced and renamed, so a reader never sees half a file, and
+    a rerun replaces the same names (deterministic UIDs) instead of adding new ones. Objects of an
     earlier, different result of the study (other UIDs) are removed: the folder holds one answer.
+
+    The order keeps summary.json true whenever the writing stops (an error, a full disk, a crash): first
+    every object of this result, then summary.json (one rename: it names the old result's objects until then,
+    this result's after), and only then the old result's objects are removed. So summary.json always
+    describes one whole result whose every object is in the folder; a write that stopped leaves at most
+    objects it does not name (of the result being written, or of the one replaced), which the next write
+    removes. The old summary.json stays until replaced, so that next write still knows what it supersedes.
     """
     folder = Path(out_dir) / validate_uid(output.study_uid)  # a UID, never a path
     folder.mkdir(parents=True, exist_ok=True)
     current = {f"{ds.SOPInstanceUID}.dcm" for ds in output.datasets}
-    for stale in folder.glob("*.dcm"):
-        if stale.name not in current:
-            stale.unlink()
     for ds in output.datasets:
         write_durably(folder / f"{ds.SOPInstanceUID}.dcm", encode(ds))
     text = json.dumps(output.summary, indent=2, sort_keys=False) + "\n"
     write_durably(folder / "summary.json", text.encode("utf-8"))
+    for stale in folder.glob("*.dcm"):
+        if stale.name not in current:
+            stale.unlink()
     return folder

@@ -83,6 +83,75 @@ def test_cli_predict_writes_the_study_folder(tmp_path, monkeypatch, capsys):
     assert main(["predict", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
 
 
+@pytest.mark.parametrize("failing", ["an object", "summary.json"])
+def test_a_write_that_fails_never_leaves_a_summary_naming_objects_that_are_not_there(tmp_path, settings,
+                                                                                      monkeypatch, failing):
+    """A full disk while another result of the study replaces the first: summary.json still describes one
+    whole result whose objects are all in the folder (here the first), and the next write leaves the new one."""
+    import errno
+
+    import llnm.predict
+    from tests.dicom.conftest import drawn_result
+
+    make_us(tmp_path / "in" / "a.dcm", regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    (first,) = predict_paths([tmp_path / "in"], backend=None, settings=settings, analyse=drawn_analyse)
+    (second,) = predict_paths([tmp_path / "in"], backend=None, settings=settings,
+                              analyse=lambda study, backend: drawn_result(study, probability=0.25))
+    first_files, second_files = ({o["file"] for o in output.summary["objects"]} for output in (first, second))
+    assert not first_files & second_files  # another result: other UIDs
+    folder = write_output(first, tmp_path / "out")
+    real, written = llnm.predict.write_durably, []
+
+    def full_disk(path, data):
+        if (path.name == "summary.json") if failing == "summary.json" else len(written) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path.name)
+        real(path, data)
+
+    monkeypatch.setattr(llnm.predict, "write_durably", full_disk)
+    with pytest.raises(OSError):
+        write_output(second, tmp_path / "out")
+    summary = json.loads((folder / "summary.json").read_text())
+    on_disk = {p.name for p in folder.glob("*.dcm")}
+    assert {o["file"] for o in summary["objects"]} <= on_disk, "summary.json names objects that are not there"
+    assert summary["probability"] == first.summary["probability"] and summary["objects"] == first.summary["objects"]
+    for obj in summary["objects"]:  # each is the object summary.json describes
+        assert str(pydicom.dcmread(folder / obj["file"]).SOPInstanceUID) == obj["sop_instance_uid"]
+    monkeypatch.setattr(llnm.predict, "write_durably", real)
+    write_output(second, tmp_path / "out")  # the next write leaves the new result alone
+    assert {p.name for p in folder.iterdir()} == second_files | {"summary.json"}
+    assert json.loads((folder / "summary.json").read_text())["probability"] == second.summary["probability"]
+
+
+def test_cli_predict_goes_on_after_a_study_it_cannot_write_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import llnm.predict
+    from llnm.cli import main
+
+    monkeypatch.setattr(llnm.predict, "_default_analyse", lambda: drawn_analyse)
+    monkeypatch.setenv("LLNM_DATA_DIR", str(tmp_path / "var"))
+    failing, other = sorted([generate_uid(), generate_uid()])  # the failing study comes first
+    for uid in (failing, other):
+        make_us(tmp_path / "in" / f"{uid}.dcm", study_uid=uid, regions=[{"x0": 0, "y0": 0, "x1": 159, "y1": 119}])
+    real = llnm.predict.write_durably
+
+    def full_disk(path, data):
+        if path.parent.name == failing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(llnm.predict, "write_durably", full_disk)
+    code = main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-key-images"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{failing}: failed: OSError: No space left on device" in captured.err
+    (line,) = [json.loads(x) for x in captured.out.strip().splitlines()]
+    assert line["study_uid"] == other and line["status"] == "ok"
+    assert (tmp_path / "out" / other / "summary.json").is_file()
+    assert not (tmp_path / "out" / failing / "summary.json").exists()
+
+
 def test_broken_files_are_reported_and_the_rest_of_the_study_is_processed(tmp_path, settings):
     study_uid = generate_uid()
     folder = tmp_path / "study"

@@ -48,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
         groups[uid].warnings.extend(f"file {o}" for o in orphans)
         try:
             output = predict_study(groups[uid], backend, settings)
-        except Exception as exc:  # one failing study must not stop the others
+            succeed_output(output, _prior(args.out, uid))  # same result: same bytes; else supersede it
+            folder = write_output(output, args.out)
+        except Exception as exc:  # one failing study (analysis or writing) must not stop the others
             failures += 1
             print(f"{uid}: failed: {error_text(exc)}", file=sys.stderr)  # never a message quoting a value
             continue
-        succeed_output(output, _prior(args.out, uid))  # same result: same bytes; else supersede it
-        folder = write_output(output, args.out)
         s = output.summary
         print(json.dumps({"study_uid": uid, "status": s["status"], "probability": s["probability"],
                           "risk_label": s["risk_label"], "calibrated": s["calibrated"],
