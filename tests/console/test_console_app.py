@@ -365,3 +365,47 @@ def test_a_broken_users_file_lets_nobody_in(seeded):
     assert client.get("/api/session").status_code == 401
     again = make_client(seeded.settings, seeded.audit, None)
     assert again.post("/api/login", json={"username": "viewer1", "password": PASSWORD}).status_code == 401
+
+
+def test_an_empty_or_short_key_file_is_replaced_and_never_signs_a_session(seeded):
+    """An empty or cut-short <data_dir>/console-secret (a write stopped by a full disk or a kill) is not a
+    signing key: anyone could sign a session with it. A new random key replaces it, kept 0600."""
+    import base64
+    import json
+    import time
+
+    import itsdangerous
+    from starlette.testclient import TestClient
+
+    from llnm.console.app import create_app
+    from llnm.console.auth import secret_key
+
+    data_dir = seeded.settings.data_dir
+    path = data_dir / "console-secret"
+    for broken in ("", " \n", "short"):
+        path.write_text(broken)
+        key = secret_key("", data_dir)
+        assert len(key) >= 32 and path.read_text() == key, repr(broken)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert secret_key("", data_dir) == key  # kept: every process on the volume agrees
+    path.write_text("")
+    session = {"user": "admin1", "role": "admin", "csrf": "x", "expires": time.time() + 3600, "source": "users-file"}
+    forged = itsdangerous.TimestampSigner("").sign(base64.b64encode(json.dumps(session).encode())).decode()
+    client = TestClient(create_app(seeded.settings, seeded.audit), base_url="http://console.test",
+                        cookies={"llnm_console": forged})
+    assert client.get("/api/session").status_code == 401
+    assert client.post(f"/api/studies/{seeded.uids['failed']}/actions/discard", json={},
+                       headers={"X-CSRF-Token": "x"}).status_code == 401
+    assert seeded.audit.study(seeded.uids["failed"])["state"] == A.FAILED
+    assert make_client(seeded.settings, seeded.audit, "admin").get("/api/session").status_code == 200
+
+
+def test_a_short_configured_secret_key_is_refused_at_start(seeded):
+    from dataclasses import replace
+
+    from llnm.console.app import create_app
+
+    for weak in ("changeme", " " * 40, "x" * 31):
+        with pytest.raises(ValueError, match="LLNM_CONSOLE_SECRET_KEY has fewer than 32 characters"):
+            create_app(replace(seeded.settings, console_secret_key=weak), seeded.audit)
+    create_app(replace(seeded.settings, console_secret_key="k" * 32), seeded.audit)

@@ -19,6 +19,7 @@ in `LLNM_CONSOLE_PHI_ROLES`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
@@ -33,6 +34,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from llnm.observability.logs import get_logger
+from llnm.storage.durable import write_durably
 
 log = get_logger(__name__)
 
@@ -147,21 +149,52 @@ class Users:
         os.replace(tmp, self.path)
 
 
+#: the shortest session-signing key accepted: a shorter one (an empty file, a typed-in word) is guessable
+MIN_SECRET_KEY_CHARS = 32
+
+
+class SecretKeyError(ValueError):
+    """LLNM_CONSOLE_SECRET_KEY is too short to sign sessions with."""
+
+
 def secret_key(configured: str, data_dir: Path) -> str:
     """The session-signing key: the configured one, else a random one kept (0600) in the data dir, so that
-    sessions survive a restart and every process on the volume agrees."""
+    sessions survive a restart and every process on the volume agrees.
+
+    Anyone who knows the key can forge any session, so a key shorter than MIN_SECRET_KEY_CHARS is never
+    used: a configured one is refused (SecretKeyError, at start-up); a key file left empty or cut short
+    (a full disk, a kill mid-write) is replaced by a new random key. The file is written whole (temp
+    file, fsync, rename) under a lock, so every process reads the same complete key."""
     if configured:
+        if len(configured.strip()) < MIN_SECRET_KEY_CHARS:
+            raise SecretKeyError(f"LLNM_CONSOLE_SECRET_KEY has fewer than {MIN_SECRET_KEY_CHARS} characters: "
+                                 "anyone could forge a session. Set a random one (python -c 'import secrets; "
+                                 "print(secrets.token_urlsafe(48))') or leave it empty for a kept random key")
         return configured
     path = Path(data_dir) / "console-secret"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-        except FileExistsError:  # another process made it first
-            pass
-    return path.read_text().strip()
+    key = _kept_key(path)
+    if key is not None:
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name("console-secret.lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when closed
+        key = _kept_key(path)  # another process may have written it meanwhile: use theirs
+        if key is None:
+            if path.exists():
+                log.warning("console secret key file empty or too short: replaced by a new random key "
+                            "(existing sessions end)", path=str(path))
+            key = secrets.token_urlsafe(48)
+            write_durably(path, key.encode())
+    return key
+
+
+def _kept_key(path: Path) -> str | None:
+    """The key in the data dir's key file; None when there is none or it is too short to use."""
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return key if len(key) >= MIN_SECRET_KEY_CHARS else None
 
 
 def new_csrf_token() -> str:
