@@ -4,6 +4,7 @@ changing the study's state and its audit trail with who did it."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -409,3 +410,43 @@ def test_a_short_configured_secret_key_is_refused_at_start(seeded):
         with pytest.raises(ValueError, match="LLNM_CONSOLE_SECRET_KEY has fewer than 32 characters"):
             create_app(replace(seeded.settings, console_secret_key=weak), seeded.audit)
     create_app(replace(seeded.settings, console_secret_key="k" * 32), seeded.audit)
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(client_for, seeded):
+    """Login (JSON and form) and the other JSON/form endpoints cap their bodies (64 KiB; feedback 1 MiB, for
+    an outline of 2000 points): a larger one is a 413, from its Content-Length or while streamed, and the
+    normal requests still work."""
+    MAX_BODY_BYTES, MAX_FEEDBACK_BYTES = 64 * 1024, 1024 * 1024  # llnm.console.app's caps
+    client = client_for(None)
+    big = b'{"username": "viewer1", "password": "' + b"A" * MAX_BODY_BYTES + b'"}'
+    json_headers = {"Content-Type": "application/json"}
+    assert client.post("/api/login", content=big, headers=json_headers).status_code == 413
+
+    def chunked():  # no Content-Length: refused while streaming
+        yield b'{"username": "viewer1", "password": "'
+        for _ in range(4):
+            yield b"A" * (MAX_BODY_BYTES // 2)
+        yield b'"}'
+
+    assert client.post("/api/login", content=chunked(), headers=json_headers).status_code == 413
+    page = client.get("/login")
+    answer = client.post("/login", data={"username": "viewer1", "password": "A" * MAX_BODY_BYTES,
+                                         "csrf": csrf_of(page.text)})
+    assert answer.status_code == 413
+    assert client.get("/api/session").status_code == 401
+    login = client.post("/api/login", json={"username": "radiologist1", "password": PASSWORD})
+    assert login.status_code == 200
+    headers = {"X-CSRF-Token": login.json()["csrf"]}
+    uid = seeded.uids["done"]
+    padded = {"llnm": True, "note": "x" * MAX_BODY_BYTES}
+    assert client.post(f"/api/studies/{uid}/outcome", json=padded, headers=headers).status_code == 413
+    assert client.post(f"/api/studies/{uid}/outcome", json={"llnm": True}, headers=headers).status_code == 200
+    points = [[123.45678901234567 + i / 7, 456.7890123456789 + i / 3] for i in range(2000)]
+    outline = {"sop_instance_uid": "1.2.3", "frame": 1, "points": points}
+    assert client.post(f"/api/studies/{uid}/feedback", json={"outline": outline}, headers=headers).status_code == 200
+    form = client.post(f"/studies/{uid}/feedback", data={"outline": json.dumps(outline), "csrf": headers["X-CSRF-Token"]},
+                       follow_redirects=False)
+    assert form.status_code == 303
+    huge = {"outline": {**outline, "points": points * 14}}
+    assert len(json.dumps(huge)) > MAX_FEEDBACK_BYTES
+    assert client.post(f"/api/studies/{uid}/feedback", json=huge, headers=headers).status_code == 413

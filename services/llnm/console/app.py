@@ -40,7 +40,13 @@ log = get_logger(__name__)
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZES = (25, 50, 100, 200)
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a SEG or SR sent back from a viewer
+#: a login, an action, an outcome or a logout (JSON or form): a few hundred bytes; anything larger is
+#: refused (413) before it is read whole, logged in or not
+MAX_BODY_BYTES = 64 * 1024
+#: feedback: its outline keeps at most 2000 [row, col] points, about 100 KB as JSON (more URL-encoded in
+#: the page's form), so 1 MiB holds the largest legitimate one with room to spare
+MAX_FEEDBACK_BYTES = 1024 * 1024
 #: name -> () -> (ok, text): live checks the embedding service passes in (workers, models, broker)
 Check = Callable[[], "tuple[bool, str]"]
 
@@ -151,21 +157,22 @@ def _need(request: Request, permission: str) -> User:
     return user
 
 
-async def _check_csrf(request: Request) -> dict[str, Any]:
-    """The request's form or JSON body, after the CSRF token matched the session's."""
+async def _check_csrf(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's form or JSON body (at most `limit` bytes), after the CSRF token matched the session's."""
     ctype = request.headers.get("content-type", "")
     data: dict[str, Any] = {}
     if ctype.startswith("application/json"):
-        data = await _json_object(request)
+        data = await _json_object(request, limit)
     elif ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        data = dict(await request.form())
+        data = await _form(request, limit)
     given = request.headers.get("x-csrf-token") or data.get("csrf")
     if not same_token(request.session.get("csrf"), given):
         raise HTTPException(403, "missing or wrong CSRF token")
     return data
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def _json_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    await _bounded_body(request, limit)
     try:
         data = await request.json()
     except ValueError:
@@ -173,6 +180,11 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HTTPException(400, "a JSON object is expected")
     return data
+
+
+async def _form(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    await _bounded_body(request, limit)
+    return dict(await request.form())
 
 
 def _uid(raw: str) -> str:
@@ -243,7 +255,7 @@ async def login_page(request: Request) -> Response:
         con = _console(request)
         return _render(request, "login.html", None, no_users=con.users.count() == 0 and con.oidc is None,
                        sso=con.oidc is not None)
-    form = dict(await request.form())
+    form = await _form(request)
     if not same_token(request.session.get("csrf"), form.get("csrf")):
         raise HTTPException(403, "missing or wrong CSRF token: reload the login page")
     wait = _throttled(request, str(form.get("username", "")))
@@ -475,7 +487,7 @@ def _known(request: Request, uid: str) -> None:
 
 async def feedback(request: Request) -> Response:
     user = _need(request, FEEDBACK)
-    data = await _check_csrf(request)
+    data = await _check_csrf(request, MAX_FEEDBACK_BYTES)
     con = _console(request)
     uid = _uid(request.path_params["uid"])
     _known(request, uid)
@@ -511,14 +523,21 @@ async def feedback_dicom(request: Request) -> Response:
     return JSONResponse({"ok": True, "source": kind, "points": len(outline["points"])})
 
 
-async def _bounded_body(request: Request) -> bytes:
+async def _bounded_body(request: Request, limit: int = MAX_UPLOAD_BYTES) -> bytes:
+    """The request's body, refused (413) as soon as it is known to pass `limit` bytes: from its
+    Content-Length before reading anything, else while streaming it, never read whole. Kept on the
+    request (Starlette's own cache), so request.json() and request.form() parse these bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdecimal() and declared.isascii() and int(declared) > limit:
+        raise HTTPException(413, "too large")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_UPLOAD_BYTES:
+        if size > limit:
             raise HTTPException(413, "too large")
         chunks.append(chunk)
-    return b"".join(chunks)
+    request._body = b"".join(chunks)
+    return request._body
 
 
 async def outcome(request: Request) -> Response:
