@@ -191,3 +191,36 @@ def test_scanner_labels_are_bounded():
     keep = quality._kept_scanners(rows)
     assert len(keep) == quality.MAX_SCANNER_LABELS and "Big" in keep
     assert quality.scanner_label('Evil"}\n', keep) == "other"
+
+
+def test_an_outline_with_a_non_finite_or_implausible_point_is_refused(seeded):
+    """NaN or Infinity stored in an outline made GET /api/studies/UID a 500 for everyone: such points, and
+    points far outside any frame, are a 400 with a fixed message and nothing is stored."""
+    uid = seeded.uids["done"]
+    client, headers = _api(seeded, "radiologist")
+    json_headers = {**headers, "Content-Type": "application/json"}
+    for bad in ("NaN", "Infinity", "-Infinity", "-5", "70000", "1e300"):
+        body = '{"outline": {"sop_instance_uid": "1.2.3", "points": [[%s, 1], [2, 3], [4, 5]]}}' % bad
+        answer = client.post(f"/api/studies/{uid}/feedback", content=body.encode(), headers=json_headers)
+        assert answer.status_code == 400, bad
+        assert answer.json()["error"].startswith("outline: every point must be a finite"), bad
+    assert seeded.audit.feedback(uid) == []
+    assert client.get(f"/api/studies/{uid}").status_code == 200
+    assert client.get(f"/studies/{uid}").status_code == 200
+    edge = {"sop_instance_uid": "1.2.3", "points": [[-1, 0], [0, 65535], [65535.0, 12.5]]}
+    assert client.post(f"/api/studies/{uid}/feedback", json={"outline": edge}, headers=headers).status_code == 200
+    assert client.get(f"/api/studies/{uid}").status_code == 200
+
+
+def test_an_sr_outline_with_a_non_finite_point_is_skipped_with_a_warning(seeded, caplog):
+    uid = seeded.uids["done"]
+    nan = _sr_bytes(uid, "1.2.3.4.6", [(11, 21), (float("nan"), 21), (31, 41)])
+    with caplog.at_level("WARNING"), pytest.raises(CorrectionError, match="no polyline outline"):
+        outline_from_dicom(nan, uid)
+    assert "SR outline skipped" in caplog.text
+    client, headers = _api(seeded, "radiologist")
+    answer = client.post(f"/api/studies/{uid}/feedback/dicom", content=nan,
+                         headers={**headers, "Content-Type": "application/dicom"})
+    assert answer.status_code == 400
+    assert seeded.audit.feedback(uid) == []
+    assert client.get(f"/api/studies/{uid}").status_code == 200

@@ -477,6 +477,10 @@ def _outline(value: Any) -> dict[str, Any] | None:
         raise HTTPException(400, "outline: sop_instance_uid, frame and at least 3 [row, col] points") from None
     if len(points) < 3:
         raise HTTPException(400, "outline: at least 3 points")
+    from llnm.console.corrections import plausible_points
+
+    if not plausible_points(points):
+        raise HTTPException(400, "outline: every point must be a finite [row, col] within a frame (-1 to 65535)")
     return outline
 
 

@@ -9,12 +9,14 @@ outline: {"sop_instance_uid", "frame", "points": [[row, column], ...]} in the so
   POLYGON; GraphicData are (column, row) pairs, 1-based sub-pixel (PS3.3 C.18.6.1.2); its image from the
   child IMAGE item's ReferencedSOPSequence.
 The object must belong to the study it is posted for. Nothing of its header is logged or stored besides
-the referenced UIDs and the points.
+the referenced UIDs and the points. An SR outline with a point that is not a finite pixel position within
+any frame (`plausible_points`) is skipped with a warning, as stored it would break the study's page.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -22,8 +24,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from llnm.observability.logs import get_logger
+
+log = get_logger(__name__)
+
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 MAX_POINTS = 720
+#: the range of a plausible outline point's row and column: a frame has at most 65535 rows and columns
+#: (US), and -1 leaves room for a vertex on the frame's top or left edge (an SR's 0.0 is -1 here)
+MIN_COORD, MAX_COORD = -1.0, 65535.0
 
 
 class CorrectionError(ValueError):
@@ -43,6 +52,12 @@ def outline_from_dicom(data: bytes, study_uid: str) -> tuple[dict[str, Any], str
     if str(ds.get("Modality", "")) == "SR":
         return _from_sr(ds), "sr"
     raise CorrectionError("expected a DICOM SEG or SR")
+
+
+def plausible_points(points: list[list[float]]) -> bool:
+    """Every [row, column] is a finite number within MIN_COORD..MAX_COORD (NaN or Infinity stored in an
+    outline would make the study's JSON unwritable)."""
+    return all(math.isfinite(v) and MIN_COORD <= v <= MAX_COORD for point in points for v in point)
 
 
 def mask_outline(mask: np.ndarray) -> list[list[float]]:
@@ -96,6 +111,9 @@ def _from_sr(ds: Dataset) -> dict[str, Any]:
             continue
         data = [float(v) for v in item.GraphicData]
         points = [[data[i + 1] - 1.0, data[i] - 1.0] for i in range(0, len(data) - 1, 2)]
+        if not plausible_points(points):
+            log.warning("SR outline skipped: a point is not finite or outside any frame", reason="GraphicData")
+            continue
         for child in item.get("ContentSequence") or []:
             for ref in child.get("ReferencedSOPSequence") or []:
                 frames = ref.get("ReferencedFrameNumber")
