@@ -450,3 +450,20 @@ def test_oversized_bodies_are_refused_before_they_are_read(client_for, seeded):
     huge = {"outline": {**outline, "points": points * 14}}
     assert len(json.dumps(huge)) > MAX_FEEDBACK_BYTES
     assert client.post(f"/api/studies/{uid}/feedback", json=huge, headers=headers).status_code == 413
+
+
+def test_console_log_lines_say_who_did_what(client_for, seeded, caplog):
+    """docs/operations.md: the console's logs carry UIDs, user names and actions (the allow-list of log
+    fields dropped user, role, action and ok)."""
+    from llnm.observability.logs import JsonFormatter
+
+    caplog.set_level("INFO", logger="llnm")
+    client = client_for("operator")
+    csrf = client.get("/api/session").json()["csrf"]
+    uid = seeded.uids["failed"]
+    assert client.post(f"/api/studies/{uid}/actions/requeue", json={}, headers={"X-CSRF-Token": csrf}).status_code == 200
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    login = next(line for line in lines if line["msg"] == "console login")
+    assert login["user"] == "operator1" and login["role"] == "operator"
+    action = next(line for line in lines if line["msg"] == "console action")
+    assert action == {**action, "user": "operator1", "action": "requeue", "study_uid": uid, "ok": True}

@@ -1,4 +1,5 @@
-"""Structured JSON logs that carry UIDs, never names, IDs, birth dates or pixel data.
+"""Structured JSON logs that carry UIDs (and console user names), never patient names, IDs, birth dates or
+pixel data.
 
 Use `get_logger(__name__)` and pass context as keyword fields:
 `log.info("instance stored", study_uid=..., sop_instance_uid=..., calling_ae=...)`.
@@ -20,6 +21,10 @@ ALLOWED_FIELDS = frozenset({
     "path", "count", "instances", "studies", "bytes", "error", "reason", "model", "version",
     "backend", "probability", "risk_level", "port", "url", "queue", "outcome", "views", "frames",
     "seconds", "retries", "epoch", "metric", "value", "preset", "worker", "objects",
+    # the console's audit lines (who did what): a console user name is [A-Za-z0-9._@-] (users file, or the
+    # identity provider's name cut to that), a role one of four, an action, source and kind fixed words
+    # of the code, ok a boolean, address the bind address, positives and skipped counts
+    "user", "role", "action", "ok", "kind", "source", "address", "positives", "skipped",
 })
 
 
