@@ -467,3 +467,17 @@ def test_console_log_lines_say_who_did_what(client_for, seeded, caplog):
     assert login["user"] == "operator1" and login["role"] == "operator"
     action = next(line for line in lines if line["msg"] == "console action")
     assert action == {**action, "user": "operator1", "action": "requeue", "study_uid": uid, "ok": True}
+
+
+def test_a_page_size_that_is_not_ascii_digits_is_the_default_not_a_crash(client_for, seeded):
+    """str.isdigit() takes "²" (and int() then refused it: a 500); any limit not among the page sizes,
+    in whatever script, gives the default page of 50."""
+    for i in range(60):
+        seeded.audit.set_state(f"1.2.826.0.1.3680043.10.546.{i}", A.DONE, calling_ae="BULK")
+    client = client_for("viewer")
+    for limit in ("²", "²⁵", "٢٥", "２５", "25x", "7"):
+        for path in ("/api/studies", "/studies"):
+            answer = client.get(path, params={"ae": "BULK", "limit": limit})
+            assert answer.status_code == 200, (limit, path)
+        assert len(client.get("/api/studies", params={"ae": "BULK", "limit": limit}).json()["studies"]) == 50
+    assert len(client.get("/api/studies", params={"ae": "BULK", "limit": "25"}).json()["studies"]) == 25

@@ -320,7 +320,8 @@ def _filters(request: Request) -> dict[str, Any]:
     state = q.get("state", "")
     states = tuple(s for s in state.split(",") if s in A.STATES)
     risk = q.get("risk", "")
-    limit = int(q["limit"]) if q.get("limit", "").isdigit() and int(q["limit"]) in PAGE_SIZES else 50
+    raw = q.get("limit", "")  # isdigit() also takes "²", which int() refuses: ASCII digits only
+    limit = int(raw) if raw.isascii() and raw.isdecimal() and int(raw) in PAGE_SIZES else 50
     after = None
     if q.get("after"):
         ts, _, uid = q["after"].partition("_")
