@@ -406,7 +406,7 @@ class AuditTrail:
             row = c.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
             if row is None or row["state"] in (PROCESSING, IGNORED):
                 return False
-            for table in ("pending_studies", "pending_series"):
+            for table in ("pending_studies", "pending_series", "received_instances"):
                 try:
                     c.execute(f"DELETE FROM {table} WHERE study_uid = ?", (study_uid,))
                 except sqlite3.OperationalError:  # no listener ever ran on this database

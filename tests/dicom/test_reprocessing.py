@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from llnm.dicom.classify import classify_instance
 from llnm.dicom.supersede import KEY_OBJECT_SELECTION, REJECTED_FOR_QUALITY_REASONS, ResultRecord, succeed_output
 from llnm.predict import predict_paths, write_output
 from tests.dicom.conftest import dciodvfy_errors, drawn_result, real_file
@@ -107,6 +108,8 @@ def test_a_changed_result_references_its_predecessor_and_rejects_every_supersede
         path = tmp_path / f"{ds.Modality}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], ds.Modality
+        # routed back to the listener with the rest of the study, it is ours: it never reopens the study
+        assert classify_instance(pydicom.dcmread(path)) == "own_output", ds.Modality
 
 
 def test_the_changed_result_processed_again_keeps_its_note_and_bytes(settings):

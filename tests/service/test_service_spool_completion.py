@@ -230,3 +230,103 @@ def test_a_report_arriving_after_processing_runs_the_study_again(tmp_path: Path)
     tracker.instance_received(STUDY, "1.2.3.4.9", "US1", "report")
     clock.now += 10
     assert tracker.poll(lambda uid: "t2") == [STUDY] and audit.study(STUDY)["state"] == A.QUEUED
+
+
+def test_an_instance_that_is_not_analysed_never_reopens_a_study_with_a_result(tmp_path: Path):
+    """A presentation state or another system's key object arriving after the result would only run the
+    study again and add an "ignored" warning to a result that then supersedes the one sent."""
+    clock = Clock()
+    tracker, audit = _tracker(tmp_path, clock)
+    tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid="1.1")
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [STUDY]
+    audit.set_state(STUDY, A.DONE)
+    tracker.instance_received(STUDY, "9.9", "PACS", "ignored:modality PR is not US", sop_uid="1.2")
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [] and audit.study(STUDY)["state"] == A.DONE
+    assert [e["event"] for e in audit.events(STUDY)][-1] == "not analysed, study not reopened"
+    tracker.instance_received(STUDY, "9.9", "PACS", "report", sop_uid="1.3")  # a report still does
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [STUDY]
+
+
+def test_a_corrected_resend_after_completion_reopens_the_study_an_identical_one_does_not(tmp_path: Path):
+    clock = Clock()
+    tracker, audit = _tracker(tmp_path, clock)
+    spool = Spool(tmp_path / "spool", min_free_mb=0)
+
+    def receive(data: bytes) -> None:
+        stored = spool.store(STUDY, SERIES, SOP, data)
+        tracker.instance_received(STUDY, SERIES, "US1", "image", duplicate=stored.duplicate, sop_uid=SOP,
+                                  changed=stored.changed)
+
+    receive(b"first")
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [STUDY]
+    audit.set_state(STUDY, A.DONE)
+    receive(b"first")  # the same bytes again: nothing new to analyse
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [] and audit.study(STUDY)["state"] == A.DONE
+    receive(b"corrected")  # the spool now holds other bytes than the result was computed from
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [STUDY] and audit.study(STUDY)["instances"] == 1
+
+
+def test_a_resend_right_after_a_discard_opens_the_study_again(tmp_path: Path):
+    clock = Clock()
+    tracker, audit = _tracker(tmp_path, clock)
+    tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid=SOP)
+    assert audit.discard(STUDY, "op", "operator")
+    tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid=SOP)  # before any sweep forgets it
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [STUDY] and audit.study(STUDY)["state"] == A.QUEUED
+
+
+def test_retries_while_the_broker_is_down_record_the_completion_once(tmp_path: Path):
+    clock = Clock()
+    tracker, audit = _tracker(tmp_path, clock)
+    tracker.instance_received(STUDY, SERIES, "US1", "image")
+
+    def broker_down(uid: str) -> str:
+        raise ConnectionError("broker")
+
+    for _ in range(4):
+        clock.now += 10
+        assert tracker.poll(broker_down) == []
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [STUDY]
+    events = [e["event"] for e in audit.events(STUDY)]
+    assert events.count("study complete") == 1 and audit.study(STUDY)["state"] == A.QUEUED
+
+
+def test_retention_never_removes_an_instance_stored_while_it_decides(tmp_path: Path):
+    """The listener holds the spool's shared lock from the write to the record; retention checks again
+    under the exclusive lock, so a study reopened meanwhile keeps its files."""
+    import threading
+    import time
+
+    from llnm.config import Settings
+    from llnm.worker.maintenance import apply_retention
+
+    settings = Settings(data_dir=tmp_path / "data", min_free_disk_mb=0, retention_hours=1.0)
+    clock = Clock()
+    clock.now = time.time()
+    audit = AuditTrail.for_data_dir(settings.data_dir)
+    tracker = CompletionTracker(audit, parse_access("", 1.0, 2.0), clock=clock)
+    spool = Spool(settings.spool_dir, min_free_mb=0)
+    spool.store(STUDY, SERIES, SOP, b"old")
+    tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid=SOP)
+    clock.now += 10
+    assert tracker.poll(lambda uid: "t") == [STUDY]
+    audit.set_state(STUDY, A.DONE)
+    later = time.time() + 7200
+    removed: list[list[str]] = []
+    with spool.receiving():  # the listener, mid-store of a resent instance
+        worker = threading.Thread(target=lambda: removed.append(apply_retention(settings, audit, now=later)))
+        worker.start()
+        time.sleep(0.3)
+        assert worker.is_alive()  # retention waits for the store to be recorded
+        stored = spool.store(STUDY, SERIES, "1.2.3.4.5.7", b"new")
+        tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid="1.2.3.4.5.7")
+    worker.join(10)
+    assert removed == [[]] and stored.path.exists() and audit.study(STUDY)["state"] == A.RECEIVING

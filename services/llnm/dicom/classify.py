@@ -23,10 +23,12 @@ BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"  # our IOCM rejection notes (llnm.dicom.supersede)
 REPORT_SOP_CLASSES = frozenset({BASIC_TEXT_SR, ENHANCED_SR, COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR})
-#: What the worker writes (SEG, SR, SC key image); with our Manufacturer it is our own output.
+#: What the worker writes (SEG, SR, SC key image, the rejection note of a superseded result); with our
+#: Manufacturer it is our own output.
 OWN_OUTPUT_SOP_CLASSES = frozenset({SEGMENTATION_STORAGE, COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR,
-                                    ENHANCED_SR, *SC_SOP_CLASSES})
+                                    ENHANCED_SR, KEY_OBJECT_SELECTION, *SC_SOP_CLASSES})
 
 
 _CODE_STRING = re.compile(r"^[A-Z0-9_ ]{1,16}$")

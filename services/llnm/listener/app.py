@@ -317,9 +317,10 @@ class Listener:
         except Exception as exc:
             kind = f"ignored:unclassifiable ({type(exc).__name__})"
         try:
-            stored = self.spool.store_file(study_uid, series_uid, sop_uid, Path(incoming.name), incoming.sync)
-            self.tracker.instance_received(study_uid, series_uid, calling, kind, duplicate=stored.duplicate,
-                                           sop_uid=sop_uid)
+            with self.spool.receiving():  # retention waits: it never removes what is not yet recorded
+                stored = self.spool.store_file(study_uid, series_uid, sop_uid, Path(incoming.name), incoming.sync)
+                self.tracker.instance_received(study_uid, series_uid, calling, kind, duplicate=stored.duplicate,
+                                               sop_uid=sop_uid, changed=stored.changed)
         except OutOfResources as exc:
             log.error("instance refused: spool cannot store it", study_uid=study_uid, sop_instance_uid=sop_uid,
                       calling_ae=calling, error=exc.strerror or type(exc).__name__)

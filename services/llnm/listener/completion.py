@@ -77,13 +77,17 @@ class CompletionTracker:
                     c.execute(statement)
 
     def instance_received(self, study_uid: str, series_uid: str, calling_ae: str, kind: str,
-                          duplicate: bool = False, sop_uid: str | None = None) -> None:
+                          duplicate: bool = False, sop_uid: str | None = None, changed: bool = False) -> None:
         """Record one stored instance (call after the spool write, before answering Success).
 
         With `sop_uid`, whether it is a duplicate is decided here, by what was recorded, not by the
         caller's "the file was already in the spool": a listener killed between the spool write and this
         record leaves the file without the record, and the sender's resend must count as new (else a
-        study whose only image that was would end up ignored)."""
+        study whose only image that was would end up ignored). `changed`: the spool replaced an earlier copy
+        of this instance with other bytes (a corrected resend), which reopens a finished study like a new
+        instance. An instance that is not analysed (`ignored:...`) never reopens a study that has a
+        result: a presentation state or another system's key object arriving later would only run it
+        again and add a warning to its result."""
         if kind == "own_output":
             metrics.OWN_OUTPUT.inc()
             return
@@ -96,9 +100,14 @@ class CompletionTracker:
                                       (study_uid, sop_uid)).rowcount == 0
             pending = c.execute("SELECT ignored FROM pending_studies WHERE study_uid = ?", (study_uid,)).fetchone()
             row = c.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
-            if pending is None and duplicate and row is not None and row["state"] in A.FINAL_STATES:
+            if pending is None and duplicate and not changed and row is not None and row["state"] in A.FINAL_STATES:
                 AuditTrail.add_event(c, study_uid, "duplicate after completion", {"calling_ae": calling_ae})
                 return  # a resend of what was already processed does not reopen the study
+            if pending is None and kind.startswith("ignored") and row is not None \
+                    and row["state"] not in (A.IGNORED, A.RECEIVING):
+                AuditTrail.add_event(c, study_uid, "not analysed, study not reopened",
+                                     {"calling_ae": calling_ae, "reason": kind.partition(":")[2] or "unspecified"})
+                return
             if pending is None:
                 # A study processed before (done, failed, or on its way) has images in the spool already:
                 # a report arriving later makes it worth processing again, with that report.
@@ -116,6 +125,7 @@ class CompletionTracker:
                     AuditTrail.put_state(c, study_uid, A.RECEIVING, {"calling_ae": calling_ae, "instances": kept})
                     AuditTrail.add_event(c, study_uid, "reopened" if row else "receiving",
                                          {"calling_ae": calling_ae})
+                    duplicate = duplicate and not changed  # a corrected resend is the new round's instance
                 else:
                     AuditTrail.add_event(c, study_uid, "more instances while queued", {"state": row["state"]})
             ignored = json.loads(pending["ignored"]) if pending else {}
@@ -171,6 +181,8 @@ class CompletionTracker:
                 "SELECT * FROM pending_studies WHERE retry_at <= ? AND (state = 'enqueuing' OR"
                 " last_at + series_idle_s + study_idle_s <= ?) ORDER BY last_at", (now, now)).fetchall()
             for r in due:
+                if r["state"] == "enqueuing":  # a retry after the broker refused: marked and recorded already
+                    continue
                 c.execute("UPDATE pending_studies SET state = 'enqueuing' WHERE study_uid = ?", (r["study_uid"],))
                 if r["images"]:
                     AuditTrail.put_state(c, r["study_uid"], A.QUEUED, {"attempts": 0, "send_attempts": 0,

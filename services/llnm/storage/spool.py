@@ -13,11 +13,14 @@ Duplicate policy (`LLNM_DUPLICATE_POLICY`), for an instance whose SOP Instance U
 from __future__ import annotations
 
 import errno
+import fcntl
+import filecmp
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from llnm.storage.durable import fsync_dir, fsync_path, write_durably
 from llnm.storage.names import is_uid, validate_uid
@@ -33,6 +36,22 @@ class Stored:
     duplicate: bool  # an instance with this SOP Instance UID was already spooled
     written: bool  # False when the duplicate policy kept the earlier copy
     size: int
+    changed: bool = False  # a duplicate whose bytes differ from the copy it replaced (a corrected resend)
+
+
+#: the spool's lock file (`Spool.receiving` / `Spool.removing`); not a UID, so never taken for a study
+LOCK_FILE = ".lock"
+
+
+def _same_bytes(path: Path, data: bytes | None = None, incoming: Path | None = None) -> bool:
+    """Does the spooled file at `path` hold exactly `data` (or the file `incoming`)? Read only for a
+    duplicate; an unreadable earlier copy counts as different."""
+    try:
+        if data is not None:
+            return path.stat().st_size == len(data) and path.read_bytes() == data
+        return filecmp.cmp(path, incoming, shallow=False)
+    except OSError:
+        return False
 
 
 class Spool:
@@ -65,6 +84,7 @@ class Spool:
         if duplicate and self.duplicate_policy == "discard":
             return Stored(path, duplicate=True, written=False, size=path.stat().st_size)
         self.check_watermark(len(data))
+        changed = duplicate and not _same_bytes(path, data=data)
         try:
             if not path.parent.is_dir():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +93,7 @@ class Spool:
             write_durably(path, data)
         except OSError as exc:
             raise OutOfResources(exc.errno or errno.EIO, f"spool write failed: {exc.strerror or exc}") from exc
-        return Stored(path, duplicate=duplicate, written=True, size=len(data))
+        return Stored(path, duplicate=duplicate, written=True, size=len(data), changed=changed)
 
     def store_file(self, study_uid: str, series_uid: str, sop_uid: str, incoming: Path,
                    sync: Callable[[], None] | None = None) -> Stored:
@@ -87,6 +107,7 @@ class Spool:
             return Stored(path, duplicate=True, written=False, size=path.stat().st_size)
         same_disk = os.stat(incoming).st_dev == os.stat(self.root).st_dev
         self.check_watermark(0 if same_disk else size)  # on the same disk the bytes are already there
+        changed = duplicate and not _same_bytes(path, incoming=Path(incoming))
         try:
             if not path.parent.is_dir():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +124,7 @@ class Spool:
                 write_durably(path, Path(incoming).read_bytes())
         except OSError as exc:
             raise OutOfResources(exc.errno or errno.EIO, f"spool write failed: {exc.strerror or exc}") from exc
-        return Stored(path, duplicate=duplicate, written=True, size=size)
+        return Stored(path, duplicate=duplicate, written=True, size=size, changed=changed)
 
     def instances(self, study_uid: str) -> list[Path]:
         """The spooled files of a study, sorted (series, then SOP Instance UID)."""
@@ -122,6 +143,28 @@ class Spool:
         root = self.study_dir(study_uid)
         times = [p.stat().st_mtime for p in root.rglob("*")] if root.is_dir() else []
         return max(times, default=root.stat().st_mtime if root.is_dir() else 0.0)
+
+    @contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Held (shared) by the listener from an instance's spool write to its completion record, so that
+        retention (`removing`) never deletes an instance between the two: it sees the study reopened."""
+        with self._flock(fcntl.LOCK_SH):
+            yield
+
+    @contextmanager
+    def removing(self) -> Iterator[None]:
+        """Held (exclusive) by retention while it checks a study again and removes it."""
+        with self._flock(fcntl.LOCK_EX):
+            yield
+
+    @contextmanager
+    def _flock(self, mode: int) -> Iterator[None]:
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def remove_study(self, study_uid: str) -> None:
         shutil.rmtree(self.study_dir(study_uid), ignore_errors=True)

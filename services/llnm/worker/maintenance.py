@@ -30,17 +30,25 @@ def apply_retention(settings: Settings, audit: AuditTrail, now: float | None = N
     max_age = settings.retention_hours * 3600.0
     spool = Spool(settings.spool_dir, settings.min_free_disk_mb, settings.duplicate_policy)
     outbox = Outbox(settings.outbox_dir)
-    removed = []
-    for uid in sorted(set(spool.studies()) | set(outbox.studies())):
+
+    def expired(uid: str) -> tuple[bool, dict | None]:
         row = audit.study(uid)
         if row is not None and row["state"] not in (A.DONE, A.IGNORED):
+            return False, row
+        newest = max(spool.last_modified(uid), outbox.last_modified(uid), row["updated_at"] if row else 0.0)
+        return now - newest >= max_age, row
+
+    removed = []
+    for uid in sorted(set(spool.studies()) | set(outbox.studies())):
+        if not expired(uid)[0]:
             continue
-        newest = max(spool.last_modified(uid), outbox.last_modified(uid),
-                     row["updated_at"] if row else 0.0)
-        if now - newest < max_age:
+        with spool.removing():  # again under the lock: an instance stored meanwhile has reopened the study
+            gone, row = expired(uid)
+            if gone:
+                spool.remove_study(uid)
+                outbox.remove_study(uid)
+        if not gone:
             continue
-        spool.remove_study(uid)
-        outbox.remove_study(uid)
         if row is not None:
             audit.event(uid, "files removed by retention", hours=settings.retention_hours)
         log.info("study files removed by retention", study_uid=uid)
