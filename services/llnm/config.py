@@ -88,6 +88,7 @@ class Settings:
     console_oidc_client_secret: str = ""
     console_oidc_role_claim: str = "groups"  # the ID token / userinfo claim listing the user's groups or roles
     console_oidc_roles: str = ""  # "idp-group:role,...": which group gives which console role (first match)
+    console_oidc_redirect_uri: str = ""  # https://<console>/login/oidc/callback as registered; empty: from the request
     notify_webhooks: str = ""  # "https://host/hook[;events=result|failed|dead_letter]", comma-separated
     notify_email: str = ""  # "a@hospital.org,b@hospital.org[;events=dead_letter|failed]"
     notify_smtp_url: str = ""  # smtp://host:25, smtp+starttls://user:password@host:587, smtps://...:465

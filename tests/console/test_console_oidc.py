@@ -65,7 +65,7 @@ class Provider:
     async def token(self, request: Request) -> JSONResponse:
         form = await request.form()
         grant = self.codes.pop(str(form["code"]), None)
-        if grant is None:
+        if grant is None or form.get("redirect_uri") != grant["redirect_uri"]:  # RFC 6749 4.1.3
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
         now = int(time.time())
         claims = {"iss": self.issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 300, "sub": grant["sub"],
@@ -98,10 +98,10 @@ def _sso(client: TestClient) -> httpx.Response:
     return client.get(back.headers["location"], follow_redirects=False)
 
 
-def _client(seeded, provider) -> TestClient:
+def _client(seeded, provider, **more) -> TestClient:
     settings = replace(seeded.settings, console_oidc_issuer=provider.issuer, console_oidc_client_id=CLIENT_ID,
                        console_oidc_client_secret=CLIENT_SECRET,
-                       console_oidc_roles="llnm-admins:admin,radiology:radiologist,it-ops:operator")
+                       console_oidc_roles="llnm-admins:admin,radiology:radiologist,it-ops:operator", **more)
     return TestClient(create_app(settings, seeded.audit), base_url="http://console.test")
 
 
@@ -154,3 +154,26 @@ def test_role_mapping_and_configuration_errors(seeded):
     with pytest.raises(OidcConfigError):
         create_app(replace(seeded.settings, console_oidc_issuer="http://127.0.0.1:9", console_oidc_client_id="x"),
                    seeded.audit)
+
+
+def test_the_configured_redirect_uri_is_the_callback_sent_to_the_provider(seeded, provider):
+    """Behind the Helm ingress the console sees plain http (uvicorn trusts X-Forwarded-Proto only from
+    127.0.0.1): LLNM_CONSOLE_OIDC_REDIRECT_URI is the registered https:// callback, in the authorization
+    request and in the code exchange; without it the request's own URL is used."""
+    plain = _client(seeded, provider).get("/login/oidc", follow_redirects=False)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(plain.headers["location"]).query)
+    assert query["redirect_uri"] == ["http://console.test/login/oidc/callback"]
+
+    registered = "https://console.hospital.example/login/oidc/callback"
+    client = _client(seeded, provider, console_oidc_redirect_uri=registered)
+    provider.next_user = {"sub": "u-20", "username": "dr.grey", "groups": ["radiology"]}
+    start = client.get("/login/oidc", follow_redirects=False, headers={"X-Forwarded-Proto": "https"})
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(start.headers["location"]).query)
+    assert query["redirect_uri"] == [registered]
+    back = httpx.get(start.headers["location"], follow_redirects=False).headers["location"]
+    assert back.startswith(registered + "?")
+    answer = client.get(urllib.parse.urlsplit(back)._replace(scheme="", netloc="").geturl(), follow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["location"] == "/studies"
+    assert client.get("/api/session").json()["user"] == "dr.grey"
+    with pytest.raises(OidcConfigError, match="LLNM_CONSOLE_OIDC_REDIRECT_URI"):
+        _client(seeded, provider, console_oidc_redirect_uri="console.hospital.example/login/oidc/callback")

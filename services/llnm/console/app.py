@@ -225,7 +225,7 @@ async def oidc_login(request: Request) -> Response:
     oidc = _console(request).oidc
     if oidc is None:
         raise HTTPException(404, "single sign-on is not configured")
-    return await oidc.redirect(request, str(request.url_for("oidc_callback")))
+    return await oidc.redirect(request, oidc.redirect_uri or str(request.url_for("oidc_callback")))
 
 
 async def oidc_callback(request: Request) -> Response:

@@ -6,8 +6,11 @@ by Authlib against the issuer's discovery document and keys). The console role c
 `LLNM_CONSOLE_OIDC_ROLE_CLAIM` (a list or a string) through `LLNM_CONSOLE_OIDC_ROLES`
 (`group:role,...`, the first listed group the user has wins); a user with no mapped group is refused.
 The session then lasts `LLNM_CONSOLE_SESSION_HOURS`; a role changed at the identity provider applies at
-the next login. The user name shown and logged is `preferred_username` (else `sub`), cut to the
-console's name alphabet.
+the next login. The callback URL sent to the provider is `LLNM_CONSOLE_OIDC_REDIRECT_URI` when set (behind
+a TLS ingress the request arrives as plain http, and uvicorn trusts X-Forwarded-Proto only from
+127.0.0.1, so a URL built from the request would not match the registered https:// one), else the
+request's own /login/oidc/callback. The user name shown and logged is `preferred_username` (else `sub`),
+cut to the console's name alphabet.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class Oidc:
         if not self.mapping:
             raise OidcConfigError("LLNM_CONSOLE_OIDC_ROLES is empty: no identity provider user could get a role")
         self.claim = settings.console_oidc_role_claim
+        self.redirect_uri = settings.console_oidc_redirect_uri.strip()
+        if self.redirect_uri and not self.redirect_uri.startswith(("https://", "http://")):
+            raise OidcConfigError("LLNM_CONSOLE_OIDC_REDIRECT_URI: the whole URL, https://<console>/login/oidc/callback")
         oauth = OAuth()
         oauth.register(
             "idp", client_id=settings.console_oidc_client_id, client_secret=settings.console_oidc_client_secret,
