@@ -199,17 +199,23 @@ def test_broken_files_are_reported_and_the_rest_of_the_study_is_processed(tmp_pa
             assert uid not in text, f"{name} leaked into {ds.Modality}"
 
 
-def test_an_image_whose_class_is_only_in_the_file_meta_is_analysed(tmp_path, settings):
-    """No SOPClassUID in the dataset, MediaStorageSOPClassUID in the file meta (as classify reads it): the
-    image is analysed with the other, and what is written names its class."""
+def _two_images_one_without(tmp_path, settings, keyword: str):
+    """A study of two images, the second saved without `keyword`, through predict_paths: (good, other, output)."""
     study_uid = generate_uid()
     region = [{"x0": 0, "y0": 0, "x1": 159, "y1": 119}]
     good = make_us(tmp_path / "in" / "a.dcm", study_uid=study_uid, regions=region, InstanceNumber=1)
-    meta_only = make_us(tmp_path / "in" / "b.dcm", study_uid=study_uid, regions=region, InstanceNumber=2)
+    other = make_us(tmp_path / "in" / "b.dcm", study_uid=study_uid, regions=region, InstanceNumber=2)
     ds = pydicom.dcmread(tmp_path / "in" / "b.dcm")
-    del ds.SOPClassUID
+    delattr(ds, keyword)
     ds.save_as(tmp_path / "in" / "b.dcm")
     (output,) = predict_paths([tmp_path / "in"], backend=None, settings=settings, analyse=drawn_analyse)
+    return good, other, output
+
+
+def test_an_image_whose_class_is_only_in_the_file_meta_is_analysed(tmp_path, settings):
+    """No SOPClassUID in the dataset, MediaStorageSOPClassUID in the file meta (as classify reads it): the
+    image is analysed with the other, and what is written names its class."""
+    good, meta_only, output = _two_images_one_without(tmp_path, settings, "SOPClassUID")
     assert output.summary["status"] == "ok"
     assert sorted(v["sop_instance_uid"] for v in output.summary["views"]) == sorted(
         [good.SOPInstanceUID, meta_only.SOPInstanceUID])
@@ -224,14 +230,7 @@ def test_an_image_whose_class_is_only_in_the_file_meta_is_analysed(tmp_path, set
 def test_an_image_without_rows_is_skipped_with_a_warning_and_the_other_analysed(tmp_path, settings):
     """An error the reader did not foresee (here int(Rows) of a header without Rows) loses that image, with
     the usual warning naming its SOP Instance UID, never the study."""
-    study_uid = generate_uid()
-    region = [{"x0": 0, "y0": 0, "x1": 159, "y1": 119}]
-    good = make_us(tmp_path / "in" / "a.dcm", study_uid=study_uid, regions=region, InstanceNumber=1)
-    no_rows = make_us(tmp_path / "in" / "b.dcm", study_uid=study_uid, regions=region, InstanceNumber=2)
-    ds = pydicom.dcmread(tmp_path / "in" / "b.dcm")
-    del ds.Rows
-    ds.save_as(tmp_path / "in" / "b.dcm")
-    (output,) = predict_paths([tmp_path / "in"], backend=None, settings=settings, analyse=drawn_analyse)
+    good, no_rows, output = _two_images_one_without(tmp_path, settings, "Rows")
     assert output.summary["status"] == "ok"
     assert [v["sop_instance_uid"] for v in output.summary["views"]] == [good.SOPInstanceUID]
     assert f"instance {no_rows.SOPInstanceUID} skipped: it cannot be read (AttributeError)" in output.summary["warnings"]
