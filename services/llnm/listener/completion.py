@@ -181,8 +181,9 @@ class CompletionTracker:
                 "SELECT * FROM pending_studies WHERE retry_at <= ? AND (state = 'enqueuing' OR"
                 " last_at + series_idle_s + study_idle_s <= ?) ORDER BY last_at", (now, now)).fetchall()
             for r in due:
-                if r["state"] == "enqueuing":  # a retry after the broker refused: marked and recorded already
-                    continue
+                study = c.execute("SELECT state FROM studies WHERE study_uid = ?", (r["study_uid"],)).fetchone()
+                if r["state"] == "enqueuing" and study is not None and study["state"] == A.QUEUED:
+                    continue  # a retry after the broker refused: marked and recorded already
                 c.execute("UPDATE pending_studies SET state = 'enqueuing' WHERE study_uid = ?", (r["study_uid"],))
                 if r["images"]:
                     AuditTrail.put_state(c, r["study_uid"], A.QUEUED, {"attempts": 0, "send_attempts": 0,
