@@ -115,10 +115,13 @@ def _lazy_models_check(settings: Settings) -> Callable[[], tuple[bool, str]]:
 
 
 def _start_console(settings: Settings, audit: AuditTrail, checks: dict) -> "ConsoleServer | None":
-    """The web console inside `llnm serve` (LLNM_CONSOLE_PORT, 0: off); a port in use is logged, never fatal."""
+    """The web console inside `llnm serve` (LLNM_CONSOLE_PORT, 0: off); a port in use or a refused console
+    setting (a short secret key, a wrong single sign-on setting) is logged, never fatal."""
     if not settings.console_port:
         return None
 
+    from llnm.console.auth import SecretKeyError
+    from llnm.console.oidc import OidcConfigError
     from llnm.console.server import ConsoleServer
 
     try:
@@ -126,7 +129,9 @@ def _start_console(settings: Settings, audit: AuditTrail, checks: dict) -> "Cons
     except OSError:
         log.error("console not started: its port is in use or not allowed", port=settings.console_port,
                   variable="LLNM_CONSOLE_PORT")
-        return None
+    except (SecretKeyError, OidcConfigError) as exc:  # fixed texts naming the setting, never a secret
+        log.error("console not started: a console setting is refused", error=str(exc))
+    return None
 
 
 def run_listener(settings: Settings) -> int:

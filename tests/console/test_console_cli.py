@@ -72,3 +72,11 @@ def test_add_user_then_console_serves_the_data_dir(tmp_path: Path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def test_a_refused_console_setting_ends_llnm_console_with_its_reason_not_a_traceback(tmp_path: Path):
+    env = dict(os.environ, LLNM_DATA_DIR=str(tmp_path / "data"), LLNM_CONSOLE_PORT=str(free_port()),
+               LLNM_METRICS_PORT="0", LLNM_BIND_ADDRESS="127.0.0.1", LLNM_CONSOLE_SECRET_KEY="too short")
+    run = subprocess.run([str(VENV_BIN / "llnm"), "console"], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1 and "LLNM_CONSOLE_SECRET_KEY" in run.stdout
+    assert "Traceback" not in run.stdout + run.stderr and "too short" not in run.stdout + run.stderr

@@ -65,11 +65,14 @@ def run(args: argparse.Namespace) -> int:
     if settings.console_port == 0:
         print("LLNM_CONSOLE_PORT is 0: nothing to serve")
         return 2
+    from llnm.console.auth import SecretKeyError
+    from llnm.console.oidc import OidcConfigError
+
     stop = _stop_on_signals()  # the service's own handlers: SIGTERM ends with status 0
-    server = ConsoleServer(settings, checks=console_checks(settings))
     try:
+        server = ConsoleServer(settings, checks=console_checks(settings))
         server.start()
-    except OSError as exc:
+    except (OSError, SecretKeyError, OidcConfigError) as exc:  # our settings' own messages, or the port's
         print(exc)
         return 1
     health = None
