@@ -317,3 +317,22 @@ def test_coloured_calipers_are_filled_in_from_the_grey_tissue(us_factory, tmp_pa
     assert on_cross.any()
     assert 75 <= view.image[on_cross].min() and view.image[on_cross].max() <= 105  # tissue grey, not 150
     assert np.array_equal(view.image[~near_cross], grey[window][~near_cross])  # the rest as it came
+
+
+def test_views_past_the_limit_are_named_in_a_warning_even_within_one_instance(tmp_path, monkeypatch):
+    """Two dual displays (two regions each) with room for three views: the fourth region is not analysed,
+    and the warning says so, naming its instance."""
+    from llnm.dicom import loading
+    from tests.dicom.conftest import make_us
+
+    monkeypatch.setattr(loading, "MAX_VIEWS", 3)
+    study_uid = generate_uid()
+    dual = [{"x0": 0, "y0": 0, "x1": 79, "y1": 119}, {"x0": 80, "y0": 0, "x1": 159, "y1": 119}]
+    for name in ("a.dcm", "b.dcm"):
+        make_us(tmp_path / name, study_uid=study_uid, regions=dual)
+    groups, _ = group_by_study([tmp_path])
+    study = load_study(groups[study_uid])
+    assert len(study.views) == 3
+    read = [v.source.sop_instance_uid for v in study.views]
+    (cut,) = [uid for uid in set(read) if read.count(uid) == 1]  # the instance read last lost one region
+    assert f"more than 3 views: 1 region(s) of instance {cut} not analysed" in study.warnings

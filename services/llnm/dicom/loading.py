@@ -187,7 +187,10 @@ def load_study(files: StudyFiles, report_dir: str | Path | None = None) -> Study
             warnings.append(f"instance {_label(inst)} skipped: it cannot be read ({type(exc).__name__})")
             log.warning("instance skipped", study_uid=files.study_uid,
                         sop_instance_uid=_label(inst), reason=type(exc).__name__)
-    views = views[:MAX_VIEWS]
+    if len(views) > MAX_VIEWS:  # the last instance read held more regions than were left
+        warnings.append(f"more than {MAX_VIEWS} views: {len(views) - MAX_VIEWS} region(s) of instance "
+                        f"{views[MAX_VIEWS].source.sop_instance_uid} not analysed")
+        views = views[:MAX_VIEWS]
     if not images:
         warnings.append(NO_ULTRASOUND_IMAGE)
     elif not views:
