@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llnm.features.extract import axes_extent
+
 MIN_IMAGE_STD = 4.0  # grey levels
 #: the detector's own confidence threshold (nodule.CONF_THRESHOLD): declines exactly the unsure detections
 #: the segmentation keeps as a fallback (bench/segmentation_gate.py never sweeps below it; the model card)
@@ -131,7 +133,7 @@ def assess_view(image: np.ndarray, nodule: np.ndarray | None, gland: np.ndarray 
         if not NODULE_AREA_RANGE[0] <= nodule_share <= NODULE_AREA_RANGE[1]:
             reasons.append(Reason(IMPLAUSIBLE_SIZE, f"nodule covers {nodule_share:.1%} of the image"))
         if spacing_mm is not None:
-            length = _long_axis_mm(nodule, spacing_mm)
+            length = axes_extent(nodule, spacing_mm)[0]  # the long axis the result reports
             if not NODULE_MM_RANGE[0] <= length <= NODULE_MM_RANGE[1]:
                 reasons.append(Reason(IMPLAUSIBLE_SIZE, f"nodule long axis {length:.1f} mm "
                                       f"(plausible {NODULE_MM_RANGE[0]:g}-{NODULE_MM_RANGE[1]:g} mm)"))
@@ -144,14 +146,6 @@ def assess_view(image: np.ndarray, nodule: np.ndarray | None, gland: np.ndarray 
             reasons.append(Reason(NODULE_OUTSIDE_GLAND, f"only {inside:.0%} of the nodule lies inside the "
                                   "gland found: the masks disagree"))
     return ViewQuality(tuple(reasons), inside, nodule_share, gland_share, solid)
-
-
-def _long_axis_mm(mask: np.ndarray, spacing_mm: tuple[float, float]) -> float:
-    """Largest extent of the mask in mm (bounding-box diagonal bound by the larger side is enough here)."""
-    rows, cols = np.nonzero(mask)
-    height = (rows.max() - rows.min() + 1) * spacing_mm[0]
-    width = (cols.max() - cols.min() + 1) * spacing_mm[1]
-    return float(max(height, width))
 
 
 #: most telling first: a blank frame says all; a nodule found but failing a check tells more than nothing found

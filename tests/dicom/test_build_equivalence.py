@@ -36,6 +36,15 @@ def test_outline_of_an_empty_mask_is_none():
     assert outline(np.zeros((10, 10), bool)) is None
 
 
+def test_outline_of_a_one_pixel_mask_is_that_pixels_edges():
+    """Vertices are in pixel-centre units like a traced outline's (the SR adds 0.5 for DICOM's corner
+    origin): a lone pixel at row 4, column 6 is the square from (5.5, 3.5) to (6.5, 4.5)."""
+    mask = np.zeros((10, 10), bool)
+    mask[4, 6] = True
+    got = outline(mask)
+    assert got[:, 0].min() == 5.5 and got[:, 0].max() == 6.5 and got[:, 1].min() == 3.5 and got[:, 1].max() == 4.5
+
+
 @pytest.mark.parametrize("index", range(4))
 @pytest.mark.parametrize("width", [1, 3])
 def test_edge_on_the_box_equals_the_whole_view_erosion(index, width):

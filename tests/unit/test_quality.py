@@ -148,3 +148,16 @@ def test_view_declined_names_why_a_view_was_left_out():
     assert Q.view_declined(view(_quality(Q.IRREGULAR_MASK), False)).code == Q.IRREGULAR_MASK
     # passed the gate yet not used: only TMDL's out-of-distribution check drops such a view
     assert Q.view_declined(view(_quality(), False)).code == Q.OUT_OF_DISTRIBUTION
+
+
+def test_the_size_check_measures_the_long_axis_the_result_reports():
+    """A small nodule lying at 45 degrees: its bounding box is 1.9 mm wide, its long axis (what the SR
+    and summary.json report) 2.6 mm; the gate reads the same long axis, so it is not declined as too small."""
+    from llnm.features.extract import axes_extent
+
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    u, v = ((yy - 50) + (xx - 60)) / np.sqrt(2), ((yy - 50) - (xx - 60)) / np.sqrt(2)
+    tilted = (u / (1.3 / 0.075)) ** 2 + (v / (0.45 / 0.075)) ** 2 <= 1.0
+    rows, cols = np.nonzero(tilted)
+    assert max(np.ptp(rows) + 1, np.ptp(cols) + 1) * 0.075 < 2.0 < axes_extent(tilted, (0.075, 0.075))[0]
+    assert codes(nodule=tilted, spacing=(0.075, 0.075)) == []

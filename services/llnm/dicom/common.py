@@ -241,9 +241,9 @@ def outline(mask: np.ndarray, max_points: int = 256) -> np.ndarray | None:
     pts = np.array(path, dtype=np.float64) - 1.0 + (r0, c0)  # undo the padding and the crop
     if len(pts) > max_points - 1:
         pts = pts[np.linspace(0, len(pts) - 1, max_points - 1).astype(int)]
-    if len(pts) < 3:  # a one- or two-pixel blob: outline its bounding box
-        r0, c0 = pts.min(axis=0)
-        r1, c1 = pts.max(axis=0) + 1
+    if len(pts) < 3:  # a one- or two-pixel blob: its pixels' box, in the same pixel-centre units as a trace
+        r0, c0 = pts.min(axis=0) - 0.5
+        r1, c1 = pts.max(axis=0) + 0.5
         pts = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], dtype=np.float64)
     xy = np.stack([pts[:, 1], pts[:, 0]], axis=1)
     return np.vstack([xy, xy[:1]])

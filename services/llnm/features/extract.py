@@ -121,7 +121,7 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-def _axes_extent(nodule: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
+def axes_extent(nodule: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
     """Extent along the principal (long) axis and perpendicular to it, in the units of `spacing`.
 
     Pixel-centre extents plus one pixel, so a single pixel measures one spacing."""
@@ -235,10 +235,10 @@ def extract_features(image: np.ndarray, gland: np.ndarray, nodule: np.ndarray,
     # x_s and measurements
     px_spacing = (1.0, 1.0)
     height_px, width_px_ext = (nr1 - nr0), (nc1 - nc0)
-    length_px, width_px = _axes_extent(nodule, px_spacing)
+    length_px, width_px = axes_extent(nodule, px_spacing)
     if spacing_mm is not None:
         sp = (float(spacing_mm[0]), float(spacing_mm[1]))
-        length_mm, width_mm = _axes_extent(nodule, sp)
+        length_mm, width_mm = axes_extent(nodule, sp)
         x_s = (height_px * sp[0]) / (width_px_ext * sp[1])
     else:
         length_mm = width_mm = None
