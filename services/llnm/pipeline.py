@@ -41,7 +41,8 @@ import numpy as np
 
 from llnm.features import clinical_vector, extract_features
 from llnm.features.heatmap import tokens_to_heatmap
-from llnm.inference.backend import NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, InferenceBackend, ModelNotFound
+from llnm.inference.backend import (NODULE_SEG, TEXT_ENCODER, THYROID_SEG, TMDL, TMDL_MAX_BATCH, InferenceBackend,
+                                    ModelNotFound)
 from llnm.model.config import GROUPS, TMDLConfig, served_config
 from llnm.observability.logs import get_logger
 from llnm.observability.metrics import stage
@@ -209,6 +210,17 @@ def tmdl_batch(features: list[Any], study: StudyInput, states: np.ndarray, mask:
     }
 
 
+def infer_tmdl(backend: InferenceBackend, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """TMDL on `tmdl_batch`'s rows, in requests of whole views within TMDL_MAX_BATCH rows (Triton refuses a
+    larger one: 8 views are 40 rows); outputs concatenated in row order (each row is computed alone, so
+    the split changes no number)."""
+    per_view = len(GROUP_KEEPS)
+    step = (TMDL_MAX_BATCH // per_view) * per_view
+    rows = len(feed["group_keep"])
+    parts = [backend.infer(TMDL, {k: v[i:i + step] for k, v in feed.items()}) for i in range(0, rows, step)]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+
+
 @dataclass
 class Fused:
     """The study-level answer from TMDL's per-view rows."""
@@ -294,7 +306,7 @@ def analyse_study(study: StudyInput, backend: InferenceBackend, *, config: TMDLC
 
     feed = tmdl_batch([views[i].features for i in analysable], study, states, mask, config.shape_input,
                       config.location_input)
-    out = backend.infer(TMDL, feed)
+    out = infer_tmdl(backend, feed)
     fused = aggregate(out, len(analysable))
     for k, i in enumerate(analysable):
         views[i].heatmap = tokens_to_heatmap(fused.importance[k], views[i].features, study.views[i].image.shape)

@@ -222,7 +222,11 @@ def run_embedded(settings: Settings) -> int:
     warn_about_settings(settings, receives=True)
     audit = AuditTrail.for_data_dir(settings.data_dir)
     backend = create_backend(settings)
-    missing = [m for m in MODELS if not backend.has_model(m)]
+    try:
+        missing = [m for m in MODELS if not backend.has_model(m)]
+    except ConnectionError:  # Triton not reachable yet: /readyz says so; studies retry until it is
+        log.warning("inference server not reachable at start", url=settings.triton_url)
+        missing = []
     if missing:
         log.warning("models missing: studies will fail until they are installed (then `llnm requeue`)",
                     model=",".join(missing), path=str(settings.model_repository))

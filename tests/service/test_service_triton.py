@@ -200,7 +200,58 @@ def test_unreachable_triton_is_a_transient_fault(scheme):
     with pytest.raises(InferenceUnavailable) as err:
         backend.infer("tiny", {"x": np.zeros((1, 4), np.float32)})
     assert is_transient(err.value)
-    assert not backend.has_model("tiny")
+    with pytest.raises(InferenceUnavailable):  # "cannot say now", never "absent": the study is retried
+        backend.has_model("tiny")
+
+
+class SilentPeer:
+    """A TCP server that accepts connections and then, per `mode`, never answers ("hang") or reads the
+    request and closes ("close"): a Triton wedged or killed mid-answer."""
+
+    def __init__(self, mode: str) -> None:
+        import socket
+        import threading
+
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.mode == "close":
+                conn.recv(65536)
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+@pytest.mark.parametrize("mode", ["hang", "close"])
+def test_a_triton_that_hangs_or_drops_the_connection_is_a_transient_fault_within_the_timeout(scheme, mode):
+    import time
+
+    peer = SilentPeer(mode)
+    try:
+        backend = TritonBackend(f"{scheme}://127.0.0.1:{peer.port}", timeout_s=1)
+        for call in (lambda: backend.has_model("tiny"),
+                     lambda: backend.infer("tiny", {"x": np.zeros((1, 4), np.float32)})):
+            start = time.monotonic()
+            with pytest.raises(InferenceUnavailable) as err:
+                call()
+            assert is_transient(err.value) and time.monotonic() - start < 15
+    finally:
+        peer.close()
 
 
 def _example_inputs(session) -> dict[str, np.ndarray]:

@@ -211,3 +211,31 @@ def test_burned_in_calipers_reach_neither_the_segmentation_nor_the_features(tmp_
     unread = np.abs(as_marked.images() - clean.views[0].features.images()).sum()
     assert read < 0.2 * unread
     assert result.probability == pytest.approx(clean.probability)
+
+
+def test_tmdl_rows_go_in_requests_of_whole_views_within_the_served_batch_limit():
+    """Eight views are 40 rows, above Triton's max_batch_size of 32 for tmdl: the rows go in requests of
+    whole views (6 + 2), and the concatenated answer is the one a single request gives."""
+    from llnm.inference.backend import TMDL_MAX_BATCH
+    from llnm.pipeline import infer_tmdl
+
+    class RowBackend:
+        def __init__(self) -> None:
+            self.requests: list[int] = []
+
+        def infer(self, model, inputs):
+            rows = len(inputs["group_keep"])
+            assert model == TMDL and rows <= TMDL_MAX_BATCH and rows % 5 == 0
+            self.requests.append(rows)
+            level = inputs["images"].reshape(rows, -1).mean(axis=1)
+            return {"probability": level, "token_importance": np.repeat(level[:, None], 3, axis=1)}
+
+    f = [features(k % len(VIEWS)) for k in range(8)]
+    feed = tmdl_batch(f, study(), np.zeros((1, 150, 384), np.float32), np.ones((1, 150), np.float32))
+    feed["images"] = feed["images"] * np.repeat(np.arange(1, 9, dtype=np.float32), 5)[:, None, None, None]
+    backend = RowBackend()
+    out = infer_tmdl(backend, feed)
+    assert backend.requests == [30, 10]
+    expected = feed["images"].reshape(40, -1).mean(axis=1)
+    np.testing.assert_array_equal(out["probability"], expected)
+    assert out["token_importance"].shape == (40, 3)

@@ -16,6 +16,9 @@ NODULE_SEG = "nodule_seg"
 THYROID_SEG = "thyroid_seg"
 TEXT_ENCODER = "text_encoder"
 TMDL = "tmdl"
+#: rows of one TMDL request: its Triton config's max_batch_size (llnm.model.export); the pipeline splits
+#: a larger study into requests of whole views (llnm.pipeline.infer_tmdl)
+TMDL_MAX_BATCH = 32
 
 
 class ModelNotFound(RuntimeError):

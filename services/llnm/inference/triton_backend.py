@@ -16,6 +16,7 @@ reach the same pod.
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from llnm.observability.logs import get_logger
 
 log = get_logger(__name__)
 
+#: errors of the connection itself (refused, reset, closed mid-answer, timed out): retry on a new client
+_CONNECTION_ERRORS = (OSError, TimeoutError, http.client.HTTPException)
 _TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
                    "StatusCode.ABORTED", "StatusCode.CANCELLED"}
 
@@ -93,9 +96,21 @@ class TritonBackend:
             if "unknown model" in text.lower() or "not found" in text.lower() or status == "StatusCode.NOT_FOUND":
                 return ModelNotFound(f"Triton at {self.url} has no model {model!r}; deploy model_repository/")
             return RuntimeError(f"Triton inference of {model!r} failed: {text[:300]}")
-        if isinstance(exc, (OSError, TimeoutError)):
+        if isinstance(exc, _CONNECTION_ERRORS):
             return InferenceUnavailable(f"Triton at {self.url} unreachable: {type(exc).__name__}")
         return exc
+
+    def _failed(self, model: str, exc: Exception) -> Exception:
+        """`_translate`, after dropping this thread's client when the connection itself broke (the next
+        call reconnects)."""
+        if isinstance(exc, _CONNECTION_ERRORS):
+            self._local.client = None
+        return self._translate(model, exc)
+
+    def _deadline(self) -> dict[str, float]:
+        """The per-call deadline of every gRPC call (the HTTP client has its network timeout): a Triton
+        that accepts a call and never answers must not hold a worker for ever."""
+        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
     def _model_metadata(self, model: str) -> dict[str, Any]:
         with self._lock:
@@ -105,11 +120,11 @@ class TritonBackend:
         client = self._client()
         try:
             if self.protocol == "grpc":
-                meta = client.get_model_metadata(model, as_json=True)
+                meta = client.get_model_metadata(model, as_json=True, **self._deadline())
             else:
                 meta = client.get_model_metadata(model)
         except Exception as exc:
-            raise self._translate(model, exc) from exc
+            raise self._failed(model, exc) from exc
         with self._lock:
             self._metadata[model] = meta
         return meta
@@ -119,12 +134,10 @@ class TritonBackend:
         client = self._client()
         try:
             if self.protocol == "grpc":
-                return client.get_model_config(model, as_json=True)
+                return client.get_model_config(model, as_json=True, **self._deadline())
             return client.get_model_config(model)
         except Exception as exc:
-            if isinstance(exc, (OSError, TimeoutError)):
-                self._local.client = None
-            raise self._translate(model, exc) from exc
+            raise self._failed(model, exc) from exc
 
     def served_sha256(self, model: str) -> str:
         """The sha256 Triton's config of `model` declares, once it equals this worker's own model file
@@ -174,24 +187,32 @@ class TritonBackend:
             outputs = [module.InferRequestedOutput(n) for n in names]
         start = time.perf_counter()
         try:
-            if self.protocol == "grpc":
-                result = self._client().infer(model, request_inputs, outputs=outputs, client_timeout=self.timeout_s)
-            else:
-                result = self._client().infer(model, request_inputs, outputs=outputs)
+            result = self._client().infer(model, request_inputs, outputs=outputs, **self._deadline())
         except Exception as exc:
             metrics.TRITON_ERRORS.labels(model=model).inc()
-            if isinstance(exc, (OSError, TimeoutError)):
-                self._local.client = None  # a broken connection: reconnect on the next call
-            raise self._translate(model, exc) from exc
+            raise self._failed(model, exc) from exc
         finally:
             metrics.TRITON_SECONDS.labels(model=model).observe(time.perf_counter() - start)
         return {n: result.as_numpy(n) for n in names}
 
     def has_model(self, model: str) -> bool:
+        """Is `model` ready on Triton? Raises InferenceUnavailable when Triton cannot say now (unreachable,
+        restarting, timing out): the study is retried, never run as if the model were absent (a report
+        left out because the text encoder's readiness call failed once)."""
         try:
-            return bool(self._client().is_model_ready(model))
-        except Exception:
+            client = self._client()
+            if client.is_model_ready(model, **self._deadline()):
+                return True
+            server_ready = client.is_server_ready(**self._deadline())  # a 503 for every path says "not now"
+        except Exception as exc:
+            failure = self._failed(model, exc)
+            if isinstance(failure, InferenceUnavailable):
+                raise failure from exc
             return False
+        if not server_ready:
+            raise InferenceUnavailable(f"Triton at {self.url} is not ready (starting, or behind a proxy that "
+                                       f"answers for it) to say whether it serves {model!r}")
+        return False
 
     def model_version(self, model: str) -> str:
         """The short sha256 of the model Triton serves, checked against this worker's own file (so the same

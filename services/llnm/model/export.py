@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llnm.inference.backend import TMDL_MAX_BATCH
 from llnm.model.config import TMDLConfig
 from llnm.model.tmdl import TMDL, TMDLForExport, attention_rollout, dummy_inputs
 
@@ -70,7 +71,7 @@ def _pbtxt(name: str, what: str, inputs: list[tuple[str, str, list[int]]],
             + runtime_pbtxt(inputs, max_batch))
 
 
-def tmdl_pbtxt(config: TMDLConfig, max_batch: int = 32) -> str:
+def tmdl_pbtxt(config: TMDLConfig, max_batch: int = TMDL_MAX_BATCH) -> str:
     s = config.image_size
     return _pbtxt("tmdl", f"TMDL, preset {config.name}", [
         ("images", "TYPE_FP32", [3, s, s]),
