@@ -49,6 +49,7 @@ from llnm.observability.metrics import stage
 from llnm.quality import OUT_OF_DISTRIBUTION, Reason, assess_view, main_reason, only_no_nodule, study_reason
 from llnm.study import (FINDING_NO_NODULE, FINDING_NODULE, FINDING_NOT_ASSESSABLE, StudyInput, StudyResult,
                         ViewResult)
+from llnm.text.tokenize import has_text
 
 log = get_logger(__name__)
 
@@ -86,7 +87,7 @@ def encode_report(backend: InferenceBackend, text: str | None, config: TMDLConfi
 
     empty = (np.zeros((1, config.text_tokens, config.text_dim), np.float32),
              np.zeros((1, config.text_tokens), np.float32))
-    if not (text or "").strip():
+    if not has_text(text):
         warnings.append("no report text: the report tokens were left out (neutral)")
         return empty
     path = tokenizer_path(_model_repository(backend))

@@ -64,3 +64,51 @@ def test_encoded_windows_lie_end_to_end(encoder_repo):
     assert mask3[0, MAX_TOKENS:].sum() > 0 and mask3[1, MAX_TOKENS:].sum() == 0
     with pytest.raises(ValueError):
         encode_reports(backend, tok, [LONG], tokens=80)
+
+
+def _sr_item(value_type: str, code: str, meaning: str, text: str | None = None, children=()):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.RelationshipType, item.ValueType = "CONTAINS", value_type
+    name = Dataset()
+    name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning = code, "DCM", meaning
+    item.ConceptNameCodeSequence = [name]
+    if text is not None:
+        item.TextValue = text
+    if children:
+        item.ContentSequence = list(children)
+    return item
+
+
+@pytest.mark.parametrize("layout", ["sections", "flat"])
+def test_an_impression_of_several_lines_or_items_goes_first_whole(layout):
+    """A real report's impression is often numbered lines, in one TEXT item with line breaks or in
+    several TEXT items: all of it goes first (split line by line, only its last line went first and the
+    rest fell beyond the tokens read)."""
+    from pydicom.dataset import Dataset
+
+    from llnm.dicom.patient import sr_text
+
+    findings = ["Right lobe: solid hypoechoic nodule, 14 x 11 mm.", "No halo."]
+    impression = ["1. TI-RADS 5 nodule of the right lobe, abutting the capsule, extrathyroidal extension "
+                  "suspected.", "2. FNA recommended."]
+    ds = Dataset()
+    if layout == "sections":
+        ds.ContentSequence = [
+            _sr_item("CONTAINER", "121070", "Findings", children=[_sr_item("TEXT", "121071", "Finding", t)
+                                                                  for t in findings]),
+            _sr_item("CONTAINER", "121072", "Impressions",
+                     children=[_sr_item("TEXT", "121073", "Impression", "\n".join(impression))])]
+    else:
+        ds.ContentSequence = ([_sr_item("TEXT", "121071", "Finding", t) for t in findings]
+                              + [_sr_item("TEXT", "121073", "Impression", t) for t in impression])
+    text = impression_first(sr_text(ds))
+    assert text.startswith(" ".join(impression)) and text.endswith(" ".join(findings))
+
+
+@pytest.mark.parametrize("text", ["", "   \n ", "\x00\x00", "\u200b\u200b", "\x07\t"])
+def test_a_report_of_nothing_visible_is_no_report(text):
+    from llnm.text.tokenize import has_text
+
+    assert not has_text(text) and has_text("TI-RADS 4") and has_text("\u7532\u72b6\u817a")

@@ -97,19 +97,41 @@ def patient_age_years(ds: Dataset) -> tuple[float | None, str]:
 
 
 def sr_text(ds: Dataset) -> str:
-    """All TEXT values of an SR document, in document order, one per line."""
-    lines: list[str] = []
+    """All TEXT values of an SR document, in document order, one line per section: a top-level item's
+    texts (a section container's, however many items and line breaks they hold) joined by spaces, and
+    consecutive top-level TEXT items of one concept (the numbered lines of an impression) joined too. The
+    report's last section, its impression, is then one paragraph, which `impression_first` puts first
+    whole (split line by line, only its last line went first and the rest fell beyond the tokens read)."""
+    def texts(item) -> list[str]:
+        out = []
+        if str(item.get("ValueType", "")) == "TEXT":
+            text = " ".join(str(item.get("TextValue", "") or "").split())
+            if text:
+                out.append(text)
+        for child in item.get("ContentSequence") or []:
+            out.extend(texts(child))
+        return out
 
-    def walk(items) -> None:
-        for item in items or []:
-            if str(item.get("ValueType", "")) == "TEXT":
-                text = str(item.get("TextValue", "") or "").strip()
-                if text:
-                    lines.append(text)
-            walk(item.get("ContentSequence"))
+    sections: list[tuple[str | None, list[str]]] = []
+    for item in ds.get("ContentSequence") or []:
+        found = texts(item)
+        if not found:
+            continue
+        concept = _concept_key(item) if str(item.get("ValueType", "")) == "TEXT" else None
+        if concept is not None and sections and sections[-1][0] == concept:
+            sections[-1][1].extend(found)
+        else:
+            sections.append((concept, found))
+    return "\n".join(" ".join(found) for _, found in sections)
 
-    walk(ds.get("ContentSequence"))
-    return "\n".join(lines)
+
+def _concept_key(item: Dataset) -> str | None:
+    """(scheme, value) of an SR item's concept name, or None."""
+    names = item.get("ConceptNameCodeSequence") or []
+    if not names:
+        return None
+    code = names[0]
+    return f"{code.get('CodingSchemeDesignator', '')}:{code.get('CodeValue', '')}"
 
 
 def sidecar_report(report_dir: str | Path | None, study_uid: str) -> str | None:

@@ -20,6 +20,12 @@ import numpy as np
 MAX_TOKENS = 50  # m, the paper's report length in tokens
 
 
+def has_text(text: str | None) -> bool:
+    """Does the report hold anything to read? Whitespace, NUL and other invisible characters (zero-width
+    spaces, control codes) alone are no report."""
+    return any(ch.isprintable() and not ch.isspace() for ch in text or "")
+
+
 def impression_first(text: str | None) -> str:
     """The last non-empty paragraph first, then the others in order (one paragraph: unchanged)."""
     paragraphs = [p.strip() for p in (text or "").split("\n") if p.strip()]
@@ -52,7 +58,7 @@ class ReportTokenizer:
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         for row, text in enumerate(texts):
-            if not (text or "").strip():
+            if not has_text(text):
                 mask[row] = 0
         if windows == 1:
             return {"input_ids": ids, "attention_mask": mask}
