@@ -4,6 +4,7 @@ provisioned Prometheus through a variable, and shows flow, stage latency, errors
 from __future__ import annotations
 
 import json
+import re
 
 import promql_parser
 import yaml
@@ -61,6 +62,17 @@ def test_dashboard_shows_flow_latency_errors_queue_and_disk():
                    "llnm_objects_sent_total", "llnm_queue_depth", "llnm_studies_waiting", "llnm_spool_free_bytes"):
         assert metric in exprs, metric
 
+
+
+def test_spool_free_space_is_read_from_the_listener_and_workers_only():
+    """The console exports llnm_spool_free_bytes too but never refreshes it (always 0): a min() over every
+    job would show an empty spool. Job names as in deploy/prometheus/prometheus.yml and the chart's
+    ServiceMonitors."""
+    exprs = [t["expr"] for p in _panels(_dashboard()) for t in p["targets"] if "llnm_spool_free_bytes" in t["expr"]]
+    assert exprs
+    for expr in exprs:
+        selectors = re.findall(r"llnm_spool_free_bytes(\{[^}]*\})?", expr)
+        assert selectors and all(s == '{job=~"llnm-(listener|worker)"}' for s in selectors), expr
 
 def test_grafana_provisioning_files():
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
