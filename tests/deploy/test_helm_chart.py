@@ -128,6 +128,10 @@ def test_validation_catches_a_broken_template(tmp_path):
     ({"tls": {"enabled": True}}, "tls.existingSecret"),
     ({"config": {"LLNM_BROKER_URL": "redis://x"}}, "set by the chart"),
     ({"config": {"LLNM_DESTINATIONS": "PACS@pacs:104"}}, "destinations.value or destinations.existingSecret"),
+    # secrets never go into the ConfigMap (clear text): each is refused with where it goes instead
+    ({"config": {"LLNM_CONSOLE_OIDC_CLIENT_SECRET": "s3cret"}}, "console.existingSecret, key oidc-client-secret"),
+    ({"config": {"LLNM_CONSOLE_SECRET_KEY": "k" * 32}}, "console.existingSecret, key secret-key"),
+    ({"config": {"LLNM_NOTIFY_SMTP_URL": "smtp+starttls://u:s3cret@mail:587"}}, "worker.extraEnv"),
     ({"triton": {"modelRepository": {"source": "pvc"}}}, "existingClaim"),
     ({"persistence": {"accessMode": "ReadWriteMany"}}, "ReadWriteMany is not supported"),
     ({"listener": {"requireAllowList": True}}, "set config.LLNM_ALLOWED_AES"),
@@ -190,6 +194,9 @@ def test_the_console_runs_beside_the_listener_on_its_volume_and_only_behind_what
     env = {e["name"]: e for e in console["env"]}
     assert env["LLNM_CONSOLE_USERS_FILE"]["value"].startswith(users)
     assert env["LLNM_CONSOLE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "llnm-console"
+    # the single sign-on client secret: from the same Secret, never the ConfigMap
+    assert env["LLNM_CONSOLE_OIDC_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "llnm-console", "key": "oidc-client-secret", "optional": True}
     rules = by_kind(docs, "NetworkPolicy")["llnm-listener"]["spec"]["ingress"]
     console_rules = [r for r in rules if any(p["port"] == "console" for p in r.get("ports", []))]
     assert [r["from"] for r in console_rules] == [[{"namespaceSelector": {"matchLabels": {

@@ -163,6 +163,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq $k "LLNM_DESTINATIONS" -}}
 {{- fail "config.LLNM_DESTINATIONS is set by the chart from a Secret (DICOMweb URLs may carry credentials): use destinations.value or destinations.existingSecret" -}}
 {{- end -}}
+{{- /* secrets: the ConfigMap holds them in clear text */ -}}
+{{- if eq $k "LLNM_CONSOLE_OIDC_CLIENT_SECRET" -}}
+{{- fail "config.LLNM_CONSOLE_OIDC_CLIENT_SECRET is a secret (the ConfigMap is clear text): put it in console.existingSecret, key oidc-client-secret" -}}
+{{- end -}}
+{{- if eq $k "LLNM_CONSOLE_SECRET_KEY" -}}
+{{- fail "config.LLNM_CONSOLE_SECRET_KEY is a secret (the ConfigMap is clear text): put it in console.existingSecret, key secret-key" -}}
+{{- end -}}
+{{- if eq $k "LLNM_NOTIFY_SMTP_URL" -}}
+{{- fail "config.LLNM_NOTIFY_SMTP_URL may carry a password (the ConfigMap is clear text): give it to the workers, which send the e-mail, from a Secret with worker.extraEnv ({name: LLNM_NOTIFY_SMTP_URL, valueFrom: {secretKeyRef: {name: ..., key: ...}}})" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
