@@ -127,6 +127,11 @@ def test_validation_catches_a_broken_template(tmp_path):
     ({"redis": {"enabled": False}}, "redis.external.url"),
     ({"tls": {"enabled": True}}, "tls.existingSecret"),
     ({"config": {"LLNM_BROKER_URL": "redis://x"}}, "set by the chart"),
+    # the console container's own env (console.port, console.secureCookies, console.existingSecret)
+    ({"config": {"LLNM_CONSOLE_PORT": "8081"}}, "config.LLNM_CONSOLE_PORT is set by the chart"),
+    ({"config": {"LLNM_CONSOLE_BIND_ADDRESS": "127.0.0.1"}}, "config.LLNM_CONSOLE_BIND_ADDRESS is set by the chart"),
+    ({"config": {"LLNM_CONSOLE_SECURE_COOKIES": "false"}}, "config.LLNM_CONSOLE_SECURE_COOKIES is set by the chart"),
+    ({"config": {"LLNM_CONSOLE_USERS_FILE": "/tmp/u"}}, "config.LLNM_CONSOLE_USERS_FILE is set by the chart"),
     ({"config": {"LLNM_DESTINATIONS": "PACS@pacs:104"}}, "destinations.value or destinations.existingSecret"),
     # secrets never go into the ConfigMap (clear text): each is refused with where it goes instead
     ({"config": {"LLNM_CONSOLE_OIDC_CLIENT_SECRET": "s3cret"}}, "console.existingSecret, key oidc-client-secret"),

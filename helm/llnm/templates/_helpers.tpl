@@ -157,7 +157,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- fail "metricsPort + worker.processes is above 65535" -}}
 {{- end -}}
 {{- range $k, $v := .Values.config -}}
-{{- if has $k (list "LLNM_DATA_DIR" "LLNM_BROKER_URL" "LLNM_INFERENCE_BACKEND" "LLNM_TRITON_URL" "LLNM_PORT" "LLNM_METRICS_PORT" "LLNM_TLS_CERT" "LLNM_TLS_KEY" "LLNM_TLS_CA" "LLNM_WORKER_CONCURRENCY") -}}
+{{- if has $k (list "LLNM_DATA_DIR" "LLNM_BROKER_URL" "LLNM_INFERENCE_BACKEND" "LLNM_TRITON_URL" "LLNM_PORT" "LLNM_METRICS_PORT" "LLNM_TLS_CERT" "LLNM_TLS_KEY" "LLNM_TLS_CA" "LLNM_WORKER_CONCURRENCY" "LLNM_CONSOLE_PORT" "LLNM_CONSOLE_BIND_ADDRESS" "LLNM_CONSOLE_SECURE_COOKIES" "LLNM_CONSOLE_USERS_FILE") -}}
 {{- fail (printf "config.%s is set by the chart; use the structured values instead (see values.yaml)" $k) -}}
 {{- end -}}
 {{- if eq $k "LLNM_DESTINATIONS" -}}
