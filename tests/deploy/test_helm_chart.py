@@ -387,6 +387,31 @@ def test_secrets_stay_in_secrets(rendered):
     assert env["LLNM_TLS_CA"] == "/etc/llnm/tls/ca.crt"
 
 
+def test_workers_verify_the_pacs_against_the_ca_without_mutual_tls(rendered):
+    """LLNM_TLS_CA means two things: on the listener, require client certificates signed by it (mutual TLS
+    only); in a worker's sender, the CA that the PACS's certificate is verified against. A CA in the chart's
+    TLS Secret reaches the workers whether or not client certificates are required."""
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    docs = render_chart(CHART, {"tls": {"enabled": True, "cert": pem, "key": "-----BEGIN PRIVATE KEY-----\nMIIE\n"
+                                        "-----END PRIVATE KEY-----\n", "ca": pem}})
+    assert "ca.crt" in by_kind(docs, "Secret")["llnm-tls"]["data"]
+
+    def tls_env(docs: list[dict], container: str) -> dict:
+        env = [e for e in _container(docs, container)["env"] if e["name"].startswith("LLNM_TLS_")]
+        assert len(env) == len({e["name"] for e in env}), env  # each variable once
+        return {e["name"]: e.get("value") for e in env}
+
+    for worker in ("worker-0", "worker-1"):
+        assert tls_env(docs, worker)["LLNM_TLS_CA"] == "/etc/llnm/tls/ca.crt"
+    assert "LLNM_TLS_CA" not in tls_env(docs, "listener")  # no mutual TLS: any client may connect
+    # mutual TLS: the listener and every worker
+    docs = rendered["all-values.yaml"]
+    for name in ("listener", "worker-0", "worker-1", "worker-2"):
+        assert tls_env(docs, name)["LLNM_TLS_CA"] == "/etc/llnm/tls/ca.crt", name
+    # a Secret of the site's without requireClientCert need not hold ca.crt: the workers use the system CAs
+    docs = rendered["existing-secrets-values.yaml"]
+    assert "LLNM_TLS_CA" not in tls_env(docs, "worker-0") and "LLNM_TLS_CERT" in tls_env(docs, "worker-0")
+
 def test_monitoring_objects_match_the_compose_files(rendered):
     docs = rendered["all-values.yaml"]
     monitors = by_kind(docs, "ServiceMonitor")

@@ -213,9 +213,20 @@ app.kubernetes.io/component: {{ .component }}
 - name: LLNM_TLS_KEY
   value: /etc/llnm/tls/tls.key
 {{- if .Values.tls.requireClientCert }}
+{{- /* the listener: require client certificates signed by it (the workers: llnm.senderTlsCaEnv) */}}
 - name: LLNM_TLS_CA
   value: /etc/llnm/tls/ca.crt
 {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* LLNM_TLS_CA of the workers without mutual TLS (with it, llnm.env sets it): their sender verifies the
+     PACS's certificate against it, a private CA included. From the chart's Secret when tls.ca is set; a
+     Secret of the site's is known to hold ca.crt only with requireClientCert. */}}
+{{- define "llnm.senderTlsCaEnv" -}}
+{{- if and .Values.tls.enabled (not .Values.tls.requireClientCert) .Values.tls.ca (not .Values.tls.existingSecret) }}
+- name: LLNM_TLS_CA
+  value: /etc/llnm/tls/ca.crt
 {{- end }}
 {{- end -}}
 
