@@ -14,7 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import CHART, DEPLOY, VALUES_SETS, by_kind, pod_specs, render_chart, values_for
+from deploy_support import CHART, DEPLOY, REPO, VALUES_SETS, by_kind, pod_specs, render_chart, values_for
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) renders the chart")
 
@@ -469,6 +469,20 @@ def test_every_value_is_documented():
             undocumented.append(".".join(k for _, k in path))
     assert not undocumented, f"values.yaml keys without a comment: {undocumented}"
 
+
+def test_the_words_match_what_the_chart_renders(rendered):
+    """The docs describe the rendered pod: who gets LLNM_DESTINATIONS, what /tmp is."""
+    docs = rendered["all-values.yaml"]
+    with_destinations = sorted(c["name"] for c in pod_specs(docs)["llnm-listener"]["containers"]
+                               if "LLNM_DESTINATIONS" in {e["name"] for e in c["env"]})
+    assert "console" in with_destinations  # re-send to a destination
+    operations = " ".join((REPO / "docs" / "operations.md").read_text().split())
+    for claim in re.findall(r"only the worker[^.]*", operations):
+        assert "console" in claim, f"the console gets LLNM_DESTINATIONS too: {claim!r}"
+    tmp = next(v for v in pod_specs(docs)["llnm-listener"]["volumes"] if v["name"] == "tmp")
+    if tmp["emptyDir"].get("medium") != "Memory":  # on the node's disk
+        for path in (CHART / "values.yaml", CHART / "README.md"):
+            assert "in-memory" not in path.read_text(), path.name
 
 def test_readme_documents_install_and_every_top_level_value():
     readme = (CHART / "README.md").read_text()

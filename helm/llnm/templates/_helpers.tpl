@@ -230,7 +230,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* LLNM_DESTINATIONS of the workers (the listener sends nothing: it does not get them). */}}
+{{/* LLNM_DESTINATIONS of the workers and the console (its re-send); the listener sends nothing: it does
+     not get them. */}}
 {{- define "llnm.destinationsEnv" -}}
 {{- if or .Values.destinations.value .Values.destinations.existingSecret }}
 - name: LLNM_DESTINATIONS
