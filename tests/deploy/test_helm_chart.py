@@ -244,6 +244,23 @@ def test_triton_runs_on_a_gpu_node_with_the_model_repository(rendered):
     assert pvc["volumes"][0]["persistentVolumeClaim"]["claimName"] == "llnm-models"
 
 
+def test_model_mismatch_advice_for_a_pvc_repository_is_what_the_chart_can_do(rendered):
+    """With triton.modelRepository.source=pvc only Triton mounts the claim: the workers keep their image's
+    /opt/llnm/model_repository (the listener pod has no extra volumes). So the LLNMModelMismatch runbook and
+    docs/operations.md cannot tell to give the workers the PVC's repository: the PVC gets the image's
+    models, or the image (image.tag) gets the PVC's."""
+    docs = rendered["existing-secrets-values.yaml"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod_specs(docs)["llnm-listener"]["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert "llnm-models" not in claims
+    runbook = next(r for g in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+                   for r in g["rules"] if r.get("alert") == "LLNMModelMismatch")["annotations"]["runbook"]
+    section = " ".join((REPO / "docs" / "operations.md").read_text().split("`LLNMModelMismatch` (critical)")[1]
+                       .split("\n- `")[0].split())
+    for advice in (runbook, section):
+        assert "LLNM_MODEL_REPOSITORY" not in advice, advice
+        assert "/opt/llnm/model_repository" in advice and "image.tag" in advice, advice
+
 @pytest.mark.parametrize("values_set", ["default", "existing-secrets-values.yaml"])
 def test_triton_serves_as_nvidia_recommends(rendered, values_set):
     """Explicit model control loading exactly the worker's models, configs as written (their warm-ups run
