@@ -50,7 +50,7 @@ class Settings:
     min_free_disk_mb: int = 1024
     tls_cert: str = ""
     tls_key: str = ""
-    tls_ca: str = ""  # listener: client certificates required and verified against it; sender: the PACS verified against it
+    tls_ca: str = ""  # listener: client certificates required, checked against it; sender: PACS checked against it
     network_timeout_s: float = 60.0
     association_request_timeout_s: float = 5.0  # accept to whole A-ASSOCIATE-RQ (TLS: handshake, request begun)
     max_pending_connections: int = 64  # sockets without an association yet; beyond, the oldest is closed
