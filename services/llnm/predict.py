@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from llnm import ALGORITHM_NAME, RESEARCH_USE_STATEMENT, __version__
 from llnm.config import Settings
+from llnm.dicom.classify import sop_class_uid
 from llnm.dicom.common import analysed_frames, calibration_state
 from llnm.dicom.key_image import build_key_image, build_notice_image
 from llnm.dicom.loading import (NO_BMODE_FRAME, NO_ULTRASOUND_IMAGE, FrameRef, InstanceFile, StudyFiles,
@@ -191,8 +192,9 @@ def build_notice_datasets(files: StudyFiles, result: StudyResult, settings: Sett
 
 
 def _valid_class(header: Dataset) -> bool:
+    """A SOP Class UID to reference, in the dataset or (as the reader accepts) only in its file meta."""
     try:
-        validate_uid(header.get("SOPClassUID"))
+        validate_uid(sop_class_uid(header))
     except InvalidUID:
         return False
     return True

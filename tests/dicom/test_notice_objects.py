@@ -213,3 +213,18 @@ def test_no_nodule_and_not_assessable_never_call_a_calibrated_view_uncalibrated(
     assert lines[0] == f"{ALGORITHM_NAME}: {finding}"
     assert ("SEG" in kinds) == (case == "no-nodule")  # the gland of a good image; nothing declined
     _clean(folder, summary)
+
+
+def test_a_notice_references_an_image_whose_class_is_only_in_the_file_meta(settings, us_factory, tmp_path):
+    """The reader accepts a SOP Class UID given only as MediaStorageSOPClassUID; the notice's evidence
+    names such an image too, under that class, instead of leaving it out."""
+    doppler = us_factory("doppler.dcm", regions=[DOPPLER_REGION])
+    ds = pydicom.dcmread(tmp_path / "doppler.dcm")
+    del ds.SOPClassUID
+    ds.save_as(tmp_path / "doppler.dcm")
+    output, summary, kinds, folder = _run(tmp_path, settings, [tmp_path / "doppler.dcm"])
+    (sr,) = kinds["SR"]
+    assert _evidence(sr) == {doppler.SOPInstanceUID}
+    classes = {str(i.ReferencedSOPClassUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
+               for series in study.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+    assert classes == {str(doppler.file_meta.MediaStorageSOPClassUID)}
