@@ -330,3 +330,20 @@ def test_retention_never_removes_an_instance_stored_while_it_decides(tmp_path: P
         tracker.instance_received(STUDY, SERIES, "US1", "image", sop_uid="1.2.3.4.5.7")
     worker.join(10)
     assert removed == [[]] and stored.path.exists() and audit.study(STUDY)["state"] == A.RECEIVING
+
+
+def test_a_spool_on_a_file_system_without_locks_still_stores(tmp_path: Path, monkeypatch):
+    """flock refused (ENOLCK, as some network file systems answer): the listener's store goes on."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, mode):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    spool = Spool(tmp_path, min_free_mb=0)
+    with spool.receiving():
+        stored = spool.store(STUDY, SERIES, SOP, b"DICM-data")
+    with spool.removing():
+        pass
+    assert stored.path.read_bytes() == b"DICM-data"

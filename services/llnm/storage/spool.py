@@ -159,9 +159,15 @@ class Spool:
 
     @contextmanager
     def _flock(self, mode: int) -> Iterator[None]:
+        """flock on the spool's lock file. A file system without locks (ENOLCK, EOPNOTSUPP) goes on
+        unlocked: that only reopens retention's narrow race, where refusing every instance would stop intake."""
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, mode)
+            try:
+                fcntl.flock(fd, mode)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
             yield
         finally:
             os.close(fd)  # releases the lock
