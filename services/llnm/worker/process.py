@@ -200,15 +200,18 @@ class StudyWorker:
             if any(str(ds.get("StudyInstanceUID", "")) != study_uid for ds in output.datasets):
                 raise PermanentError("a result object names another study than the spooled one")
         analysed = any(getattr(output, "result", None) is not None for output in outputs)
-        if not analysed and self.prior_analysed(study_uid):
+        prior_event = self.prior_result_event(study_uid)
+        # events written before the "analysed" flag existed count as analysed: never replaced by a notice
+        if not analysed and prior_event is not None and prior_event.get("analysed", True):
             raise PermanentError(NOTHING_LEFT_TO_ANALYSE)
+        prior = ResultRecord.from_dict(prior_event["result_record"]) if prior_event is not None else None
         objects = 0
         probability = risk = None
         record: ResultRecord | None = None
         with metrics.stage("dicom_write"):
             for output in outputs:
                 # the same result again: the same bytes; a new one: predecessor + rejection note
-                record = succeed_output(output, self.prior_result(study_uid))
+                record = succeed_output(output, prior)
                 if self.write_results_folder:
                     self._write_output(output, self.settings.results_path)
                 if self.nodes:
@@ -234,20 +237,10 @@ class StudyWorker:
             metrics.STUDIES_PROCESSED.inc()
         return Processed(study_uid, objects, probability, risk)
 
-    def prior_result(self, study_uid: str) -> ResultRecord | None:
-        """What the last run of this study wrote (its "result" event in the audit trail), if any: the audit
-        trail outlives the outbox and the spool (retention), so a report arriving weeks later still
-        supersedes the result that was sent."""
-        event = self._prior_event(study_uid)
-        return ResultRecord.from_dict(event["result_record"]) if event is not None else None
-
-    def prior_analysed(self, study_uid: str) -> bool:
-        """Did the last run that wrote a result analyse an image? Events written before the flag existed
-        count as analysed: a notice then never replaces them unasked."""
-        event = self._prior_event(study_uid)
-        return event is not None and bool(event.get("analysed", True))
-
-    def _prior_event(self, study_uid: str) -> dict | None:
+    def prior_result_event(self, study_uid: str) -> dict | None:
+        """The "result" event of the last run of this study that wrote one (its record, and whether it
+        analysed an image), if any: the audit trail outlives the outbox and the spool (retention), so a
+        report arriving weeks later still supersedes the result that was sent."""
         for event in reversed(self.audit.events(study_uid)):
             if event["event"] == "result" and event.get("result_record"):
                 return event
